@@ -1,0 +1,38 @@
+"""DuckDB connections configured the one way the product uses them: UTC, bounded memory, spilling to disk."""
+
+from __future__ import annotations
+
+import tempfile
+
+import duckdb
+
+from shared.settings import Settings
+
+
+def connect(settings: Settings, *, spill_dir: str | None = None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(
+        config={
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": True,
+        }
+    )
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET memory_limit = '{_memory(settings.duckdb_memory_limit)}'")
+    con.execute(f"SET threads = {int(settings.duckdb_threads)}")
+    con.execute(f"SET temp_directory = '{_quote(spill_dir or tempfile.gettempdir())}'")
+    return con
+
+
+def _memory(value: str) -> str:
+    if not value.replace(" ", "").rstrip("BKMGTIbkmgti").replace(".", "").isdigit():
+        raise ValueError(f"DUCKDB_MEMORY_LIMIT {value!r} is not a size such as '1GB'")
+    return value
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    """The single value a query returns (fetched completely, as DuckDB 2 requires before the next query)."""
+    return con.execute(sql, params or []).fetchall()[0][0]

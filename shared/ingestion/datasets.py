@@ -1,0 +1,85 @@
+"""Datasets: named containers of ingested data, each of one schema, with data-usage labels on the
+dataset and on single fields (C1–C12 contract, I1/I2 identity, S1/S2 sensitive)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated
+
+from pydantic import BaseModel, Field, StringConstraints, model_validator
+
+from shared.errors import NotFound, ValidationError
+from shared.ingestion.schemas import Schema, SchemaStore
+from shared.settings import Settings
+from shared.storage import EntityTable, StorageAccount
+
+Label = Annotated[str, StringConstraints(pattern=r"^(C([1-9]|1[0-2])|I[12]|S[12])$")]
+
+
+class Dataset(BaseModel):
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{1,62}$",
+        description="Also the folder name in `landing`.",
+    )
+    name: str
+    schema_id: str
+    labels: list[Label] = Field(default_factory=list)
+    field_labels: dict[str, list[Label]] = Field(default_factory=dict)
+    created: dt.datetime | None = None
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> Dataset:
+        self.labels = sorted(set(self.labels))
+        self.field_labels = {k: sorted(set(v)) for k, v in self.field_labels.items()}
+        return self
+
+    def check_against(self, schema: Schema) -> None:
+        if schema.id != self.schema_id:
+            raise ValidationError(f"dataset {self.id!r} is of schema {self.schema_id!r}, not {schema.id!r}")
+        known = {f.path for f in schema.fields} | {"identityMap"}
+        unknown = sorted(set(self.field_labels) - known)
+        if unknown:
+            raise ValidationError(f"dataset {self.id!r}: labelled fields {unknown} are not in schema {schema.id!r}")
+
+
+class DatasetStore:
+    PARTITION = "dataset"
+
+    def __init__(self, table: EntityTable, schemas: SchemaStore) -> None:
+        self.table = table
+        self.schemas = schemas
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount) -> DatasetStore:
+        return cls(
+            EntityTable(account.table(settings.table_name("datasets"))),
+            SchemaStore.from_settings(settings, account),
+        )
+
+    def save(self, dataset: Dataset, *, now: dt.datetime) -> Dataset:
+        dataset.check_against(self.schemas.get(dataset.schema_id))
+        existing = self.table.find(self.PARTITION, dataset.id)
+        created = dataset.created or (existing and existing.get("created")) or now
+        dataset = dataset.model_copy(update={"created": created})
+        self.table.upsert(
+            {
+                "PartitionKey": self.PARTITION,
+                "RowKey": dataset.id,
+                "definition": dataset.model_dump_json(),
+            }
+        )
+        return dataset
+
+    def get(self, dataset_id: str) -> Dataset:
+        entity = self.table.find(self.PARTITION, dataset_id)
+        if entity is None:
+            raise NotFound(f"no dataset {dataset_id!r}; create it first (PUT /api/datasets/{dataset_id})")
+        return Dataset.model_validate(json.loads(entity["definition"]))
+
+    def list(self) -> list[Dataset]:
+        rows = self.table.all("PartitionKey eq @pk", parameters={"pk": self.PARTITION})
+        return sorted(
+            (Dataset.model_validate(json.loads(e["definition"])) for e in rows),
+            key=lambda d: d.id,
+        )

@@ -1,0 +1,230 @@
+"""Reading a landed file into records: one JSON text per row with its row number, whatever the format.
+NDJSON lines are taken as they are; CSV rows (dotted column names) and Parquet rows are turned into JSON,
+so one validator serves every format."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from shared.errors import ValidationError
+from shared.ingestion.paths import nest, quote_ident, quote_literal
+from shared.ingestion.schemas import FieldType, Namespace, Schema
+
+
+class FileFormat(StrEnum):
+    CSV = "csv"
+    NDJSON = "ndjson"
+    JSON = "json"
+    PARQUET = "parquet"
+
+    @classmethod
+    def of(cls, file_name: str) -> FileFormat:
+        ext = file_name.rsplit(".", 1)[-1].lower() if "." in file_name else ""
+        fmt = {
+            "csv": cls.CSV,
+            "ndjson": cls.NDJSON,
+            "jsonl": cls.NDJSON,
+            "json": cls.JSON,
+            "parquet": cls.PARQUET,
+        }.get(ext)
+        if fmt is None:
+            raise ValidationError(
+                f"{file_name}: unsupported file type {('.' + ext) if ext else '(no extension)'}; "
+                "use .csv, .ndjson/.jsonl, .json or .parquet"
+            )
+        return fmt
+
+
+@dataclass
+class Records:
+    """Rows of one file: `table` has `_row` (1-based, as a person would count them) and `record` (JSON text)."""
+
+    table: pa.Table
+    text_values: bool  # CSV: every value arrives as text and is judged by whether it converts
+    row_errors: list[tuple[int, str, str]] = field(default_factory=list)  # (row, field, reason) found while reading
+
+    @property
+    def rows_read(self) -> int:
+        return self.table.num_rows + len({r for r, _, _ in self.row_errors})
+
+
+def read_records(data: bytes, *, file_name: str, schema: Schema, con: duckdb.DuckDBPyConnection) -> Records:
+    if not data.strip():
+        raise ValidationError(f"{file_name}: the file is empty")
+    fmt = FileFormat.of(file_name)
+    if fmt is FileFormat.CSV:
+        return _read_csv(data, file_name, schema, con)
+    if fmt is FileFormat.PARQUET:
+        return _read_parquet(data, file_name, con)
+    if fmt is FileFormat.JSON and data.lstrip()[:1] == b"[":
+        return _read_json_array(data, file_name, con)
+    return _read_lines(data, file_name)
+
+
+def _numbered(records: pa.Array) -> pa.Table:
+    rows = pa.array(range(1, len(records) + 1), pa.int64())
+    return pa.table({"_row": rows, "record": records})
+
+
+def _read_lines(data: bytes, file_name: str) -> Records:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{file_name}: not UTF-8 text (byte {exc.start})") from exc
+    # A delimiter and quote that never occur make the CSV reader split lines, in C, keeping blank ones.
+    table = pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(column_names=["record"], use_threads=True, block_size=1 << 24),
+        parse_options=pacsv.ParseOptions(
+            delimiter="\x1f",
+            quote_char=False,
+            escape_char=False,
+            ignore_empty_lines=False,
+        ),
+        convert_options=pacsv.ConvertOptions(column_types={"record": pa.string()}, strings_can_be_null=False),
+    )
+    records = table.column("record").combine_chunks()
+    # A trailing newline is the end of the last line, not an empty line of its own.
+    while len(records) and records[len(records) - 1].as_py() == "" and data.endswith(b"\n"):
+        records = records.slice(0, len(records) - 1)
+        break
+    return Records(table=_numbered(records), text_values=False)
+
+
+def _read_json_array(data: bytes, file_name: str, con: duckdb.DuckDBPyConnection) -> Records:
+    try:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _doc AS SELECT ?::JSON AS doc",
+            [data.decode("utf-8")],
+        )
+        rel = con.sql("SELECT unnest(json_extract(doc, '$[*]'))::VARCHAR AS record FROM _doc")
+        records = rel.to_arrow_table().column("record").combine_chunks()
+    except (duckdb.Error, UnicodeDecodeError) as exc:
+        raise ValidationError(f"{file_name}: not a JSON array of records: {_first_line(exc)}") from exc
+    return Records(table=_numbered(records), text_values=False)
+
+
+def _read_parquet(data: bytes, file_name: str, con: duckdb.DuckDBPyConnection) -> Records:
+    try:
+        source = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise ValidationError(f"{file_name}: not a readable Parquet file: {_first_line(exc)}") from exc
+    con.register("_parquet_source", source)
+    try:
+        records = con.sql("SELECT to_json(t)::VARCHAR AS record FROM _parquet_source AS t").to_arrow_table()
+    finally:
+        con.unregister("_parquet_source")
+    return Records(table=_numbered(records.column("record").combine_chunks()), text_values=False)
+
+
+def _read_csv(data: bytes, file_name: str, schema: Schema, con: duckdb.DuckDBPyConnection) -> Records:
+    try:
+        text_head = data[: 1 << 16].decode("utf-8", errors="strict").lstrip("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{file_name}: not UTF-8 text (byte {exc.start})") from exc
+    header = next(csv.reader(io.StringIO(text_head)), [])
+    columns = _check_header(header, file_name, schema)
+    bad_rows: list[tuple[int, str, str]] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        # pyarrow counts the header as row 1; people count data rows.
+        bad_rows.append(
+            (
+                row.number - 1,
+                "",
+                f"expected {row.expected_columns} columns, found {row.actual_columns}",
+            )
+        )
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in header},
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise ValidationError(f"{file_name}: not readable as CSV: {_first_line(exc)}") from exc
+    table = table.rename_columns([f"c{i}" for i in range(table.num_columns)])
+    con.register("_csv_source", table)
+    try:
+        rel = con.sql(f"SELECT {_csv_to_json(columns, schema)}::VARCHAR AS record FROM _csv_source")
+        records = rel.to_arrow_table().column("record").combine_chunks()
+    finally:
+        con.unregister("_csv_source")
+    rows = _data_row_numbers(len(records), sorted(r for r, _, _ in bad_rows))
+    return Records(
+        table=pa.table({"_row": rows, "record": records}),
+        text_values=True,
+        row_errors=bad_rows,
+    )
+
+
+def _check_header(header: list[str], file_name: str, schema: Schema) -> list[tuple[int, str]]:
+    if not header or all(not h.strip() for h in header):
+        raise ValidationError(f"{file_name}: no header row; the first row must name the columns")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise ValidationError(f"{file_name}: columns named more than once: {dupes}")
+    known = {f.path for f in schema.fields} | {f"identityMap.{ns.value}" for ns in Namespace}
+    unknown = [h for h in header if h not in known]
+    if unknown:
+        raise ValidationError(
+            f"{file_name}: columns {unknown} are not fields of schema {schema.id!r} "
+            f"(expected dotted paths such as 'person.name.firstName' or 'identityMap.Email')"
+        )
+    return list(enumerate(header))
+
+
+def _csv_to_json(columns: list[tuple[int, str]], schema: Schema) -> str:
+    """SQL building one JSON object per CSV row: dotted names become nesting, identityMap.NS a one-id list."""
+    leaves: dict[str, str] = {}
+    identities: list[str] = []
+    for i, name in columns:
+        col = quote_ident(f"c{i}")
+        if name.startswith("identityMap."):
+            ns = name.split(".", 1)[1]
+            identities.append(
+                f"{quote_literal(ns)}, CASE WHEN {col} IS NULL THEN NULL "
+                f"ELSE json_array(json_object('id', {col}, 'primary', {'true' if not identities else 'false'})) END"
+            )
+        elif schema.field(name).type is FieldType.ARRAY:
+            leaves[name] = f"CASE WHEN json_valid({col}) THEN json({col}) ELSE to_json({col}) END"
+        else:
+            leaves[name] = col
+    parts = [f"{quote_literal(top)}, {expr}" for top, expr in nest(leaves, as_json=True)]
+    if identities:
+        parts.append(f"'identityMap', json_object({', '.join(identities)})")
+    return f"json_object({', '.join(parts)})"
+
+
+def _data_row_numbers(count: int, skipped: list[int]) -> pa.Array:
+    """Row numbers of the rows that were read, given the (sorted) numbers of those skipped as malformed."""
+    out, row, k = [], 0, 0
+    if not skipped:
+        return pa.array(range(1, count + 1), pa.int64())
+    for _ in range(count):
+        row += 1
+        while k < len(skipped) and skipped[k] == row:
+            row += 1
+            k += 1
+        out.append(row)
+    return pa.array(out, pa.int64())
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

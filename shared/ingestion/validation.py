@@ -1,0 +1,304 @@
+"""Row validation against a schema, in columns: every row is parsed once in DuckDB, each field is checked
+by one SQL expression, and accepted rows become typed nested structs ready for the lake."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from shared.engine import scalar
+from shared.ingestion.paths import json_path, nest, quote_ident, quote_literal
+from shared.ingestion.records import Records
+from shared.ingestion.schemas import FieldType, Namespace, Schema, SchemaField
+
+IDENTITY_MAP_TYPE = 'MAP(VARCHAR, STRUCT(id VARCHAR, "primary" BOOLEAN)[])'
+
+# JSON value types each field type accepts (text files bring only strings and are judged by conversion).
+_JSON_TYPES = {
+    FieldType.STRING: ("VARCHAR",),
+    FieldType.INTEGER: ("BIGINT", "UBIGINT"),
+    FieldType.NUMBER: ("BIGINT", "UBIGINT", "DOUBLE"),
+    FieldType.BOOLEAN: ("BOOLEAN",),
+    FieldType.DATE: ("VARCHAR",),
+    FieldType.DATETIME: ("VARCHAR",),
+    FieldType.ARRAY: ("ARRAY",),
+}
+_NAMES = {
+    FieldType.DATETIME: "date-time (ISO 8601)",
+    FieldType.DATE: "date (YYYY-MM-DD)",
+}
+
+
+def _problem(field: str, reason_sql: str) -> str:
+    return f"{{'field': {quote_literal(field)}, 'reason': {reason_sql}}}"
+
+
+def _sql_list(values: tuple[str, ...] | list[str]) -> str:
+    return "(" + ", ".join(quote_literal(v) for v in values) + ")"
+
+
+class SchemaChecks:
+    """The SQL that checks and types the fields of one schema. `v[i]` is the i-th field's raw JSON value."""
+
+    def __init__(self, schema: Schema, *, text_values: bool) -> None:
+        self.schema = schema
+        self.text_values = text_values
+        self.fields = list(schema.fields)
+        self.identity_index = len(self.fields) + 1  # identityMap is extracted last
+
+    def extract_paths(self) -> str:
+        paths = [json_path(f.path) for f in self.fields] + ["$.identityMap"]
+        return "[" + ", ".join(quote_literal(p) for p in paths) + "]"
+
+    def _allowed(self, f: SchemaField) -> tuple[str, ...]:
+        if self.text_values and f.type is not FieldType.ARRAY:
+            return ("VARCHAR",)
+        return _JSON_TYPES[f.type]
+
+    def problems(self) -> str:
+        """One SQL list expression: the problems of a row, empty when the row is valid."""
+        checks = [
+            (_problem("", "'not valid JSON'"), "NOT ok"),
+            (
+                _problem("", "'a record must be a JSON object, found ' || lower(rtype)"),
+                "ok AND rtype <> 'OBJECT'",
+            ),
+        ]
+        for i, f in enumerate(self.fields, start=1):
+            checks.extend(self._field_checks(i, f))
+        checks.extend(self._identity_checks())
+        cases = [f"CASE WHEN {condition} THEN {problem} END" for problem, condition in checks]
+        return f"list_filter([{', '.join(cases)}], lambda p: p IS NOT NULL)"
+
+    def _field_checks(self, i: int, f: SchemaField) -> list[tuple[str, str]]:
+        x = f"v[{i}]"
+        t = f"json_type({x})"
+        present = f"({x} IS NOT NULL AND {t} <> 'NULL')"
+        text = f"json_extract_string({x}, '$')"
+        allowed = self._allowed(f)
+        kind = _NAMES.get(f.type, f.type.value)
+        out = []
+        if f.required:
+            out.append(
+                (
+                    _problem(f.path, "'required field is missing'"),
+                    f"ok AND NOT coalesce({present}, false)",
+                )
+            )
+        out.append(
+            (
+                _problem(
+                    f.path,
+                    f"'expected {kind}, found ' || lower({t}) || ' ' || left({x}::VARCHAR, 60)",
+                ),
+                f"{present} AND {t} NOT IN {_sql_list(allowed)}",
+            )
+        )
+        if f.type in (
+            FieldType.INTEGER,
+            FieldType.NUMBER,
+            FieldType.BOOLEAN,
+            FieldType.DATE,
+            FieldType.DATETIME,
+        ):
+            out.append(
+                (
+                    _problem(f.path, f"left({text}, 60) || ' is not a valid {kind}'"),
+                    f"{present} AND {t} IN {_sql_list(allowed)} AND try_cast({text} AS {f.type.duckdb}) IS NULL",
+                )
+            )
+        if f.enum:
+            out.append(
+                (
+                    _problem(
+                        f.path,
+                        f"left({text}, 60) || ' is not one of {', '.join(f.enum)}'",
+                    ),
+                    f"{present} AND {t} = 'VARCHAR' AND {text} NOT IN {_sql_list(f.enum)}",
+                )
+            )
+        for item in f.items or []:
+            item_types = _sql_list(_JSON_TYPES[item.type])
+            bad = (
+                f"list_filter(json_extract({x}, '$[*].{quote_ident(item.name)}'), "
+                f"lambda e: json_type(e) NOT IN {item_types} AND json_type(e) <> 'NULL')"
+            )
+            out.append(
+                (
+                    _problem(
+                        f"{f.path}[].{item.name}",
+                        f"'expected {item.type.value} in every item, found ' || left({bad}::VARCHAR, 60)",
+                    ),
+                    f"{present} AND {t} = 'ARRAY' AND len({bad}) > 0",
+                )
+            )
+        return out
+
+    def _identity_checks(self) -> list[tuple[str, str]]:
+        m = f"v[{self.identity_index}]"
+        is_obj = f"json_type({m}) = 'OBJECT'"
+        namespaces = _sql_list([ns.value for ns in Namespace])
+        unknown = f"list_filter(json_keys({m}), lambda k: k NOT IN {namespaces})"
+        not_lists = f"list_filter(json_extract({m}, '$.*'), lambda e: json_type(e) NOT IN ('ARRAY', 'NULL'))"
+        entries = f"json_extract({m}, '$.*[*]')"
+        bad_entries = (
+            f"list_filter({entries}, lambda e: json_type(e) <> 'OBJECT' "
+            f"OR json_type(e, '$.id') IS DISTINCT FROM 'VARCHAR' OR trim(json_extract_string(e, '$.id')) = '')"
+        )
+        identity_fields = [i for i, f in enumerate(self.fields, start=1) if f.identity]
+        field_ids = (
+            " + ".join(
+                f"CASE WHEN nullif(trim(json_extract_string(v[{i}], '$')), '') IS NOT NULL THEN 1 ELSE 0 END"
+                for i in identity_fields
+            )
+            or "0"
+        )
+        named = ", ".join(["identityMap"] + [self.fields[i - 1].path for i in identity_fields])
+        return [
+            (
+                _problem(
+                    "identityMap",
+                    "'must be an object of namespace: [{id, primary}], found ' || lower(json_type(" + m + "))",
+                ),
+                f"ok AND {m} IS NOT NULL AND json_type({m}) NOT IN ('OBJECT', 'NULL')",
+            ),
+            (
+                _problem(
+                    "identityMap",
+                    f"'unknown namespaces ' || {unknown}::VARCHAR || '; known: {', '.join(ns.value for ns in Namespace)}'",
+                ),
+                f"ok AND {is_obj} AND len({unknown}) > 0",
+            ),
+            (
+                _problem("identityMap", "'each namespace must hold a list of {id, primary}'"),
+                f"ok AND {is_obj} AND len({not_lists}) > 0",
+            ),
+            (
+                _problem("identityMap", "'each identity needs a non-empty string id'"),
+                f"ok AND {is_obj} AND len({not_lists}) = 0 AND len({bad_entries}) > 0",
+            ),
+            (
+                _problem("identityMap", f"'the record has no identity; give one in {named}'"),
+                f"ok AND rtype = 'OBJECT' AND coalesce(CASE WHEN {is_obj} THEN len({entries}) END, 0) + ({field_ids}) = 0",
+            ),
+        ]
+
+    def typed_columns(self) -> list[tuple[str, str]]:
+        """(column, SQL) pairs turning a valid row's raw values into typed, nested lake columns."""
+        leaves: dict[str, str] = {}
+        for i, f in enumerate(self.fields, start=1):
+            text = f"json_extract_string(v[{i}], '$')"
+            if f.type is FieldType.ARRAY:
+                leaves[f.path] = f"try_cast(v[{i}] AS {f.duckdb_type})"
+            elif f.type is FieldType.STRING:
+                leaves[f.path] = text
+            else:
+                leaves[f.path] = f"try_cast({text} AS {f.type.duckdb})"
+        columns = nest(leaves)
+        columns.append(
+            (
+                "identityMap",
+                f"try_cast(v[{self.identity_index}] AS {IDENTITY_MAP_TYPE})",
+            )
+        )
+        return columns
+
+
+@dataclass
+class Validation:
+    """The outcome of checking one file's records: counts, and writers for the accepted rows and the errors."""
+
+    con: duckdb.DuckDBPyConnection
+    checks: SchemaChecks
+    records: Records
+    rows_read: int
+    rejected: int
+
+    @property
+    def accepted(self) -> int:
+        return self.rows_read - self.rejected
+
+    @property
+    def rejected_ratio(self) -> float:
+        return self.rejected / self.rows_read if self.rows_read else 0.0
+
+    def write_accepted(self, path: Path, *, batch_id: str, ingested_at: dt.datetime) -> None:
+        cols = ", ".join(f"{expr} AS {quote_ident(name)}" for name, expr in self.checks.typed_columns())
+        self.con.execute(
+            f"""COPY (
+                SELECT {cols},
+                       {quote_literal(batch_id)} AS _batchId,
+                       _row,
+                       {quote_literal(ingested_at.isoformat())}::TIMESTAMPTZ AS _ingestedAt
+                FROM _checked WHERE len(problems) = 0 ORDER BY _row
+            ) TO {quote_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)"""
+        )
+
+    def write_errors(self, path: Path) -> None:
+        self.con.register("_read_errors", _read_errors_table(self.records))
+        try:
+            self.con.execute(
+                f"""COPY (
+                    SELECT "row", field, reason, record FROM (
+                        SELECT _row AS "row", p.field AS field, p.reason AS reason, left(record, 2000) AS record
+                        FROM (SELECT _row, record, unnest(problems) AS p FROM _checked WHERE len(problems) > 0)
+                        UNION ALL
+                        SELECT "row", field, reason, NULL FROM _read_errors
+                    ) ORDER BY "row", field
+                ) TO {quote_literal(str(path))} (FORMAT csv, HEADER)"""
+            )
+        finally:
+            self.con.unregister("_read_errors")
+
+    def first_errors(self, limit: int = 20) -> list[tuple[int, str, str]]:
+        rows = self.con.sql(
+            f"""SELECT _row, p.field, p.reason FROM
+                (SELECT _row, unnest(problems) AS p FROM _checked WHERE len(problems) > 0)
+                ORDER BY _row LIMIT {int(limit)}"""
+        ).fetchall()
+        return sorted(rows + self.records.row_errors)[:limit]
+
+
+def validate(con: duckdb.DuckDBPyConnection, records: Records, schema: Schema) -> Validation:
+    checks = SchemaChecks(schema, text_values=records.text_values)
+    con.register("_records", records.table)
+    try:
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _checked AS
+            WITH parsed AS (
+                SELECT _row, record, json_valid(record) AS ok FROM _records
+            ), extracted AS (
+                SELECT _row, record, ok,
+                       CASE WHEN ok THEN json_type(record::JSON) END AS rtype,
+                       CASE WHEN ok THEN json_extract(record, {checks.extract_paths()}) END AS v
+                FROM parsed
+            )
+            SELECT _row, record, v, {checks.problems()} AS problems FROM extracted"""
+        )
+    finally:
+        con.unregister("_records")
+    bad = scalar(con, "SELECT count(*) FROM _checked WHERE len(problems) > 0")
+    read_errors = len({r for r, _, _ in records.row_errors})
+    return Validation(
+        con=con,
+        checks=checks,
+        records=records,
+        rows_read=records.rows_read,
+        rejected=bad + read_errors,
+    )
+
+
+def _read_errors_table(records: Records):
+    import pyarrow as pa
+
+    rows = records.row_errors
+    return pa.table(
+        {
+            "row": pa.array([r for r, _, _ in rows], pa.int64()),
+            "field": pa.array([f for _, f, _ in rows], pa.string()),
+            "reason": pa.array([m for _, _, m in rows], pa.string()),
+        }
+    )

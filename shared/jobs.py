@@ -1,0 +1,136 @@
+"""Job records: every ingestion batch, segment job, export run and audience load has one, with status,
+times, metrics and errors, kept in the `jobs` table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from shared.settings import Settings
+from shared.storage import EntityTable, StorageAccount
+
+MAX_STORED_ERRORS = 50
+
+
+class JobType(StrEnum):
+    INGESTION = "ingestion"
+    SEGMENT = "segment"
+    EXPORT = "export"
+    AUDIENCE_LOAD = "audience-load"
+    FEEDBACK = "feedback"
+
+
+class JobStatus(StrEnum):
+    NEW = "NEW"
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLING = "CANCELLING"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class Job(BaseModel):
+    id: str
+    type: JobType
+    status: JobStatus = JobStatus.NEW
+    subject: str = Field("", description="What the job works on: a dataset, a segment, a dataflow.")
+    source: str = Field("", description="The input, such as the landing blob of an ingestion batch.")
+    created: dt.datetime
+    started: dt.datetime | None = None
+    ended: dt.datetime | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    errors: list[JobError] = Field(default_factory=list)
+    errors_total: int = 0
+    links: dict[str, str] = Field(default_factory=dict)
+    etag: str | None = Field(None, exclude=True)
+
+    def to_entity(self) -> dict[str, Any]:
+        kept = self.errors[:MAX_STORED_ERRORS]
+        return {
+            "PartitionKey": self.type.value,
+            "RowKey": self.id,
+            "status": self.status.value,
+            "subject": self.subject,
+            "source": self.source,
+            "created": self.created,
+            "started": self.started,
+            "ended": self.ended,
+            "metrics": json.dumps(self.metrics, default=str),
+            "errors": json.dumps([e.model_dump() for e in kept]),
+            "errorsTotal": max(self.errors_total, len(self.errors)),
+            "links": json.dumps(self.links),
+        }
+
+    @classmethod
+    def from_entity(cls, entity: dict[str, Any]) -> Job:
+        return cls(
+            id=entity["RowKey"],
+            type=JobType(entity["PartitionKey"]),
+            status=JobStatus(entity["status"]),
+            subject=entity.get("subject", ""),
+            source=entity.get("source", ""),
+            created=entity["created"],
+            started=entity.get("started"),
+            ended=entity.get("ended"),
+            metrics=json.loads(entity.get("metrics") or "{}"),
+            errors=[JobError(**e) for e in json.loads(entity.get("errors") or "[]")],
+            errors_total=entity.get("errorsTotal", 0),
+            links=json.loads(entity.get("links") or "{}"),
+            etag=entity.get("etag"),
+        )
+
+
+class JobStore:
+    """Job records, one partition per job type, keyed by job id."""
+
+    def __init__(self, table: EntityTable) -> None:
+        self.table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount) -> JobStore:
+        return cls(EntityTable(account.table(settings.table_name("jobs"))))
+
+    def find(self, job_type: JobType, job_id: str) -> Job | None:
+        entity = self.table.find(job_type.value, job_id)
+        return Job.from_entity(entity) if entity else None
+
+    def get(self, job_type: JobType, job_id: str) -> Job:
+        return Job.from_entity(self.table.get(job_type.value, job_id))
+
+    def create(self, job: Job) -> Job:
+        """Insert a new record; `Conflict` if another worker created it first."""
+        stored = self.table.insert(job.to_entity())
+        return job.model_copy(update={"etag": stored["etag"]})
+
+    def save(self, job: Job) -> Job:
+        """Write the job back, failing with `Conflict` if it changed since it was read."""
+        if job.etag is None:
+            stored = self.table.upsert(job.to_entity())
+        else:
+            stored = self.table.update(job.to_entity(), etag=job.etag)
+        return job.model_copy(update={"etag": stored["etag"]})
+
+    def list(self, job_type: JobType, *, status: JobStatus | None = None) -> list[Job]:
+        flt, params = "PartitionKey eq @pk", {"pk": job_type.value}
+        if status:
+            flt += " and status eq @status"
+            params["status"] = status.value
+        return sorted(
+            (Job.from_entity(e) for e in self.table.all(flt, parameters=params)),
+            key=lambda j: j.created,
+            reverse=True,
+        )

@@ -1,0 +1,72 @@
+"""Every setting the app reads, in one place: Functions app settings arrive as environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+AZURITE_CONNECTION_STRING = "UseDevelopmentStorage=true"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", populate_by_name=True)
+
+    storage_connection: str = Field(
+        AZURITE_CONNECTION_STRING,
+        validation_alias=AliasChoices("AzureWebJobsStorage", "storage_connection"),
+        description="Connection string of the storage account that holds every container, table and queue.",
+    )
+    landing_container: str = Field(
+        "landing",
+        validation_alias=AliasChoices("LANDING_CONTAINER", "landing_container"),
+    )
+    lake_container: str = Field("lake", validation_alias=AliasChoices("LAKE_CONTAINER", "lake_container"))
+    segments_container: str = Field(
+        "segments",
+        validation_alias=AliasChoices("SEGMENTS_CONTAINER", "segments_container"),
+    )
+    dlz_container: str = Field("dlz", validation_alias=AliasChoices("DLZ_CONTAINER", "dlz_container"))
+    campaign_container: str = Field(
+        "campaign",
+        validation_alias=AliasChoices("CAMPAIGN_CONTAINER", "campaign_container"),
+    )
+    table_prefix: str = Field(
+        "",
+        validation_alias=AliasChoices("TABLE_PREFIX", "table_prefix"),
+        pattern=r"^[A-Za-z][A-Za-z0-9]{0,40}$|^$",
+        description="Prepended to every table name, so several deployments can share one account.",
+    )
+    ingestion_max_file_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        validation_alias=AliasChoices("INGESTION_MAX_FILE_BYTES", "ingestion_max_file_bytes"),
+    )
+    ingestion_max_rejected_ratio: float = Field(
+        0.005,
+        ge=0,
+        le=1,
+        validation_alias=AliasChoices("INGESTION_MAX_REJECTED_RATIO", "ingestion_max_rejected_ratio"),
+        description="A batch fails when more than this share of its rows is rejected (Adobe's alert: 0.5%).",
+    )
+    identity_graph_limit: int = Field(
+        50,
+        gt=1,
+        validation_alias=AliasChoices("IDENTITY_GRAPH_LIMIT", "identity_graph_limit"),
+    )
+    duckdb_memory_limit: str = Field(
+        "1GB",
+        validation_alias=AliasChoices("DUCKDB_MEMORY_LIMIT", "duckdb_memory_limit"),
+        description="DuckDB's memory limit; it spills past it. The default fits the Consumption plan's 1.5 GB.",
+    )
+    duckdb_threads: int = Field(2, gt=0, validation_alias=AliasChoices("DUCKDB_THREADS", "duckdb_threads"))
+
+    def table_name(self, base: str) -> str:
+        return f"{self.table_prefix}{base}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The app's settings, read once per process from the environment."""
+    return Settings()

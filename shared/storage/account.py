@@ -1,0 +1,80 @@
+"""One storage account: its blob, table and queue clients, with containers, tables and queues created on first use."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import TableClient, TableServiceClient
+from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.queue import QueueClient, QueueServiceClient
+
+from shared.settings import Settings
+
+# Azurite's well-known development account (public, documented by Microsoft).
+AZURITE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def azurite_connection_string(
+    host: str = "127.0.0.1",
+    *,
+    blob: int = 10000,
+    queue: int = 10001,
+    table: int = 10002,
+) -> str:
+    return (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        f"AccountKey={AZURITE_ACCOUNT_KEY};"
+        f"BlobEndpoint=http://{host}:{blob}/devstoreaccount1;"
+        f"QueueEndpoint=http://{host}:{queue}/devstoreaccount1;"
+        f"TableEndpoint=http://{host}:{table}/devstoreaccount1;"
+    )
+
+
+def expand_connection_string(value: str) -> str:
+    """`UseDevelopmentStorage=true` (what Functions tooling writes) spelled out, since not every SDK reads it."""
+    if value.replace(" ", "").lower().startswith("usedevelopmentstorage=true"):
+        return azurite_connection_string()
+    return value
+
+
+class StorageAccount:
+    """Clients for one account; `container()`, `table()` and `queue()` create what they name the first time."""
+
+    def __init__(self, connection_string: str) -> None:
+        conn = expand_connection_string(connection_string)
+        self.blob_service = BlobServiceClient.from_connection_string(conn)
+        self.table_service = TableServiceClient.from_connection_string(conn)
+        self.queue_service = QueueServiceClient.from_connection_string(conn)
+        self._ready: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StorageAccount:
+        return cls(settings.storage_connection)
+
+    def _first_use(self, kind: str, name: str, create) -> None:
+        key = (kind, name)
+        if key in self._ready:
+            return
+        with self._lock:
+            if key in self._ready:
+                return
+            with contextlib.suppress(ResourceExistsError):
+                create()
+            self._ready.add(key)
+
+    def container(self, name: str) -> ContainerClient:
+        client = self.blob_service.get_container_client(name)
+        self._first_use("container", name, client.create_container)
+        return client
+
+    def table(self, name: str) -> TableClient:
+        self._first_use("table", name, lambda: self.table_service.create_table_if_not_exists(name))
+        return self.table_service.get_table_client(name)
+
+    def queue(self, name: str) -> QueueClient:
+        client = self.queue_service.get_queue_client(name)
+        self._first_use("queue", name, client.create_queue)
+        return client

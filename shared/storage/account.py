@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from functools import lru_cache
 
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient, TableServiceClient
@@ -52,7 +53,8 @@ class StorageAccount:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StorageAccount:
-        return cls(settings.storage_connection)
+        """The account of these settings, shared by every call in the process (clients are thread-safe)."""
+        return _account(settings.storage_connection)
 
     def _first_use(self, kind: str, name: str, create) -> None:
         key = (kind, name)
@@ -78,3 +80,8 @@ class StorageAccount:
         client = self.queue_service.get_queue_client(name)
         self._first_use("queue", name, client.create_queue)
         return client
+
+
+@lru_cache(maxsize=8)
+def _account(connection_string: str) -> StorageAccount:
+    return StorageAccount(connection_string)

@@ -20,19 +20,13 @@ class BlobStore:
 
     def put(self, name: str, data: bytes, *, metadata: dict[str, str] | None = None) -> str:
         """Write (or overwrite) a blob; returns its ETag."""
-        result = self.container.upload_blob(name, data, overwrite=True, metadata=metadata, max_concurrency=_CONCURRENCY)
-        return result["etag"]
+        client = self.container.get_blob_client(name)
+        return client.upload_blob(data, overwrite=True, metadata=metadata, max_concurrency=_CONCURRENCY)["etag"]
 
     def put_file(self, name: str, path: Path, *, metadata: dict[str, str] | None = None) -> str:
+        client = self.container.get_blob_client(name)
         with open(path, "rb") as fh:
-            result = self.container.upload_blob(
-                name,
-                fh,
-                overwrite=True,
-                metadata=metadata,
-                max_concurrency=_CONCURRENCY,
-            )
-        return result["etag"]
+            return client.upload_blob(fh, overwrite=True, metadata=metadata, max_concurrency=_CONCURRENCY)["etag"]
 
     def get(self, name: str) -> bytes:
         try:

@@ -1,0 +1,1 @@
+"""Development tooling: the local Azurite, the sample data generator and the demo."""

@@ -1,0 +1,90 @@
+"""Start and stop the Azurite pinned in package.json, on free ports, for the tests and the demo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.storage import azurite_connection_string
+
+ROOT = Path(__file__).resolve().parent.parent
+BINARY = ROOT / "node_modules" / ".bin" / "azurite"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"Azurite did not open port {port} in time")
+
+
+@dataclass
+class Azurite:
+    process: subprocess.Popen
+    ports: tuple[int, int, int]
+    location: Path
+    log: Path
+    _owns_location: bool
+
+    @property
+    def connection_string(self) -> str:
+        blob, queue, table = self.ports
+        return azurite_connection_string(blob=blob, queue=queue, table=table)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._owns_location:
+            shutil.rmtree(self.location, ignore_errors=True)
+
+
+def start_azurite(*, location: Path | None = None, in_memory: bool = False, timeout: float = 30.0) -> Azurite:
+    """Start Azurite with its data in `location` (or a temporary folder, or in memory) and wait until it listens."""
+    if not BINARY.exists():
+        raise RuntimeError(f"{BINARY} is missing: run `npm ci` (make does it for you)")
+    owns = location is None
+    location = Path(location or tempfile.mkdtemp(prefix="azurite-"))
+    location.mkdir(parents=True, exist_ok=True)
+    ports = (_free_port(), _free_port(), _free_port())
+    log = location / "azurite.log"
+    args = [
+        str(BINARY),
+        "--skipApiVersionCheck",
+        "--loose",
+        "--silent",
+        "--blobHost", "127.0.0.1", "--blobPort", str(ports[0]),
+        "--queueHost", "127.0.0.1", "--queuePort", str(ports[1]),
+        "--tableHost", "127.0.0.1", "--tablePort", str(ports[2]),
+    ]  # fmt: skip
+    # Azurite takes either a data folder or memory; the folder still holds the log.
+    args += ["--inMemoryPersistence"] if in_memory else ["--location", str(location)]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ}, cwd=location)
+    azurite = Azurite(process, ports, location, log, owns)
+    deadline = time.monotonic() + timeout
+    try:
+        for port in ports:
+            _wait_for(port, deadline)
+    except RuntimeError:
+        azurite.stop()
+        raise RuntimeError(f"Azurite failed to start; see {log}") from None
+    return azurite

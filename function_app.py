@@ -1,0 +1,9 @@
+"""The Functions app: one Blueprint per area, registered here and nothing else."""
+
+import azure.functions as func
+
+from functions import catalog, ingestion
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(ingestion.bp)
+app.register_functions(catalog.bp)

@@ -1,0 +1,74 @@
+"""Configuration over HTTP: schemas, datasets, merge policies, and ingestion batch status."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import azure.functions as func
+
+from functions.http import answers, body_of, json_response
+from shared.identity import MergePolicy, MergePolicyStore
+from shared.ingestion import Dataset, DatasetStore, Schema, SchemaStore
+from shared.jobs import JobStore, JobType
+from shared.settings import get_settings
+from shared.storage import StorageAccount
+
+bp = func.Blueprint()
+
+
+def _account() -> StorageAccount:
+    return StorageAccount.from_settings(get_settings())
+
+
+@bp.function_name("schemas")
+@bp.route(route="schemas/{id?}", methods=["GET", "PUT"])
+@answers
+def schemas(req: func.HttpRequest) -> func.HttpResponse:
+    store = SchemaStore.from_settings(get_settings(), _account())
+    schema_id = req.route_params.get("id")
+    if req.method == "PUT" and schema_id:
+        schema = Schema.model_validate({**body_of(req), "id": schema_id})
+        return json_response(store.save(schema), status=200)
+    if schema_id:
+        return json_response(store.get(schema_id))
+    return json_response(store.list())
+
+
+@bp.function_name("datasets")
+@bp.route(route="datasets/{id?}", methods=["GET", "PUT"])
+@answers
+def datasets(req: func.HttpRequest) -> func.HttpResponse:
+    settings = get_settings()
+    store = DatasetStore.from_settings(settings, _account())
+    dataset_id = req.route_params.get("id")
+    if req.method == "PUT" and dataset_id:
+        dataset = Dataset.model_validate({**body_of(req), "id": dataset_id})
+        return json_response(store.save(dataset, now=dt.datetime.now(dt.UTC)))
+    if dataset_id:
+        return json_response(store.get(dataset_id))
+    return json_response(store.list())
+
+
+@bp.function_name("merge_policies")
+@bp.route(route="merge-policies/{id?}", methods=["GET", "PUT"])
+@answers
+def merge_policies(req: func.HttpRequest) -> func.HttpResponse:
+    store = MergePolicyStore.from_settings(get_settings(), _account())
+    policy_id = req.route_params.get("id")
+    if req.method == "PUT" and policy_id:
+        body = body_of(req)
+        make_default = bool(body.pop("default", False))
+        return json_response(
+            store.save(MergePolicy.model_validate({**body, "id": policy_id}), make_default=make_default)
+        )
+    if policy_id:
+        return json_response(store.get(policy_id))
+    return json_response({"default": store.default().id, "policies": [p.model_dump() for p in store.list()]})
+
+
+@bp.function_name("batches")
+@bp.route(route="batches/{id}", methods=["GET"])
+@answers
+def batches(req: func.HttpRequest) -> func.HttpResponse:
+    jobs = JobStore.from_settings(get_settings(), _account())
+    return json_response(jobs.get(JobType.INGESTION, req.route_params["id"]).model_dump(mode="json"))

@@ -1,0 +1,85 @@
+"""Merge policies: how fragments of one person become one profile. Timestamp ordered (the latest
+ingested non-null value of each attribute wins) or dataset precedence (an ordered list of datasets)."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+
+from pydantic import BaseModel, Field, model_validator
+
+from shared.errors import NotFound
+from shared.settings import Settings
+from shared.storage import EntityTable, StorageAccount
+
+
+class MergeMethod(StrEnum):
+    TIMESTAMP_ORDERED = "timestampOrdered"
+    DATASET_PRECEDENCE = "dataSetPrecedence"
+
+
+class MergePolicy(BaseModel):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
+    name: str
+    method: MergeMethod = MergeMethod.TIMESTAMP_ORDERED
+    dataset_order: list[str] = Field(
+        default_factory=list, description="For dataset precedence: datasets, most trusted first."
+    )
+    identity_stitching: bool = Field(
+        True, description="Join fragments that share any identity; off: only fragments with the same primary identity."
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> MergePolicy:
+        if self.method is MergeMethod.DATASET_PRECEDENCE and not self.dataset_order:
+            raise ValueError(f"merge policy {self.id!r}: dataset precedence needs dataset_order")
+        if len(set(self.dataset_order)) != len(self.dataset_order):
+            raise ValueError(f"merge policy {self.id!r}: dataset_order names a dataset twice")
+        return self
+
+
+DEFAULT_POLICY = MergePolicy(id="default", name="Default (timestamp ordered, stitched)")
+
+
+class MergePolicyStore:
+    """Policies in the `mergepolicies` table, and which one is the default (one record, updated with ETags)."""
+
+    POLICIES = "policy"
+    DEFAULT = ("default", "pointer")
+
+    def __init__(self, table: EntityTable) -> None:
+        self.table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount) -> MergePolicyStore:
+        return cls(EntityTable(account.table(settings.table_name("mergepolicies"))))
+
+    def save(self, policy: MergePolicy, *, make_default: bool = False) -> MergePolicy:
+        self.table.upsert({"PartitionKey": self.POLICIES, "RowKey": policy.id, "definition": policy.model_dump_json()})
+        if make_default:
+            pointer = self.table.find(*self.DEFAULT)
+            entity = {"PartitionKey": self.DEFAULT[0], "RowKey": self.DEFAULT[1], "policyId": policy.id}
+            if pointer is None:
+                self.table.insert(entity)
+            else:
+                self.table.update(entity, etag=pointer["etag"])
+        return policy
+
+    def get(self, policy_id: str) -> MergePolicy:
+        if policy_id == DEFAULT_POLICY.id and self.table.find(self.POLICIES, policy_id) is None:
+            return DEFAULT_POLICY
+        entity = self.table.find(self.POLICIES, policy_id)
+        if entity is None:
+            raise NotFound(f"no merge policy {policy_id!r}")
+        return MergePolicy.model_validate(json.loads(entity["definition"]))
+
+    def default(self) -> MergePolicy:
+        pointer = self.table.find(*self.DEFAULT)
+        return self.get(pointer["policyId"]) if pointer else DEFAULT_POLICY
+
+    def list(self) -> list[MergePolicy]:
+        rows = self.table.all("PartitionKey eq @pk", parameters={"pk": self.POLICIES})
+        stored = [MergePolicy.model_validate(json.loads(e["definition"])) for e in rows]
+        if all(p.id != DEFAULT_POLICY.id for p in stored):
+            stored.append(DEFAULT_POLICY)
+        return sorted(stored, key=lambda p: p.id)

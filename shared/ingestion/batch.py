@@ -1,0 +1,201 @@
+"""Batch ingestion: one landed file becomes one batch — read, validated against its dataset's schema,
+written to the lake, with a job record and an errors file. The same blob (name + ETag) is ingested once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from shared.engine import connect
+from shared.errors import BridgeError, Conflict, NotFound, ValidationError
+from shared.ingestion.datasets import DatasetStore
+from shared.ingestion.lake import LakeStore
+from shared.ingestion.records import read_records
+from shared.ingestion.validation import validate
+from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
+from shared.settings import Settings
+from shared.storage import BlobStore, StorageAccount
+
+log = logging.getLogger(__name__)
+
+# A failure of this code means "try again": the platform retries the trigger and the batch is re-claimed.
+RETRYABLE = "internal"
+
+
+def batch_id_for(path: str, etag: str) -> str:
+    """The batch of a landed blob version: the same name and ETag always give the same batch."""
+    return "b" + hashlib.sha256(f"{path}\n{etag.strip(chr(34))}".encode()).hexdigest()[:24]
+
+
+def split_landing_path(path: str) -> tuple[str, str]:
+    """`{dataset}/{file}` → (dataset, file), refusing paths without a dataset folder."""
+    dataset, sep, file_name = path.partition("/")
+    if not sep or not dataset or not file_name:
+        raise ValidationError(f"{path!r}: files must land in a dataset folder, as '<dataset>/<file>'")
+    return dataset, file_name
+
+
+class BatchIngestion:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        landing: BlobStore,
+        lake: LakeStore,
+        datasets: DatasetStore,
+        jobs: JobStore,
+    ) -> None:
+        self.settings = settings
+        self.landing = landing
+        self.lake = lake
+        self.datasets = datasets
+        self.jobs = jobs
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount | None = None) -> BatchIngestion:
+        account = account or StorageAccount.from_settings(settings)
+        return cls(
+            settings=settings,
+            landing=BlobStore(account.container(settings.landing_container)),
+            lake=LakeStore.from_settings(settings, account),
+            datasets=DatasetStore.from_settings(settings, account),
+            jobs=JobStore.from_settings(settings, account),
+        )
+
+    def ingest(self, path: str, data: bytes, *, now: dt.datetime, etag: str | None = None) -> Job:
+        """Ingest the landed file at `path` (relative to the landing container) as of `now`."""
+        etag = etag or self.landing.etag(path)
+        job = self._claim(path, etag, now)
+        if job is None:
+            return self.jobs.get(JobType.INGESTION, batch_id_for(path, etag))
+        started = time.monotonic()
+        try:
+            job = self._run(job, path, data, now)
+        except BridgeError as exc:
+            job = self._finish(
+                job, JobStatus.FAILED, started, now, errors=[JobError(code=exc.code, message=exc.message)]
+            )
+        except Exception as exc:
+            self._finish(job, JobStatus.FAILED, started, now, errors=[JobError(code=RETRYABLE, message=str(exc))])
+            raise
+        log.info("batch %s of %s: %s %s", job.id, path, job.status.value, job.metrics)
+        return job
+
+    def _claim(self, path: str, etag: str, now: dt.datetime) -> Job | None:
+        """Create or take over the batch's job record; None when it is done or another worker holds it."""
+        dataset_id = path.partition("/")[0]
+        job = Job(
+            id=batch_id_for(path, etag),
+            type=JobType.INGESTION,
+            status=JobStatus.PROCESSING,
+            subject=dataset_id,
+            source=f"{self.landing.name}/{path}",
+            created=now,
+            started=now,
+            links={"landing": f"{self.landing.name}/{path}", "etag": etag},
+        )
+        try:
+            return self.jobs.create(job)
+        except Conflict:
+            existing = self.jobs.get(JobType.INGESTION, job.id)
+        retry = existing.status is JobStatus.FAILED and any(e.code == RETRYABLE for e in existing.errors)
+        stalled = existing.status in (JobStatus.NEW, JobStatus.PROCESSING)
+        if not (retry or stalled):
+            log.info("batch %s of %s was already ingested (%s); nothing to do", existing.id, path, existing.status)
+            return None
+        try:
+            return self.jobs.save(
+                existing.model_copy(update={"status": JobStatus.PROCESSING, "started": now, "errors": []})
+            )
+        except Conflict:
+            return None
+
+    def _run(self, job: Job, path: str, data: bytes, now: dt.datetime) -> Job:
+        started = time.monotonic()
+        dataset_id, file_name = split_landing_path(path)
+        if len(data) > self.settings.ingestion_max_file_bytes:
+            raise ValidationError(
+                f"{path}: {len(data)} bytes is over the limit of {self.settings.ingestion_max_file_bytes} "
+                "(INGESTION_MAX_FILE_BYTES); split the file"
+            )
+        try:
+            dataset = self.datasets.get(dataset_id)
+        except NotFound as exc:
+            raise ValidationError(f"{path}: unknown dataset {dataset_id!r}; create it before landing files") from exc
+        schema = self.datasets.schemas.get(dataset.schema_id)
+        with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
+            con = connect(self.settings, spill_dir=tmp)
+            try:
+                records = read_records(data, file_name=path, schema=schema, con=con)
+                checked = validate(con, records, schema)
+                metrics = {
+                    "rowsRead": checked.rows_read,
+                    "rowsAccepted": checked.accepted,
+                    "rowsRejected": checked.rejected,
+                    "bytes": len(data),
+                    "format": file_name.rsplit(".", 1)[-1].lower(),
+                }
+                errors = [
+                    JobError(code="row", message=f"row {row}{', field ' + f if f else ''}: {reason}")
+                    for row, f, reason in checked.first_errors(20)
+                ]
+                links = dict(job.links)
+                if checked.rejected:
+                    checked.write_errors(Path(tmp) / "errors.csv")
+                    self.lake.write_errors(dataset_id, job.id, Path(tmp) / "errors.csv")
+                    links["errors"] = f"{self.lake.blobs.name}/{self.lake.errors_path(dataset_id, job.id)}"
+                too_many = checked.rejected_ratio > self.settings.ingestion_max_rejected_ratio
+                if checked.rows_read == 0:
+                    raise ValidationError(f"{path}: the file has no rows")
+                if too_many or checked.accepted == 0:
+                    limit = self.settings.ingestion_max_rejected_ratio
+                    summary = JobError(
+                        code="rejected_rows",
+                        message=(
+                            f"{checked.rejected} of {checked.rows_read} rows rejected "
+                            f"({checked.rejected_ratio:.2%}), over the {limit:.2%} allowed "
+                            "(INGESTION_MAX_REJECTED_RATIO); nothing was written to the lake"
+                        ),
+                    )
+                    job = job.model_copy(update={"metrics": metrics, "links": links})
+                    return self._finish(
+                        job, JobStatus.FAILED, started, now, errors=[summary, *errors], total=checked.rejected + 1
+                    )
+                checked.write_accepted(Path(tmp) / DATA_NAME, batch_id=job.id, ingested_at=now)
+                self.lake.write_batch(dataset_id, job.id, Path(tmp) / DATA_NAME)
+                links["data"] = f"{self.lake.blobs.name}/{self.lake.data_path(dataset_id, job.id)}"
+                metrics["partial"] = checked.rejected > 0
+                job = job.model_copy(update={"metrics": metrics, "links": links})
+                return self._finish(job, JobStatus.SUCCEEDED, started, now, errors=errors, total=checked.rejected)
+            finally:
+                con.close()
+
+    def _finish(
+        self,
+        job: Job,
+        status: JobStatus,
+        started: float,
+        now: dt.datetime,
+        *,
+        errors: list[JobError],
+        total: int | None = None,
+    ) -> Job:
+        seconds = round(time.monotonic() - started, 3)
+        metrics = {**job.metrics, "durationSeconds": seconds}
+        done = job.model_copy(
+            update={
+                "status": status,
+                "ended": now + dt.timedelta(seconds=seconds),
+                "metrics": metrics,
+                "errors": errors,
+                "errors_total": total if total is not None else len(errors),
+            }
+        )
+        return self.jobs.save(done)
+
+
+DATA_NAME = "data.parquet"

@@ -1,0 +1,62 @@
+"""What the Functions host would index, and the settings it needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import function_app
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _functions() -> dict[str, dict]:
+    out = {}
+    for fn in function_app.app.get_functions():
+        trigger = fn.get_trigger().get_dict_repr()
+        out[fn.get_function_name()] = {k: (v.value if hasattr(v, "value") else v) for k, v in trigger.items()}
+    return out
+
+
+def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
+    functions = _functions()
+    assert functions["ingest_landing_file"]["type"] == "blobTrigger"
+    assert functions["ingest_landing_file"]["path"] == "%LANDING_CONTAINER%/{dataset}/{name}"
+    assert functions["ingest_landing_file"]["connection"] == "AzureWebJobsStorage"
+    routes = {name: f["route"] for name, f in functions.items() if f["type"] == "httpTrigger"}
+    assert routes == {
+        "schemas": "schemas/{id?}",
+        "datasets": "datasets/{id?}",
+        "merge_policies": "merge-policies/{id?}",
+        "batches": "batches/{id}",
+    }
+    assert all(functions[n]["authLevel"] == "function" for n in routes)
+
+
+def test_every_setting_in_a_binding_is_in_the_example_settings():
+    values = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
+    for f in _functions().values():
+        for key in ("path", "schedule", "connection"):
+            text = str(f.get(key, ""))
+            for part in text.split("%")[1::2]:
+                assert part in values, f"binding setting %{part}% missing from local.settings.example.json"
+            if key == "connection" and text:
+                assert text in values
+
+
+def test_the_example_settings_document_every_setting_the_app_reads():
+    values = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
+    readme = (ROOT / "README.md").read_text()
+    for field in Settings.model_fields.values():
+        name = field.validation_alias.choices[0]
+        assert name in values, f"{name} missing from local.settings.example.json"
+        assert f"`{name}`" in readme, f"{name} is not documented in README.md"
+    assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    assert values["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
+
+
+def test_host_json_uses_the_v4_extension_bundle():
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["version"] == "2.0"
+    assert host["extensionBundle"]["version"] == "[4.*, 5.0.0)"

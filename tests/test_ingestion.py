@@ -1,0 +1,218 @@
+"""Landing files become batches in the lake: every format, bad rows with their reasons, whole-file
+failures that leave nothing in the lake, the rejected-rows threshold, and duplicate deliveries."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shared.ingestion import LakeStore
+from shared.jobs import JobStatus
+from tests.helpers import create_dataset, event, ndjson, profile
+
+ANN = profile(
+    "c-1",
+    "Ann@Example.com",
+    person={"name": {"firstName": "Ann", "lastName": "Lee"}, "birthDate": "1990-04-01", "gender": "female"},
+    loyalty={"tier": "gold", "points": 1200},
+)
+
+
+@pytest.fixture
+def lake(settings, account) -> LakeStore:
+    return LakeStore.from_settings(settings, account)
+
+
+def lake_rows(lake: LakeStore, dataset: str) -> list[dict]:
+    files = lake.batch_files(dataset)
+    tables = [pq.read_table(pa.BufferReader(lake.blobs.get(f))) for f in files]
+    return [row for t in tables for row in t.to_pylist()]
+
+
+def errors_file(lake: LakeStore, job) -> list[dict]:
+    name = job.links["errors"].split("/", 1)[1]
+    return list(csv.DictReader(io.StringIO(lake.blobs.get(name).decode())))
+
+
+def test_ndjson_rows_land_in_the_lake_as_typed_nested_parquet(settings, landing_zone, lake):
+    create_dataset(settings, "crm")
+    job = landing_zone.ingest("crm/2026-11-20.ndjson", ndjson(ANN, profile("c-2", person={"gender": "male"})))
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.metrics.items() >= {"rowsRead": 2, "rowsAccepted": 2, "rowsRejected": 0}.items()
+    rows = lake_rows(lake, "crm")
+    assert rows[0]["person"]["name"]["firstName"] == "Ann"
+    assert str(rows[0]["person"]["birthDate"]) == "1990-04-01"
+    assert rows[0]["loyalty"]["points"] == 1200
+    assert dict(rows[0]["identityMap"])["CRMID"] == [{"id": "c-1", "primary": True}]
+    assert rows[0]["_batchId"] == job.id and rows[0]["_row"] == 1
+    assert job.links["data"].endswith(f"crm/batch={job.id}/data.parquet")
+
+
+def test_csv_with_dotted_columns_is_ingested_and_values_are_typed(settings, landing_zone, lake):
+    create_dataset(settings, "loyalty")
+    text = (
+        "identityMap.CRMID,identityMap.Email,loyalty.tier,loyalty.points,person.birthDate\n"
+        "c-1,ann@example.com,gold,1200,1990-04-01\n"
+        'c-2,,"platinum",50,\n'
+    )
+    job = landing_zone.ingest("loyalty/export.csv", text)
+    assert job.status is JobStatus.SUCCEEDED and job.metrics["rowsAccepted"] == 2
+    rows = lake_rows(lake, "loyalty")
+    assert [r["loyalty"]["points"] for r in rows] == [1200, 50]
+    assert rows[1]["person"]["birthDate"] is None
+    assert dict(rows[1]["identityMap"])["CRMID"][0]["id"] == "c-2"
+
+
+def test_parquet_files_are_ingested(settings, landing_zone, lake, tmp_path):
+    create_dataset(settings, "web", schema_id="xdm-experienceevent")
+    con = duckdb.connect()
+    path = tmp_path / "events.parquet"
+    con.execute(
+        f"""COPY (SELECT 'e-' || i AS _id, '2026-11-20T10:00:00Z' AS timestamp, 'web.webpagedetails.pageViews' AS eventType,
+                  MAP {{'ECID': [{{'id': 'ecid-' || i}}]}} AS identityMap FROM range(3) t(i))
+            TO '{path}' (FORMAT parquet)"""
+    )
+    job = landing_zone.ingest("web/events.parquet", path.read_bytes())
+    assert job.status is JobStatus.SUCCEEDED and job.metrics["rowsAccepted"] == 3
+    assert sorted(r["_id"] for r in lake_rows(lake, "web")) == ["e-0", "e-1", "e-2"]
+
+
+def test_a_json_array_file_is_ingested(settings, landing_zone, lake):
+    create_dataset(settings, "crm")
+    job = landing_zone.ingest("crm/array.json", json.dumps([ANN, profile("c-9")]))
+    assert job.status is JobStatus.SUCCEEDED and job.metrics["rowsAccepted"] == 2
+
+
+def test_bad_rows_are_written_to_the_errors_file_with_row_field_and_reason(settings, landing_zone, lake):
+    create_dataset(settings, "web", schema_id="xdm-experienceevent")
+    good = [event(f"e-{i}", "2026-11-20T10:00:00Z", "commerce.purchases", ECID=f"x{i}") for i in range(997)]
+    wrong_type = {
+        **event("e-bad1", "2026-11-20T10:00:00Z", "commerce.purchases", ECID="y"),
+        "commerce": {"order": {"priceTotal": "cheap"}},
+    }
+    missing = event("e-bad2", "2026-11-20T10:00:00Z", "commerce.purchases", ECID="y")
+    del missing["eventType"]
+    bad_time = event("e-bad3", "20/11/2026 10:00", "commerce.purchases", ECID="y")
+    job = landing_zone.ingest("web/day.ndjson", ndjson(*good[:10], wrong_type, missing, bad_time, *good[10:]))
+    # 3 of 1000 rejected is 0.3%: under the 0.5% threshold, so the batch succeeds partially.
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.metrics["rowsRejected"] == 3 and job.metrics["rowsAccepted"] == 997 and job.metrics["partial"]
+    errors = errors_file(lake, job)
+    assert [(e["row"], e["field"]) for e in errors] == [
+        ("11", "commerce.order.priceTotal"),
+        ("12", "eventType"),
+        ("13", "timestamp"),
+    ]
+    assert "expected number, found varchar" in errors[0]["reason"]
+    assert errors[1]["reason"] == "required field is missing"
+    assert "20/11/2026 10:00 is not a valid date-time" in errors[2]["reason"]
+    assert json.loads(errors[0]["record"])["_id"] == "e-bad1"
+    assert len(lake_rows(lake, "web")) == 997
+    assert job.errors[0].message.startswith("row 11, field commerce.order.priceTotal")
+
+
+def test_a_batch_over_the_rejected_threshold_fails_and_writes_nothing_to_the_lake(settings, landing_zone, lake):
+    create_dataset(settings, "crm")
+    rows = [profile(f"c-{i}") for i in range(98)] + [{"person": {"gender": "robot"}}] * 2
+    job = landing_zone.ingest("crm/bad.ndjson", ndjson(*rows))
+    assert job.status is JobStatus.FAILED
+    assert job.errors[0].code == "rejected_rows"
+    assert "2 of 100 rows rejected (2.00%), over the 0.50% allowed" in job.errors[0].message
+    assert lake.batch_files("crm") == []
+    reasons = {e["reason"] for e in errors_file(lake, job)}
+    assert "robot is not one of female, male, non_specific, not_specified" in reasons
+
+
+def test_the_threshold_is_a_setting(settings, landing_zone, lake, monkeypatch):
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("INGESTION_MAX_REJECTED_RATIO", "0.05")
+    get_settings.cache_clear()
+    create_dataset(settings, "crm")
+    rows = [profile(f"c-{i}") for i in range(98)] + [{"person": {}}] * 2
+    job = landing_zone.ingest("crm/bad.ndjson", ndjson(*rows))
+    assert job.status is JobStatus.SUCCEEDED and job.metrics["rowsRejected"] == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("crm/empty.ndjson", b"", "the file is empty"),
+        ("crm/garbage.parquet", b"PAR1 not really", "not a readable Parquet file"),
+        ("crm/notes.txt", b"hello", "unsupported file type .txt"),
+        (
+            "crm/bad.csv",
+            b"person.nme.firstName\nAnn\n",
+            "columns ['person.nme.firstName'] are not fields of schema 'xdm-profile'",
+        ),
+        ("crm/binary.ndjson", b"\xff\xfe\x00garbage", "not UTF-8 text"),
+        ("crm/array.json", b'[{"a": ', "not a JSON array of records"),
+    ],
+)
+def test_an_unreadable_file_fails_with_a_clear_message_and_nothing_in_the_lake(
+    settings, landing_zone, lake, name, data, message
+):
+    create_dataset(settings, "crm")
+    job = landing_zone.ingest(name, data)
+    assert job.status is JobStatus.FAILED
+    assert message in job.errors[0].message
+    assert lake.batch_files("crm") == []
+
+
+def test_a_file_where_every_line_is_garbage_fails(settings, landing_zone, lake):
+    create_dataset(settings, "crm")
+    job = landing_zone.ingest("crm/text.ndjson", "this is\nnot json\n")
+    assert job.status is JobStatus.FAILED and job.metrics["rowsRejected"] == 2
+    assert lake.batch_files("crm") == []
+
+
+def test_a_file_for_an_unknown_dataset_fails(settings, landing_zone, lake):
+    job = landing_zone.ingest("nosuch/file.ndjson", ndjson(ANN))
+    assert job.status is JobStatus.FAILED
+    assert "unknown dataset 'nosuch'; create it before landing files" in job.errors[0].message
+
+
+def test_a_file_over_the_size_limit_fails(settings, landing_zone, lake, monkeypatch):
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("INGESTION_MAX_FILE_BYTES", "100")
+    get_settings.cache_clear()
+    create_dataset(settings, "crm")
+    job = landing_zone.ingest("crm/big.ndjson", ndjson(ANN, ANN))
+    assert job.status is JobStatus.FAILED
+    assert "over the limit of 100 (INGESTION_MAX_FILE_BYTES)" in job.errors[0].message
+
+
+def test_the_same_blob_delivered_twice_is_ingested_once(settings, landing_zone, lake):
+    create_dataset(settings, "crm")
+    first = landing_zone.ingest("crm/a.ndjson", ndjson(ANN))
+    again = landing_zone.trigger("crm/a.ndjson")
+    assert again.id == first.id and again.status is JobStatus.SUCCEEDED
+    assert len(lake.batch_files("crm")) == 1 and len(lake_rows(lake, "crm")) == 1
+
+
+def test_a_new_version_of_the_same_blob_is_a_new_batch(settings, landing_zone, lake):
+    create_dataset(settings, "crm")
+    first = landing_zone.ingest("crm/a.ndjson", ndjson(ANN))
+    second = landing_zone.ingest("crm/a.ndjson", ndjson(profile("c-2")))
+    assert first.id != second.id
+    assert len(lake.batch_files("crm")) == 2
+
+
+def test_a_csv_row_with_the_wrong_number_of_columns_is_rejected_by_row(settings, landing_zone, lake, monkeypatch):
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("INGESTION_MAX_REJECTED_RATIO", "0.5")
+    get_settings.cache_clear()
+    create_dataset(settings, "crm")
+    job = landing_zone.ingest("crm/r.csv", "identityMap.CRMID,person.gender\nc-1,female\nc-2\nc-3,male\n")
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.metrics["rowsRead"] == 3 and job.metrics["rowsRejected"] == 1
+    assert [(e["row"], e["reason"]) for e in errors_file(lake, job)] == [("2", "expected 2 columns, found 1")]
+    assert sorted(r["_row"] for r in lake_rows(lake, "crm")) == [1, 3]

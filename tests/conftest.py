@@ -7,10 +7,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import azure.functions as func
 import pytest
 
 from dev.azurite import start_azurite
+from dev.host import fire_blob_trigger
 from shared.ingestion import BatchIngestion, batch_id_for
 from shared.jobs import Job, JobType
 from shared.settings import Settings, get_settings
@@ -71,19 +71,10 @@ class Landing:
 
     def trigger(self, path: str) -> Job:
         """Call the function the host would call, then read back the batch it produced."""
-        import function_app  # noqa: F401  (the app the host indexes)
         from functions.ingestion import ingest_landing_file
 
-        data = self.blobs.get(path)
+        fire_blob_trigger(ingest_landing_file, self.blobs, path)
         etag = self.blobs.etag(path)
-        stream = func.blob.InputStream(
-            data=data,
-            name=f"{self.blobs.name}/{path}",
-            uri=f"{self.blobs.container.url}/{path}",
-            length=len(data),
-            blob_properties={"ETag": etag},
-        )
-        ingest_landing_file.build().get_user_function()(stream)
         return BatchIngestion.from_settings(self.settings).jobs.get(JobType.INGESTION, batch_id_for(path, etag))
 
     def ingest(self, path: str, data: bytes | str) -> Job:

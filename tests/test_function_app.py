@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from shared.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
 def _functions() -> dict[str, dict]:
+    """What the host indexes; built once, as the host does (the SDK refuses a second indexing)."""
     out = {}
     for fn in function_app.app.get_functions():
         trigger = fn.get_trigger().get_dict_repr()

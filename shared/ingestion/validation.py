@@ -123,7 +123,7 @@ class SchemaChecks:
         for item in f.items or []:
             item_types = _sql_list(_JSON_TYPES[item.type])
             bad = (
-                f"list_filter(json_extract({x}, '$[*].{quote_ident(item.name)}'), "
+                f"list_filter({self.item_column(i, item.name)}, "
                 f"lambda e: json_type(e) NOT IN {item_types} AND json_type(e) <> 'NULL')"
             )
             out.append(
@@ -139,11 +139,11 @@ class SchemaChecks:
 
     def _identity_checks(self) -> list[tuple[str, str]]:
         m = f"v[{self.identity_index}]"
-        is_obj = f"json_type({m}) = 'OBJECT'"
+        is_obj = "im_type = 'OBJECT'"
         namespaces = _sql_list([ns.value for ns in Namespace])
-        unknown = f"list_filter(json_keys({m}), lambda k: k NOT IN {namespaces})"
-        not_lists = f"list_filter(json_extract({m}, '$.*'), lambda e: json_type(e) NOT IN ('ARRAY', 'NULL'))"
-        entries = f"json_extract({m}, '$.*[*]')"
+        unknown = f"list_filter(im_keys, lambda k: k NOT IN {namespaces})"
+        not_lists = "list_filter(im_lists, lambda e: json_type(e) NOT IN ('ARRAY', 'NULL'))"
+        entries = "im_entries"
         bad_entries = (
             f"list_filter({entries}, lambda e: json_type(e) <> 'OBJECT' "
             f"OR json_type(e, '$.id') IS DISTINCT FROM 'VARCHAR' OR trim(json_extract_string(e, '$.id')) = '')"
@@ -163,7 +163,7 @@ class SchemaChecks:
                     "identityMap",
                     "'must be an object of namespace: [{id, primary}], found ' || lower(json_type(" + m + "))",
                 ),
-                f"ok AND {m} IS NOT NULL AND json_type({m}) NOT IN ('OBJECT', 'NULL')",
+                f"ok AND {m} IS NOT NULL AND im_type NOT IN ('OBJECT', 'NULL')",
             ),
             (
                 _problem(
@@ -185,6 +185,31 @@ class SchemaChecks:
                 f"ok AND rtype = 'OBJECT' AND coalesce(CASE WHEN {is_obj} THEN len({entries}) END, 0) + ({field_ids}) = 0",
             ),
         ]
+
+    @staticmethod
+    def item_column(i: int, name: str) -> str:
+        return quote_ident(f"items_{i}_{name}")
+
+    def derived_columns(self) -> list[tuple[str, str]]:
+        """Values several checks need, parsed once per row: the identityMap's parts and array items."""
+        m = f"v[{self.identity_index}]"
+        obj = f"json_type({m}) = 'OBJECT'"
+        cols = [
+            ("im_type", f"json_type({m})"),
+            ("im_keys", f"CASE WHEN {obj} THEN json_keys({m}) END"),
+            ("im_lists", f"CASE WHEN {obj} THEN json_extract({m}, '$.*') END"),
+            ("im_entries", f"CASE WHEN {obj} THEN json_extract({m}, '$.*[*]') END"),
+        ]
+        for i, f in enumerate(self.fields, start=1):
+            for item in f.items or []:
+                path = quote_literal(f"$[*].{quote_ident(item.name)}")
+                cols.append(
+                    (
+                        self.item_column(i, item.name),
+                        f"CASE WHEN json_type(v[{i}]) = 'ARRAY' THEN json_extract(v[{i}], {path}) END",
+                    )
+                )
+        return cols
 
     def typed_columns(self) -> list[tuple[str, str]]:
         """(column, SQL) pairs turning a valid row's raw values into typed, nested lake columns."""
@@ -275,8 +300,10 @@ def validate(con: duckdb.DuckDBPyConnection, records: Records, schema: Schema) -
                        CASE WHEN ok THEN json_type(record::JSON) END AS rtype,
                        CASE WHEN ok THEN json_extract(record, {checks.extract_paths()}) END AS v
                 FROM parsed
+            ), derived AS (
+                SELECT *, {", ".join(f"{expr} AS {name}" for name, expr in checks.derived_columns())} FROM extracted
             )
-            SELECT _row, record, v, {checks.problems()} AS problems FROM extracted"""
+            SELECT _row, record, v, {checks.problems()} AS problems FROM derived"""
         )
     finally:
         con.unregister("_records")

@@ -216,3 +216,28 @@ def test_a_csv_row_with_the_wrong_number_of_columns_is_rejected_by_row(settings,
     assert job.metrics["rowsRead"] == 3 and job.metrics["rowsRejected"] == 1
     assert [(e["row"], e["reason"]) for e in errors_file(lake, job)] == [("2", "expected 2 columns, found 1")]
     assert sorted(r["_row"] for r in lake_rows(lake, "crm")) == [1, 3]
+
+
+def test_a_batch_that_failed_on_a_storage_error_is_retried_and_then_ingested_once(settings, landing_zone, monkeypatch):
+    from shared.settings import get_settings
+
+    create_dataset(settings, "crm")
+    landing_zone.drop("crm/a.ndjson", ndjson(ANN))
+    monkeypatch.setenv("LAKE_CONTAINER", "Not_A_Valid_Container")  # storage refuses it: an unexpected failure
+    get_settings.cache_clear()
+    with pytest.raises(Exception, match="(?i)invalid|out of range|specified resource name"):
+        landing_zone.trigger("crm/a.ndjson")
+    monkeypatch.setenv("LAKE_CONTAINER", settings.lake_container)
+    get_settings.cache_clear()
+    job = landing_zone.trigger("crm/a.ndjson")  # the host's retry
+    assert job.status is JobStatus.SUCCEEDED and job.errors == []
+    assert job.id == landing_zone.trigger("crm/a.ndjson").id
+    assert (
+        len(
+            lake_rows(
+                LakeStore.from_settings(settings, __import__("shared").storage.StorageAccount.from_settings(settings)),
+                "crm",
+            )
+        )
+        == 1
+    )

@@ -1,0 +1,105 @@
+"""Configuration over HTTP: the functions answer JSON, and problem+json naming what to fix."""
+
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+
+from functions.catalog import batches, datasets, merge_policies, schemas
+from shared.jobs import JobStatus
+from tests.helpers import ndjson, profile
+
+
+def call(function, method: str, route: str, params: dict | None = None, body: object = None) -> func.HttpResponse:
+    raw = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else b"")
+    request = func.HttpRequest(method=method, url=f"http://localhost/api/{route}", body=raw, route_params=params or {})
+    return function.build().get_user_function()(request)
+
+
+def body(response: func.HttpResponse):
+    return json.loads(response.get_body())
+
+
+def test_a_dataset_is_created_and_read_back_over_http(settings):
+    created = call(
+        datasets,
+        "PUT",
+        "datasets/crm",
+        {"id": "crm"},
+        {
+            "name": "CRM",
+            "schema_id": "xdm-profile",
+            "labels": ["C2", "C2"],
+            "field_labels": {"personalEmail.address": ["I1"]},
+        },
+    )
+    assert created.status_code == 200
+    got = body(call(datasets, "GET", "datasets/crm", {"id": "crm"}))
+    assert got["labels"] == ["C2"] and got["field_labels"] == {"personalEmail.address": ["I1"]}
+    assert [d["id"] for d in body(call(datasets, "GET", "datasets"))] == ["crm"]
+
+
+def test_a_dataset_with_a_bad_label_is_refused_as_problem_json_naming_the_field(settings):
+    response = call(
+        datasets, "PUT", "datasets/crm", {"id": "crm"}, {"name": "CRM", "schema_id": "xdm-profile", "labels": ["C99"]}
+    )
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    problem = body(response)
+    assert problem["errors"][0]["field"] == "labels.0"
+
+
+def test_a_dataset_labelling_a_field_its_schema_lacks_is_refused(settings):
+    response = call(
+        datasets,
+        "PUT",
+        "datasets/crm",
+        {"id": "crm"},
+        {"name": "CRM", "schema_id": "xdm-profile", "field_labels": {"shoe.size": ["C1"]}},
+    )
+    assert response.status_code == 400
+    assert "labelled fields ['shoe.size'] are not in schema 'xdm-profile'" in body(response)["detail"]
+
+
+def test_an_unknown_dataset_is_404_and_a_body_that_is_not_json_is_400(settings):
+    assert call(datasets, "GET", "datasets/nope", {"id": "nope"}).status_code == 404
+    assert call(datasets, "PUT", "datasets/crm", {"id": "crm"}, b"{not json").status_code == 400
+
+
+def test_schemas_are_listed_and_custom_ones_stored(settings):
+    listed = [s["id"] for s in body(call(schemas, "GET", "schemas"))]
+    assert listed == ["xdm-profile", "xdm-experienceevent"]
+    custom = {
+        "title": "Store visits",
+        "class": "experienceevent",
+        "fields": [
+            {"path": "_id", "type": "string", "required": True},
+            {"path": "timestamp", "type": "date-time", "required": True},
+            {"path": "eventType", "type": "string", "required": True},
+            {"path": "store.id", "type": "string"},
+        ],
+    }
+    assert call(schemas, "PUT", "schemas/store-visits", {"id": "store-visits"}, custom).status_code == 200
+    assert body(call(schemas, "GET", "schemas/store-visits", {"id": "store-visits"}))["fields"][3]["path"] == "store.id"
+    broken = {**custom, "fields": custom["fields"][1:]}
+    response = call(schemas, "PUT", "schemas/bad", {"id": "bad"}, broken)
+    assert response.status_code == 400 and "must declare '_id'" in json.dumps(body(response))
+
+
+def test_merge_policies_list_the_default_and_a_new_one_can_become_it(settings):
+    assert body(call(merge_policies, "GET", "merge-policies"))["default"] == "default"
+    new = {"name": "CRM first", "method": "dataSetPrecedence", "dataset_order": ["crm"], "default": True}
+    assert call(merge_policies, "PUT", "merge-policies/crm-first", {"id": "crm-first"}, new).status_code == 200
+    assert body(call(merge_policies, "GET", "merge-policies"))["default"] == "crm-first"
+    bad = {"name": "x", "method": "dataSetPrecedence"}
+    assert call(merge_policies, "PUT", "merge-policies/x1", {"id": "x1"}, bad).status_code == 400
+
+
+def test_a_batch_reads_back_with_its_status_counts_and_links(settings, landing_zone):
+    call(datasets, "PUT", "datasets/crm", {"id": "crm"}, {"name": "CRM", "schema_id": "xdm-profile"})
+    job = landing_zone.ingest("crm/a.ndjson", ndjson(profile("c-1")))
+    got = body(call(batches, "GET", f"batches/{job.id}", {"id": job.id}))
+    assert got["status"] == JobStatus.SUCCEEDED.value and got["metrics"]["rowsAccepted"] == 1
+    assert got["links"]["data"].endswith("data.parquet")
+    assert call(batches, "GET", "batches/nope", {"id": "nope"}).status_code == 404

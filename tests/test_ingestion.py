@@ -218,7 +218,9 @@ def test_a_csv_row_with_the_wrong_number_of_columns_is_rejected_by_row(settings,
     assert sorted(r["_row"] for r in lake_rows(lake, "crm")) == [1, 3]
 
 
-def test_a_batch_that_failed_on_a_storage_error_is_retried_and_then_ingested_once(settings, landing_zone, monkeypatch):
+def test_a_batch_that_failed_on_a_storage_error_is_retried_and_then_ingested_once(
+    settings, landing_zone, lake, monkeypatch
+):
     from shared.settings import get_settings
 
     create_dataset(settings, "crm")
@@ -232,12 +234,4 @@ def test_a_batch_that_failed_on_a_storage_error_is_retried_and_then_ingested_onc
     job = landing_zone.trigger("crm/a.ndjson")  # the host's retry
     assert job.status is JobStatus.SUCCEEDED and job.errors == []
     assert job.id == landing_zone.trigger("crm/a.ndjson").id
-    assert (
-        len(
-            lake_rows(
-                LakeStore.from_settings(settings, __import__("shared").storage.StorageAccount.from_settings(settings)),
-                "crm",
-            )
-        )
-        == 1
-    )
+    assert len(lake_rows(lake, "crm")) == 1

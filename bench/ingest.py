@@ -9,7 +9,8 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -74,56 +75,74 @@ def _end_to_end(src: Path) -> tuple[float, dict]:
     return elapsed, {"status": job.status.value, **job.metrics}
 
 
+def _stage(name: str, src: Path, work: Path) -> dict:
+    """Run one stage in a child process, so its time and peak memory are its own."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.ingest", "--stage", name, "--src", str(src), "--work", str(work)],
+        stdout=subprocess.PIPE,
+    )
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"stage {name} failed ({proc.returncode})")
+    return {**json.loads(out), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+
+
+def _run_stage(name: str, src: Path, work: Path) -> None:
+    if name == "floor":
+        result = {"seconds": _floor(src, work / "floor.parquet")}
+    elif name == "service":
+        result = {"seconds": _service_only(src, work / "ours.parquet")}
+    else:
+        azurite = start_azurite(in_memory=True)
+        os.environ["AzureWebJobsStorage"] = azurite.connection_string  # noqa: SIM112 (the Functions name)
+        get_settings.cache_clear()
+        try:
+            seconds, metrics = _end_to_end(src)
+        finally:
+            azurite.stop()
+        result = {"seconds": seconds, "metrics": metrics}
+    print(json.dumps(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--stage", choices=["floor", "service", "function"], help=argparse.SUPPRESS)
+    parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stage:
+        return _run_stage(args.stage, args.src, args.work)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    people = max(1, args.rows // 5)
-    sample = write_sample(work / "sample", people=people, events_per_person=5, now=NOW)
-    src = sample.events
-    rows = sample.events_count
+    sample = write_sample(work / "sample", people=max(1, args.rows // 5), events_per_person=5, now=NOW)
+    src, rows = sample.events, sample.events_count
     size_mb = src.stat().st_size / 1e6
-    print(f"{rows:,} NDJSON event rows, {size_mb:.0f} MB: {src}")
-
-    floor = _floor(src, work / "floor.parquet")
-    print(f"DuckDB read_json → Parquet (floor):    {floor:6.2f} s  {rows / floor:>12,.0f} rows/s")
-    ours = _service_only(src, work / "ours.parquet")
-    print(
-        f"ours, read + validate + Parquet:        {ours:6.2f} s  {rows / ours:>12,.0f} rows/s  ratio {ours / floor:.2f}x"
-    )
-
-    azurite = start_azurite(in_memory=True)
-    os.environ["AzureWebJobsStorage"] = azurite.connection_string  # noqa: SIM112 (the Functions name)
-    get_settings.cache_clear()
-    try:
-        e2e, metrics = _end_to_end(src)
-    finally:
-        azurite.stop()
-    print(
-        f"ours, blob trigger → lake on Azurite:   {e2e:6.2f} s  {rows / e2e:>12,.0f} rows/s  ratio {e2e / floor:.2f}x"
-    )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of this process: {peak:,.0f} MB; batch: {metrics['status']}, {metrics['rowsAccepted']:,} rows")
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
-    out = results / f"{dt.date.today().isoformat()}-ingest-{rows}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "rows": rows,
-                "megabytes": round(size_mb, 1),
-                "floor_seconds": round(floor, 3),
-                "service_seconds": round(ours, 3),
-                "end_to_end_seconds": round(e2e, 3),
-                "service_ratio": round(ours / floor, 2),
-                "end_to_end_ratio": round(e2e / floor, 2),
-                "peak_rss_mb": round(peak),
-            },
-            indent=2,
+    print(f"{rows:,} NDJSON event rows, {size_mb:.0f} MB; each stage in its own process (peak RSS is its own)")
+    stages = {
+        "floor": "DuckDB read_json → Parquet (floor)",
+        "service": "ours: read + validate + Parquet",
+        "function": "ours: blob trigger → lake on Azurite",
+    }
+    results = {name: _stage(name, src, work) for name in stages}
+    floor = results["floor"]["seconds"]
+    print(f"{'stage':40s} {'seconds':>8s} {'rows/s':>12s} {'ratio':>6s} {'peak RSS':>9s}")
+    for name, label in stages.items():
+        r = results[name]
+        print(
+            f"{label:40s} {r['seconds']:8.2f} {rows / r['seconds']:12,.0f} "
+            f"{r['seconds'] / floor:5.2f}x {r['peak_rss_mb']:6,d} MB"
         )
-    )
+    assert results["function"]["metrics"]["status"] == "SUCCEEDED", results["function"]["metrics"]
+    out_dir = Path(__file__).parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"{dt.date.today().isoformat()}-ingest-{rows}.json"
+    summary = {"rows": rows, "megabytes": round(size_mb, 1), "stages": results}
+    summary["ratios"] = {name: round(r["seconds"] / floor, 2) for name, r in results.items()}
+    out.write_text(json.dumps(summary, indent=2, default=str))
     print(f"results: {out}")
+    return None
 
 
 if __name__ == "__main__":

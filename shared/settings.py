@@ -39,7 +39,7 @@ class Settings(BaseSettings):
         description="Prepended to every table name, so several deployments can share one account.",
     )
     ingestion_max_file_bytes: int = Field(
-        512 * 1024 * 1024,
+        256 * 1024 * 1024,
         gt=0,
         validation_alias=AliasChoices("INGESTION_MAX_FILE_BYTES", "ingestion_max_file_bytes"),
     )

@@ -70,25 +70,40 @@ def read_records(data: bytes, *, file_name: str, schema: Schema, con: duckdb.Duc
     return _read_lines(data, file_name)
 
 
-def _numbered(records: pa.Array) -> pa.Table:
+def _numbered(records: pa.Array | pa.ChunkedArray) -> pa.Table:
     rows = pa.array(range(1, len(records) + 1), pa.int64())
     return pa.table({"_row": rows, "record": records})
 
 
 def _read_lines(data: bytes, file_name: str) -> Records:
-    # The file as one Arrow string, split on newlines in C++ without copying it into Python strings.
-    offsets = pa.array([0, len(data)], pa.int64()).buffers()[1]
-    whole = pa.LargeStringArray.from_buffers(1, offsets, pa.py_buffer(data))
-    try:
-        whole.validate(full=True)
-    except pa.ArrowInvalid as exc:
-        raise ValidationError(f"{file_name}: not UTF-8 text") from exc
-    lines = pc.split_pattern(whole, "\n").flatten()
-    if data.endswith(b"\n"):
-        lines = lines.slice(0, len(lines) - 1)  # the end of the last line, not an empty line of its own
+    # The file as Arrow strings split on newlines in C++, never copied into Python strings. Chunks of
+    # ~32 MB keep the splitter fast on large files.
+    buffer = pa.py_buffer(data)
+    pieces = []
+    for start, end in _line_chunks(data, 32 << 20):
+        offsets = pa.array([0, end - start], pa.int64()).buffers()[1]
+        chunk = pa.LargeStringArray.from_buffers(1, offsets, buffer.slice(start, end - start))
+        try:
+            chunk.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise ValidationError(f"{file_name}: not UTF-8 text") from exc
+        lines = pc.split_pattern(chunk, "\n").flatten()
+        # A chunk ending in a newline yields an empty last piece: the end of a line, not a line of its own.
+        pieces.append(lines.slice(0, len(lines) - 1) if data[end - 1 : end] == b"\n" else lines)
+    lines = pa.chunked_array(pieces, pa.large_string())
     if b"\r" in data:
         lines = pc.utf8_rtrim(lines, characters="\r")
     return Records(table=_numbered(lines), text_values=False)
+
+
+def _line_chunks(data: bytes, size: int):
+    """(start, end) byte ranges of about `size` bytes, each ending just after a newline (or at the end)."""
+    start, n = 0, len(data)
+    while start < n:
+        end = data.find(b"\n", min(start + size, n - 1))
+        end = n if end == -1 else end + 1
+        yield start, end
+        start = end
 
 
 def _read_json_array(data: bytes, file_name: str, con: duckdb.DuckDBPyConnection) -> Records:

@@ -32,6 +32,17 @@ _NAMES = {
 }
 
 
+def json_kind(value: str) -> str:
+    """SQL for the JSON type of a value that `json_extract` produced. Its text is minified JSON, so the first
+    character tells the type without parsing again (as `json_type` would, many times per row)."""
+    text = f"CAST({value} AS VARCHAR)"
+    return (
+        f"CASE left({text}, 1) WHEN '\"' THEN 'VARCHAR' WHEN '{{' THEN 'OBJECT' WHEN '[' THEN 'ARRAY' "
+        f"WHEN 't' THEN 'BOOLEAN' WHEN 'f' THEN 'BOOLEAN' WHEN 'n' THEN 'NULL' "
+        f"ELSE CASE WHEN regexp_matches({text}, '[.eE]') THEN 'DOUBLE' ELSE 'BIGINT' END END"
+    )
+
+
 def _problem(field: str, reason_sql: str) -> str:
     return f"{{'field': {quote_literal(field)}, 'reason': {reason_sql}}}"
 
@@ -71,11 +82,13 @@ class SchemaChecks:
             checks.extend(self._field_checks(i, f))
         checks.extend(self._identity_checks())
         cases = [f"CASE WHEN {condition} THEN {problem} END" for problem, condition in checks]
-        return f"list_filter([{', '.join(cases)}], lambda p: p IS NOT NULL)"
+        any_problem = " OR ".join(f"coalesce({condition}, false)" for _, condition in checks)
+        # Valid rows (nearly all) only evaluate the conditions; the list of problems is built for the others.
+        return f"CASE WHEN {any_problem} THEN list_filter([{', '.join(cases)}], lambda p: p IS NOT NULL) ELSE [] END"
 
     def _field_checks(self, i: int, f: SchemaField) -> list[tuple[str, str]]:
         x = f"v[{i}]"
-        t = f"json_type({x})"
+        t = json_kind(x)
         present = f"({x} IS NOT NULL AND {t} <> 'NULL')"
         text = f"json_extract_string({x}, '$')"
         allowed = self._allowed(f)
@@ -124,7 +137,7 @@ class SchemaChecks:
             item_types = _sql_list(_JSON_TYPES[item.type])
             bad = (
                 f"list_filter({self.item_column(i, item.name)}, "
-                f"lambda e: json_type(e) NOT IN {item_types} AND json_type(e) <> 'NULL')"
+                f"lambda e: {json_kind('e')} NOT IN {item_types} AND {json_kind('e')} <> 'NULL')"
             )
             out.append(
                 (
@@ -142,11 +155,12 @@ class SchemaChecks:
         is_obj = "im_type = 'OBJECT'"
         namespaces = _sql_list([ns.value for ns in Namespace])
         unknown = f"list_filter(im_keys, lambda k: k NOT IN {namespaces})"
-        not_lists = "list_filter(im_lists, lambda e: json_type(e) NOT IN ('ARRAY', 'NULL'))"
+        not_lists = f"list_filter(im_lists, lambda e: {json_kind('e')} NOT IN ('ARRAY', 'NULL'))"
         entries = "im_entries"
+        # Every entry is an object with an id that is a non-blank string: as many ids as entries, all strings.
         bad_entries = (
-            f"list_filter({entries}, lambda e: json_type(e) <> 'OBJECT' "
-            f"OR json_type(e, '$.id') IS DISTINCT FROM 'VARCHAR' OR trim(json_extract_string(e, '$.id')) = '')"
+            "(len(im_ids) <> len(im_entries) OR "
+            "len(list_filter(im_ids, lambda i: NOT regexp_full_match(CAST(i AS VARCHAR), '\"(.*[^\\s].*)\"'))) > 0)"
         )
         identity_fields = [i for i, f in enumerate(self.fields, start=1) if f.identity]
         field_ids = (
@@ -178,7 +192,7 @@ class SchemaChecks:
             ),
             (
                 _problem("identityMap", "'each identity needs a non-empty string id'"),
-                f"ok AND {is_obj} AND len({not_lists}) = 0 AND len({bad_entries}) > 0",
+                f"ok AND {is_obj} AND len({not_lists}) = 0 AND {bad_entries}",
             ),
             (
                 _problem("identityMap", f"'the record has no identity; give one in {named}'"),
@@ -193,12 +207,13 @@ class SchemaChecks:
     def derived_columns(self) -> list[tuple[str, str]]:
         """Values several checks need, parsed once per row: the identityMap's parts and array items."""
         m = f"v[{self.identity_index}]"
-        obj = f"json_type({m}) = 'OBJECT'"
+        obj = f"{json_kind(m)} = 'OBJECT'"
         cols = [
-            ("im_type", f"json_type({m})"),
+            ("im_type", json_kind(m)),
             ("im_keys", f"CASE WHEN {obj} THEN json_keys({m}) END"),
             ("im_lists", f"CASE WHEN {obj} THEN json_extract({m}, '$.*') END"),
             ("im_entries", f"CASE WHEN {obj} THEN json_extract({m}, '$.*[*]') END"),
+            ("im_ids", f"CASE WHEN {obj} THEN json_extract({m}, '$.*[*].id') END"),
         ]
         for i, f in enumerate(self.fields, start=1):
             for item in f.items or []:
@@ -206,7 +221,7 @@ class SchemaChecks:
                 cols.append(
                     (
                         self.item_column(i, item.name),
-                        f"CASE WHEN json_type(v[{i}]) = 'ARRAY' THEN json_extract(v[{i}], {path}) END",
+                        f"CASE WHEN {json_kind(f'v[{i}]')} = 'ARRAY' THEN json_extract(v[{i}], {path}) END",
                     )
                 )
         return cols
@@ -264,12 +279,14 @@ class Validation:
 
     def write_errors(self, path: Path) -> None:
         self.con.register("_read_errors", _read_errors_table(self.records))
+        self.con.register("_records", self.records.table)
         try:
             self.con.execute(
                 f"""COPY (
                     SELECT "row", field, reason, record FROM (
-                        SELECT _row AS "row", p.field AS field, p.reason AS reason, left(record, 2000) AS record
-                        FROM (SELECT _row, record, unnest(problems) AS p FROM _checked WHERE len(problems) > 0)
+                        SELECT _row AS "row", p.field AS field, p.reason AS reason, left(r.record, 2000) AS record
+                        FROM (SELECT _row, unnest(problems) AS p FROM _checked WHERE len(problems) > 0)
+                        JOIN _records r USING (_row)
                         UNION ALL
                         SELECT "row", field, reason, NULL FROM _read_errors
                     ) ORDER BY "row", field
@@ -277,6 +294,7 @@ class Validation:
             )
         finally:
             self.con.unregister("_read_errors")
+            self.con.unregister("_records")
 
     def first_errors(self, limit: int = 20) -> list[tuple[int, str, str]]:
         rows = self.con.sql(
@@ -297,13 +315,15 @@ def validate(con: duckdb.DuckDBPyConnection, records: Records, schema: Schema) -
                 SELECT _row, record, json_valid(record) AS ok FROM _records
             ), extracted AS (
                 SELECT _row, record, ok,
-                       CASE WHEN ok THEN json_type(record::JSON) END AS rtype,
+                       -- Valid JSON starting with a brace is an object; only the rare others are parsed again.
+                       CASE WHEN NOT ok THEN NULL WHEN starts_with(ltrim(record), '{{') THEN 'OBJECT'
+                            ELSE json_type(record::JSON) END AS rtype,
                        CASE WHEN ok THEN json_extract(record, {checks.extract_paths()}) END AS v
                 FROM parsed
             ), derived AS (
                 SELECT *, {", ".join(f"{expr} AS {name}" for name, expr in checks.derived_columns())} FROM extracted
             )
-            SELECT _row, record, v, {checks.problems()} AS problems FROM derived"""
+            SELECT _row, v, {checks.problems()} AS problems FROM derived"""
         )
     finally:
         con.unregister("_records")

@@ -103,3 +103,37 @@ def test_a_batch_reads_back_with_its_status_counts_and_links(settings, landing_z
     assert got["status"] == JobStatus.SUCCEEDED.value and got["metrics"]["rowsAccepted"] == 1
     assert got["links"]["data"].endswith("data.parquet")
     assert call(batches, "GET", "batches/nope", {"id": "nope"}).status_code == 404
+
+
+def test_a_built_in_schema_cannot_be_replaced(settings):
+    response = call(
+        schemas, "PUT", "schemas/xdm-profile", {"id": "xdm-profile"}, {"title": "x", "class": "profile", "fields": []}
+    )
+    assert response.status_code == 400 and "built in" in body(response)["detail"]
+
+
+def test_a_custom_schema_drives_validation_of_its_dataset(settings, landing_zone):
+    visit = {
+        "title": "Store visits",
+        "class": "experienceevent",
+        "fields": [
+            {"path": "_id", "type": "string", "required": True},
+            {"path": "timestamp", "type": "date-time", "required": True},
+            {"path": "eventType", "type": "string", "required": True},
+            {"path": "store.id", "type": "string", "required": True},
+            {"path": "store.minutes", "type": "integer"},
+        ],
+    }
+    call(schemas, "PUT", "schemas/store-visits", {"id": "store-visits"}, visit)
+    call(datasets, "PUT", "datasets/visits", {"id": "visits"}, {"name": "Visits", "schema_id": "store-visits"})
+    good = {
+        "_id": "v1",
+        "timestamp": "2026-11-20T09:00:00Z",
+        "eventType": "store.visit",
+        "store": {"id": "s-1", "minutes": 12},
+        "identityMap": {"CRMID": [{"id": "c-1"}]},
+    }
+    bad = {**good, "_id": "v2", "store": {"minutes": 3}}
+    job = landing_zone.ingest("visits/a.ndjson", ndjson(good, bad))
+    assert job.status is JobStatus.FAILED  # 1 of 2 rejected is far over 0.5%
+    assert "row 2, field store.id: required field is missing" in [e.message for e in job.errors]

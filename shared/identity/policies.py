@@ -3,14 +3,13 @@ ingested non-null value of each attribute wins) or dataset precedence (an ordere
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 
 from pydantic import BaseModel, Field, model_validator
 
 from shared.errors import NotFound
 from shared.settings import Settings
-from shared.storage import EntityTable, StorageAccount
+from shared.storage import EntityTable, ModelTable, StorageAccount
 
 
 class MergeMethod(StrEnum):
@@ -44,18 +43,18 @@ DEFAULT_POLICY = MergePolicy(id="default", name="Default (timestamp ordered, sti
 class MergePolicyStore:
     """Policies in the `mergepolicies` table, and which one is the default (one record, updated with ETags)."""
 
-    POLICIES = "policy"
     DEFAULT = ("default", "pointer")
 
     def __init__(self, table: EntityTable) -> None:
         self.table = table
+        self.records = ModelTable(table, MergePolicy, partition="policy")
 
     @classmethod
     def from_settings(cls, settings: Settings, account: StorageAccount) -> MergePolicyStore:
         return cls(EntityTable(account.table(settings.table_name("mergepolicies"))))
 
     def save(self, policy: MergePolicy, *, make_default: bool = False) -> MergePolicy:
-        self.table.upsert({"PartitionKey": self.POLICIES, "RowKey": policy.id, "definition": policy.model_dump_json()})
+        self.records.put(policy.id, policy)
         if make_default:
             pointer = self.table.find(*self.DEFAULT)
             entity = {"PartitionKey": self.DEFAULT[0], "RowKey": self.DEFAULT[1], "policyId": policy.id}
@@ -66,20 +65,19 @@ class MergePolicyStore:
         return policy
 
     def get(self, policy_id: str) -> MergePolicy:
-        if policy_id == DEFAULT_POLICY.id and self.table.find(self.POLICIES, policy_id) is None:
+        policy = self.records.find(policy_id)
+        if policy is None and policy_id == DEFAULT_POLICY.id:
             return DEFAULT_POLICY
-        entity = self.table.find(self.POLICIES, policy_id)
-        if entity is None:
+        if policy is None:
             raise NotFound(f"no merge policy {policy_id!r}")
-        return MergePolicy.model_validate(json.loads(entity["definition"]))
+        return policy
 
     def default(self) -> MergePolicy:
         pointer = self.table.find(*self.DEFAULT)
         return self.get(pointer["policyId"]) if pointer else DEFAULT_POLICY
 
     def list(self) -> list[MergePolicy]:
-        rows = self.table.all("PartitionKey eq @pk", parameters={"pk": self.POLICIES})
-        stored = [MergePolicy.model_validate(json.loads(e["definition"])) for e in rows]
+        stored = self.records.all()
         if all(p.id != DEFAULT_POLICY.id for p in stored):
             stored.append(DEFAULT_POLICY)
         return sorted(stored, key=lambda p: p.id)

@@ -4,7 +4,6 @@ dataset and on single fields (C1–C12 contract, I1/I2 identity, S1/S2 sensitive
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
@@ -12,7 +11,7 @@ from pydantic import BaseModel, Field, StringConstraints, model_validator
 from shared.errors import NotFound, ValidationError
 from shared.ingestion.schemas import Schema, SchemaStore
 from shared.settings import Settings
-from shared.storage import EntityTable, StorageAccount
+from shared.storage import EntityTable, ModelTable, StorageAccount
 
 Label = Annotated[str, StringConstraints(pattern=r"^(C([1-9]|1[0-2])|I[12]|S[12])$")]
 
@@ -44,10 +43,8 @@ class Dataset(BaseModel):
 
 
 class DatasetStore:
-    PARTITION = "dataset"
-
     def __init__(self, table: EntityTable, schemas: SchemaStore) -> None:
-        self.table = table
+        self.records = ModelTable(table, Dataset, partition="dataset")
         self.schemas = schemas
 
     @classmethod
@@ -59,27 +56,15 @@ class DatasetStore:
 
     def save(self, dataset: Dataset, *, now: dt.datetime) -> Dataset:
         dataset.check_against(self.schemas.get(dataset.schema_id))
-        existing = self.table.find(self.PARTITION, dataset.id)
-        created = dataset.created or (existing and existing.get("created")) or now
-        dataset = dataset.model_copy(update={"created": created})
-        self.table.upsert(
-            {
-                "PartitionKey": self.PARTITION,
-                "RowKey": dataset.id,
-                "definition": dataset.model_dump_json(),
-            }
-        )
-        return dataset
+        existing = self.records.find(dataset.id)
+        created = dataset.created or (existing and existing.created) or now
+        return self.records.put(dataset.id, dataset.model_copy(update={"created": created}))
 
     def get(self, dataset_id: str) -> Dataset:
-        entity = self.table.find(self.PARTITION, dataset_id)
-        if entity is None:
+        dataset = self.records.find(dataset_id)
+        if dataset is None:
             raise NotFound(f"no dataset {dataset_id!r}; create it first (PUT /api/datasets/{dataset_id})")
-        return Dataset.model_validate(json.loads(entity["definition"]))
+        return dataset
 
     def list(self) -> list[Dataset]:
-        rows = self.table.all("PartitionKey eq @pk", parameters={"pk": self.PARTITION})
-        return sorted(
-            (Dataset.model_validate(json.loads(e["definition"])) for e in rows),
-            key=lambda d: d.id,
-        )
+        return self.records.all()

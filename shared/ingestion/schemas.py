@@ -3,14 +3,13 @@ required flags and identity namespaces. Every schema also carries the standard `
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 
 from pydantic import BaseModel, Field, model_validator
 
 from shared.errors import NotFound, ValidationError
 from shared.settings import Settings
-from shared.storage import EntityTable, StorageAccount
+from shared.storage import EntityTable, ModelTable, StorageAccount
 
 
 class Namespace(StrEnum):
@@ -187,42 +186,26 @@ BUILTIN_SCHEMAS = (PROFILE_SCHEMA, EVENT_SCHEMA)
 class SchemaStore:
     """Schemas in the `schemas` table; the built-in XDM-lite ones are always there."""
 
-    PARTITION = "schema"
-
     def __init__(self, table: EntityTable) -> None:
-        self.table = table
+        self.records = ModelTable(table, Schema, partition="schema")
 
     @classmethod
     def from_settings(cls, settings: Settings, account: StorageAccount) -> SchemaStore:
         return cls(EntityTable(account.table(settings.table_name("schemas"))))
 
     def save(self, schema: Schema) -> Schema:
-        self.table.upsert(
-            {
-                "PartitionKey": self.PARTITION,
-                "RowKey": schema.id,
-                "definition": schema.model_dump_json(by_alias=True),
-            }
-        )
-        return schema
+        if schema.id in {b.id for b in BUILTIN_SCHEMAS}:
+            raise ValidationError(f"schema {schema.id!r} is built in and cannot be replaced; use another id")
+        return self.records.put(schema.id, schema)
 
     def get(self, schema_id: str) -> Schema:
         for builtin in BUILTIN_SCHEMAS:
             if builtin.id == schema_id:
                 return builtin
-        entity = self.table.find(self.PARTITION, schema_id)
-        if entity is None:
+        schema = self.records.find(schema_id)
+        if schema is None:
             raise NotFound(f"no schema {schema_id!r}")
-        try:
-            return Schema.model_validate(json.loads(entity["definition"]))
-        except ValueError as exc:
-            raise ValidationError(f"stored schema {schema_id!r} is not valid: {exc}") from exc
+        return schema
 
     def list(self) -> list[Schema]:
-        stored = {e["RowKey"]: e for e in self.table.all("PartitionKey eq @pk", parameters={"pk": self.PARTITION})}
-        out = list(BUILTIN_SCHEMAS) + [
-            Schema.model_validate(json.loads(e["definition"]))
-            for key, e in sorted(stored.items())
-            if key not in {b.id for b in BUILTIN_SCHEMAS}
-        ]
-        return out
+        return list(BUILTIN_SCHEMAS) + self.records.all()

@@ -2,6 +2,7 @@
 
 from shared.storage.account import StorageAccount, azurite_connection_string
 from shared.storage.blobs import BlobStore
+from shared.storage.models import ModelTable
 from shared.storage.tables import (
     EntityTable,
     Page,
@@ -13,6 +14,7 @@ from shared.storage.tables import (
 __all__ = [
     "BlobStore",
     "EntityTable",
+    "ModelTable",
     "Page",
     "StorageAccount",
     "azurite_connection_string",

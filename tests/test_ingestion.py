@@ -54,6 +54,15 @@ def test_ndjson_rows_land_in_the_lake_as_typed_nested_parquet(settings, landing_
     assert job.links["data"].endswith(f"crm/batch={job.id}/data.parquet")
 
 
+def test_numeric_strings_in_numeric_fields_are_numbers_but_booleans_are_not(settings, landing_zone, lake):
+    create_dataset(settings, "crm")
+    job = landing_zone.ingest("crm/n.ndjson", ndjson(profile("c-1", loyalty={"points": "1200"})))
+    assert job.status is JobStatus.SUCCEEDED
+    assert lake_rows(lake, "crm")[0]["loyalty"]["points"] == 1200
+    job = landing_zone.ingest("crm/b.ndjson", ndjson(profile("c-2", loyalty={"points": True})))
+    assert job.status is JobStatus.FAILED and "expected integer, found boolean true" in job.errors[1].message
+
+
 def test_csv_with_dotted_columns_is_ingested_and_values_are_typed(settings, landing_zone, lake):
     create_dataset(settings, "loyalty")
     text = (
@@ -109,7 +118,7 @@ def test_bad_rows_are_written_to_the_errors_file_with_row_field_and_reason(setti
         ("12", "eventType"),
         ("13", "timestamp"),
     ]
-    assert "expected number, found varchar" in errors[0]["reason"]
+    assert errors[0]["reason"] == "cheap is not a valid number"
     assert errors[1]["reason"] == "required field is missing"
     assert "20/11/2026 10:00 is not a valid date-time" in errors[2]["reason"]
     assert json.loads(errors[0]["record"])["_id"] == "e-bad1"

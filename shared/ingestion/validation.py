@@ -19,8 +19,9 @@ IDENTITY_MAP_TYPE = 'MAP(VARCHAR, STRUCT(id VARCHAR, "primary" BOOLEAN)[])'
 # JSON value types each field type accepts (text files bring only strings and are judged by conversion).
 _JSON_TYPES = {
     FieldType.STRING: ("VARCHAR",),
-    FieldType.INTEGER: ("BIGINT", "UBIGINT"),
-    FieldType.NUMBER: ("BIGINT", "UBIGINT", "DOUBLE"),
+    # Numeric strings in numeric fields are numbers ("1200" is 1200), as XDM ingestion coerces them.
+    FieldType.INTEGER: ("BIGINT", "UBIGINT", "VARCHAR"),
+    FieldType.NUMBER: ("BIGINT", "UBIGINT", "DOUBLE", "VARCHAR"),
     FieldType.BOOLEAN: ("BOOLEAN",),
     FieldType.DATE: ("VARCHAR",),
     FieldType.DATETIME: ("VARCHAR",),

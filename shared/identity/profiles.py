@@ -32,6 +32,7 @@ class UnifiedProfiles:
     policy: MergePolicy
     now: dt.datetime
     stats: dict[str, int] = field(default_factory=dict)
+    leaves: dict[str, str] = field(default_factory=dict)  # the union profile schema: path -> DuckDB type
     profiles: str = PROFILES
     events: str = EVENTS
 
@@ -43,7 +44,7 @@ class UnifiedProfiles:
 
 
 @dataclass
-class _Source:
+class _View:
     dataset: Dataset
     schema: Schema
     view: str
@@ -67,121 +68,144 @@ class ProfileBuilder:
     def build(
         self, con: duckdb.DuckDBPyConnection, *, policy: MergePolicy, now: dt.datetime, workdir: Path
     ) -> UnifiedProfiles:
-        sources = self._sources(con, now=now, workdir=workdir)
-        leaves = _profile_leaves([s.schema for s in sources if s.schema.schema_class is SchemaClass.PROFILE])
-        self._fragments(con, sources, leaves)
-        graph = build_identity_graph(con, stitching=policy.identity_stitching, limit=self.settings.identity_graph_limit)
-        self._merge(con, policy, leaves)
-        self._events(con, [s for s in sources if s.schema.schema_class is SchemaClass.EXPERIENCE_EVENT])
-        stats = {
-            "fragments": scalar(con, "SELECT count(*) FROM fragments"),
-            "profileFragments": scalar(con, "SELECT count(*) FROM fragments WHERE cls = 'profile'"),
-            "eventFragments": scalar(con, "SELECT count(*) FROM fragments WHERE cls <> 'profile'"),
-            "profiles": scalar(con, f"SELECT count(*) FROM {PROFILES}"),
-            "events": scalar(con, f"SELECT count(*) FROM {EVENTS}"),
-            **{_camel(k): v for k, v in asdict(graph).items()},
-        }
-        return UnifiedProfiles(con=con, policy=policy, now=now, stats=stats)
-
-    def _sources(self, con: duckdb.DuckDBPyConnection, *, now: dt.datetime, workdir: Path) -> list[_Source]:
-        sources = []
-        for i, dataset in enumerate(self.datasets.list()):
-            files = self.lake.download_dataset(dataset.id, workdir / dataset.id)
-            if not files:
-                continue
-            view = f"src_{i}"
-            paths = "[" + ", ".join(quote_literal(str(p)) for p in files) + "]"
-            # Only what was ingested by `now` counts, so a run as of a past time sees the lake as it was.
-            con.execute(
-                f"""CREATE OR REPLACE TEMP VIEW {view} AS
-                SELECT * FROM read_parquet({paths}, union_by_name = true)
-                WHERE _ingestedAt <= {quote_literal(now.isoformat())}::TIMESTAMPTZ"""
-            )
-            sources.append(_Source(dataset, self.datasets.schemas.get(dataset.schema_id), view))
-        return sources
-
-    def _fragments(self, con: duckdb.DuckDBPyConnection, sources: list[_Source], leaves: dict[str, str]) -> None:
-        """`fragments`: one row per record of every dataset, with its identities and flattened attributes."""
-        selects = []
-        for s in sources:
-            is_profile = s.schema.schema_class is SchemaClass.PROFILE
-            id_fields = ", ".join(
-                f"{{'ns': {quote_literal(f.identity.value)}, 'id': {column_ref(f.path)}, 'primary': false}}"
-                for f in s.schema.fields
-                if f.identity
-            )
-            from_map = (
-                "coalesce(flatten(list_transform(map_entries(identityMap), lambda e: "
-                "list_transform(coalesce(e.value, []), lambda x: {'ns': e.key, 'id': x.id, 'primary': x.\"primary\"}))), [])"
-            )
-            own = {f.path for f in s.schema.fields}
-            attrs = "".join(
-                f", {column_ref(p) if is_profile and p in own else f'NULL::{t}'} AS {quote_ident(p)}"
-                for p, t in leaves.items()
-            )
-            selects.append(
-                f"""SELECT {quote_literal(s.dataset.id)} AS ds, {quote_literal(s.schema.schema_class.value)} AS cls,
-                       _batchId, _row, _ingestedAt, list_concat({from_map}, [{id_fields}]) AS ids{attrs}
-                FROM {s.view}"""
-            )
-        if not selects:
-            selects.append(
-                "SELECT NULL::VARCHAR AS ds, NULL::VARCHAR AS cls, NULL::VARCHAR AS _batchId, NULL::BIGINT AS _row, "
-                'NULL::TIMESTAMPTZ AS _ingestedAt, []::STRUCT(ns VARCHAR, id VARCHAR, "primary" BOOLEAN)[] AS ids'
-                + "".join(f", NULL::{t} AS {quote_ident(p)}" for p, t in leaves.items())
-                + " WHERE false"
-            )
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE fragments AS SELECT row_number() OVER () AS rid, * FROM ("
-            + " UNION ALL ".join(selects)
-            + ")"
-        )
-
-    def _merge(self, con: duckdb.DuckDBPyConnection, policy: MergePolicy, leaves: dict[str, str]) -> None:
-        order = "struct_pack(t := f._ingestedAt, b := f._batchId, r := f._row)"
-        where = "f.cls = 'profile'"
-        if policy.method is MergeMethod.DATASET_PRECEDENCE:
-            rank = " ".join(f"WHEN {quote_literal(d)} THEN {i}" for i, d in enumerate(policy.dataset_order))
-            order = f"struct_pack(p := -(CASE f.ds {rank} END), t := f._ingestedAt, b := f._batchId, r := f._row)"
-            where += " AND f.ds IN (" + ", ".join(quote_literal(d) for d in policy.dataset_order) + ")"
-        picks = "".join(
-            f", arg_max(f.{quote_ident(p)}, {order}) FILTER (WHERE f.{quote_ident(p)} IS NOT NULL) AS {quote_ident(p)}"
-            for p in leaves
-        )
-        nested = "".join(
-            f", {expr} AS {quote_ident(name)}" for name, expr in nest({p: f"m.{quote_ident(p)}" for p in leaves})
-        )
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE {PROFILES} AS
-            WITH merged AS (
-                SELECT fp.person, max(f._ingestedAt) AS lastUpdated{picks}
-                FROM fragments f JOIN fragment_people fp USING (rid)
-                WHERE {where}
-                GROUP BY fp.person
-            ), idents AS (
-                SELECT l.label AS person, list({{'namespace': i.ns, 'id': i.id}} ORDER BY i.ns, i.id) AS identities
-                FROM labels l JOIN identities i USING (node) GROUP BY l.label
-            )
-            SELECT p.profileId, idents.identities{nested}, m.lastUpdated AS _lastUpdated
-            FROM people p JOIN idents USING (person) LEFT JOIN merged m USING (person)
-            ORDER BY p.profileId"""
-        )
-
-    def _events(self, con: duckdb.DuckDBPyConnection, sources: list[_Source]) -> None:
-        selects = [
-            f"""SELECT pe.profileId, s.* FROM {s.view} s
-                JOIN fragments f ON f.ds = {quote_literal(s.dataset.id)} AND f._batchId = s._batchId AND f._row = s._row
-                JOIN fragment_people fp ON fp.rid = f.rid
-                JOIN people pe ON pe.person = fp.person"""
-            for s in sources
+        """Unified profiles from every dataset in the lake, as of `now`."""
+        sources = [
+            Source(dataset, self.datasets.schemas.get(dataset.schema_id), files)
+            for dataset in self.datasets.list()
+            if (files := self.lake.download_dataset(dataset.id, workdir / dataset.id))
         ]
-        if not selects:
-            con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE {EVENTS} AS SELECT NULL::VARCHAR AS profileId,
-                NULL::VARCHAR AS _id, NULL::TIMESTAMPTZ AS timestamp, NULL::VARCHAR AS eventType WHERE false"""
-            )
-            return
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {EVENTS} AS " + " UNION ALL BY NAME ".join(selects))
+        return build_profiles(con, sources, policy=policy, now=now, graph_limit=self.settings.identity_graph_limit)
+
+
+@dataclass
+class Source:
+    """One dataset's validated batches as local Parquet files."""
+
+    dataset: Dataset
+    schema: Schema
+    files: list[Path]
+
+
+def build_profiles(
+    con: duckdb.DuckDBPyConnection, sources: list[Source], *, policy: MergePolicy, now: dt.datetime, graph_limit: int
+) -> UnifiedProfiles:
+    """Stitch and merge the sources' fragments as of `now` into `unified_profiles` and `profile_events`."""
+    views = _register(con, sources, now)
+    leaves = _profile_leaves([s.schema for s in views if s.schema.schema_class is SchemaClass.PROFILE])
+    _fragments(con, views, leaves)
+    graph = build_identity_graph(con, stitching=policy.identity_stitching, limit=graph_limit)
+    _merge(con, policy, leaves)
+    _events(con, [s for s in views if s.schema.schema_class is SchemaClass.EXPERIENCE_EVENT])
+    stats = {
+        "fragments": scalar(con, "SELECT count(*) FROM fragments"),
+        "profileFragments": scalar(con, "SELECT count(*) FROM fragments WHERE cls = 'profile'"),
+        "eventFragments": scalar(con, "SELECT count(*) FROM fragments WHERE cls <> 'profile'"),
+        "profiles": scalar(con, f"SELECT count(*) FROM {PROFILES}"),
+        "events": scalar(con, f"SELECT count(*) FROM {EVENTS}"),
+        **{_camel(k): v for k, v in asdict(graph).items()},
+    }
+    return UnifiedProfiles(con=con, policy=policy, now=now, stats=stats, leaves=leaves)
+
+
+def _register(con: duckdb.DuckDBPyConnection, sources: list[Source], now: dt.datetime) -> list[_View]:
+    views = []
+    for i, source in enumerate(sources):
+        view = f"src_{i}"
+        paths = "[" + ", ".join(quote_literal(str(p)) for p in source.files) + "]"
+        # Only what was ingested by `now` counts, so a run as of a past time sees the lake as it was.
+        con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW {view} AS
+            SELECT * FROM read_parquet({paths}, union_by_name = true)
+            WHERE _ingestedAt <= {quote_literal(now.isoformat())}::TIMESTAMPTZ"""
+        )
+        views.append(_View(source.dataset, source.schema, view))
+    return views
+
+
+def _fragments(con: duckdb.DuckDBPyConnection, sources: list[_View], leaves: dict[str, str]) -> None:
+    """`fragments`: one row per record of every dataset, with its identities and flattened attributes."""
+    selects = []
+    for s in sources:
+        is_profile = s.schema.schema_class is SchemaClass.PROFILE
+        id_fields = ", ".join(
+            f"{{'ns': {quote_literal(f.identity.value)}, 'id': {column_ref(f.path)}, 'primary': false}}"
+            for f in s.schema.fields
+            if f.identity
+        )
+        from_map = (
+            "coalesce(flatten(list_transform(map_entries(identityMap), lambda e: "
+            "list_transform(coalesce(e.value, []), lambda x: {'ns': e.key, 'id': x.id, 'primary': x.\"primary\"}))), [])"
+        )
+        own = {f.path for f in s.schema.fields}
+        attrs = "".join(
+            f", {column_ref(p) if is_profile and p in own else f'NULL::{t}'} AS {quote_ident(p)}"
+            for p, t in leaves.items()
+        )
+        selects.append(
+            f"""SELECT {quote_literal(s.dataset.id)} AS ds, {quote_literal(s.schema.schema_class.value)} AS cls,
+                   _batchId, _row, _ingestedAt, list_concat({from_map}, [{id_fields}]) AS ids{attrs}
+            FROM {s.view}"""
+        )
+    if not selects:
+        selects.append(
+            "SELECT NULL::VARCHAR AS ds, NULL::VARCHAR AS cls, NULL::VARCHAR AS _batchId, NULL::BIGINT AS _row, "
+            'NULL::TIMESTAMPTZ AS _ingestedAt, []::STRUCT(ns VARCHAR, id VARCHAR, "primary" BOOLEAN)[] AS ids'
+            + "".join(f", NULL::{t} AS {quote_ident(p)}" for p, t in leaves.items())
+            + " WHERE false"
+        )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE fragments AS SELECT row_number() OVER () AS rid, * FROM ("
+        + " UNION ALL ".join(selects)
+        + ")"
+    )
+
+
+def _merge(con: duckdb.DuckDBPyConnection, policy: MergePolicy, leaves: dict[str, str]) -> None:
+    order = "struct_pack(t := f._ingestedAt, b := f._batchId, r := f._row)"
+    where = "f.cls = 'profile'"
+    if policy.method is MergeMethod.DATASET_PRECEDENCE:
+        rank = " ".join(f"WHEN {quote_literal(d)} THEN {i}" for i, d in enumerate(policy.dataset_order))
+        order = f"struct_pack(p := -(CASE f.ds {rank} END), t := f._ingestedAt, b := f._batchId, r := f._row)"
+        where += " AND f.ds IN (" + ", ".join(quote_literal(d) for d in policy.dataset_order) + ")"
+    picks = "".join(
+        f", arg_max(f.{quote_ident(p)}, {order}) FILTER (WHERE f.{quote_ident(p)} IS NOT NULL) AS {quote_ident(p)}"
+        for p in leaves
+    )
+    nested = "".join(
+        f", {expr} AS {quote_ident(name)}" for name, expr in nest({p: f"m.{quote_ident(p)}" for p in leaves})
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {PROFILES} AS
+        WITH merged AS (
+            SELECT fp.person, max(f._ingestedAt) AS lastUpdated{picks}
+            FROM fragments f JOIN fragment_people fp USING (rid)
+            WHERE {where}
+            GROUP BY fp.person
+        ), idents AS (
+            SELECT l.label AS person, list({{'namespace': i.ns, 'id': i.id}} ORDER BY i.ns, i.id) AS identities
+            FROM labels l JOIN identities i USING (node) GROUP BY l.label
+        )
+        SELECT p.profileId, idents.identities{nested}, m.lastUpdated AS _lastUpdated
+        FROM people p JOIN idents USING (person) LEFT JOIN merged m USING (person)
+        ORDER BY p.profileId"""
+    )
+
+
+def _events(con: duckdb.DuckDBPyConnection, sources: list[_View]) -> None:
+    selects = [
+        f"""SELECT pe.profileId, s.* FROM {s.view} s
+            JOIN fragments f ON f.ds = {quote_literal(s.dataset.id)} AND f._batchId = s._batchId AND f._row = s._row
+            JOIN fragment_people fp ON fp.rid = f.rid
+            JOIN people pe ON pe.person = fp.person"""
+        for s in sources
+    ]
+    if not selects:
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {EVENTS} AS SELECT NULL::VARCHAR AS profileId,
+            NULL::VARCHAR AS _id, NULL::TIMESTAMPTZ AS timestamp, NULL::VARCHAR AS eventType WHERE false"""
+        )
+        return
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {EVENTS} AS " + " UNION ALL BY NAME ".join(selects))
 
 
 def _profile_leaves(schemas: list[Schema]) -> dict[str, str]:

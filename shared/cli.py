@@ -1,0 +1,98 @@
+"""Command line: `python -m shared.cli segments evaluate --pql "<expr>" --profiles P.ndjson --events E.ndjson
+--as-of 2026-11-22T12:00:00Z` prints one JSON object per member person. It runs the product's own
+validation, stitching, merge (default policy) and segment compiler on local files, without storage."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from shared.engine import connect
+from shared.errors import BridgeError
+from shared.identity.policies import DEFAULT_POLICY
+from shared.identity.profiles import Source, build_profiles
+from shared.ingestion.datasets import Dataset
+from shared.ingestion.records import read_records
+from shared.ingestion.schemas import EVENT_SCHEMA, PROFILE_SCHEMA, Schema
+from shared.ingestion.validation import validate
+from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
+from shared.segmentation.pql import parse
+from shared.settings import Settings
+
+
+def _as_of(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _load(files: list[Path], schema: Schema, dataset_id: str, now: dt.datetime, work: Path, con) -> Source | None:
+    parquet = []
+    for n, file in enumerate(files):
+        records = read_records(file.read_bytes(), file_name=file.name, schema=schema, con=con)
+        checked = validate(con, records, schema)
+        for row, field, reason in checked.first_errors(20):
+            print(f"{file}: row {row}{', field ' + field if field else ''}: {reason} (row skipped)", file=sys.stderr)
+        out = work / f"{dataset_id}-{n}.parquet"
+        checked.write_accepted(out, batch_id=f"{dataset_id}-{n:04d}", ingested_at=now)
+        parquet.append(out)
+    return Source(Dataset(id=dataset_id, name=dataset_id, schema_id=schema.id), schema, parquet) if parquet else None
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    now = _as_of(args.as_of)
+    expr = parse(args.pql)  # an invalid expression stops here, before anything is printed
+    definitions = {k: parse(v) for k, v in json.loads(Path(args.segments).read_text()).items()} if args.segments else {}
+    with tempfile.TemporaryDirectory(prefix="pql-") as tmp:
+        work = Path(tmp)
+        con = connect(Settings(), spill_dir=tmp)
+        sources = [
+            s
+            for s in (
+                _load(args.profiles, PROFILE_SCHEMA, "profiles", now, work, con),
+                _load(args.events, EVENT_SCHEMA, "events", now, work, con),
+            )
+            if s is not None
+        ]
+        profiles = build_profiles(
+            con, sources, policy=DEFAULT_POLICY, now=now, graph_limit=Settings().identity_graph_limit
+        )
+        compiled = evaluate(con, profiles, {"cli": expr}, fields=fields_of(profiles), definitions=definitions)
+        rows = con.execute(
+            f"""SELECT p.profileId, p.identities FROM {profiles.profiles} p JOIN {RESULTS} r USING (profileId)
+                WHERE r.{compiled.columns["cli"]} ORDER BY p.profileId"""
+        ).fetchall()
+    for profile_id, identities in rows:
+        grouped: dict[str, list[str]] = {}
+        for identity in identities:
+            grouped.setdefault(identity["namespace"], []).append(identity["id"])
+        print(json.dumps({"profileId": profile_id, "identities": grouped}, sort_keys=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.cli", description="Audience Bridge from the command line")
+    areas = parser.add_subparsers(dest="area", required=True)
+    segments = areas.add_parser("segments").add_subparsers(dest="command", required=True)
+    ev = segments.add_parser("evaluate", help="evaluate a PQL expression over local NDJSON files")
+    ev.add_argument("--pql", required=True, help="the PQL expression")
+    ev.add_argument("--profiles", type=Path, action="append", default=[], help="XDM-lite profile NDJSON (repeatable)")
+    ev.add_argument("--events", type=Path, action="append", default=[], help="XDM-lite event NDJSON (repeatable)")
+    ev.add_argument("--as-of", required=True, help="evaluation time, ISO 8601 (2026-11-22T12:00:00Z)")
+    ev.add_argument("--segments", help='JSON file {"<segment id>": "<PQL>"} for inSegment')
+    args = parser.parse_args(argv)
+    try:
+        return evaluate_command(args)
+    except BridgeError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Segmentation: PQL segment definitions evaluated over unified profiles into memberships."""

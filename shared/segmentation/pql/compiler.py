@@ -1,0 +1,297 @@
+"""PQL trees to DuckDB SQL, one method per node kind (as sqlglot's generator).
+
+Many segments compile into one query: profile conditions become predicates over the unified profile
+row `p`, and every event condition becomes an aggregate of ONE `GROUP BY profileId` over the events
+(`a`), shared by all segments. Values from definitions are bound as parameters, never spliced into SQL.
+Comparisons with a null are false, so `not (x = "a")` holds when x is null and `x != "a"` does not."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.ingestion.paths import quote_ident
+from shared.segmentation.pql import ast
+from shared.segmentation.pql.parser import PqlError
+
+_UNITS = {"months": "to_months", "years": "to_years"}
+_WHOLE_UNITS = set(_UNITS)
+_OPS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+@dataclass(frozen=True)
+class Fields:
+    """The fields a definition may name: the union profile schema and the experience-event schema."""
+
+    profile: Mapping[str, str]  # dotted path -> DuckDB type
+    event: Mapping[str, str]
+    profile_schema: str = "the union profile schema"
+    event_schema: str = "xdm-experienceevent"
+
+
+@dataclass
+class _Scope:
+    kind: str  # profile | event
+    alias: str | None = None
+
+
+@dataclass
+class CompiledSegments:
+    """One query evaluating every segment: a boolean column per segment, per person."""
+
+    sql: str
+    params: dict[str, Any]
+    columns: dict[str, str]  # segment id -> column name in the result
+
+
+@dataclass
+class Compiler:
+    fields: Fields
+    now: dt.datetime
+    definitions: Mapping[str, ast.Expr] = field(default_factory=dict)  # for inSegment
+    params: dict[str, Any] = field(default_factory=dict)
+    aggregates: dict[str, str] = field(default_factory=dict)  # aggregate SQL -> column
+    _stack: list[str] = field(default_factory=list)
+
+    # The query ---------------------------------------------------------------------------------
+
+    def compile_segments(
+        self, segments: Mapping[str, ast.Expr], *, profiles: str = "unified_profiles", events: str = "profile_events"
+    ) -> CompiledSegments:
+        self.params["now"] = self.now
+        columns, selects = {}, []
+        for i, (segment_id, expr) in enumerate(segments.items()):
+            self._stack = [segment_id]
+            column = f"s{i}"
+            columns[segment_id] = column
+            selects.append(f"{self.condition(expr, _Scope('profile'))} AS {column}")
+        select_list = ", ".join(["p.profileId", *selects])
+        if not self.aggregates:
+            del self.params["now"]  # DuckDB refuses a parameter the query does not use
+            return CompiledSegments(f"SELECT {select_list} FROM {profiles} p", self.params, columns)
+        aggs = ", ".join(f"{sql} AS {name}" for sql, name in self.aggregates.items())
+        # Events after `now` are never inside a window: they are left out once, here.
+        sql = (
+            f"WITH a AS (SELECT e.profileId, {aggs} FROM {events} e WHERE e.timestamp <= $now GROUP BY e.profileId) "
+            f"SELECT {select_list} FROM {profiles} p LEFT JOIN a USING (profileId)"
+        )
+        return CompiledSegments(sql, self.params, columns)
+
+    # Conditions --------------------------------------------------------------------------------
+
+    def condition(self, node: ast.Expr, scope: _Scope) -> str:
+        method = getattr(self, f"_{type(node).__name__.lower()}", None)
+        if method is None:
+            raise PqlError(f"{type(node).__name__} is not a condition", line=node.line, column=node.column)
+        return method(node, scope)
+
+    def _and(self, node: ast.And, scope: _Scope) -> str:
+        return "(" + " AND ".join(self.condition(i, scope) for i in node.items) + ")"
+
+    def _or(self, node: ast.Or, scope: _Scope) -> str:
+        return "(" + " OR ".join(self.condition(i, scope) for i in node.items) + ")"
+
+    def _not(self, node: ast.Not, scope: _Scope) -> str:
+        return f"(NOT {self.condition(node.item, scope)})"
+
+    def _compare(self, node: ast.Compare, scope: _Scope) -> str:
+        left, right = self.operand(node.left, scope), self.operand(node.right, scope)
+        return f"coalesce({left} {_OPS[node.op]} {right}, false)"
+
+    def _inlist(self, node: ast.InList, scope: _Scope) -> str:
+        subject = self.operand(node.subject, scope)
+        values = self.param([item.value for item in node.items.items])
+        if node.negated:  # notIn excludes nulls
+            return f"({subject} IS NOT NULL AND NOT coalesce(list_contains({values}, {subject}), false))"
+        return f"coalesce(list_contains({values}, {subject}), false)"
+
+    def _like(self, node: ast.Like, scope: _Scope) -> str:
+        return f"coalesce({self.operand(node.subject, scope)} LIKE {self.param(node.pattern)}, false)"
+
+    def _stringtest(self, node: ast.StringTest, scope: _Scope) -> str:
+        subject, value = self.path(node.subject, scope), self.param(node.argument)
+        if not node.case_sensitive:
+            subject, value = f"lower({subject})", f"lower({value})"
+        test = {
+            "startsWith": f"starts_with({subject}, {value})",
+            "endsWith": f"ends_with({subject}, {value})",
+            "contains": f"contains({subject}, {value})",
+            "equals": f"{subject} = {value}",
+        }[node.function]
+        return f"coalesce({'NOT ' if node.negated else ''}{test}, false)"
+
+    def _nulltest(self, node: ast.NullTest, scope: _Scope) -> str:
+        return f"({self.operand(node.subject, scope)} IS {'' if node.is_null else 'NOT '}NULL)"
+
+    def _booleanvalue(self, node: ast.BooleanValue, scope: _Scope) -> str:
+        return f"coalesce({self.operand(node.value, scope)}, false)"
+
+    def _occurs(self, node: ast.Occurs, scope: _Scope) -> str:
+        x = self.path(node.subject, scope)
+        if node.form == "distance":
+            anchor = self.param(self._anchor_start(node.anchor) if node.anchor.kind != "now" else self.now)
+            if node.unit in _WHOLE_UNITS:  # calendar months and years, whole ones
+                span = f"{_UNITS[node.unit]}(CAST({self.param(int(node.amount))} AS INTEGER))"
+            else:
+                span = f"CAST({self.param(dt.timedelta(**{node.unit: node.amount}))} AS INTERVAL)"
+            sign = "-" if node.direction == "before" else "+"
+            edge = f"({anchor} {sign} {span})"
+            side = f"{x} <= {anchor}" if node.direction == "before" else f"{x} >= {anchor}"
+            # The distance from the anchor compared with the span: nearer is "<", farther is ">".
+            near, far = (">=", "<=") if node.direction == "before" else ("<=", ">=")
+            strict_near, strict_far = (">", "<") if node.direction == "before" else ("<", ">")
+            test = {
+                "<=": f"{side} AND {x} {near} {edge}",
+                "<": f"{side} AND {x} {strict_near} {edge}",
+                ">=": f"{x} {far} {edge}",
+                ">": f"{x} {strict_far} {edge}",
+                "=": f"date_trunc('day', {x}) = date_trunc('day', {edge})",
+                "!=": f"date_trunc('day', {x}) <> date_trunc('day', {edge})",
+            }[node.comparator]
+            return f"coalesce({test}, false)"
+        start, end = self._anchor_range(node.anchor)
+        if node.form == "relative":
+            test = f"{x} < {self.param(start)}" if node.direction == "before" else f"{x} >= {self.param(end)}"
+        elif node.form in ("on", "in"):
+            test = f"{x} >= {self.param(start)} AND {x} < {self.param(end)}"
+        else:  # between A and B, both included
+            test = f"{x} >= {self.param(start)} AND {x} < {self.param(self._anchor_range(node.until)[1])}"
+        return f"coalesce({test}, false)"
+
+    def _exists(self, node: ast.Exists, scope: _Scope) -> str:
+        self._require_profile_scope(node, scope, "exists")
+        condition = self.condition(node.condition, _Scope("event", alias=node.alias))
+        return f"({self.aggregate(f'count(*) FILTER (WHERE {condition})')} > 0)"
+
+    def _insegment(self, node: ast.InSegment, scope: _Scope) -> str:
+        self._require_profile_scope(node, scope, "inSegment")
+        if node.segment_id in self._stack:
+            cycle = " → ".join([*self._stack[self._stack.index(node.segment_id) :], node.segment_id])
+            raise PqlError(f"inSegment cycle: {cycle}", line=node.line, column=node.column)
+        target = self.definitions.get(node.segment_id)
+        if target is None:
+            raise PqlError(f'inSegment("{node.segment_id}"): no such segment', line=node.line, column=node.column)
+        self._stack.append(node.segment_id)
+        try:
+            return self.condition(target, scope)
+        finally:
+            self._stack.pop()
+
+    def _chain(self, node: ast.Chain, scope: _Scope) -> str:
+        """Events matching each step, in time order: the earliest match of each step after the previous one."""
+        self._require_profile_scope(node, scope, "CHAIN")
+        previous = None
+        for step in node.steps:
+            condition = self.condition(step.what, _Scope("event"))
+            if step.within:
+                comparator, amount, unit = step.within
+                window = ast.Occurs(
+                    ast.Path(("timestamp",)),
+                    "distance",
+                    comparator=comparator,
+                    amount=amount,
+                    unit=unit,
+                    direction="before",
+                    anchor=ast.Anchor("now"),
+                )
+                condition = f"({condition} AND {self._occurs(window, _Scope('event'))})"
+            times = self.aggregate(f"list(e.timestamp ORDER BY e.timestamp) FILTER (WHERE {condition})")
+            current = (
+                f"list_min({times})"
+                if previous is None
+                else f"list_min(list_filter({times}, lambda t: t > {previous}))"
+            )
+            previous = current
+        return f"({previous} IS NOT NULL)"
+
+    # Operands ----------------------------------------------------------------------------------
+
+    def operand(self, node: ast.Operand, scope: _Scope) -> str:
+        if isinstance(node, ast.Path):
+            return self.path(node, scope)
+        if isinstance(node, ast.Literal):
+            return self.param(node.value)
+        if isinstance(node, ast.Aggregate):
+            return self._aggregate_value(node, scope)
+        if isinstance(node, ast.ListLiteral):
+            return self.param([i.value for i in node.items])
+        raise PqlError("this is not a value", line=node.line, column=node.column)
+
+    def _aggregate_value(self, node: ast.Aggregate, scope: _Scope) -> str:
+        self._require_profile_scope(node, scope, f"xEvent[...].{node.function}()")
+        where = self.condition(node.events.condition, _Scope("event")) if node.events.condition else "true"
+        if node.function == "count":
+            return f"coalesce({self.aggregate(f'count(*) FILTER (WHERE {where})')}, 0)"
+        value = self.path(node.path, _Scope("event"))
+        column = self.aggregate(f"{node.function}({value}) FILTER (WHERE {where})")
+        return f"coalesce({column}, 0)" if node.function == "sum" else column
+
+    def path(self, node: ast.Path, scope: _Scope) -> str:
+        parts = node.parts
+        if scope.kind == "event":
+            if scope.alias and parts[0] == scope.alias:
+                parts = parts[1:]
+            known, table, schema = self.fields.event, "e", self.fields.event_schema
+        else:
+            known, table, schema = self.fields.profile, "p", self.fields.profile_schema
+        dotted = ".".join(parts)
+        if not parts or not (dotted in known or any(k.startswith(dotted + ".") for k in known)):
+            where = "an event" if scope.kind == "event" else "a profile"
+            raise PqlError(
+                f"unknown field {dotted!r}: not in {schema} ({where} field is expected here)",
+                line=node.line,
+                column=node.column,
+            )
+        return ".".join([table, *(quote_ident(p) for p in parts)])
+
+    def param(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f"${name}"
+
+    def aggregate(self, sql: str) -> str:
+        """The column of an event aggregate; the same aggregate in several segments is computed once."""
+        if sql not in self.aggregates:
+            self.aggregates[sql] = f"a{len(self.aggregates)}"
+        return f"a.{self.aggregates[sql]}"
+
+    def _require_profile_scope(self, node: ast.Node, scope: _Scope, what: str) -> None:
+        if scope.kind != "profile":
+            raise PqlError(f"{what} cannot be used inside an event condition", line=node.line, column=node.column)
+
+    # Time --------------------------------------------------------------------------------------
+
+    def _anchor_start(self, anchor: ast.Anchor) -> dt.datetime:
+        return self._anchor_range(anchor)[0]
+
+    def _anchor_range(self, anchor: ast.Anchor) -> tuple[dt.datetime, dt.datetime]:
+        """The instants [start, end) an anchor stands for, in UTC, computed from `now`."""
+        now = self.now.astimezone(dt.UTC)
+        today = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC)
+        day = dt.timedelta(days=1)
+        if anchor.kind == "now":
+            return now, now
+        if anchor.kind == "today":
+            return today, today + day
+        if anchor.kind == "yesterday":
+            return today - day, today
+        if anchor.kind == "date":
+            value = anchor.date
+            if isinstance(value, dt.datetime):
+                return value, value
+            start = dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+            return start, start + day
+        which, unit = anchor.period.split()
+        shift = {"this": 0, "last": -1, "next": 1}[which]
+        if unit == "week":
+            start = today - dt.timedelta(days=today.weekday()) + dt.timedelta(weeks=shift)
+            return start, start + dt.timedelta(weeks=1)
+        if unit == "month":
+            month = now.year * 12 + now.month - 1 + shift
+            start = dt.datetime(month // 12, month % 12 + 1, 1, tzinfo=dt.UTC)
+            following = month + 1
+            return start, dt.datetime(following // 12, following % 12 + 1, 1, tzinfo=dt.UTC)
+        start = dt.datetime(now.year + shift, 1, 1, tzinfo=dt.UTC)
+        return start, dt.datetime(now.year + shift + 1, 1, 1, tzinfo=dt.UTC)

@@ -2,8 +2,9 @@
 
 import azure.functions as func
 
-from functions import catalog, ingestion
+from functions import catalog, ingestion, segmentation
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(ingestion.bp)
 app.register_functions(catalog.bp)
+app.register_functions(segmentation.bp)

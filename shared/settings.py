@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         gt=1,
         validation_alias=AliasChoices("IDENTITY_GRAPH_LIMIT", "identity_graph_limit"),
     )
+    segment_schedule: str = Field(
+        "0 0 2 * * *",
+        validation_alias=AliasChoices("SEGMENT_SCHEDULE", "segment_schedule"),
+        description="NCRONTAB schedule of the daily batch segment job (the timer reads it as %SEGMENT_SCHEDULE%).",
+    )
+    segment_exited_retention_days: int = Field(
+        30, gt=0, validation_alias=AliasChoices("SEGMENT_EXITED_RETENTION_DAYS", "segment_exited_retention_days")
+    )
     duckdb_memory_limit: str = Field(
         "1GB",
         validation_alias=AliasChoices("DUCKDB_MEMORY_LIMIT", "duckdb_memory_limit"),

@@ -27,12 +27,17 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
     assert functions["ingest_landing_file"]["type"] == "blobTrigger"
     assert functions["ingest_landing_file"]["path"] == "%LANDING_CONTAINER%/{dataset}/{name}"
     assert functions["ingest_landing_file"]["connection"] == "AzureWebJobsStorage"
+    assert functions["segment_job_daily"]["type"] == "timerTrigger"
+    assert functions["segment_job_daily"]["schedule"] == "%SEGMENT_SCHEDULE%"
+    assert functions["segment_job_daily"]["runOnStartup"] is False
     routes = {name: f["route"] for name, f in functions.items() if f["type"] == "httpTrigger"}
     assert routes == {
         "schemas": "schemas/{id?}",
         "datasets": "datasets/{id?}",
         "merge_policies": "merge-policies/{id?}",
         "batches": "batches/{id}",
+        "segments": "segments/{id?}",
+        "segment_jobs": "segment-jobs/{id?}",
     }
     assert all(functions[n]["authLevel"] == "function" for n in routes)
 

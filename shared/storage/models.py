@@ -30,6 +30,9 @@ class ModelTable(Generic[M]):
         entity = self.table.find(self.partition, key)
         return self._load(entity) if entity else None
 
+    def delete(self, key: str) -> None:
+        self.table.delete(self.partition, key)
+
     def all(self) -> list[M]:
         rows = self.table.all("PartitionKey eq @pk", parameters={"pk": self.partition})
         return [self._load(e) for e in sorted(rows, key=lambda e: e["RowKey"])]

@@ -4,7 +4,7 @@ the compiler reads it. Every node keeps the line and column where it starts, for
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -185,3 +185,19 @@ Expr = (
     | Chain
     | Occurs
 )
+
+
+def walk(node: object):
+    """Every node of a tree, depth first."""
+    if isinstance(node, Node):
+        yield node
+        for f in fields(node):
+            yield from walk(getattr(node, f.name))
+    elif isinstance(node, tuple):
+        for item in node:
+            yield from walk(item)
+
+
+def segment_references(node: Expr) -> set[str]:
+    """The segments an expression names with inSegment."""
+    return {n.segment_id for n in walk(node) if isinstance(n, InSegment)}

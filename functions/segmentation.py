@@ -1,0 +1,62 @@
+"""Segmentation: the daily segment job (timer), on-demand jobs and segment definitions over HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import azure.functions as func
+
+from functions.http import answers, body_of, json_response
+from shared.jobs import JobStore, JobType
+from shared.segmentation.definitions import SegmentDefinition, SegmentStore
+from shared.segmentation.runner import SegmentJobRunner
+from shared.settings import get_settings
+from shared.storage import StorageAccount
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+@bp.function_name("segment_job_daily")
+@bp.timer_trigger(arg_name="timer", schedule="%SEGMENT_SCHEDULE%", run_on_startup=False)
+def segment_job_daily(timer: func.TimerRequest) -> None:
+    job = SegmentJobRunner.from_settings(get_settings()).run(now=_now())
+    log.info("segment job %s: %s %s", job.id, job.status.value, job.metrics.get("segmentedProfileCounter"))
+
+
+@bp.function_name("segment_jobs")
+@bp.route(route="segment-jobs/{id?}", methods=["GET", "POST"])
+@answers
+def segment_jobs(req: func.HttpRequest) -> func.HttpResponse:
+    settings = get_settings()
+    if req.method == "POST":
+        body = body_of(req) if req.get_body() else {}
+        job = SegmentJobRunner.from_settings(settings).run(now=_now(), segment_ids=body.get("segments") or None)
+        return json_response(job.model_dump(mode="json"), status=201)
+    jobs = JobStore.from_settings(settings, StorageAccount.from_settings(settings))
+    if req.route_params.get("id"):
+        return json_response(jobs.get(JobType.SEGMENT, req.route_params["id"]).model_dump(mode="json"))
+    return json_response([j.model_dump(mode="json") for j in jobs.list(JobType.SEGMENT)[:50]])
+
+
+@bp.function_name("segments")
+@bp.route(route="segments/{id?}", methods=["GET", "PUT", "DELETE"])
+@answers
+def segments(req: func.HttpRequest) -> func.HttpResponse:
+    settings = get_settings()
+    store = SegmentStore.from_settings(settings, StorageAccount.from_settings(settings))
+    segment_id = req.route_params.get("id")
+    if req.method == "PUT" and segment_id:
+        definition = SegmentDefinition.model_validate({**body_of(req), "id": segment_id})
+        return json_response(store.save(definition, now=_now()).model_dump(mode="json"))
+    if req.method == "DELETE" and segment_id:
+        store.delete(segment_id)
+        return func.HttpResponse(status_code=204)
+    if segment_id:
+        return json_response(store.get(segment_id).model_dump(mode="json"))
+    return json_response([d.model_dump(mode="json") for d in store.list()])

@@ -1,0 +1,87 @@
+"""Segment definitions: a PQL expression with a name, stored in the `segments` table and validated on save
+(it parses, its fields exist, its inSegment targets exist, and it makes no cycle)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from shared.errors import NotFound, ValidationError
+from shared.ingestion.datasets import DatasetStore
+from shared.ingestion.schemas import PROFILE_SCHEMA, SchemaClass
+from shared.segmentation.pql import ast, parse
+from shared.segmentation.pql.compiler import Compiler, Fields
+from shared.settings import Settings
+from shared.storage import EntityTable, ModelTable, StorageAccount
+
+
+class Expression(BaseModel):
+    type: Literal["PQL"] = "PQL"
+    format: Literal["pql/text"] = "pql/text"
+    value: str = Field(min_length=1, max_length=20_000)
+
+
+class SegmentDefinition(BaseModel):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    expression: Expression
+    updated: dt.datetime | None = None
+
+    def tree(self) -> ast.Expr:
+        return parse(self.expression.value)
+
+
+def catalog_fields(datasets: DatasetStore) -> Fields:
+    """What definitions may name: the union of the profile schemas of all datasets, and the event schemas."""
+    profile: dict[str, str] = {}
+    event: dict[str, str] = {"timestamp": "TIMESTAMPTZ", "eventType": "VARCHAR", "_id": "VARCHAR"}
+    schemas = [datasets.schemas.get(d.schema_id) for d in datasets.list()] or [PROFILE_SCHEMA]
+    for schema in schemas:
+        target = profile if schema.schema_class is SchemaClass.PROFILE else event
+        for f in schema.fields:
+            target.setdefault(f.path, f.duckdb_type)
+    return Fields(profile=profile or {f.path: f.duckdb_type for f in PROFILE_SCHEMA.fields}, event=event)
+
+
+class SegmentStore:
+    def __init__(self, table: EntityTable, datasets: DatasetStore) -> None:
+        self.records = ModelTable(table, SegmentDefinition, partition="segment")
+        self.datasets = datasets
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount) -> SegmentStore:
+        return cls(
+            EntityTable(account.table(settings.table_name("segments"))), DatasetStore.from_settings(settings, account)
+        )
+
+    def get(self, segment_id: str) -> SegmentDefinition:
+        found = self.records.find(segment_id)
+        if found is None:
+            raise NotFound(f"no segment {segment_id!r}")
+        return found
+
+    def list(self) -> list[SegmentDefinition]:
+        return self.records.all()
+
+    def trees(self) -> dict[str, ast.Expr]:
+        return {d.id: d.tree() for d in self.list()}
+
+    def save(self, definition: SegmentDefinition, *, now: dt.datetime) -> SegmentDefinition:
+        """Validate against the catalog and the other segments, then store."""
+        others = self.trees()
+        others[definition.id] = definition.tree()
+        # Compiling checks every field, every inSegment target and that no cycle runs through this one.
+        Compiler(catalog_fields(self.datasets), now, definitions=others).compile_segments(
+            {definition.id: others[definition.id]}
+        )
+        return self.records.put(definition.id, definition.model_copy(update={"updated": now}))
+
+    def delete(self, segment_id: str) -> None:
+        self.get(segment_id)
+        users = sorted(d.id for d in self.list() if segment_id in ast.segment_references(d.tree()))
+        if users:
+            raise ValidationError(f"segment {segment_id!r} is used by inSegment in {users}; change those first")
+        self.records.delete(segment_id)

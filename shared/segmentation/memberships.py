@@ -1,0 +1,92 @@
+"""Segment memberships: per segment and job, a Parquet snapshot of who is `realized` (entered in this job),
+`existing` (still in) or `exited` (left; kept for a retention period), with `lastQualificationTime`.
+A pointer per segment names the current snapshot; a job publishes all its pointers in one transaction,
+so a reader sees every segment of a job or none, and a failed job leaves the previous ones current."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from shared.engine import scalar
+from shared.ingestion.paths import quote_literal
+from shared.settings import Settings
+from shared.storage import BlobStore, EntityTable, StorageAccount
+
+CURRENT = "current"
+_EMPTY = (
+    "SELECT NULL::VARCHAR AS profileId, NULL::VARCHAR AS status, NULL::TIMESTAMPTZ AS lastQualificationTime, "
+    "NULL::TIMESTAMPTZ AS exitedAt WHERE false"
+)
+
+
+class MembershipStore:
+    def __init__(self, blobs: BlobStore, pointers: EntityTable) -> None:
+        self.blobs = blobs
+        self.pointers = pointers
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount) -> MembershipStore:
+        return cls(
+            BlobStore(account.container(settings.segments_container)),
+            EntityTable(account.table(settings.table_name("memberships"))),
+        )
+
+    @staticmethod
+    def snapshot_path(segment_id: str, job_id: str) -> str:
+        return f"{segment_id}/job={job_id}/memberships.parquet"
+
+    def current(self, segment_id: str) -> dict[str, Any] | None:
+        return self.pointers.find(CURRENT, segment_id)
+
+    def download_current(self, segment_id: str, into: Path) -> Path | None:
+        pointer = self.current(segment_id)
+        if pointer is None:
+            return None
+        return self.blobs.download(pointer["snapshot"], into / f"{segment_id}-previous.parquet")
+
+    def publish(self, pointers: list[dict[str, Any]]) -> None:
+        """Make the job's snapshots current: one transaction of up to 100 segments (Azure's batch limit)."""
+        for start in range(0, len(pointers), 100):
+            chunk = [{"PartitionKey": CURRENT, "RowKey": p["segmentId"], **p} for p in pointers[start : start + 100]]
+            self.pointers.transact([("upsert", e, {}) for e in chunk])
+
+
+def write_snapshot(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    qualified_sql: str,
+    previous: Path | None,
+    out: Path,
+    now: dt.datetime,
+    retention: dt.timedelta,
+) -> dict[str, int]:
+    """Compare who qualifies now with the previous snapshot, write the new one, and count by status."""
+    prev = f"SELECT * FROM read_parquet({quote_literal(str(previous))})" if previous else _EMPTY
+    at = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
+    oldest = f"{quote_literal((now - retention).isoformat())}::TIMESTAMPTZ"
+    con.execute(
+        f"""COPY (
+            WITH cur AS ({qualified_sql}), prev AS ({prev})
+            SELECT profileId,
+                   CASE WHEN c.profileId IS NOT NULL AND p.status IN ('realized', 'existing') THEN 'existing'
+                        WHEN c.profileId IS NOT NULL THEN 'realized'
+                        ELSE 'exited' END AS status,
+                   CASE WHEN c.profileId IS NOT NULL THEN {at} ELSE p.lastQualificationTime END AS lastQualificationTime,
+                   CASE WHEN c.profileId IS NOT NULL THEN NULL
+                        WHEN p.status = 'exited' THEN p.exitedAt ELSE {at} END AS exitedAt
+            FROM cur c FULL OUTER JOIN prev p USING (profileId)
+            WHERE c.profileId IS NOT NULL OR p.status IN ('realized', 'existing') OR p.exitedAt > {oldest}
+            ORDER BY profileId
+        ) TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)"""
+    )
+    snap = f"read_parquet({quote_literal(str(out))})"
+    return {
+        "realized": scalar(con, f"SELECT count(*) FROM {snap} WHERE status = 'realized'"),
+        "existing": scalar(con, f"SELECT count(*) FROM {snap} WHERE status = 'existing'"),
+        "exited": scalar(con, f"SELECT count(*) FROM {snap} WHERE status = 'exited' AND exitedAt = {at}"),
+        "exitedEarlier": scalar(con, f"SELECT count(*) FROM {snap} WHERE status = 'exited' AND exitedAt < {at}"),
+    }

@@ -1,0 +1,166 @@
+"""Segment jobs: evaluate segments over the unified profiles as of `now`, write memberships, publish them.
+One job, one pass: every segment of the job is one query with one GROUP BY over the events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from shared.engine import connect, scalar
+from shared.errors import BridgeError, Conflict, NotFound
+from shared.identity.policies import MergePolicyStore
+from shared.identity.profiles import ProfileBuilder
+from shared.ingestion.schemas import SchemaClass
+from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
+from shared.segmentation.definitions import SegmentStore
+from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
+from shared.segmentation.memberships import MembershipStore, write_snapshot
+from shared.settings import Settings
+from shared.storage import StorageAccount
+
+log = logging.getLogger(__name__)
+
+
+def segment_job_id(now: dt.datetime, segment_ids: list[str] | None) -> str:
+    """The same run (time and segments) always has the same id, so a timer firing twice runs once."""
+    scope = ",".join(sorted(segment_ids)) if segment_ids else "*"
+    digest = hashlib.sha256(scope.encode()).hexdigest()[:8]
+    return f"seg-{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{digest}"
+
+
+class SegmentJobRunner:
+    def __init__(self, *, settings: Settings, account: StorageAccount) -> None:
+        self.settings = settings
+        self.segments = SegmentStore.from_settings(settings, account)
+        self.memberships = MembershipStore.from_settings(settings, account)
+        self.jobs = JobStore.from_settings(settings, account)
+        self.profiles = ProfileBuilder.from_settings(settings, account)
+        self.policies = MergePolicyStore.from_settings(settings, account)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount | None = None) -> SegmentJobRunner:
+        return cls(settings=settings, account=account or StorageAccount.from_settings(settings))
+
+    def run(self, *, now: dt.datetime, segment_ids: list[str] | None = None) -> Job:
+        job = Job(
+            id=segment_job_id(now, segment_ids),
+            type=JobType.SEGMENT,
+            status=JobStatus.PROCESSING,
+            subject=",".join(sorted(segment_ids)) if segment_ids else "all segments",
+            created=now,
+            started=now,
+        )
+        try:
+            job = self.jobs.create(job)
+        except Conflict:
+            existing = self.jobs.get(JobType.SEGMENT, job.id)
+            log.info("segment job %s already ran (%s)", existing.id, existing.status.value)
+            return existing
+        started = time.monotonic()
+        try:
+            job = self._evaluate(job, now, segment_ids, started)
+        except BridgeError as exc:
+            job = self._finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
+        except Exception as exc:
+            self._finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
+            raise
+        return job
+
+    def _evaluate(self, job: Job, now: dt.datetime, segment_ids: list[str] | None, started: float) -> Job:
+        definitions = self.segments.trees()
+        chosen = segment_ids or sorted(definitions)
+        missing = sorted(set(chosen) - set(definitions))
+        if missing:
+            raise NotFound(f"no segments {missing}")
+        if not chosen:
+            return self._finish(job, JobStatus.SUCCEEDED, started, now, [], metrics={"segments": 0, "totalProfiles": 0})
+        event_schemas = [
+            s
+            for s in (self.segments.datasets.schemas.get(d.schema_id) for d in self.segments.datasets.list())
+            if s.schema_class is SchemaClass.EXPERIENCE_EVENT
+        ]
+        with tempfile.TemporaryDirectory(prefix="segment-job-") as tmp:
+            work = Path(tmp)
+            con = connect(self.settings, spill_dir=tmp)
+            try:
+                profiles = self.profiles.build(con, policy=self.policies.default(), now=now, workdir=work / "lake")
+                evaluated = time.monotonic()
+                compiled = evaluate(
+                    con,
+                    profiles,
+                    {sid: definitions[sid] for sid in chosen},
+                    fields=fields_of(profiles, event_schemas or None),
+                    definitions=definitions,
+                )
+                segmentation_seconds = time.monotonic() - evaluated
+                counts, pointers = {}, []
+                retention = dt.timedelta(days=self.settings.segment_exited_retention_days)
+                for sid in chosen:
+                    out = work / f"{sid}.parquet"
+                    counts[sid] = write_snapshot(
+                        con,
+                        qualified_sql=f"SELECT profileId FROM {RESULTS} WHERE {compiled.columns[sid]}",
+                        previous=self.memberships.download_current(sid, work),
+                        out=out,
+                        now=now,
+                        retention=retention,
+                    )
+                    path = self.memberships.snapshot_path(sid, job.id)
+                    self.memberships.blobs.put_file(path, out)
+                    pointers.append(
+                        {
+                            "segmentId": sid,
+                            "jobId": job.id,
+                            "snapshot": path,
+                            "evaluatedAt": now,
+                            "size": counts[sid]["realized"] + counts[sid]["existing"],
+                            **counts[sid],
+                        }
+                    )
+                total = scalar(con, f"SELECT count(*) FROM {profiles.profiles}")
+            finally:
+                con.close()
+        self.memberships.publish(pointers)
+        metrics = {
+            "segments": len(chosen),
+            "totalProfiles": total,
+            "segmentationSeconds": round(segmentation_seconds, 3),
+            "segmentedProfileCounter": {sid: c["realized"] + c["existing"] for sid, c in counts.items()},
+            "segmentedProfileByStatusCounter": counts,
+            "profileStats": profiles.stats,
+        }
+        job = job.model_copy(
+            update={
+                "links": {
+                    sid: f"{self.settings.segments_container}/{p['snapshot']}"
+                    for sid, p in zip(chosen, pointers, strict=True)
+                }
+            }
+        )
+        return self._finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
+
+    def _finish(
+        self,
+        job: Job,
+        status: JobStatus,
+        started: float,
+        now: dt.datetime,
+        errors: list[JobError],
+        *,
+        metrics: dict | None = None,
+    ) -> Job:
+        seconds = round(time.monotonic() - started, 3)
+        done = job.model_copy(
+            update={
+                "status": status,
+                "ended": now + dt.timedelta(seconds=seconds),
+                "metrics": {**job.metrics, **(metrics or {}), "durationSeconds": seconds},
+                "errors": errors,
+                "errors_total": len(errors),
+            }
+        )
+        return self.jobs.save(done)

@@ -23,10 +23,39 @@ from shared.engine import connect
 from shared.identity import MergePolicyStore, ProfileBuilder
 from shared.ingestion import BatchIngestion, Dataset, DatasetStore, batch_id_for
 from shared.jobs import Job, JobType
+from shared.segmentation.definitions import SegmentDefinition, SegmentStore
+from shared.segmentation.runner import SegmentJobRunner
 from shared.settings import get_settings
 from shared.storage import BlobStore, StorageAccount
 
 DATA_DIR = ROOT / ".azurite"
+
+SEGMENTS = {
+    "ca-women": ("California women", 'homeAddress.stateProvince = "CA" and person.gender = "female"'),
+    "gold-platinum": ("Gold and platinum members", 'loyalty.tier in ["gold", "platinum"]'),
+    "jo-names": ("First name starts with Jo", 'person.name.firstName.startsWith("jo", false)'),
+    "eighties": ("Born in the eighties", "person.birthDate occurs between date(1980, 1, 1) and date(1989, 12, 31)"),
+    "email-opt-in": ("Email opt-in", 'consents.marketing.email.val = "y" and personalEmail.address.isNotNull()'),
+    "repeat-buyers": (
+        "Two purchases in 30 days",
+        'xEvent[eventType = "commerce.purchases" and timestamp occurs <= 30 days before now].count() >= 2',
+    ),
+    "big-spenders": (
+        "Spent over $300 in 7 days",
+        'xEvent[(timestamp occurs < 7 days before now) and eventType = "commerce.purchases"]'
+        ".sum(commerce.order.priceTotal) > 300",
+    ),
+    "openers": ("Opened an email", 'exists E from xEvent where (E.eventType = "message.open")'),
+    "view-then-buy": (
+        "Viewed then bought within a week",
+        'CHAIN(xEvent, timestamp, [C0: WHAT(eventType.equals("commerce.productViews", false)) WHEN(<= 7 days before now), '
+        'C1: WHAT(eventType.equals("commerce.purchases", false)) WHEN(<= 7 days before now)])',
+    ),
+    "vip-ca": (
+        "Gold+ Californians who buy",
+        'inSegment("gold-platinum") and homeAddress.stateProvince = "CA" and inSegment("repeat-buyers")',
+    ),
+}
 
 DATASETS = [
     Dataset(
@@ -47,7 +76,8 @@ def main() -> None:
     parser.add_argument("--events-per-person", type=int, default=5)
     args = parser.parse_args()
     console = Console()
-    now = dt.datetime(2026, 11, 20, 6, 0, tzinfo=dt.UTC)
+    # The blob trigger stamps batches with the real time, so the demo's "now" is the real time too.
+    now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
 
     shutil.rmtree(DATA_DIR, ignore_errors=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
@@ -103,6 +133,11 @@ def main() -> None:
                        WHERE homeAddress.stateProvince IS NOT NULL GROUP BY ALL ORDER BY 2 DESC"""
                 ).fetchall()
                 con.close()
+            progress.update(step, description="Saving segment definitions and running the segment job")
+            store = SegmentStore.from_settings(settings, account)
+            for sid, (name, pql) in SEGMENTS.items():
+                store.save(SegmentDefinition(id=sid, name=name, expression={"value": pql}), now=now)
+            segment_job = SegmentJobRunner.from_settings(settings, account).run(now=dt.datetime.now(dt.UTC))
             progress.update(step, description="Done")
         finally:
             azurite.stop()
@@ -146,6 +181,23 @@ def main() -> None:
     console.print("People by state: " + ", ".join(f"{st} {n:,}" for st, n in by_state))
     for pid, ids, first, city, tier in sample_profile:
         console.print(f"  {pid}: {first} from {city}, {tier} tier, {ids} identities stitched from CRM, loyalty and web")
+    sizes = Table(
+        title=f"Segment job {segment_job.id}: {segment_job.status.value} in {segment_job.metrics.get('durationSeconds', 0):.2f} s"
+    )
+    for col in ("segment", "PQL", "members", "realized"):
+        sizes.add_column(col, justify="right" if col in ("members", "realized") else "left", overflow="fold")
+    counts = segment_job.metrics.get("segmentedProfileByStatusCounter", {})
+    for sid, (_name, pql) in SEGMENTS.items():
+        c = counts.get(sid, {})
+        sizes.add_row(
+            sid,
+            pql if len(pql) < 70 else pql[:67] + "…",
+            f"{c.get('realized', 0) + c.get('existing', 0):,}",
+            f"{c.get('realized', 0):,}",
+        )
+    console.print(sizes)
+    for e in segment_job.errors:
+        console.print(f"  [red]{e.message}[/]")
     console.print(
         Panel(
             "Azurite's data is kept in .azurite/ — browse the landing, lake and tables with Azure Storage Explorer\n"

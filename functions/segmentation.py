@@ -8,8 +8,10 @@ import logging
 import azure.functions as func
 
 from functions.http import answers, body_of, json_response
+from shared.errors import ValidationError
 from shared.jobs import JobStore, JobType
 from shared.segmentation.definitions import SegmentDefinition, SegmentStore
+from shared.segmentation.insight import SegmentInsight
 from shared.segmentation.runner import SegmentJobRunner
 from shared.settings import get_settings
 from shared.storage import StorageAccount
@@ -60,3 +62,26 @@ def segments(req: func.HttpRequest) -> func.HttpResponse:
     if segment_id:
         return json_response(store.get(segment_id).model_dump(mode="json"))
     return json_response([d.model_dump(mode="json") for d in store.list()])
+
+
+@bp.function_name("segment_preview")
+@bp.route(route="segments-preview", methods=["POST"])
+@answers
+def segment_preview(req: func.HttpRequest) -> func.HttpResponse:
+    body = body_of(req)
+    pql = (body.get("expression") or {}).get("value") if isinstance(body, dict) else None
+    if not pql:
+        raise ValidationError('the body needs {"expression": {"value": "<PQL>"}} and optionally "segmentId"')
+    insight = SegmentInsight(SegmentJobRunner.from_settings(get_settings()))
+    return json_response(insight.preview(pql, now=_now(), segment_id=body.get("segmentId")))
+
+
+@bp.function_name("segment_explain")
+@bp.route(route="segments/{id}/explain", methods=["GET"])
+@answers
+def segment_explain(req: func.HttpRequest) -> func.HttpResponse:
+    profile_id = req.params.get("profile")
+    if not profile_id:
+        raise ValidationError("name the person: ?profile=<profileId>")
+    insight = SegmentInsight(SegmentJobRunner.from_settings(get_settings()))
+    return json_response(insight.explain(req.route_params["id"], profile_id, now=_now()))

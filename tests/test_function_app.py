@@ -38,6 +38,8 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
         "batches": "batches/{id}",
         "segments": "segments/{id?}",
         "segment_jobs": "segment-jobs/{id?}",
+        "segment_preview": "segments-preview",
+        "segment_explain": "segments/{id}/explain",
     }
     assert all(functions[n]["authLevel"] == "function" for n in routes)
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import tempfile
+from pathlib import Path
 
 import azure.functions as func
 import pyarrow.parquet as pq
 import pytest
 from azure.functions.timer import TimerRequest
 
-from functions.segmentation import segment_job_daily, segment_jobs, segments
+from functions.segmentation import segment_explain, segment_job_daily, segment_jobs, segment_preview, segments
+from shared.engine import connect
+from shared.identity import DEFAULT_POLICY, ProfileBuilder
 from shared.jobs import JobStatus
 from shared.segmentation.definitions import SegmentDefinition, SegmentStore
 from shared.segmentation.memberships import MembershipStore
@@ -147,3 +151,61 @@ def test_a_failed_job_leaves_the_previous_memberships_current(settings, account,
     failed = runner.run(now=DAY2)
     assert failed.status is JobStatus.FAILED and "unknown field 'gone.field'" in failed.errors[0].message
     assert MembershipStore.from_settings(settings, account).current("ca")["jobId"] == before
+
+
+def test_preview_gives_the_size_now_and_who_would_enter_and_exit(settings, crm):
+    put_segment("ca", 'homeAddress.stateProvince = "CA"')
+    SegmentJobRunner.from_settings(settings).run(now=DAY1)
+    response = call(
+        segment_preview,
+        "POST",
+        "segments-preview",
+        body={"expression": {"value": 'loyalty.tier = "gold"'}, "segmentId": "ca"},
+    )
+    assert response.status_code == 200
+    preview = body(response)
+    # Gold: Ann (CA) and Cy (NY). Against CA (Ann, Bob): Cy would enter, Bob would exit.
+    assert (preview["size"], preview["entering"], preview["exiting"]) == (2, 1, 1)
+    assert len(preview["samples"]) == 2 and preview["samples"][0]["identities"]
+    bad = call(segment_preview, "POST", "segments-preview", body={"expression": {"value": "loyalty.tier ="}})
+    assert bad.status_code == 400 and "line 1" in body(bad)["detail"]
+
+
+def test_explain_shows_each_condition_with_its_values_and_events(settings, crm):
+    put_segment(
+        "ca-buyers", 'homeAddress.stateProvince = "CA" and xEvent[eventType = "commerce.purchases"].count() >= 3'
+    )
+    SegmentJobRunner.from_settings(settings).run(now=DAY1)
+    bob = _profile_id_of(settings, "bob")
+    response = call(segment_explain, "GET", "segments/ca-buyers/explain", {"id": "ca-buyers"})
+    assert response.status_code == 400  # the person must be named
+    request = func.HttpRequest(
+        method="GET",
+        url="http://localhost/api/segments/ca-buyers/explain",
+        body=b"",
+        route_params={"id": "ca-buyers"},
+        params={"profile": bob},
+    )
+    explained = body(segment_explain.build().get_user_function()(request))
+    assert explained["qualifies"] is False
+    whole, state, purchases = explained["conditions"]
+    assert whole["held"] is False
+    assert state == {
+        "condition": 'homeAddress.stateProvince = "CA"',
+        "held": True,
+        "value of homeAddress.stateProvince": "CA",
+    }
+    assert purchases["held"] is False and purchases["value"] == 2
+    assert [e["_id"] for e in purchases["events"]] == ["e1", "e2"]
+
+
+def _profile_id_of(settings, crm_id: str) -> str:
+    """The profile id of the person with this CRM id, from a fresh profile build."""
+    with tempfile.TemporaryDirectory() as tmp:
+        con = connect(settings, spill_dir=tmp)
+        ProfileBuilder.from_settings(settings).build(con, policy=DEFAULT_POLICY, now=DAY2, workdir=Path(tmp))
+        rows = con.execute(
+            "SELECT profileId FROM unified_profiles WHERE list_contains(identities, {'namespace': 'CRMID', 'id': $id})",
+            {"id": crm_id},
+        ).fetchall()
+    return rows[0][0]

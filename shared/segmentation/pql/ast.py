@@ -11,6 +11,11 @@ from dataclasses import dataclass, field, fields
 class Node:
     line: int = field(default=0, kw_only=True, compare=False)
     column: int = field(default=0, kw_only=True, compare=False)
+    start: int = field(default=-1, kw_only=True, compare=False)  # offsets into the source text
+    end: int = field(default=-1, kw_only=True, compare=False)
+
+    def source(self, text: str) -> str:
+        return text[self.start : self.end] if 0 <= self.start < self.end else type(self).__name__
 
 
 # Values -----------------------------------------------------------------------------------------

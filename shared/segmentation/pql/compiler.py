@@ -32,7 +32,7 @@ class Fields:
 
 
 @dataclass
-class _Scope:
+class Scope:
     kind: str  # profile | event
     alias: str | None = None
 
@@ -60,57 +60,58 @@ class Compiler:
     def compile_segments(
         self, segments: Mapping[str, ast.Expr], *, profiles: str = "unified_profiles", events: str = "profile_events"
     ) -> CompiledSegments:
-        self.params["now"] = self.now
         columns, selects = {}, []
         for i, (segment_id, expr) in enumerate(segments.items()):
             self._stack = [segment_id]
-            column = f"s{i}"
-            columns[segment_id] = column
-            selects.append(f"{self.condition(expr, _Scope('profile'))} AS {column}")
+            columns[segment_id] = f"s{i}"
+            selects.append(f"{self.condition(expr, Scope('profile'))} AS s{i}")
+        return CompiledSegments(self.query(selects, profiles=profiles, events=events), self.params, columns)
+
+    def query(self, selects: list[str], *, profiles: str, events: str) -> str:
+        """One row per person of `profiles`: the given columns, over ONE aggregation of `events`."""
         select_list = ", ".join(["p.profileId", *selects])
         if not self.aggregates:
-            del self.params["now"]  # DuckDB refuses a parameter the query does not use
-            return CompiledSegments(f"SELECT {select_list} FROM {profiles} p", self.params, columns)
+            return f"SELECT {select_list} FROM {profiles} p"
+        self.params["now"] = self.now
         aggs = ", ".join(f"{sql} AS {name}" for sql, name in self.aggregates.items())
         # Events after `now` are never inside a window: they are left out once, here.
-        sql = (
+        return (
             f"WITH a AS (SELECT e.profileId, {aggs} FROM {events} e WHERE e.timestamp <= $now GROUP BY e.profileId) "
             f"SELECT {select_list} FROM {profiles} p LEFT JOIN a USING (profileId)"
         )
-        return CompiledSegments(sql, self.params, columns)
 
     # Conditions --------------------------------------------------------------------------------
 
-    def condition(self, node: ast.Expr, scope: _Scope) -> str:
+    def condition(self, node: ast.Expr, scope: Scope) -> str:
         method = getattr(self, f"_{type(node).__name__.lower()}", None)
         if method is None:
             raise PqlError(f"{type(node).__name__} is not a condition", line=node.line, column=node.column)
         return method(node, scope)
 
-    def _and(self, node: ast.And, scope: _Scope) -> str:
+    def _and(self, node: ast.And, scope: Scope) -> str:
         return "(" + " AND ".join(self.condition(i, scope) for i in node.items) + ")"
 
-    def _or(self, node: ast.Or, scope: _Scope) -> str:
+    def _or(self, node: ast.Or, scope: Scope) -> str:
         return "(" + " OR ".join(self.condition(i, scope) for i in node.items) + ")"
 
-    def _not(self, node: ast.Not, scope: _Scope) -> str:
+    def _not(self, node: ast.Not, scope: Scope) -> str:
         return f"(NOT {self.condition(node.item, scope)})"
 
-    def _compare(self, node: ast.Compare, scope: _Scope) -> str:
+    def _compare(self, node: ast.Compare, scope: Scope) -> str:
         left, right = self.operand(node.left, scope), self.operand(node.right, scope)
         return f"coalesce({left} {_OPS[node.op]} {right}, false)"
 
-    def _inlist(self, node: ast.InList, scope: _Scope) -> str:
+    def _inlist(self, node: ast.InList, scope: Scope) -> str:
         subject = self.operand(node.subject, scope)
         values = self.param([item.value for item in node.items.items])
         if node.negated:  # notIn excludes nulls
             return f"({subject} IS NOT NULL AND NOT coalesce(list_contains({values}, {subject}), false))"
         return f"coalesce(list_contains({values}, {subject}), false)"
 
-    def _like(self, node: ast.Like, scope: _Scope) -> str:
+    def _like(self, node: ast.Like, scope: Scope) -> str:
         return f"coalesce({self.operand(node.subject, scope)} LIKE {self.param(node.pattern)}, false)"
 
-    def _stringtest(self, node: ast.StringTest, scope: _Scope) -> str:
+    def _stringtest(self, node: ast.StringTest, scope: Scope) -> str:
         subject, value = self.path(node.subject, scope), self.param(node.argument)
         if not node.case_sensitive:
             subject, value = f"lower({subject})", f"lower({value})"
@@ -122,13 +123,13 @@ class Compiler:
         }[node.function]
         return f"coalesce({'NOT ' if node.negated else ''}{test}, false)"
 
-    def _nulltest(self, node: ast.NullTest, scope: _Scope) -> str:
+    def _nulltest(self, node: ast.NullTest, scope: Scope) -> str:
         return f"({self.operand(node.subject, scope)} IS {'' if node.is_null else 'NOT '}NULL)"
 
-    def _booleanvalue(self, node: ast.BooleanValue, scope: _Scope) -> str:
+    def _booleanvalue(self, node: ast.BooleanValue, scope: Scope) -> str:
         return f"coalesce({self.operand(node.value, scope)}, false)"
 
-    def _occurs(self, node: ast.Occurs, scope: _Scope) -> str:
+    def _occurs(self, node: ast.Occurs, scope: Scope) -> str:
         x = self.path(node.subject, scope)
         if node.form == "distance":
             anchor = self.param(self._anchor_start(node.anchor) if node.anchor.kind != "now" else self.now)
@@ -160,12 +161,12 @@ class Compiler:
             test = f"{x} >= {self.param(start)} AND {x} < {self.param(self._anchor_range(node.until)[1])}"
         return f"coalesce({test}, false)"
 
-    def _exists(self, node: ast.Exists, scope: _Scope) -> str:
+    def _exists(self, node: ast.Exists, scope: Scope) -> str:
         self._require_profile_scope(node, scope, "exists")
-        condition = self.condition(node.condition, _Scope("event", alias=node.alias))
+        condition = self.condition(node.condition, Scope("event", alias=node.alias))
         return f"({self.aggregate(f'count(*) FILTER (WHERE {condition})')} > 0)"
 
-    def _insegment(self, node: ast.InSegment, scope: _Scope) -> str:
+    def _insegment(self, node: ast.InSegment, scope: Scope) -> str:
         self._require_profile_scope(node, scope, "inSegment")
         if node.segment_id in self._stack:
             cycle = " → ".join([*self._stack[self._stack.index(node.segment_id) :], node.segment_id])
@@ -179,12 +180,12 @@ class Compiler:
         finally:
             self._stack.pop()
 
-    def _chain(self, node: ast.Chain, scope: _Scope) -> str:
+    def _chain(self, node: ast.Chain, scope: Scope) -> str:
         """Events matching each step, in time order: the earliest match of each step after the previous one."""
         self._require_profile_scope(node, scope, "CHAIN")
         previous = None
         for step in node.steps:
-            condition = self.condition(step.what, _Scope("event"))
+            condition = self.condition(step.what, Scope("event"))
             if step.within:
                 comparator, amount, unit = step.within
                 window = ast.Occurs(
@@ -196,7 +197,7 @@ class Compiler:
                     direction="before",
                     anchor=ast.Anchor("now"),
                 )
-                condition = f"({condition} AND {self._occurs(window, _Scope('event'))})"
+                condition = f"({condition} AND {self._occurs(window, Scope('event'))})"
             times = self.aggregate(f"list(e.timestamp ORDER BY e.timestamp) FILTER (WHERE {condition})")
             current = (
                 f"list_min({times})"
@@ -208,7 +209,7 @@ class Compiler:
 
     # Operands ----------------------------------------------------------------------------------
 
-    def operand(self, node: ast.Operand, scope: _Scope) -> str:
+    def operand(self, node: ast.Operand, scope: Scope) -> str:
         if isinstance(node, ast.Path):
             return self.path(node, scope)
         if isinstance(node, ast.Literal):
@@ -219,16 +220,16 @@ class Compiler:
             return self.param([i.value for i in node.items])
         raise PqlError("this is not a value", line=node.line, column=node.column)
 
-    def _aggregate_value(self, node: ast.Aggregate, scope: _Scope) -> str:
+    def _aggregate_value(self, node: ast.Aggregate, scope: Scope) -> str:
         self._require_profile_scope(node, scope, f"xEvent[...].{node.function}()")
-        where = self.condition(node.events.condition, _Scope("event")) if node.events.condition else "true"
+        where = self.condition(node.events.condition, Scope("event")) if node.events.condition else "true"
         if node.function == "count":
             return f"coalesce({self.aggregate(f'count(*) FILTER (WHERE {where})')}, 0)"
-        value = self.path(node.path, _Scope("event"))
+        value = self.path(node.path, Scope("event"))
         column = self.aggregate(f"{node.function}({value}) FILTER (WHERE {where})")
         return f"coalesce({column}, 0)" if node.function == "sum" else column
 
-    def path(self, node: ast.Path, scope: _Scope) -> str:
+    def path(self, node: ast.Path, scope: Scope) -> str:
         parts = node.parts
         if scope.kind == "event":
             if scope.alias and parts[0] == scope.alias:
@@ -257,7 +258,7 @@ class Compiler:
             self.aggregates[sql] = f"a{len(self.aggregates)}"
         return f"a.{self.aggregates[sql]}"
 
-    def _require_profile_scope(self, node: ast.Node, scope: _Scope, what: str) -> None:
+    def _require_profile_scope(self, node: ast.Node, scope: Scope, what: str) -> None:
         if scope.kind != "profile":
             raise PqlError(f"{what} cannot be used inside an event condition", line=node.line, column=node.column)
 

@@ -51,7 +51,7 @@ class PqlError(ValidationError):
 
     code = "pql"
 
-    def __init__(self, message: str, *, line: int = 0, column: int = 0) -> None:
+    def __init__(self, message: str, *, line: int = 0, column: int = 0, start: int = -1, end: int = -1) -> None:
         where = f"line {line}, column {column}: " if line else ""
         super().__init__(f"PQL {where}{message}", details=[{"line": line, "column": column, "message": message}])
         self.line = line
@@ -110,7 +110,11 @@ def _expected(names) -> str:
 
 
 def _pos(meta_or_token) -> dict:
-    return {"line": getattr(meta_or_token, "line", 0) or 0, "column": getattr(meta_or_token, "column", 0) or 0}
+    pos = {"line": getattr(meta_or_token, "line", 0) or 0, "column": getattr(meta_or_token, "column", 0) or 0}
+    start, end = getattr(meta_or_token, "start_pos", None), getattr(meta_or_token, "end_pos", None)
+    if start is not None and end is not None:
+        pos.update(start=start, end=end)
+    return pos
 
 
 def _as_condition(node) -> ast.Expr:
@@ -179,7 +183,7 @@ class _ToAst(Transformer):
         target, name = items
         if not isinstance(target, ast.Path):
             raise PqlError(f"'.{name}' must be followed by '(' here: only fields have fields", **_pos(name))
-        return ast.Path((*target.parts, str(name)), line=target.line, column=target.column)
+        return ast.Path((*target.parts, str(name)), **_pos(meta))
 
     def event_filter(self, meta, items):
         return ast.EventFilter(_as_condition(items[1]) if items[1] is not None else None, **_pos(meta))
@@ -208,7 +212,7 @@ class _ToAst(Transformer):
         if name in ("isNull", "isNotNull"):
             if args:
                 raise PqlError(f"{name}() takes no argument", **where)
-            return ast.NullTest(target, is_null=name == "isNull", line=target.line, column=target.column)
+            return ast.NullTest(target, is_null=name == "isNull", **_pos(meta))
         if name in STRING_FUNCTIONS:
             function, negated = STRING_FUNCTIONS[name]
             if not 1 <= len(args) <= 2 or not isinstance(args[0], ast.Literal) or not isinstance(args[0].value, str):
@@ -219,9 +223,7 @@ class _ToAst(Transformer):
                 if not isinstance(flag, ast.Literal) or not isinstance(flag.value, bool):
                     raise PqlError(f"the second argument of {name}() is true or false (case-sensitive)", **where)
                 case = flag.value
-            return ast.StringTest(
-                target, function, args[0].value, case, negated, line=target.line, column=target.column
-            )
+            return ast.StringTest(target, function, args[0].value, case, negated, **_pos(meta))
         raise PqlError(f"unknown function {name!r}", **where)
 
     # Literals ------------------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""Looking into segments: a preview of a definition not yet saved (its size now, and who would enter and
+exit compared with the current membership), and an explanation of why one person is in a segment or not
+(each condition, whether it held, the values and the events that decided it)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from shared.engine import connect
+from shared.errors import NotFound
+from shared.ingestion.paths import quote_literal
+from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
+from shared.segmentation.pql import ast, parse
+from shared.segmentation.pql.compiler import Compiler, Scope
+from shared.segmentation.runner import SegmentJobRunner
+
+PREVIEW = "__preview__"
+
+
+class SegmentInsight:
+    def __init__(self, runner: SegmentJobRunner) -> None:
+        self.runner = runner  # its stores and profile builder, shared rather than built again
+
+    def preview(self, pql: str, *, now: dt.datetime, segment_id: str | None = None, samples: int = 5) -> dict[str, Any]:
+        tree = parse(pql)
+        with tempfile.TemporaryDirectory(prefix="preview-") as tmp:
+            con, profiles = self._profiles(tmp, now)
+            definitions = self.runner.segments.trees()
+            compiled = evaluate(con, profiles, {PREVIEW: tree}, fields=fields_of(profiles), definitions=definitions)
+            column = compiled.columns[PREVIEW]
+            size = con.execute(f"SELECT count(*) FROM {RESULTS} WHERE {column}").fetchall()[0][0]
+            result: dict[str, Any] = {"size": size, "totalProfiles": profiles.stats["profiles"], "evaluatedAt": now}
+            current = self.runner.memberships.download_current(segment_id, Path(tmp)) if segment_id else None
+            if current is not None:
+                active = f"(SELECT profileId FROM read_parquet({quote_literal(str(current))}) WHERE status <> 'exited')"
+                result["entering"] = con.execute(
+                    f"SELECT count(*) FROM {RESULTS} WHERE {column} AND profileId NOT IN {active}"
+                ).fetchall()[0][0]
+                result["exiting"] = con.execute(
+                    f"SELECT count(*) FROM {active} m WHERE m.profileId NOT IN (SELECT profileId FROM {RESULTS} WHERE {column})"
+                ).fetchall()[0][0]
+            rows = con.execute(
+                f"""SELECT p.profileId, p.identities FROM {profiles.profiles} p JOIN {RESULTS} r USING (profileId)
+                    WHERE r.{column} ORDER BY p.profileId LIMIT {int(samples)}"""
+            ).fetchall()
+            result["samples"] = [{"profileId": pid, "identities": ids} for pid, ids in rows]
+            con.close()
+        return result
+
+    def explain(self, segment_id: str, profile_id: str, *, now: dt.datetime) -> dict[str, Any]:
+        definition = self.runner.segments.get(segment_id)
+        text, tree = definition.expression.value, definition.tree()
+        with tempfile.TemporaryDirectory(prefix="explain-") as tmp:
+            con, profiles = self._profiles(tmp, now)
+            con.execute(
+                f"CREATE TEMP TABLE one_profile AS SELECT * FROM {profiles.profiles} WHERE profileId = $pid",
+                {"pid": profile_id},
+            )
+            if not con.execute("SELECT count(*) FROM one_profile").fetchall()[0][0]:
+                raise NotFound(f"no profile {profile_id!r} as of {now.isoformat()}")
+            con.execute(
+                f"CREATE TEMP TABLE one_events AS SELECT * FROM {profiles.events} WHERE profileId = $pid",
+                {"pid": profile_id},
+            )
+            compiler = Compiler(fields_of(profiles), now, definitions=self.runner.segments.trees())
+            nodes = list(_conditions(tree))
+            selects, extras = [], {}
+            for i, node in enumerate(nodes):
+                selects.append(f"{compiler.condition(node, Scope('profile'))} AS c{i}")
+                for j, (label, sql) in enumerate(_details(compiler, node)):
+                    selects.append(f"{sql} AS d{i}_{j}")
+                    extras[f"d{i}_{j}"] = (i, label)
+            sql = compiler.query(selects, profiles="one_profile", events="one_events")
+            cursor = con.execute(sql, compiler.params)
+            names = [d[0] for d in cursor.description]
+            row = dict(zip(names, cursor.fetchall()[0], strict=True))
+            con.close()
+        conditions = []
+        for i, node in enumerate(nodes):
+            entry: dict[str, Any] = {"condition": node.source(text), "held": bool(row[f"c{i}"])}
+            for key, (index, label) in extras.items():
+                if index == i:
+                    entry[label] = row[key]
+            conditions.append(entry)
+        return {
+            "segment": segment_id,
+            "profileId": profile_id,
+            "evaluatedAt": now,
+            "qualifies": conditions[0]["held"],
+            "conditions": conditions,
+        }
+
+    def _profiles(self, tmp: str, now: dt.datetime):
+        con = connect(self.runner.settings, spill_dir=tmp)
+        profiles = self.runner.profiles.build(
+            con, policy=self.runner.policies.default(), now=now, workdir=Path(tmp) / "lake"
+        )
+        return con, profiles
+
+
+def _conditions(node: ast.Expr):
+    """The whole expression, then its parts through and/or/not: the conditions a person can be shown."""
+    yield node
+    if isinstance(node, ast.And | ast.Or):
+        for item in node.items:
+            yield from _conditions(item)
+    elif isinstance(node, ast.Not):
+        yield from _conditions(node.item)
+
+
+def _details(compiler: Compiler, node: ast.Expr) -> list[tuple[str, str]]:
+    """The values that decide a leaf condition: its field values, aggregate values and matching events."""
+    out: list[tuple[str, str]] = []
+    profile = Scope("profile")
+    operands = [getattr(node, name) for name in ("left", "right", "subject") if hasattr(node, name)]
+    for operand in operands:
+        if isinstance(operand, ast.Path):
+            out.append((f"value of {operand.dotted}", compiler.operand(operand, profile)))
+        elif isinstance(operand, ast.Aggregate):
+            out.append(("value", compiler.operand(operand, profile)))
+            out.append(("events", _matching_events(compiler, operand.events.condition, None)))
+    if isinstance(node, ast.Exists):
+        out.append(("events", _matching_events(compiler, node.condition, node.alias)))
+    return out
+
+
+def _matching_events(compiler: Compiler, condition: ast.Expr | None, alias: str | None) -> str:
+    where = compiler.condition(condition, Scope("event", alias=alias)) if condition else "true"
+    return compiler.aggregate(
+        f"list({{'_id': e._id, 'timestamp': e.timestamp, 'eventType': e.eventType}} ORDER BY e.timestamp) FILTER (WHERE {where})"
+    )

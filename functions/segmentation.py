@@ -31,6 +31,13 @@ def segment_job_daily(timer: func.TimerRequest) -> None:
     log.info("segment job %s: %s %s", job.id, job.status.value, job.metrics.get("segmentedProfileCounter"))
 
 
+@bp.function_name("segment_job_streaming")
+@bp.timer_trigger(arg_name="timer", schedule="%STREAMING_SCHEDULE%", run_on_startup=False)
+def segment_job_streaming(timer: func.TimerRequest) -> None:
+    job = SegmentJobRunner.from_settings(get_settings()).run_streaming(now=_now())
+    log.info("streaming segment job %s: %s, %s people", job.id, job.status.value, job.metrics.get("evaluatedProfiles"))
+
+
 @bp.function_name("segment_jobs")
 @bp.route(route="segment-jobs/{id?}", methods=["GET", "POST"])
 @answers

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SEGMENT_SCHEDULE", "segment_schedule"),
         description="NCRONTAB schedule of the daily batch segment job (the timer reads it as %SEGMENT_SCHEDULE%).",
     )
+    streaming_schedule: str = Field(
+        "0 */5 * * * *",
+        validation_alias=AliasChoices("STREAMING_SCHEDULE", "streaming_schedule"),
+        description="NCRONTAB schedule of streaming segment evaluation (people touched since the last run).",
+    )
     segment_exited_retention_days: int = Field(
         30, gt=0, validation_alias=AliasChoices("SEGMENT_EXITED_RETENTION_DAYS", "segment_exited_retention_days")
     )

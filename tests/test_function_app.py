@@ -30,6 +30,8 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
     assert functions["segment_job_daily"]["type"] == "timerTrigger"
     assert functions["segment_job_daily"]["schedule"] == "%SEGMENT_SCHEDULE%"
     assert functions["segment_job_daily"]["runOnStartup"] is False
+    assert functions["segment_job_streaming"]["type"] == "timerTrigger"
+    assert functions["segment_job_streaming"]["schedule"] == "%STREAMING_SCHEDULE%"
     routes = {name: f["route"] for name, f in functions.items() if f["type"] == "httpTrigger"}
     assert routes == {
         "schemas": "schemas/{id?}",

@@ -209,3 +209,45 @@ def _profile_id_of(settings, crm_id: str) -> str:
             {"id": crm_id},
         ).fetchall()
     return rows[0][0]
+
+
+def test_streaming_reevaluates_eligible_segments_only_for_people_touched_since_the_watermark(settings, account, crm):
+    put_segment("ca", 'homeAddress.stateProvince = "CA"')
+    put_segment(
+        "recent-buyers",
+        'xEvent[eventType = "commerce.purchases" and timestamp occurs <= 24 hours before now].count() > 0',
+    )
+    put_segment("buyers", 'xEvent[eventType = "commerce.purchases"].count() >= 2')  # all time: batch only
+    runner = SegmentJobRunner.from_settings(settings)
+    first = runner.run_streaming(now=DAY1)
+    assert set(first.metrics["segmentedProfileCounter"]) == {"ca", "recent-buyers"}
+    assert first.metrics["evaluatedProfiles"] == 3  # no watermark yet: everyone
+    assert first.metrics["segmentedProfileCounter"]["ca"] == 2
+    # Cy moves to California; nobody else changes.
+    later = DAY1 + dt.timedelta(minutes=3)
+    crm.ingest_at("crm/move.ndjson", ndjson(profile("cy", homeAddress={"stateProvince": "CA"})), now=later)
+    second = runner.run_streaming(now=later + dt.timedelta(minutes=2))
+    assert second.metrics["evaluatedProfiles"] == 1
+    assert second.metrics["segmentedProfileByStatusCounter"]["ca"] == {
+        "realized": 1,
+        "existing": 2,
+        "exited": 0,
+        "exitedEarlier": 0,
+    }
+    assert sorted(members(settings, account, "ca").values()) == ["realized", "realized", "realized"]
+    quiet = runner.run_streaming(now=later + dt.timedelta(minutes=7))
+    assert quiet.metrics["evaluatedProfiles"] == 0
+    assert quiet.metrics["segmentedProfileCounter"]["ca"] == 3
+
+
+def test_streaming_eligibility_follows_adobes_rule():
+    from shared.segmentation.pql import parse
+    from shared.segmentation.streaming import streaming_eligible
+
+    definitions = {"ca": parse('homeAddress.stateProvince = "CA"'), "buy": parse('xEvent[eventType = "x"].count() > 0')}
+    assert streaming_eligible(parse('loyalty.tier = "gold" and inSegment("ca")'), definitions)
+    assert streaming_eligible(parse("xEvent[timestamp occurs <= 24 hours before now].count() > 0"), definitions)
+    assert not streaming_eligible(parse("xEvent[timestamp occurs <= 2 days before now].count() > 0"), definitions)
+    assert not streaming_eligible(parse('inSegment("buy")'), definitions)
+    two = 'xEvent[timestamp occurs < 1 hours before now].count() > 0 and xEvent[eventType = "y"].count() > 0'
+    assert not streaming_eligible(parse(two), definitions)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 
 import duckdb
@@ -24,17 +23,6 @@ def fields_of(profiles: UnifiedProfiles, event_schemas: list[Schema] | None = No
     return Fields(profile=dict(profiles.leaves), event=event)
 
 
-def compile_segments(
-    segments: Mapping[str, ast.Expr],
-    *,
-    fields: Fields,
-    now: dt.datetime,
-    definitions: Mapping[str, ast.Expr] | None = None,
-) -> CompiledSegments:
-    definitions = {**(definitions or {}), **segments}
-    return Compiler(fields, now, definitions=definitions).compile_segments(segments)
-
-
 def evaluate(
     con: duckdb.DuckDBPyConnection,
     profiles: UnifiedProfiles,
@@ -42,8 +30,22 @@ def evaluate(
     *,
     fields: Fields,
     definitions: Mapping[str, ast.Expr] | None = None,
+    people: str | None = None,
 ) -> CompiledSegments:
-    """Write `segment_results(profileId, s0, s1, …)`: one row per person, one boolean per segment."""
-    compiled = compile_segments(segments, fields=fields, now=profiles.now, definitions=definitions)
+    """Write `segment_results(profileId, s0, s1, …)`: one row per person, one boolean per segment.
+    With `people` (a query of profile ids), only those people are evaluated."""
+    profiles_table, events_table = profiles.profiles, profiles.events
+    if people:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE scoped_profiles AS SELECT * FROM {profiles_table} WHERE profileId IN ({people})"
+        )
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE scoped_events AS SELECT * FROM {events_table} WHERE profileId IN ({people})"
+        )
+        profiles_table, events_table = "scoped_profiles", "scoped_events"
+    definitions = {**(definitions or {}), **segments}
+    compiled = Compiler(fields, profiles.now, definitions=definitions).compile_segments(
+        segments, profiles=profiles_table, events=events_table
+    )
     con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULTS} AS {compiled.sql}", compiled.params)
     return compiled

@@ -17,6 +17,7 @@ from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, StorageAccount
 
 CURRENT = "current"
+WATERMARK = ("streaming", "watermark")
 _EMPTY = (
     "SELECT NULL::VARCHAR AS profileId, NULL::VARCHAR AS status, NULL::TIMESTAMPTZ AS lastQualificationTime, "
     "NULL::TIMESTAMPTZ AS exitedAt WHERE false"
@@ -48,6 +49,14 @@ class MembershipStore:
             return None
         return self.blobs.download(pointer["snapshot"], into / f"{segment_id}-previous.parquet")
 
+    def watermark(self) -> dt.datetime | None:
+        """Until when the streaming job has seen ingested data."""
+        entity = self.pointers.find(*WATERMARK)
+        return entity["ingestedUntil"] if entity else None
+
+    def advance_watermark(self, until: dt.datetime) -> None:
+        self.pointers.upsert({"PartitionKey": WATERMARK[0], "RowKey": WATERMARK[1], "ingestedUntil": until})
+
     def publish(self, pointers: list[dict[str, Any]]) -> None:
         """Make the job's snapshots current: one transaction of up to 100 segments (Azure's batch limit)."""
         for start in range(0, len(pointers), 100):
@@ -63,30 +72,40 @@ def write_snapshot(
     out: Path,
     now: dt.datetime,
     retention: dt.timedelta,
+    scope_sql: str | None = None,
 ) -> dict[str, int]:
-    """Compare who qualifies now with the previous snapshot, write the new one, and count by status."""
+    """Compare who qualifies now with the previous snapshot, write the new one, and count by status.
+    With `scope_sql` (the people evaluated), everyone else keeps their previous row unchanged."""
     prev = f"SELECT * FROM read_parquet({quote_literal(str(previous))})" if previous else _EMPTY
     at = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
     oldest = f"{quote_literal((now - retention).isoformat())}::TIMESTAMPTZ"
+    in_scope = f"profileId IN ({scope_sql})" if scope_sql else "true"
     con.execute(
         f"""COPY (
-            WITH cur AS ({qualified_sql}), prev AS ({prev})
-            SELECT profileId,
-                   CASE WHEN c.profileId IS NOT NULL AND p.status IN ('realized', 'existing') THEN 'existing'
-                        WHEN c.profileId IS NOT NULL THEN 'realized'
-                        ELSE 'exited' END AS status,
-                   CASE WHEN c.profileId IS NOT NULL THEN {at} ELSE p.lastQualificationTime END AS lastQualificationTime,
-                   CASE WHEN c.profileId IS NOT NULL THEN NULL
-                        WHEN p.status = 'exited' THEN p.exitedAt ELSE {at} END AS exitedAt
-            FROM cur c FULL OUTER JOIN prev p USING (profileId)
-            WHERE c.profileId IS NOT NULL OR p.status IN ('realized', 'existing') OR p.exitedAt > {oldest}
-            ORDER BY profileId
+            WITH cur AS ({qualified_sql}), prev_all AS ({prev}),
+                 prev AS (SELECT * FROM prev_all WHERE {in_scope}),
+                 kept AS (SELECT * FROM prev_all WHERE NOT ({in_scope}))
+            SELECT * FROM (
+                SELECT profileId,
+                       CASE WHEN c.profileId IS NOT NULL AND p.status IN ('realized', 'existing') THEN 'existing'
+                            WHEN c.profileId IS NOT NULL THEN 'realized'
+                            ELSE 'exited' END AS status,
+                       CASE WHEN c.profileId IS NOT NULL THEN {at} ELSE p.lastQualificationTime END AS lastQualificationTime,
+                       CASE WHEN c.profileId IS NOT NULL THEN NULL
+                            WHEN p.status = 'exited' THEN p.exitedAt ELSE {at} END AS exitedAt
+                FROM cur c FULL OUTER JOIN prev p USING (profileId)
+                WHERE c.profileId IS NOT NULL OR p.status IN ('realized', 'existing') OR p.exitedAt > {oldest}
+                UNION ALL
+                SELECT profileId, status, lastQualificationTime, exitedAt FROM kept
+                WHERE status <> 'exited' OR exitedAt > {oldest}
+            ) ORDER BY profileId
         ) TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)"""
     )
     snap = f"read_parquet({quote_literal(str(out))})"
+    entered = f"status = 'realized' AND lastQualificationTime = {at}"
     return {
-        "realized": scalar(con, f"SELECT count(*) FROM {snap} WHERE status = 'realized'"),
-        "existing": scalar(con, f"SELECT count(*) FROM {snap} WHERE status = 'existing'"),
+        "realized": scalar(con, f"SELECT count(*) FROM {snap} WHERE {entered}"),
+        "existing": scalar(con, f"SELECT count(*) FROM {snap} WHERE status <> 'exited' AND NOT ({entered})"),
         "exited": scalar(con, f"SELECT count(*) FROM {snap} WHERE status = 'exited' AND exitedAt = {at}"),
         "exitedEarlier": scalar(con, f"SELECT count(*) FROM {snap} WHERE status = 'exited' AND exitedAt < {at}"),
     }

@@ -19,6 +19,7 @@ from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
 from shared.segmentation.memberships import MembershipStore, write_snapshot
+from shared.segmentation.streaming import streaming_eligible
 from shared.settings import Settings
 from shared.storage import StorageAccount
 
@@ -46,13 +47,36 @@ class SegmentJobRunner:
         return cls(settings=settings, account=account or StorageAccount.from_settings(settings))
 
     def run(self, *, now: dt.datetime, segment_ids: list[str] | None = None) -> Job:
+        """The batch job: every segment (or those named) for everyone, as of `now`."""
+        definitions = self.segments.trees()
+        job_id = segment_job_id(now, segment_ids)
+        subject = ",".join(sorted(segment_ids)) if segment_ids else "all segments"
+        return self._run(
+            job_id,
+            subject,
+            now,
+            lambda job, started: self._evaluate(
+                job, now, segment_ids or sorted(definitions), definitions, started, since=None
+            ),
+        )
+
+    def run_streaming(self, *, now: dt.datetime) -> Job:
+        """The streaming job: streaming-eligible segments, for the people touched by data ingested since
+        the last streaming job (its watermark); everyone else keeps their membership."""
+        definitions = self.segments.trees()
+        eligible = sorted(sid for sid, tree in definitions.items() if streaming_eligible(tree, definitions))
+        since = self.memberships.watermark() or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        job_id = "stream-" + segment_job_id(now, eligible).removeprefix("seg-")
+        return self._run(
+            job_id,
+            "streaming",
+            now,
+            lambda job, started: self._evaluate(job, now, eligible, definitions, started, since=since),
+        )
+
+    def _run(self, job_id: str, subject: str, now: dt.datetime, evaluate_job) -> Job:
         job = Job(
-            id=segment_job_id(now, segment_ids),
-            type=JobType.SEGMENT,
-            status=JobStatus.PROCESSING,
-            subject=",".join(sorted(segment_ids)) if segment_ids else "all segments",
-            created=now,
-            started=now,
+            id=job_id, type=JobType.SEGMENT, status=JobStatus.PROCESSING, subject=subject, created=now, started=now
         )
         try:
             job = self.jobs.create(job)
@@ -62,17 +86,23 @@ class SegmentJobRunner:
             return existing
         started = time.monotonic()
         try:
-            job = self._evaluate(job, now, segment_ids, started)
+            return evaluate_job(job, started)
         except BridgeError as exc:
-            job = self._finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
+            return self._finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
         except Exception as exc:
             self._finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
             raise
-        return job
 
-    def _evaluate(self, job: Job, now: dt.datetime, segment_ids: list[str] | None, started: float) -> Job:
-        definitions = self.segments.trees()
-        chosen = segment_ids or sorted(definitions)
+    def _evaluate(
+        self,
+        job: Job,
+        now: dt.datetime,
+        chosen: list[str],
+        definitions: dict,
+        started: float,
+        *,
+        since: dt.datetime | None,
+    ) -> Job:
         missing = sorted(set(chosen) - set(definitions))
         if missing:
             raise NotFound(f"no segments {missing}")
@@ -88,6 +118,16 @@ class SegmentJobRunner:
             con = connect(self.settings, spill_dir=tmp)
             try:
                 profiles = self.profiles.build(con, policy=self.policies.default(), now=now, workdir=work / "lake")
+                people = None
+                if since is not None:
+                    # The people with a fragment ingested after the watermark: the only ones whose rules can change.
+                    con.execute(
+                        """CREATE OR REPLACE TEMP TABLE touched AS
+                        SELECT DISTINCT pe.profileId FROM fragments f JOIN fragment_people fp USING (rid)
+                        JOIN people pe USING (person) WHERE f._ingestedAt > $since""",
+                        {"since": since},
+                    )
+                    people = "SELECT profileId FROM touched"
                 evaluated = time.monotonic()
                 compiled = evaluate(
                     con,
@@ -95,6 +135,7 @@ class SegmentJobRunner:
                     {sid: definitions[sid] for sid in chosen},
                     fields=fields_of(profiles, event_schemas or None),
                     definitions=definitions,
+                    people=people,
                 )
                 segmentation_seconds = time.monotonic() - evaluated
                 counts, pointers = {}, []
@@ -108,6 +149,7 @@ class SegmentJobRunner:
                         out=out,
                         now=now,
                         retention=retention,
+                        scope_sql=people,
                     )
                     path = self.memberships.snapshot_path(sid, job.id)
                     self.memberships.blobs.put_file(path, out)
@@ -122,25 +164,26 @@ class SegmentJobRunner:
                         }
                     )
                 total = scalar(con, f"SELECT count(*) FROM {profiles.profiles}")
+                evaluated_people = scalar(con, "SELECT count(*) FROM touched") if people else total
+                seen_until = scalar(con, "SELECT max(_ingestedAt) FROM fragments")
             finally:
                 con.close()
         self.memberships.publish(pointers)
+        if since is not None and seen_until is not None and seen_until > since:
+            self.memberships.advance_watermark(seen_until)
         metrics = {
             "segments": len(chosen),
             "totalProfiles": total,
+            "evaluatedProfiles": evaluated_people,
             "segmentationSeconds": round(segmentation_seconds, 3),
             "segmentedProfileCounter": {sid: c["realized"] + c["existing"] for sid, c in counts.items()},
             "segmentedProfileByStatusCounter": counts,
             "profileStats": profiles.stats,
         }
-        job = job.model_copy(
-            update={
-                "links": {
-                    sid: f"{self.settings.segments_container}/{p['snapshot']}"
-                    for sid, p in zip(chosen, pointers, strict=True)
-                }
-            }
-        )
+        links = {
+            sid: f"{self.settings.segments_container}/{p['snapshot']}" for sid, p in zip(chosen, pointers, strict=True)
+        }
+        job = job.model_copy(update={"links": links})
         return self._finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
 
     def _finish(

@@ -116,7 +116,9 @@ def main() -> None:
     if args.stage:
         return _run_stage(args.stage, args.src, args.work)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    sample = write_sample(work / "sample", people=max(1, args.rows // 5), events_per_person=5, now=NOW)
+    sample = write_sample(
+        work / "sample", people=max(1, args.rows // 5), events_per_person=5, now=NOW, events_per_file=args.rows
+    )
     src, rows = sample.events, sample.events_count
     size_mb = src.stat().st_size / 1e6
     print(f"{rows:,} NDJSON event rows, {size_mb:.0f} MB; each stage in its own process (peak RSS is its own)")

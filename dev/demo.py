@@ -104,7 +104,8 @@ def main() -> None:
             from functions.ingestion import ingest_landing_file
 
             jobs: list[tuple[str, Job, float]] = []
-            for dataset, file in (("crm", sample.profiles), ("loyalty", sample.loyalty), ("web", sample.events)):
+            files = [("crm", sample.profiles), ("loyalty", sample.loyalty), *(("web", f) for f in sample.event_files)]
+            for dataset, file in files:
                 path = f"{dataset}/{file.name}"
                 progress.update(step, description=f"Landing {path} and running ingest_landing_file")
                 etag = landing.put(path, file.read_bytes())

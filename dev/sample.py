@@ -41,9 +41,13 @@ SKUS = ["PS", "XB", "SW", "HEAD", "CAM", "TV"]
 class SampleFiles:
     profiles: Path  # dataset crm
     loyalty: Path  # dataset loyalty
-    events: Path  # dataset web
+    event_files: tuple[Path, ...]  # dataset web, split to stay under the ingestion file limit
     people: int
     events_count: int
+
+    @property
+    def events(self) -> Path:
+        return self.event_files[0]
 
 
 def _pick(values: list[str], h: str) -> str:
@@ -55,7 +59,13 @@ def _list(values: list[str]) -> str:
 
 
 def write_sample(
-    out: Path, *, people: int, events_per_person: int = 5, now: dt.datetime, bad_every: int = 2000
+    out: Path,
+    *,
+    people: int,
+    events_per_person: int = 5,
+    now: dt.datetime,
+    bad_every: int = 2000,
+    events_per_file: int = 500_000,
 ) -> SampleFiles:
     """Write the three landing files for `people` persons into `out`; events fall in the 30 days before `now`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -95,34 +105,40 @@ def write_sample(
     con.execute(
         f"""COPY (
             SELECT email AS "identityMap.Email",
-                   '+1415555' || lpad(CAST(i % 10000 AS VARCHAR), 4, '0') AS "mobilePhone.number",
+                   '+1415' || lpad(CAST(i AS VARCHAR), 7, '0') AS "mobilePhone.number",
                    ['bronze', 'silver', 'gold', 'platinum'][1 + hh(i, 'tier') % 4] AS "loyalty.tier",
                    CAST(hh(i, 'points') % 5000 AS BIGINT) AS "loyalty.points"
             FROM persons WHERE hh(i, 'loyal') % 2 = 0 ORDER BY i
         ) TO {quote_literal(str(loyalty))} (FORMAT csv, HEADER)"""
     )
-    events = out / "web-events.ndjson"
     total = int(people) * int(events_per_person)
     start = (now - dt.timedelta(days=30)).isoformat()
-    con.execute(
-        f"""COPY (
-            SELECT _id, strftime(ts, '%Y-%m-%dT%H:%M:%SZ') AS timestamp, eventType,
-                   CASE WHEN eventType = 'commerce.purchases'
-                        THEN {{'order': {{'priceTotal': price, 'currencyCode': 'USD'}}}} END AS commerce,
-                   CASE WHEN eventType LIKE 'commerce.%' THEN [{{'SKU': sku, 'quantity': 1, 'priceTotal': price}}] END AS productListItems,
-                   {{'webPageDetails': {{'name': CASE WHEN eventType LIKE 'web.%' THEN 'home' ELSE 'product' END}}}} AS web,
-                   identityMap
-            FROM (
-                SELECT 'ev-' || j AS _id,
-                       {quote_literal(start)}::TIMESTAMPTZ + to_seconds(CAST(hh(j, 'ts') % (30 * 86400) AS BIGINT)) AS ts,
-                       {_pick(EVENT_TYPES, "hh(j, 'type')")} AS eventType,
-                       {_pick(SKUS, "hh(j, 'sku')")} AS sku,
-                       round(5 + (hh(j, 'price') % 50000) / 100.0, 2) AS price,
-                       {{'ECID': [{{'id': 'ecid-' || p || '-' || (hh(j, 'dev') % 2), 'primary': true}}],
-                         'CRMID': CASE WHEN hh(j, 'login') % 3 = 0 THEN [{{'id': 'crm-' || p, 'primary': false}}] END}} AS identityMap
-                FROM (SELECT j, hh(j, 'who') % {int(people)} AS p FROM range({total}) t(j))
-            ) ORDER BY _id
-        ) TO {quote_literal(str(events))} (FORMAT json)"""
-    )
+    files = []
+    for n, first in enumerate(range(0, max(total, 1), events_per_file)):
+        last = min(first + events_per_file, total)
+        events = out / ("web-events.ndjson" if total <= events_per_file else f"web-events-{n:03d}.ndjson")
+        files.append(events)
+        con.execute(
+            f"""COPY (
+                SELECT _id, strftime(ts, '%Y-%m-%dT%H:%M:%SZ') AS timestamp, eventType,
+                       CASE WHEN eventType = 'commerce.purchases'
+                            THEN {{'order': {{'priceTotal': price, 'currencyCode': 'USD'}}}} END AS commerce,
+                       CASE WHEN eventType LIKE 'commerce.%' THEN [{{'SKU': sku, 'quantity': 1, 'priceTotal': price}}] END AS productListItems,
+                       {{'webPageDetails': {{'name': CASE WHEN eventType LIKE 'web.%' THEN 'home' ELSE 'product' END}}}} AS web,
+                       identityMap
+                FROM (
+                    SELECT 'ev-' || j AS _id,
+                           {quote_literal(start)}::TIMESTAMPTZ + to_seconds(CAST(hh(j, 'ts') % (30 * 86400) AS BIGINT)) AS ts,
+                           {_pick(EVENT_TYPES, "hh(j, 'type')")} AS eventType,
+                           {_pick(SKUS, "hh(j, 'sku')")} AS sku,
+                           round(5 + (hh(j, 'price') % 50000) / 100.0, 2) AS price,
+                           {{'ECID': [{{'id': 'ecid-' || p || '-' || (hh(j, 'dev') % 2), 'primary': true}}],
+                             'CRMID': CASE WHEN hh(j, 'login') % 3 = 0 THEN [{{'id': 'crm-' || p, 'primary': false}}] END}} AS identityMap
+                    FROM (SELECT j, hh(j, 'who') % {int(people)} AS p FROM range({first}, {last}) t(j))
+                ) ORDER BY _id
+            ) TO {quote_literal(str(events))} (FORMAT json)"""
+        )
     con.close()
-    return SampleFiles(profiles=profiles, loyalty=loyalty, events=events, people=int(people), events_count=total)
+    return SampleFiles(
+        profiles=profiles, loyalty=loyalty, event_files=tuple(files), people=int(people), events_count=total
+    )

@@ -24,7 +24,7 @@ class Expression(BaseModel):
 
 
 class SegmentDefinition(BaseModel):
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
     expression: Expression

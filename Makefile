@@ -3,7 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 SIZE ?= 5000
-ROWS ?= 1000000
+ROWS ?= 200000
+PEOPLE ?= 20000
 
 .PHONY: setup test demo lint format bench clean
 
@@ -34,6 +35,7 @@ format: setup
 
 bench: setup
 	$(PY) -m bench.ingest --rows $(ROWS)
+	$(PY) -m bench.segments --people $(PEOPLE)
 
 clean:
 	rm -rf $(VENV) node_modules .azurite .pytest_cache .ruff_cache

@@ -129,6 +129,11 @@ def stage_ours() -> dict:
     return {
         "seconds": seconds,
         "segmentation_seconds": job.metrics["segmentationSeconds"],
+        "phases": {
+            k: v
+            for k, v in {**job.metrics, **job.metrics["profileStats"]}.items()
+            if k.endswith("Seconds") and k != "durationSeconds"
+        },
         "counts": job.metrics["segmentedProfileCounter"],
         "profiles": job.metrics["totalProfiles"],
     }
@@ -221,6 +226,7 @@ def main() -> None:
         f"{'  of which: evaluating the 50 segments':52s} {ours['segmentation_seconds']:8.2f} "
         f"{ours['segmentation_seconds'] / floor['seconds']:5.2f}x"
     )
+    print("  phases of ours: " + ", ".join(f"{k.removesuffix('Seconds')} {v:.2f} s" for k, v in ours["phases"].items()))
     print(f"people: ours {ours['profiles']:,}, floor {floor['profiles']:,}")
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)

@@ -36,19 +36,15 @@ def union_find_people(fragments: list[list[tuple[str, int]]]) -> set[frozenset[i
 def test_people_are_the_connected_components_of_shared_identities(fragments):
     con = duckdb.connect()
     rows = [
-        (
-            rid,
-            [
-                {"ns": ns, "id": f"{'  X' if ns == 'Email' and n % 2 else 'x'}{n}", "primary": i == 0}
-                for i, (ns, n) in enumerate(ids)
-            ],
-        )
+        (rid, ns, f"{'  X' if ns == 'Email' and n % 2 else 'x'}{n}", i == 0)
         for rid, ids in enumerate(fragments, start=1)
+        for i, (ns, n) in enumerate(ids)
     ]
+    con.execute("CREATE TEMP TABLE fragments AS SELECT range + 1 AS rid FROM range(?)", [len(fragments)])
     con.execute(
-        'CREATE TEMP TABLE fragments (rid BIGINT, _ingestedAt TIMESTAMPTZ, ids STRUCT(ns VARCHAR, id VARCHAR, "primary" BOOLEAN)[])'
+        "CREATE TEMP TABLE identity_rows (rid BIGINT, ns VARCHAR, id VARCHAR, is_primary BOOLEAN, _ingestedAt TIMESTAMPTZ)"
     )
-    con.executemany("INSERT INTO fragments VALUES (?, TIMESTAMPTZ '2026-11-20 00:00:00+00', ?)", rows)
+    con.executemany("INSERT INTO identity_rows VALUES (?, ?, ?, ?, TIMESTAMPTZ '2026-11-20 00:00:00+00')", rows)
     build_identity_graph(con, stitching=True, limit=1000)
     got: dict[int, set[int]] = {}
     for rid, person in con.execute("SELECT rid, person FROM fragment_people").fetchall():

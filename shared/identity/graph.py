@@ -30,21 +30,20 @@ def normalized_id(ns: str, raw: str) -> str:
 
 
 def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, limit: int) -> GraphStats:
-    """From `fragments(rid, _ingestedAt, ids)` build `identities(node, ns, id, key, lastSeen)`,
-    `fragment_people(rid, person)` and `people(person, profileId)`."""
+    """From `identity_rows(rid, _ingestedAt, ns, id, is_primary)` and `fragments(rid)` build
+    `identities(node, ns, id, key, lastSeen)`, `fragment_people(rid, person)` and `people(person, profileId)`."""
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE fragment_ids AS
-        SELECT rid, ns, nid AS id, ns || ':' || nid AS key, is_primary, idx, _ingestedAt FROM (
-            SELECT rid, _ingestedAt, u.ns AS ns, {normalized_id("u.ns", "u.id")} AS nid,
-                   coalesce(u."primary", false) AS is_primary, idx
-            FROM (SELECT rid, _ingestedAt, unnest(ids) AS u, generate_subscripts(ids, 1) AS idx FROM fragments)
+        SELECT rid, ns, nid AS id, ns || ':' || nid AS key, is_primary, _ingestedAt FROM (
+            SELECT rid, _ingestedAt, ns, {normalized_id("ns", "id")} AS nid, coalesce(is_primary, false) AS is_primary
+            FROM identity_rows
         ) WHERE nid IS NOT NULL AND nid <> ''"""
     )
     if not stitching:
         # Without stitching a fragment is known by its primary identity alone.
         con.execute(
             """CREATE OR REPLACE TEMP TABLE fragment_ids AS SELECT * FROM fragment_ids
-               QUALIFY row_number() OVER (PARTITION BY rid ORDER BY is_primary DESC, idx) = 1"""
+               QUALIFY row_number() OVER (PARTITION BY rid ORDER BY is_primary DESC, ns, id) = 1"""
         )
     con.execute(
         """CREATE OR REPLACE TEMP TABLE identities AS

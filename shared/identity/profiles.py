@@ -5,6 +5,7 @@ Everything stays in DuckDB; this is the input of segment evaluation."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ class UnifiedProfiles:
     con: duckdb.DuckDBPyConnection
     policy: MergePolicy
     now: dt.datetime
-    stats: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
     leaves: dict[str, str] = field(default_factory=dict)  # the union profile schema: path -> DuckDB type
     profiles: str = PROFILES
     events: str = EVENTS
@@ -90,74 +91,104 @@ def build_profiles(
     con: duckdb.DuckDBPyConnection, sources: list[Source], *, policy: MergePolicy, now: dt.datetime, graph_limit: int
 ) -> UnifiedProfiles:
     """Stitch and merge the sources' fragments as of `now` into `unified_profiles` and `profile_events`."""
+    clock = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        timings[name], clock = round(time.monotonic() - clock, 3), time.monotonic()
+
     views = _register(con, sources, now)
     leaves = _profile_leaves([s.schema for s in views if s.schema.schema_class is SchemaClass.PROFILE])
     _fragments(con, views, leaves)
+    lap("fragmentsSeconds")
     graph = build_identity_graph(con, stitching=policy.identity_stitching, limit=graph_limit)
+    lap("identityGraphSeconds")
     _merge(con, policy, leaves)
+    lap("mergeSeconds")
     _events(con, [s for s in views if s.schema.schema_class is SchemaClass.EXPERIENCE_EVENT])
+    lap("eventsSeconds")
     stats = {
+        **timings,
         "fragments": scalar(con, "SELECT count(*) FROM fragments"),
         "profileFragments": scalar(con, "SELECT count(*) FROM fragments WHERE cls = 'profile'"),
         "eventFragments": scalar(con, "SELECT count(*) FROM fragments WHERE cls <> 'profile'"),
         "profiles": scalar(con, f"SELECT count(*) FROM {PROFILES}"),
-        "events": scalar(con, f"SELECT count(*) FROM {EVENTS}"),
+        "events": scalar(con, "SELECT count(*) FROM fragments JOIN fragment_people USING (rid) WHERE cls <> 'profile'"),
         **{_camel(k): v for k, v in asdict(graph).items()},
     }
     return UnifiedProfiles(con=con, policy=policy, now=now, stats=stats, leaves=leaves)
 
 
 def _register(con: duckdb.DuckDBPyConnection, sources: list[Source], now: dt.datetime) -> list[_View]:
-    views = []
+    """A view per source, each row with `rid`: its batch's ordinal and its row, one BIGINT that names the
+    record everywhere (identities, people, events) without numbering rows in one thread."""
+    views, distinct = [], []
     for i, source in enumerate(sources):
-        view = f"src_{i}"
         paths = "[" + ", ".join(quote_literal(str(p)) for p in source.files) + "]"
         # Only what was ingested by `now` counts, so a run as of a past time sees the lake as it was.
         con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW {view} AS
+            f"""CREATE OR REPLACE TEMP VIEW raw_{i} AS
             SELECT * FROM read_parquet({paths}, union_by_name = true)
             WHERE _ingestedAt <= {quote_literal(now.isoformat())}::TIMESTAMPTZ"""
+        )
+        distinct.append(f"SELECT DISTINCT {i} AS src, _batchId FROM raw_{i}")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE batch_keys AS SELECT row_number() OVER (ORDER BY src, _batchId) AS b, * FROM ("
+        + (" UNION ALL ".join(distinct) or "SELECT 0 AS src, NULL::VARCHAR AS _batchId WHERE false")
+        + ")"
+    )
+    for i, source in enumerate(sources):
+        view = f"src_{i}"
+        con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW {view} AS
+            SELECT (k.b << 32) + r._row AS rid, r.* FROM raw_{i} r
+            JOIN batch_keys k ON k.src = {i} AND k._batchId = r._batchId"""
         )
         views.append(_View(source.dataset, source.schema, view))
     return views
 
 
 def _fragments(con: duckdb.DuckDBPyConnection, sources: list[_View], leaves: dict[str, str]) -> None:
-    """`fragments`: one row per record of every dataset, with its identities and flattened attributes."""
-    selects = []
+    """`fragments`: one row per record of every dataset with its flattened attributes (profiles), and
+    `identity_rows`: one row per identity a record carries (identityMap entries and identity fields)."""
+    selects, identities = [], []
     for s in sources:
         is_profile = s.schema.schema_class is SchemaClass.PROFILE
-        id_fields = ", ".join(
-            f"{{'ns': {quote_literal(f.identity.value)}, 'id': {column_ref(f.path)}, 'primary': false}}"
-            for f in s.schema.fields
-            if f.identity
-        )
-        from_map = (
-            "coalesce(flatten(list_transform(map_entries(identityMap), lambda e: "
-            "list_transform(coalesce(e.value, []), lambda x: {'ns': e.key, 'id': x.id, 'primary': x.\"primary\"}))), [])"
-        )
         own = {f.path for f in s.schema.fields}
         attrs = "".join(
             f", {column_ref(p) if is_profile and p in own else f'NULL::{t}'} AS {quote_ident(p)}"
             for p, t in leaves.items()
         )
         selects.append(
-            f"""SELECT {quote_literal(s.dataset.id)} AS ds, {quote_literal(s.schema.schema_class.value)} AS cls,
-                   _batchId, _row, _ingestedAt, list_concat({from_map}, [{id_fields}]) AS ids{attrs}
+            f"""SELECT rid, {quote_literal(s.dataset.id)} AS ds, {quote_literal(s.schema.schema_class.value)} AS cls,
+                   _batchId, _row, _ingestedAt{attrs}
             FROM {s.view}"""
         )
+        identities.append(
+            f"""SELECT rid, _ingestedAt, ns, x.id AS id, x."primary" AS is_primary FROM (
+                    SELECT rid, _ingestedAt, e.key AS ns, unnest(e.value) AS x FROM (
+                        SELECT rid, _ingestedAt, unnest(map_entries(identityMap)) AS e FROM {s.view}))"""
+        )
+        for f in s.schema.fields:
+            if f.identity:
+                identities.append(
+                    f"""SELECT rid, _ingestedAt, {quote_literal(f.identity.value)} AS ns, {column_ref(f.path)} AS id,
+                           false AS is_primary FROM {s.view} WHERE {column_ref(f.path)} IS NOT NULL"""
+                )
     if not selects:
         selects.append(
-            "SELECT NULL::VARCHAR AS ds, NULL::VARCHAR AS cls, NULL::VARCHAR AS _batchId, NULL::BIGINT AS _row, "
-            'NULL::TIMESTAMPTZ AS _ingestedAt, []::STRUCT(ns VARCHAR, id VARCHAR, "primary" BOOLEAN)[] AS ids'
+            "SELECT NULL::BIGINT AS rid, NULL::VARCHAR AS ds, NULL::VARCHAR AS cls, NULL::VARCHAR AS _batchId, "
+            "NULL::BIGINT AS _row, NULL::TIMESTAMPTZ AS _ingestedAt"
             + "".join(f", NULL::{t} AS {quote_ident(p)}" for p, t in leaves.items())
             + " WHERE false"
         )
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE fragments AS SELECT row_number() OVER () AS rid, * FROM ("
-        + " UNION ALL ".join(selects)
-        + ")"
-    )
+        identities.append(
+            "SELECT NULL::BIGINT AS rid, NULL::TIMESTAMPTZ AS _ingestedAt, NULL::VARCHAR AS ns, NULL::VARCHAR AS id, "
+            "NULL::BOOLEAN AS is_primary WHERE false"
+        )
+    con.execute("CREATE OR REPLACE TEMP TABLE fragments AS " + " UNION ALL ".join(selects))
+    con.execute("CREATE OR REPLACE TEMP TABLE identity_rows AS " + " UNION ALL ".join(identities))
 
 
 def _merge(con: duckdb.DuckDBPyConnection, policy: MergePolicy, leaves: dict[str, str]) -> None:
@@ -192,20 +223,20 @@ def _merge(con: duckdb.DuckDBPyConnection, policy: MergePolicy, leaves: dict[str
 
 
 def _events(con: duckdb.DuckDBPyConnection, sources: list[_View]) -> None:
+    """`profile_events`: every event with its person's profile id, as a view: segment evaluation reads it
+    once, inside its single aggregation, so it is never copied."""
     selects = [
         f"""SELECT pe.profileId, s.* FROM {s.view} s
-            JOIN fragments f ON f.ds = {quote_literal(s.dataset.id)} AND f._batchId = s._batchId AND f._row = s._row
-            JOIN fragment_people fp ON fp.rid = f.rid
+            JOIN fragment_people fp ON fp.rid = s.rid
             JOIN people pe ON pe.person = fp.person"""
         for s in sources
     ]
     if not selects:
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE {EVENTS} AS SELECT NULL::VARCHAR AS profileId,
-            NULL::VARCHAR AS _id, NULL::TIMESTAMPTZ AS timestamp, NULL::VARCHAR AS eventType WHERE false"""
-        )
-        return
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {EVENTS} AS " + " UNION ALL BY NAME ".join(selects))
+        selects = [
+            "SELECT NULL::VARCHAR AS profileId, NULL::BIGINT AS rid, NULL::VARCHAR AS _id, "
+            "NULL::TIMESTAMPTZ AS timestamp, NULL::VARCHAR AS eventType WHERE false"
+        ]
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS " + " UNION ALL BY NAME ".join(selects))
 
 
 def _profile_leaves(schemas: list[Schema]) -> dict[str, str]:

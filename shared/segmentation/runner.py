@@ -117,7 +117,9 @@ class SegmentJobRunner:
             work = Path(tmp)
             con = connect(self.settings, spill_dir=tmp)
             try:
+                lake_started = time.monotonic()
                 profiles = self.profiles.build(con, policy=self.policies.default(), now=now, workdir=work / "lake")
+                profile_seconds = time.monotonic() - lake_started
                 people = None
                 if since is not None:
                     # The people with a fragment ingested after the watermark: the only ones whose rules can change.
@@ -138,6 +140,7 @@ class SegmentJobRunner:
                     people=people,
                 )
                 segmentation_seconds = time.monotonic() - evaluated
+                memberships_started = time.monotonic()
                 counts, pointers = {}, []
                 retention = dt.timedelta(days=self.settings.segment_exited_retention_days)
                 for sid in chosen:
@@ -163,6 +166,7 @@ class SegmentJobRunner:
                             **counts[sid],
                         }
                     )
+                membership_seconds = time.monotonic() - memberships_started
                 total = scalar(con, f"SELECT count(*) FROM {profiles.profiles}")
                 evaluated_people = scalar(con, "SELECT count(*) FROM touched") if people else total
                 seen_until = scalar(con, "SELECT max(_ingestedAt) FROM fragments")
@@ -175,7 +179,9 @@ class SegmentJobRunner:
             "segments": len(chosen),
             "totalProfiles": total,
             "evaluatedProfiles": evaluated_people,
+            "profileSeconds": round(profile_seconds, 3),
             "segmentationSeconds": round(segmentation_seconds, 3),
+            "membershipSeconds": round(membership_seconds, 3),
             "segmentedProfileCounter": {sid: c["realized"] + c["existing"] for sid, c in counts.items()},
             "segmentedProfileByStatusCounter": counts,
             "profileStats": profiles.stats,

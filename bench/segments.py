@@ -68,7 +68,8 @@ def segments() -> dict[str, tuple[str, str]]:
         out[f"spend-{days}d-{amount}"] = (
             f'xEvent[eventType = "commerce.purchases" and timestamp occurs <= {days} days before now]'
             f".sum(commerce.order.priceTotal) > {amount}",
-            f"coalesce(sum(price) FILTER (WHERE eventType = 'commerce.purchases' AND ts >= now_ - INTERVAL {days} DAY), 0)"
+            "coalesce(sum(CAST(price AS DECIMAL(38, 9))) FILTER "
+            f"(WHERE eventType = 'commerce.purchases' AND ts >= now_ - INTERVAL {days} DAY), 0)"
             f" > {amount}",
         )
     return out

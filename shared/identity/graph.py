@@ -31,29 +31,30 @@ def normalized_id(ns: str, raw: str) -> str:
 
 def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, limit: int) -> GraphStats:
     """From `identity_rows(rid, _ingestedAt, ns, id, is_primary)` and `fragments(rid)` build
-    `identities(node, ns, id, key, lastSeen)`, `fragment_people(rid, person)` and `people(person, profileId)`."""
+    `identities(node, ns, id, lastSeen)`, `fragment_people(rid, person)` and `people(person, profileId)`.
+    Identities are grouped by a 64-bit hash of (namespace, normalized id), not by string keys (two of five
+    million identities colliding has odds of about one in a million)."""
+    primary_only = (
+        "QUALIFY row_number() OVER (PARTITION BY rid ORDER BY coalesce(is_primary, false) DESC, ns, nid) = 1"
+        if not stitching  # without stitching a fragment is known by its primary identity alone
+        else ""
+    )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE fragment_ids AS
-        SELECT rid, ns, nid AS id, ns || ':' || nid AS key, is_primary, _ingestedAt FROM (
-            SELECT rid, _ingestedAt, ns, {normalized_id("ns", "id")} AS nid, coalesce(is_primary, false) AS is_primary
-            FROM identity_rows
-        ) WHERE nid IS NOT NULL AND nid <> ''"""
+        SELECT rid, ns, nid, hash(ns, nid) AS h, _ingestedAt FROM (
+            SELECT rid, _ingestedAt, ns, {normalized_id("ns", "id")} AS nid, is_primary FROM identity_rows
+        ) WHERE nid IS NOT NULL AND nid <> '' {primary_only}"""
     )
-    if not stitching:
-        # Without stitching a fragment is known by its primary identity alone.
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE fragment_ids AS SELECT * FROM fragment_ids
-               QUALIFY row_number() OVER (PARTITION BY rid ORDER BY is_primary DESC, ns, id) = 1"""
-        )
+    # Dense node numbers (DuckDB aggregates small dense keys far faster), CRMIDs first: hubs with the
+    # smallest labels let labels settle in fewer passes.
     con.execute(
         """CREATE OR REPLACE TEMP TABLE identities AS
-        SELECT row_number() OVER (ORDER BY key) AS node, key, any_value(ns) AS ns, any_value(id) AS id,
-               max(_ingestedAt) AS lastSeen
-        FROM fragment_ids GROUP BY key"""
+        SELECT row_number() OVER (ORDER BY ns, h) AS node, * FROM (
+            SELECT h, any_value(ns) AS ns, any_value(nid) AS id, max(_ingestedAt) AS lastSeen
+            FROM fragment_ids GROUP BY h)"""
     )
     con.execute(
-        """CREATE OR REPLACE TEMP TABLE edges AS
-        SELECT DISTINCT f.rid, i.node FROM fragment_ids f JOIN identities i USING (key)"""
+        "CREATE OR REPLACE TEMP TABLE edges AS SELECT DISTINCT f.rid, i.node FROM fragment_ids f JOIN identities i USING (h)"
     )
     passes = _components(con)
     oversize = scalar(
@@ -64,7 +65,7 @@ def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, lim
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE dropped_nodes AS
             SELECT node FROM (
-                SELECT l.node, row_number() OVER (PARTITION BY l.label ORDER BY i.lastSeen DESC, i.key) AS keep_rank
+                SELECT l.node, row_number() OVER (PARTITION BY l.label ORDER BY i.lastSeen DESC, i.ns, i.id) AS keep_rank
                 FROM labels l JOIN identities i USING (node)
                 WHERE l.label IN (SELECT label FROM labels GROUP BY label HAVING count(*) > {int(limit)})
             ) WHERE keep_rank > {int(limit)}"""
@@ -73,14 +74,12 @@ def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, lim
         con.execute("DELETE FROM edges WHERE node IN (SELECT node FROM dropped_nodes)")
         con.execute("DELETE FROM identities WHERE node IN (SELECT node FROM dropped_nodes)")
         passes += _components(con)
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE fragment_people AS
-        SELECT e.rid, min(l.label) AS person FROM edges e JOIN labels l USING (node) GROUP BY e.rid"""
-    )
-    # The profile id is a digest of the person's smallest identity key: stable while that identity stays.
+    # Once the labels settle, each fragment's label from the last pass is its person.
+    con.execute("CREATE OR REPLACE TEMP TABLE fragment_people AS SELECT rid, label AS person FROM fragment_labels")
+    # The profile id is a digest of the person's smallest identity: stable while that identity stays.
     con.execute(
         """CREATE OR REPLACE TEMP TABLE people AS
-        SELECT l.label AS person, 'p' || left(md5(min(i.key)), 23) AS profileId
+        SELECT l.label AS person, 'p' || left(md5(min(i.ns || ':' || i.id)), 23) AS profileId
         FROM labels l JOIN identities i USING (node) GROUP BY l.label"""
     )
     return GraphStats(
@@ -96,8 +95,10 @@ def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, lim
 
 
 def _components(con: duckdb.DuckDBPyConnection) -> int:
-    """Label every node of `edges(rid, node)` with the smallest node of its component: `labels(node, label)`."""
+    """Label every node of `edges(rid, node)` with the smallest node of its component: `labels(node, label)`,
+    and every fragment with its component's label: `fragment_labels(rid, label)`."""
     con.execute("CREATE OR REPLACE TEMP TABLE labels AS SELECT DISTINCT node, node AS label FROM edges")
+    con.execute("CREATE OR REPLACE TEMP TABLE fragment_labels (rid BIGINT, label BIGINT)")
     for n in range(1, MAX_PASSES + 1):
         con.execute(
             """CREATE OR REPLACE TEMP TABLE fragment_labels AS

@@ -121,7 +121,7 @@ def build_profiles(
 
 
 def _register(con: duckdb.DuckDBPyConnection, sources: list[Source], now: dt.datetime) -> list[_View]:
-    """A view per source, each row with `rid`: its batch's ordinal and its row, one BIGINT that names the
+    """A view per source, each row with `rid`: its batch's offset plus its row, one BIGINT that names the
     record everywhere (identities, people, events) without numbering rows in one thread."""
     views, distinct = [], []
     for i, source in enumerate(sources):
@@ -132,17 +132,20 @@ def _register(con: duckdb.DuckDBPyConnection, sources: list[Source], now: dt.dat
             SELECT * FROM read_parquet({paths}, union_by_name = true)
             WHERE _ingestedAt <= {quote_literal(now.isoformat())}::TIMESTAMPTZ"""
         )
-        distinct.append(f"SELECT DISTINCT {i} AS src, _batchId FROM raw_{i}")
+        distinct.append(f"SELECT {i} AS src, _batchId, max(_row) AS rows FROM raw_{i} GROUP BY _batchId")
+    # Each batch's rows are numbered after the highest row of the batches before it: dense fragment ids.
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE batch_keys AS SELECT row_number() OVER (ORDER BY src, _batchId) AS b, * FROM ("
-        + (" UNION ALL ".join(distinct) or "SELECT 0 AS src, NULL::VARCHAR AS _batchId WHERE false")
+        "CREATE OR REPLACE TEMP TABLE batch_keys AS "
+        "SELECT src, _batchId, coalesce(sum(rows) OVER (ORDER BY src, _batchId ROWS BETWEEN UNBOUNDED PRECEDING "
+        "AND 1 PRECEDING), 0) AS offset FROM ("
+        + (" UNION ALL ".join(distinct) or "SELECT 0 AS src, NULL::VARCHAR AS _batchId, 0 AS rows WHERE false")
         + ")"
     )
     for i, source in enumerate(sources):
         view = f"src_{i}"
         con.execute(
             f"""CREATE OR REPLACE TEMP VIEW {view} AS
-            SELECT (k.b << 32) + r._row AS rid, r.* FROM raw_{i} r
+            SELECT k.offset + r._row AS rid, r.* FROM raw_{i} r
             JOIN batch_keys k ON k.src = {i} AND k._batchId = r._batchId"""
         )
         views.append(_View(source.dataset, source.schema, view))

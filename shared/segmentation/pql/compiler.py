@@ -226,6 +226,10 @@ class Compiler:
         if node.function == "count":
             return f"coalesce({self.aggregate(f'count(*) FILTER (WHERE {where})')}, 0)"
         value = self.path(node.path, Scope("event"))
+        if node.function in ("sum", "avg") and self.fields.event.get(node.path.dotted) == "DOUBLE":
+            # Exact decimal sums: a double sum depends on the order threads add in, and a total sitting on
+            # a threshold would then flip between runs.
+            value = f"CAST({value} AS DECIMAL(38, 9))"
         column = self.aggregate(f"{node.function}({value}) FILTER (WHERE {where})")
         return f"coalesce({column}, 0)" if node.function == "sum" else column
 

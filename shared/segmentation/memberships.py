@@ -6,12 +6,12 @@ so a reader sees every segment of a job or none, and a failed job leaves the pre
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from shared.engine import scalar
 from shared.ingestion.paths import quote_literal
 from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, StorageAccount
@@ -49,6 +49,19 @@ class MembershipStore:
             return None
         return self.blobs.download(pointer["snapshot"], into / f"{segment_id}-previous.parquet")
 
+    def download_all_current(self, segment_ids: list[str], into: Path) -> dict[str, Path | None]:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return dict(
+                zip(segment_ids, pool.map(lambda sid: self.download_current(sid, into), segment_ids), strict=True)
+            )
+
+    def upload(self, job_id: str, files: dict[str, Path]) -> dict[str, str]:
+        """Upload each segment's snapshot of this job, in parallel; returns the blob path per segment."""
+        paths = {sid: self.snapshot_path(sid, job_id) for sid in files}
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda sid: self.blobs.put_file(paths[sid], files[sid]), files))
+        return paths
+
     def watermark(self) -> dt.datetime | None:
         """Until when the streaming job has seen ingested data."""
         entity = self.pointers.find(*WATERMARK)
@@ -64,48 +77,72 @@ class MembershipStore:
             self.pointers.transact([("upsert", e, {}) for e in chunk])
 
 
-def write_snapshot(
-    con: duckdb.DuckDBPyConnection,
+def membership_sql(
     *,
+    segment_id: str,
     qualified_sql: str,
     previous: Path | None,
-    out: Path,
     now: dt.datetime,
     retention: dt.timedelta,
     scope_sql: str | None = None,
-) -> dict[str, int]:
-    """Compare who qualifies now with the previous snapshot, write the new one, and count by status.
-    With `scope_sql` (the people evaluated), everyone else keeps their previous row unchanged."""
+) -> str:
+    """The segment's new memberships: who qualifies now compared with the previous snapshot. With
+    `scope_sql` (the people evaluated), everyone else keeps their previous row unchanged."""
     prev = f"SELECT * FROM read_parquet({quote_literal(str(previous))})" if previous else _EMPTY
     at = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
     oldest = f"{quote_literal((now - retention).isoformat())}::TIMESTAMPTZ"
     in_scope = f"profileId IN ({scope_sql})" if scope_sql else "true"
+    return f"""
+        WITH cur AS ({qualified_sql}), prev_all AS ({prev}),
+             prev AS (SELECT * FROM prev_all WHERE {in_scope}),
+             kept AS (SELECT * FROM prev_all WHERE NOT ({in_scope}))
+        SELECT {quote_literal(segment_id)} AS segment, profileId,
+               CASE WHEN c.profileId IS NOT NULL AND p.status IN ('realized', 'existing') THEN 'existing'
+                    WHEN c.profileId IS NOT NULL THEN 'realized'
+                    ELSE 'exited' END AS status,
+               CASE WHEN c.profileId IS NOT NULL THEN {at} ELSE p.lastQualificationTime END AS lastQualificationTime,
+               CASE WHEN c.profileId IS NOT NULL THEN NULL
+                    WHEN p.status = 'exited' THEN p.exitedAt ELSE {at} END AS exitedAt
+        FROM cur c FULL OUTER JOIN prev p USING (profileId)
+        WHERE c.profileId IS NOT NULL OR p.status IN ('realized', 'existing') OR p.exitedAt > {oldest}
+        UNION ALL
+        SELECT {quote_literal(segment_id)}, profileId, status, lastQualificationTime, exitedAt FROM kept
+        WHERE status <> 'exited' OR exitedAt > {oldest}"""
+
+
+def write_snapshots(
+    con: duckdb.DuckDBPyConnection, parts: dict[str, str], *, out: Path, now: dt.datetime
+) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
+    """Write every segment's memberships in one pass (a Parquet file per segment) and count them by status."""
     con.execute(
-        f"""COPY (
-            WITH cur AS ({qualified_sql}), prev_all AS ({prev}),
-                 prev AS (SELECT * FROM prev_all WHERE {in_scope}),
-                 kept AS (SELECT * FROM prev_all WHERE NOT ({in_scope}))
-            SELECT * FROM (
-                SELECT profileId,
-                       CASE WHEN c.profileId IS NOT NULL AND p.status IN ('realized', 'existing') THEN 'existing'
-                            WHEN c.profileId IS NOT NULL THEN 'realized'
-                            ELSE 'exited' END AS status,
-                       CASE WHEN c.profileId IS NOT NULL THEN {at} ELSE p.lastQualificationTime END AS lastQualificationTime,
-                       CASE WHEN c.profileId IS NOT NULL THEN NULL
-                            WHEN p.status = 'exited' THEN p.exitedAt ELSE {at} END AS exitedAt
-                FROM cur c FULL OUTER JOIN prev p USING (profileId)
-                WHERE c.profileId IS NOT NULL OR p.status IN ('realized', 'existing') OR p.exitedAt > {oldest}
-                UNION ALL
-                SELECT profileId, status, lastQualificationTime, exitedAt FROM kept
-                WHERE status <> 'exited' OR exitedAt > {oldest}
-            ) ORDER BY profileId
-        ) TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)"""
+        "CREATE OR REPLACE TEMP TABLE new_memberships AS " + " UNION ALL ".join(f"({sql})" for sql in parts.values())
     )
-    snap = f"read_parquet({quote_literal(str(out))})"
+    con.execute(
+        f"""COPY (SELECT * FROM new_memberships ORDER BY segment, profileId)
+            TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (segment), OVERWRITE_OR_IGNORE)"""
+    )
+    at = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
     entered = f"status = 'realized' AND lastQualificationTime = {at}"
-    return {
-        "realized": scalar(con, f"SELECT count(*) FROM {snap} WHERE {entered}"),
-        "existing": scalar(con, f"SELECT count(*) FROM {snap} WHERE status <> 'exited' AND NOT ({entered})"),
-        "exited": scalar(con, f"SELECT count(*) FROM {snap} WHERE status = 'exited' AND exitedAt = {at}"),
-        "exitedEarlier": scalar(con, f"SELECT count(*) FROM {snap} WHERE status = 'exited' AND exitedAt < {at}"),
-    }
+    rows = con.execute(
+        f"""SELECT segment,
+                   count(*) FILTER (WHERE {entered}),
+                   count(*) FILTER (WHERE status <> 'exited' AND NOT ({entered})),
+                   count(*) FILTER (WHERE status = 'exited' AND exitedAt = {at}),
+                   count(*) FILTER (WHERE status = 'exited' AND exitedAt < {at})
+            FROM new_memberships GROUP BY segment"""
+    ).fetchall()
+    counts = {sid: {"realized": 0, "existing": 0, "exited": 0, "exitedEarlier": 0} for sid in parts}
+    for sid, realized, existing, exited, earlier in rows:
+        counts[sid] = {"realized": realized, "existing": existing, "exited": exited, "exitedEarlier": earlier}
+    files = {}
+    for sid in parts:
+        written = sorted((out / f"segment={sid}").glob("*.parquet"))
+        if len(written) != 1:  # an empty segment writes no partition: write its empty snapshot
+            target = out / f"{sid}.parquet"
+            con.execute(
+                f"""COPY (SELECT profileId, status, lastQualificationTime, exitedAt FROM new_memberships
+                    WHERE segment = {quote_literal(sid)}) TO {quote_literal(str(target))} (FORMAT parquet)"""
+            )
+            written = [target]
+        files[sid] = written[0]
+    return files, counts

@@ -18,7 +18,7 @@ from shared.ingestion.schemas import SchemaClass
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
-from shared.segmentation.memberships import MembershipStore, write_snapshot
+from shared.segmentation.memberships import MembershipStore, membership_sql, write_snapshots
 from shared.segmentation.streaming import streaming_eligible
 from shared.settings import Settings
 from shared.storage import StorageAccount
@@ -141,31 +141,32 @@ class SegmentJobRunner:
                 )
                 segmentation_seconds = time.monotonic() - evaluated
                 memberships_started = time.monotonic()
-                counts, pointers = {}, []
                 retention = dt.timedelta(days=self.settings.segment_exited_retention_days)
-                for sid in chosen:
-                    out = work / f"{sid}.parquet"
-                    counts[sid] = write_snapshot(
-                        con,
+                previous = self.memberships.download_all_current(chosen, work)
+                parts = {
+                    sid: membership_sql(
+                        segment_id=sid,
                         qualified_sql=f"SELECT profileId FROM {RESULTS} WHERE {compiled.columns[sid]}",
-                        previous=self.memberships.download_current(sid, work),
-                        out=out,
+                        previous=previous[sid],
                         now=now,
                         retention=retention,
                         scope_sql=people,
                     )
-                    path = self.memberships.snapshot_path(sid, job.id)
-                    self.memberships.blobs.put_file(path, out)
-                    pointers.append(
-                        {
-                            "segmentId": sid,
-                            "jobId": job.id,
-                            "snapshot": path,
-                            "evaluatedAt": now,
-                            "size": counts[sid]["realized"] + counts[sid]["existing"],
-                            **counts[sid],
-                        }
-                    )
+                    for sid in chosen
+                }
+                files, counts = write_snapshots(con, parts, out=work / "memberships", now=now)
+                paths = self.memberships.upload(job.id, files)
+                pointers = [
+                    {
+                        "segmentId": sid,
+                        "jobId": job.id,
+                        "snapshot": paths[sid],
+                        "evaluatedAt": now,
+                        "size": counts[sid]["realized"] + counts[sid]["existing"],
+                        **counts[sid],
+                    }
+                    for sid in chosen
+                ]
                 membership_seconds = time.monotonic() - memberships_started
                 total = scalar(con, f"SELECT count(*) FROM {profiles.profiles}")
                 evaluated_people = scalar(con, "SELECT count(*) FROM touched") if people else total

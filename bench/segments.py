@@ -174,7 +174,11 @@ def _setup(people: int, work: Path) -> None:
         datasets.save(Dataset(id=ds, name=ds, schema_id=schema), now=INGESTED)
     sample = write_sample(work / "sample", people=people, events_per_person=20, now=INGESTED, events_per_file=400_000)
     ingestion = BatchIngestion.from_settings(settings, account)
-    files = [("crm", sample.profiles), ("loyalty", sample.loyalty), *(("web", f) for f in sample.event_files)]
+    files = [
+        *(("crm", f) for f in _split_ndjson(sample.profiles, 200 << 20)),
+        ("loyalty", sample.loyalty),
+        *(("web", f) for f in sample.event_files),
+    ]
     started = time.perf_counter()
     for ds, file in files:
         path = f"{ds}/{file.name}"
@@ -189,6 +193,25 @@ def _setup(people: int, work: Path) -> None:
     lake = LakeStore.from_settings(settings, account)
     for ds in ("crm", "loyalty", "web"):
         lake.download_dataset(ds, work / "lake" / ds)
+
+
+def _split_ndjson(path: Path, max_bytes: int) -> list[Path]:
+    """Split an NDJSON file into parts under the ingestion file limit, as a user would before landing it."""
+    if path.stat().st_size <= max_bytes:
+        return [path]
+    parts, out, size = [], None, 0
+    with open(path, "rb") as src:
+        for line in src:
+            if out is None or size + len(line) > max_bytes:
+                if out:
+                    out.close()
+                parts.append(path.with_name(f"{path.stem}-{len(parts):03d}.ndjson"))
+                out, size = open(parts[-1], "wb"), 0  # noqa: SIM115 (closed when the next part starts)
+            out.write(line)
+            size += len(line)
+    out.close()
+    path.unlink()
+    return parts
 
 
 def main() -> None:

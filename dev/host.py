@@ -4,6 +4,7 @@ installed here): the real function code, with real trigger inputs, against real 
 from __future__ import annotations
 
 import azure.functions as func
+from azure.storage.queue import QueueClient
 
 from shared.storage import BlobStore
 
@@ -19,3 +20,17 @@ def fire_blob_trigger(function, blobs: BlobStore, path: str) -> None:
         blob_properties={"ETag": blobs.etag(path)},
     )
     function.build().get_user_function()(stream)
+
+
+def deliver_queue_messages(function, queue: QueueClient, *, limit: int = 32) -> int:
+    """Deliver waiting messages to a queue-trigger function, deleting each after it succeeds (as the host
+    does; a failure leaves the message to become visible again). Returns how many were delivered."""
+    delivered = 0
+    for message in queue.receive_messages(max_messages=limit, visibility_timeout=60):
+        body = message.content.encode() if isinstance(message.content, str) else message.content
+        function.build().get_user_function()(
+            func.QueueMessage(id=message.id, body=body, pop_receipt=message.pop_receipt)
+        )
+        queue.delete_message(message)
+        delivered += 1
+    return delivered

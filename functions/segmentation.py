@@ -45,12 +45,21 @@ def segment_jobs(req: func.HttpRequest) -> func.HttpResponse:
     settings = get_settings()
     if req.method == "POST":
         body = body_of(req) if req.get_body() else {}
-        job = SegmentJobRunner.from_settings(settings).run(now=_now(), segment_ids=body.get("segments") or None)
-        return json_response(job.model_dump(mode="json"), status=201)
+        job = SegmentJobRunner.from_settings(settings).enqueue(now=_now(), segment_ids=body.get("segments") or None)
+        response = json_response(job.model_dump(mode="json"), status=202)
+        response.headers["Location"] = f"/api/segment-jobs/{job.id}"
+        return response
     jobs = JobStore.from_settings(settings, StorageAccount.from_settings(settings))
     if req.route_params.get("id"):
         return json_response(jobs.get(JobType.SEGMENT, req.route_params["id"]).model_dump(mode="json"))
     return json_response([j.model_dump(mode="json") for j in jobs.list(JobType.SEGMENT)[:50]])
+
+
+@bp.function_name("segment_job_queued")
+@bp.queue_trigger(arg_name="message", queue_name="%SEGMENT_JOBS_QUEUE%", connection="AzureWebJobsStorage")
+def segment_job_queued(message: func.QueueMessage) -> None:
+    job = SegmentJobRunner.from_settings(get_settings()).run_queued(message.get_json())
+    log.info("queued segment job %s: %s", job.id, job.status.value)
 
 
 @bp.function_name("segments")

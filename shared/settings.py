@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("STREAMING_SCHEDULE", "streaming_schedule"),
         description="NCRONTAB schedule of streaming segment evaluation (people touched since the last run).",
     )
+    segment_jobs_queue: str = Field(
+        "segment-jobs",
+        validation_alias=AliasChoices("SEGMENT_JOBS_QUEUE", "segment_jobs_queue"),
+        description="Queue of on-demand segment jobs (HTTP answers at once; a queue trigger runs the job).",
+    )
     segment_exited_retention_days: int = Field(
         30, gt=0, validation_alias=AliasChoices("SEGMENT_EXITED_RETENTION_DAYS", "segment_exited_retention_days")
     )

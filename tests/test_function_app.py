@@ -30,6 +30,9 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
     assert functions["segment_job_daily"]["type"] == "timerTrigger"
     assert functions["segment_job_daily"]["schedule"] == "%SEGMENT_SCHEDULE%"
     assert functions["segment_job_daily"]["runOnStartup"] is False
+    assert functions["segment_job_queued"]["type"] == "queueTrigger"
+    assert functions["segment_job_queued"]["queueName"] == "%SEGMENT_JOBS_QUEUE%"
+    assert functions["segment_job_queued"]["connection"] == "AzureWebJobsStorage"
     assert functions["segment_job_streaming"]["type"] == "timerTrigger"
     assert functions["segment_job_streaming"]["schedule"] == "%STREAMING_SCHEDULE%"
     routes = {name: f["route"] for name, f in functions.items() if f["type"] == "httpTrigger"}
@@ -49,7 +52,7 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
 def test_every_setting_in_a_binding_is_in_the_example_settings():
     values = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
     for f in _functions().values():
-        for key in ("path", "schedule", "connection"):
+        for key in ("path", "schedule", "connection", "queueName"):
             text = str(f.get(key, ""))
             for part in text.split("%")[1::2]:
                 assert part in values, f"binding setting %{part}% missing from local.settings.example.json"

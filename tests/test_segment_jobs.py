@@ -12,7 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 from azure.functions.timer import TimerRequest
 
-from functions.segmentation import segment_explain, segment_job_daily, segment_jobs, segment_preview, segments
+from dev.host import deliver_queue_messages
+from functions.segmentation import (
+    segment_explain,
+    segment_job_daily,
+    segment_job_queued,
+    segment_jobs,
+    segment_preview,
+    segments,
+)
 from shared.engine import connect
 from shared.identity import DEFAULT_POLICY, ProfileBuilder
 from shared.jobs import JobStatus
@@ -130,14 +138,26 @@ def test_the_timer_function_runs_the_daily_job(settings, account, crm):
     assert listed[0]["status"] == "SUCCEEDED" and listed[0]["metrics"]["segmentedProfileCounter"] == {"ca": 2}
 
 
-def test_an_on_demand_job_over_http_evaluates_the_segments_named(settings, crm):
+def test_an_on_demand_job_is_queued_over_http_and_run_by_the_queue_trigger_once(settings, account, crm):
     put_segment("ca", 'homeAddress.stateProvince = "CA"')
     put_segment("ny", 'homeAddress.stateProvince = "NY"')
     response = call(segment_jobs, "POST", "segment-jobs", body={"segments": ["ny"]})
-    assert response.status_code == 201
+    assert response.status_code == 202
     job = body(response)
-    assert job["metrics"]["segmentedProfileCounter"] == {"ny": 1}
-    assert body(call(segment_jobs, "GET", f"segment-jobs/{job['id']}", {"id": job["id"]}))["status"] == "SUCCEEDED"
+    assert job["status"] == "QUEUED" and response.headers["Location"] == f"/api/segment-jobs/{job['id']}"
+    queue = account.queue(settings.segment_jobs_queue)
+    assert deliver_queue_messages(segment_job_queued, queue) == 1
+    done = body(call(segment_jobs, "GET", f"segment-jobs/{job['id']}", {"id": job["id"]}))
+    assert done["status"] == "SUCCEEDED" and done["metrics"]["segmentedProfileCounter"] == {"ny": 1}
+    # A redelivered message finds the job done and runs nothing.
+    message = {"jobId": job["id"], "now": job["created"], "segments": ["ny"]}
+    again = SegmentJobRunner.from_settings(settings).run_queued(message)
+    assert (
+        again.status is JobStatus.SUCCEEDED
+        and again.metrics == SegmentJobRunner.from_settings(settings).jobs.get(again.type, again.id).metrics
+    )
+    unknown = call(segment_jobs, "POST", "segment-jobs", body={"segments": ["nope"]})
+    assert unknown.status_code == 404
 
 
 def test_a_failed_job_leaves_the_previous_memberships_current(settings, account, crm):

@@ -108,13 +108,20 @@ def build_profiles(
     lap("mergeSeconds")
     _events(con, [s for s in views if s.schema.schema_class is SchemaClass.EXPERIENCE_EVENT])
     lap("eventsSeconds")
+    events = (
+        " + ".join(
+            f"(SELECT count(*) FROM {v.view})" for v in views if v.schema.schema_class is SchemaClass.EXPERIENCE_EVENT
+        )
+        or "0"
+    )
+    profile_fragments = scalar(con, "SELECT count(*) FROM fragments")
+    event_fragments = scalar(con, f"SELECT {events}")
     stats = {
         **timings,
-        "fragments": scalar(con, "SELECT count(*) FROM fragments"),
-        "profileFragments": scalar(con, "SELECT count(*) FROM fragments WHERE cls = 'profile'"),
-        "eventFragments": scalar(con, "SELECT count(*) FROM fragments WHERE cls <> 'profile'"),
+        "fragments": profile_fragments + event_fragments,
+        "profileFragments": profile_fragments,
+        "eventFragments": event_fragments,
         "profiles": scalar(con, f"SELECT count(*) FROM {PROFILES}"),
-        "events": scalar(con, "SELECT count(*) FROM fragments JOIN fragment_people USING (rid) WHERE cls <> 'profile'"),
         **{_camel(k): v for k, v in asdict(graph).items()},
     }
     return UnifiedProfiles(con=con, policy=policy, now=now, stats=stats, leaves=leaves)
@@ -153,8 +160,8 @@ def _register(con: duckdb.DuckDBPyConnection, sources: list[Source], now: dt.dat
 
 
 def _fragments(con: duckdb.DuckDBPyConnection, sources: list[_View], leaves: dict[str, str]) -> None:
-    """`fragments`: one row per record of every dataset with its flattened attributes (profiles), and
-    `identity_rows`: one row per identity a record carries (identityMap entries and identity fields)."""
+    """`fragments`: one row per profile record with its flattened attributes, and `identity_rows` (a view):
+    one row per identity a record of any dataset carries (identityMap entries and identity fields)."""
     selects, identities = [], []
     for s in sources:
         is_profile = s.schema.schema_class is SchemaClass.PROFILE
@@ -163,11 +170,12 @@ def _fragments(con: duckdb.DuckDBPyConnection, sources: list[_View], leaves: dic
             f", {column_ref(p) if is_profile and p in own else f'NULL::{t}'} AS {quote_ident(p)}"
             for p, t in leaves.items()
         )
-        selects.append(
-            f"""SELECT rid, {quote_literal(s.dataset.id)} AS ds, {quote_literal(s.schema.schema_class.value)} AS cls,
-                   _batchId, _row, _ingestedAt{attrs}
-            FROM {s.view}"""
-        )
+        if is_profile:  # events need no attributes merged: they are reached through their views
+            selects.append(
+                f"""SELECT rid, {quote_literal(s.dataset.id)} AS ds, 'profile' AS cls,
+                       _batchId, _row, _ingestedAt{attrs}
+                FROM {s.view}"""
+            )
         identities.append(
             f"""SELECT rid, _ingestedAt, ns, x.id AS id, x."primary" AS is_primary FROM (
                     SELECT rid, _ingestedAt, e.key AS ns, unnest(e.value) AS x FROM (
@@ -191,7 +199,7 @@ def _fragments(con: duckdb.DuckDBPyConnection, sources: list[_View], leaves: dic
             "NULL::BOOLEAN AS is_primary WHERE false"
         )
     con.execute("CREATE OR REPLACE TEMP TABLE fragments AS " + " UNION ALL ".join(selects))
-    con.execute("CREATE OR REPLACE TEMP TABLE identity_rows AS " + " UNION ALL ".join(identities))
+    con.execute("CREATE OR REPLACE TEMP VIEW identity_rows AS " + " UNION ALL ".join(identities))
 
 
 def _merge(con: duckdb.DuckDBPyConnection, policy: MergePolicy, leaves: dict[str, str]) -> None:
@@ -220,8 +228,7 @@ def _merge(con: duckdb.DuckDBPyConnection, policy: MergePolicy, leaves: dict[str
             FROM labels l JOIN identities i USING (node) GROUP BY l.label
         )
         SELECT p.profileId, idents.identities{nested}, m.lastUpdated AS _lastUpdated
-        FROM people p JOIN idents USING (person) LEFT JOIN merged m USING (person)
-        ORDER BY p.profileId"""
+        FROM people p JOIN idents USING (person) LEFT JOIN merged m USING (person)"""
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import tempfile
 import time
@@ -41,6 +42,7 @@ class SegmentJobRunner:
         self.jobs = JobStore.from_settings(settings, account)
         self.profiles = ProfileBuilder.from_settings(settings, account)
         self.policies = MergePolicyStore.from_settings(settings, account)
+        self.queue = account.queue(settings.segment_jobs_queue)
 
     @classmethod
     def from_settings(cls, settings: Settings, account: StorageAccount | None = None) -> SegmentJobRunner:
@@ -58,6 +60,44 @@ class SegmentJobRunner:
             lambda job, started: self._evaluate(
                 job, now, segment_ids or sorted(definitions), definitions, started, since=None
             ),
+        )
+
+    def enqueue(self, *, now: dt.datetime, segment_ids: list[str] | None = None) -> Job:
+        """Record an on-demand job as QUEUED and put it on the queue; `run_queued` runs it."""
+        definitions = self.segments.trees()
+        missing = sorted(set(segment_ids or []) - set(definitions))
+        if missing:
+            raise NotFound(f"no segments {missing}")
+        job = Job(
+            id=segment_job_id(now, segment_ids),
+            type=JobType.SEGMENT,
+            status=JobStatus.QUEUED,
+            subject=",".join(sorted(segment_ids)) if segment_ids else "all segments",
+            created=now,
+        )
+        try:
+            job = self.jobs.create(job)
+        except Conflict:
+            return self.jobs.get(JobType.SEGMENT, job.id)  # the same request again: the same job
+        message = {"jobId": job.id, "now": now.isoformat(), "segments": segment_ids}
+        self.queue.send_message(json.dumps(message))
+        return job
+
+    def run_queued(self, message: dict) -> Job:
+        """Run a queued job once: a redelivered message finds it claimed or done and does nothing."""
+        job = self.jobs.get(JobType.SEGMENT, message["jobId"])
+        if job.status is not JobStatus.QUEUED:
+            log.info("segment job %s is %s; nothing to do", job.id, job.status.value)
+            return job
+        now = dt.datetime.fromisoformat(message["now"])
+        try:
+            job = self.jobs.save(job.model_copy(update={"status": JobStatus.PROCESSING, "started": now}))
+        except Conflict:
+            return self.jobs.get(JobType.SEGMENT, job.id)
+        definitions = self.segments.trees()
+        chosen = message.get("segments") or sorted(definitions)
+        return self._guarded(
+            job, now, lambda job, started: self._evaluate(job, now, chosen, definitions, started, since=None)
         )
 
     def run_streaming(self, *, now: dt.datetime) -> Job:
@@ -84,6 +124,10 @@ class SegmentJobRunner:
             existing = self.jobs.get(JobType.SEGMENT, job.id)
             log.info("segment job %s already ran (%s)", existing.id, existing.status.value)
             return existing
+        return self._guarded(job, now, evaluate_job)
+
+    def _guarded(self, job: Job, now: dt.datetime, evaluate_job) -> Job:
+        """Run the evaluation; a product error fails the job, anything else fails it and is raised for retry."""
         started = time.monotonic()
         try:
             return evaluate_job(job, started)

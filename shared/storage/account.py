@@ -9,7 +9,7 @@ from functools import lru_cache
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.blob import BlobServiceClient, ContainerClient
-from azure.storage.queue import QueueClient, QueueServiceClient
+from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from shared.settings import Settings
 
@@ -77,7 +77,10 @@ class StorageAccount:
         return self.table_service.get_table_client(name)
 
     def queue(self, name: str) -> QueueClient:
-        client = self.queue_service.get_queue_client(name)
+        # Base64, as the Functions queue trigger expects messages by default.
+        client = self.queue_service.get_queue_client(
+            name, message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy()
+        )
         self._first_use("queue", name, client.create_queue)
         return client
 

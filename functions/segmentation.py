@@ -39,7 +39,7 @@ def segment_job_streaming(timer: func.TimerRequest) -> None:
 
 
 @bp.function_name("segment_jobs")
-@bp.route(route="segment-jobs/{id?}", methods=["GET", "POST"])
+@bp.route(route="segment-jobs/{id?}", methods=["GET", "POST", "DELETE"])
 @answers
 def segment_jobs(req: func.HttpRequest) -> func.HttpResponse:
     settings = get_settings()
@@ -49,6 +49,9 @@ def segment_jobs(req: func.HttpRequest) -> func.HttpResponse:
         response = json_response(job.model_dump(mode="json"), status=202)
         response.headers["Location"] = f"/api/segment-jobs/{job.id}"
         return response
+    if req.method == "DELETE" and req.route_params.get("id"):
+        job = SegmentJobRunner.from_settings(settings).cancel(req.route_params["id"])
+        return json_response(job.model_dump(mode="json"), status=202)
     jobs = JobStore.from_settings(settings, StorageAccount.from_settings(settings))
     if req.route_params.get("id"):
         return json_response(jobs.get(JobType.SEGMENT, req.route_params["id"]).model_dump(mode="json"))

@@ -271,3 +271,32 @@ def test_streaming_eligibility_follows_adobes_rule():
     assert not streaming_eligible(parse('inSegment("buy")'), definitions)
     two = 'xEvent[timestamp occurs < 1 hours before now].count() > 0 and xEvent[eventType = "y"].count() > 0'
     assert not streaming_eligible(parse(two), definitions)
+
+
+def test_a_queued_job_can_be_cancelled_and_then_never_runs(settings, account, crm):
+    put_segment("ca", 'homeAddress.stateProvince = "CA"')
+    job = body(call(segment_jobs, "POST", "segment-jobs", body={}))
+    cancelled = call(segment_jobs, "DELETE", f"segment-jobs/{job['id']}", {"id": job["id"]})
+    assert cancelled.status_code == 202 and body(cancelled)["status"] == "CANCELLED"
+    assert deliver_queue_messages(segment_job_queued, account.queue(settings.segment_jobs_queue)) == 1
+    assert body(call(segment_jobs, "GET", f"segment-jobs/{job['id']}", {"id": job["id"]}))["status"] == "CANCELLED"
+    assert MembershipStore.from_settings(settings, account).current("ca") is None
+    again = call(segment_jobs, "DELETE", f"segment-jobs/{job['id']}", {"id": job["id"]})
+    assert again.status_code == 409 and "already CANCELLED" in body(again)["detail"]
+
+
+def test_a_running_job_that_is_cancelled_publishes_nothing(settings, account, crm, monkeypatch):
+    put_segment("ca", 'homeAddress.stateProvince = "CA"')
+    runner = SegmentJobRunner.from_settings(settings)
+    job = runner.enqueue(now=DAY1)
+    real_upload = runner.memberships.upload
+
+    def cancel_while_running(job_id, files):
+        paths = real_upload(job_id, files)
+        SegmentJobRunner.from_settings(settings).cancel(job_id)  # arrives while the job is PROCESSING
+        return paths
+
+    monkeypatch.setattr(runner.memberships, "upload", cancel_while_running)
+    done = runner.run_queued({"jobId": job.id, "now": DAY1.isoformat(), "segments": None})
+    assert done.status is JobStatus.CANCELLED
+    assert MembershipStore.from_settings(settings, account).current("ca") is None

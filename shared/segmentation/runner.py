@@ -100,6 +100,14 @@ class SegmentJobRunner:
             job, now, lambda job, started: self._evaluate(job, now, chosen, definitions, started, since=None)
         )
 
+    def cancel(self, job_id: str) -> Job:
+        """A queued job is cancelled at once; a running one is CANCELLING until it stops before publishing."""
+        job = self.jobs.get(JobType.SEGMENT, job_id)
+        if job.status.terminal:
+            raise Conflict(f"segment job {job_id} is already {job.status.value}")
+        target = JobStatus.CANCELLED if job.status in (JobStatus.NEW, JobStatus.QUEUED) else JobStatus.CANCELLING
+        return self.jobs.save(job.model_copy(update={"status": target}))
+
     def run_streaming(self, *, now: dt.datetime) -> Job:
         """The streaming job: streaming-eligible segments, for the people touched by data ingested since
         the last streaming job (its watermark); everyone else keeps their membership."""
@@ -217,6 +225,11 @@ class SegmentJobRunner:
                 seen_until = scalar(con, "SELECT max(_ingestedAt) FROM fragments")
             finally:
                 con.close()
+        current = self.jobs.get(JobType.SEGMENT, job.id)
+        if current.status is JobStatus.CANCELLING:
+            # Cancelled while running: nothing is published, the previous memberships stay current.
+            return self._finish(current, JobStatus.CANCELLED, started, now, [])
+        job = job.model_copy(update={"etag": current.etag})
         self.memberships.publish(pointers)
         if since is not None and seen_until is not None and seen_until > since:
             self.memberships.advance_watermark(seen_until)
@@ -257,4 +270,9 @@ class SegmentJobRunner:
                 "errors_total": len(errors),
             }
         )
-        return self.jobs.save(done)
+        try:
+            return self.jobs.save(done)
+        except Conflict:
+            # Someone changed the record meanwhile (a cancel that came too late): the outcome stands.
+            latest = self.jobs.get(JobType.SEGMENT, job.id)
+            return self.jobs.save(done.model_copy(update={"etag": latest.etag}))

@@ -46,18 +46,18 @@ def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, lim
             SELECT rid, _ingestedAt, ns, {normalized_id("ns", "id")} AS nid, is_primary FROM identity_rows
         ) WHERE nid IS NOT NULL AND nid <> '' {primary_only}"""
     )
-    # Dense node numbers (DuckDB aggregates small dense keys far faster), CRMIDs first: hubs with the
-    # smallest labels let labels settle in fewer passes.
+    # A node is the identity's hash: fragments group their identities without a join, and no sort numbers them.
     con.execute(
         """CREATE OR REPLACE TEMP TABLE identities AS
-        SELECT row_number() OVER (ORDER BY ns, h) AS node, * FROM (
-            SELECT h, any_value(ns) AS ns, any_value(nid) AS id, max(_ingestedAt) AS lastSeen
-            FROM fragment_ids GROUP BY h)"""
+        SELECT h AS node, any_value(ns) AS ns, any_value(nid) AS id, max(_ingestedAt) AS lastSeen
+        FROM fragment_ids GROUP BY h"""
     )
+    # Each fragment's identities, once. Only fragments with two or more link identities together, so the
+    # labels propagate over distinct identity pairs (a few per person), not over every fragment.
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE edges AS SELECT DISTINCT f.rid, i.node FROM fragment_ids f JOIN identities i USING (h)"
+        "CREATE OR REPLACE TEMP TABLE fragment_nodes AS SELECT rid, list(DISTINCT h) AS nodes FROM fragment_ids GROUP BY rid"
     )
-    linked = scalar(con, "SELECT count(DISTINCT rid) FROM edges")
+    linked = scalar(con, "SELECT count(*) FROM fragment_nodes")
     passes = _components(con)
     oversize = scalar(
         con, f"SELECT count(*) FROM (SELECT label FROM labels GROUP BY label HAVING count(*) > {int(limit)})"
@@ -73,11 +73,18 @@ def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, lim
             ) WHERE keep_rank > {int(limit)}"""
         )
         dropped = scalar(con, "SELECT count(*) FROM dropped_nodes")
-        con.execute("DELETE FROM edges WHERE node IN (SELECT node FROM dropped_nodes)")
         con.execute("DELETE FROM identities WHERE node IN (SELECT node FROM dropped_nodes)")
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE fragment_nodes AS
+            SELECT rid, list(node) AS nodes FROM (SELECT rid, unnest(nodes) AS node FROM fragment_nodes)
+            WHERE node NOT IN (SELECT node FROM dropped_nodes) GROUP BY rid"""
+        )
         passes += _components(con)
-    # Once the labels settle, each fragment's label from the last pass is its person.
-    con.execute("CREATE OR REPLACE TEMP TABLE fragment_people AS SELECT rid, label AS person FROM fragment_labels")
+    # Every identity of a fragment has the same label once they settle: the smallest one names the person.
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE fragment_people AS
+        SELECT f.rid, l.label AS person FROM fragment_nodes f JOIN labels l ON l.node = list_min(f.nodes)"""
+    )
     # The profile id is a digest of the person's smallest identity: stable while that identity stays.
     con.execute(
         """CREATE OR REPLACE TEMP TABLE people AS
@@ -95,18 +102,24 @@ def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, lim
 
 
 def _components(con: duckdb.DuckDBPyConnection) -> int:
-    """Label every node of `edges(rid, node)` with the smallest node of its component: `labels(node, label)`,
-    and every fragment with its component's label: `fragment_labels(rid, label)`."""
-    con.execute("CREATE OR REPLACE TEMP TABLE labels AS SELECT DISTINCT node, node AS label FROM edges")
-    con.execute("CREATE OR REPLACE TEMP TABLE fragment_labels (rid BIGINT, label BIGINT)")
+    """Label every identity with the smallest identity of its component, `labels(node, label)`, propagating
+    over the links between identities that share a fragment, with pointer jumping."""
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE links AS
+        SELECT DISTINCT a, b FROM (
+            SELECT list_min(nodes) AS a, unnest(nodes) AS b FROM fragment_nodes WHERE len(nodes) > 1
+        ) WHERE a <> b"""
+    )
+    con.execute("CREATE OR REPLACE TEMP TABLE labels AS SELECT node, node AS label FROM identities")
     for n in range(1, MAX_PASSES + 1):
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE fragment_labels AS
-            SELECT e.rid, min(l.label) AS label FROM edges e JOIN labels l USING (node) GROUP BY e.rid"""
-        )
+        # A node takes the smallest label among itself and the nodes it is linked to, either way round.
         con.execute(
             """CREATE OR REPLACE TEMP TABLE next_labels AS
-            SELECT e.node, min(f.label) AS label FROM edges e JOIN fragment_labels f USING (rid) GROUP BY e.node"""
+            SELECT node, min(label) AS label FROM (
+                SELECT node, label FROM labels
+                UNION ALL SELECT k.b AS node, l.label FROM links k JOIN labels l ON l.node = k.a
+                UNION ALL SELECT k.a AS node, l.label FROM links k JOIN labels l ON l.node = k.b
+            ) GROUP BY node"""
         )
         # Pointer jumping: a label is itself a node of the component, so its own label is as good or better.
         con.execute(

@@ -58,6 +58,28 @@ class Job(BaseModel):
     links: dict[str, str] = Field(default_factory=dict)
     etag: str | None = Field(None, exclude=True)
 
+    def finished(
+        self,
+        status: JobStatus,
+        *,
+        now: dt.datetime,
+        seconds: float,
+        errors: list[JobError],
+        metrics: dict[str, Any] | None = None,
+        errors_total: int | None = None,
+    ) -> Job:
+        """The job as it ends: its status, its duration (measured, not read from the clock) and outcome."""
+        seconds = round(seconds, 3)
+        return self.model_copy(
+            update={
+                "status": status,
+                "ended": now + dt.timedelta(seconds=seconds),
+                "metrics": {**self.metrics, **(metrics or {}), "durationSeconds": seconds},
+                "errors": errors,
+                "errors_total": errors_total if errors_total is not None else len(errors),
+            }
+        )
+
     def to_entity(self) -> dict[str, Any]:
         kept = self.errors[:MAX_STORED_ERRORS]
         return {

@@ -184,18 +184,8 @@ class BatchIngestion:
         errors: list[JobError],
         total: int | None = None,
     ) -> Job:
-        seconds = round(time.monotonic() - started, 3)
-        metrics = {**job.metrics, "durationSeconds": seconds}
-        done = job.model_copy(
-            update={
-                "status": status,
-                "ended": now + dt.timedelta(seconds=seconds),
-                "metrics": metrics,
-                "errors": errors,
-                "errors_total": total if total is not None else len(errors),
-            }
-        )
-        return self.jobs.save(done)
+        seconds = time.monotonic() - started
+        return self.jobs.save(job.finished(status, now=now, seconds=seconds, errors=errors, errors_total=total))
 
 
 DATA_NAME = "data.parquet"

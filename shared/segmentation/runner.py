@@ -260,16 +260,7 @@ class SegmentJobRunner:
         *,
         metrics: dict | None = None,
     ) -> Job:
-        seconds = round(time.monotonic() - started, 3)
-        done = job.model_copy(
-            update={
-                "status": status,
-                "ended": now + dt.timedelta(seconds=seconds),
-                "metrics": {**job.metrics, **(metrics or {}), "durationSeconds": seconds},
-                "errors": errors,
-                "errors_total": len(errors),
-            }
-        )
+        done = job.finished(status, now=now, seconds=time.monotonic() - started, errors=errors, metrics=metrics)
         try:
             return self.jobs.save(done)
         except Conflict:

@@ -1,5 +1,6 @@
 """The identity graph: fragments (profile records and events) that share any identity are one person.
-Connected components are found in DuckDB by label propagation with pointer jumping, a few set-based
+Connected components are found in DuckDB by label propagation with pointer jumping over the links
+between identities that share a fragment (a few per person, not one per event), in a few set-based
 passes rather than a loop over rows. A graph over the limit (Adobe: 50 identities) keeps its most
 recently seen identities; fragments left with none are not part of any profile and are counted."""
 

@@ -31,34 +31,28 @@ def normalized_id(ns: str, raw: str) -> str:
 
 
 def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, limit: int) -> GraphStats:
-    """From `identity_rows(rid, _ingestedAt, ns, id, is_primary)` build
-    `identities(node, ns, id, lastSeen)`, `fragment_people(rid, person)` and `people(person, profileId)`.
-    Identities are grouped by a 64-bit hash of (namespace, normalized id), not by string keys (two of five
-    million identities colliding has odds of about one in a million)."""
+    """From `identity_rows(rid, _ingestedAt, ns, id, is_primary)` build `identities(node, ns, id, lastSeen)`,
+    `fragment_people(rid, person)` and `people(person, profileId)`. A node is the 64-bit hash of
+    (namespace, normalized id): two of five million identities colliding has odds of about one in a million."""
     primary_only = (
         "QUALIFY row_number() OVER (PARTITION BY rid ORDER BY coalesce(is_primary, false) DESC, ns, nid) = 1"
         if not stitching  # without stitching a fragment is known by its primary identity alone
         else ""
     )
-    # Views, not tables: at millions of events these rows are read twice and never held in memory.
+    # A view, not a table: at millions of events these rows are read where needed, never held in memory.
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW fragment_ids AS
         SELECT rid, ns, nid, hash(ns, nid) AS h, _ingestedAt FROM (
             SELECT rid, _ingestedAt, ns, {normalized_id("ns", "id")} AS nid, is_primary FROM identity_rows
         ) WHERE nid IS NOT NULL AND nid <> '' {primary_only}"""
     )
-    # A node is the identity's hash: fragments group their identities without a join, and no sort numbers them.
     con.execute(
         """CREATE OR REPLACE TEMP TABLE identities AS
         SELECT h AS node, any_value(ns) AS ns, any_value(nid) AS id, max(_ingestedAt) AS lastSeen
         FROM fragment_ids GROUP BY h"""
     )
-    # Each fragment's identities, once. Only fragments with two or more link identities together, so the
-    # labels propagate over distinct identity pairs (a few per person), not over every fragment.
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE fragment_nodes AS SELECT rid, list(DISTINCT h) AS nodes FROM fragment_ids GROUP BY rid"
-    )
-    linked = scalar(con, "SELECT count(*) FROM fragment_nodes")
+    _anchor(con, dropped=False)
+    linked = scalar(con, "SELECT count(*) FROM anchors")
     passes = _components(con)
     oversize = scalar(
         con, f"SELECT count(*) FROM (SELECT label FROM labels GROUP BY label HAVING count(*) > {int(limit)})"
@@ -75,16 +69,12 @@ def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, lim
         )
         dropped = scalar(con, "SELECT count(*) FROM dropped_nodes")
         con.execute("DELETE FROM identities WHERE node IN (SELECT node FROM dropped_nodes)")
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE fragment_nodes AS
-            SELECT rid, list(node) AS nodes FROM (SELECT rid, unnest(nodes) AS node FROM fragment_nodes)
-            WHERE node NOT IN (SELECT node FROM dropped_nodes) GROUP BY rid"""
-        )
+        _anchor(con, dropped=True)
         passes += _components(con)
-    # Every identity of a fragment has the same label once they settle: the smallest one names the person.
+    # Every identity of a fragment has the same label once they settle: its anchor's names the person.
     con.execute(
         """CREATE OR REPLACE TEMP TABLE fragment_people AS
-        SELECT f.rid, l.label AS person FROM fragment_nodes f JOIN labels l ON l.node = list_min(f.nodes)"""
+        SELECT a.rid, l.label AS person FROM anchors a JOIN labels l ON l.node = a.anchor"""
     )
     # The profile id is a digest of the person's smallest identity: stable while that identity stays.
     con.execute(
@@ -102,18 +92,27 @@ def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, lim
     )
 
 
+def _anchor(con: duckdb.DuckDBPyConnection, *, dropped: bool) -> None:
+    """`anchors(rid, anchor)`: each fragment's smallest identity, and `links(a, b)`: the distinct pairs of an
+    anchor and another identity of the same fragment. Only fragments with two or more identities link
+    anything, so labels later propagate over a few links per person, not over every event. Plain aggregates
+    (min, DISTINCT), not lists: they spill to disk at tens of millions of events."""
+    keep = "WHERE h NOT IN (SELECT node FROM dropped_nodes)" if dropped else ""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE anchors AS SELECT rid, min(h) AS anchor FROM fragment_ids {keep} GROUP BY rid"
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE links AS
+        SELECT DISTINCT a.anchor AS a, f.h AS b FROM (SELECT * FROM fragment_ids {keep}) f JOIN anchors a USING (rid)
+        WHERE f.h <> a.anchor"""
+    )
+
+
 def _components(con: duckdb.DuckDBPyConnection) -> int:
     """Label every identity with the smallest identity of its component, `labels(node, label)`, propagating
-    over the links between identities that share a fragment, with pointer jumping."""
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE links AS
-        SELECT DISTINCT a, b FROM (
-            SELECT list_min(nodes) AS a, unnest(nodes) AS b FROM fragment_nodes WHERE len(nodes) > 1
-        ) WHERE a <> b"""
-    )
+    over `links` either way round, with pointer jumping."""
     con.execute("CREATE OR REPLACE TEMP TABLE labels AS SELECT node, node AS label FROM identities")
     for n in range(1, MAX_PASSES + 1):
-        # A node takes the smallest label among itself and the nodes it is linked to, either way round.
         con.execute(
             """CREATE OR REPLACE TEMP TABLE next_labels AS
             SELECT node, min(label) AS label FROM (

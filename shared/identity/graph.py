@@ -1,6 +1,5 @@
 """The identity graph: fragments (profile records and events) that share any identity are one person.
-Connected components are found in DuckDB by label propagation with pointer jumping over the links
-between identities that share a fragment (a few per person, not one per event), in a few set-based
+Connected components are found in DuckDB by label propagation with pointer jumping, a few set-based
 passes rather than a loop over rows. A graph over the limit (Adobe: 50 identities) keeps its most
 recently seen identities; fragments left with none are not part of any profile and are counted."""
 
@@ -31,28 +30,34 @@ def normalized_id(ns: str, raw: str) -> str:
 
 
 def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, limit: int) -> GraphStats:
-    """From `identity_rows(rid, _ingestedAt, ns, id, is_primary)` build `identities(node, ns, id, lastSeen)`,
-    `fragment_people(rid, person)` and `people(person, profileId)`. A node is the 64-bit hash of
-    (namespace, normalized id): two of five million identities colliding has odds of about one in a million."""
+    """From `identity_rows(rid, _ingestedAt, ns, id, is_primary)` build
+    `identities(node, ns, id, lastSeen)`, `fragment_people(rid, person)` and `people(person, profileId)`.
+    Identities are grouped by a 64-bit hash of (namespace, normalized id), not by string keys (two of five
+    million identities colliding has odds of about one in a million)."""
     primary_only = (
         "QUALIFY row_number() OVER (PARTITION BY rid ORDER BY coalesce(is_primary, false) DESC, ns, nid) = 1"
         if not stitching  # without stitching a fragment is known by its primary identity alone
         else ""
     )
-    # A view, not a table: at millions of events these rows are read where needed, never held in memory.
+    # Views, not tables: at millions of events these rows are read twice and never held in memory.
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW fragment_ids AS
         SELECT rid, ns, nid, hash(ns, nid) AS h, _ingestedAt FROM (
             SELECT rid, _ingestedAt, ns, {normalized_id("ns", "id")} AS nid, is_primary FROM identity_rows
         ) WHERE nid IS NOT NULL AND nid <> '' {primary_only}"""
     )
+    # Dense node numbers (DuckDB aggregates small dense keys far faster), CRMIDs first: hubs with the
+    # smallest labels let labels settle in fewer passes.
     con.execute(
         """CREATE OR REPLACE TEMP TABLE identities AS
-        SELECT h AS node, any_value(ns) AS ns, any_value(nid) AS id, max(_ingestedAt) AS lastSeen
-        FROM fragment_ids GROUP BY h"""
+        SELECT row_number() OVER (ORDER BY ns, h) AS node, * FROM (
+            SELECT h, any_value(ns) AS ns, any_value(nid) AS id, max(_ingestedAt) AS lastSeen
+            FROM fragment_ids GROUP BY h)"""
     )
-    _anchor(con, dropped=False)
-    linked = scalar(con, "SELECT count(*) FROM anchors")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE edges AS SELECT DISTINCT f.rid, i.node FROM fragment_ids f JOIN identities i USING (h)"
+    )
+    linked = scalar(con, "SELECT count(DISTINCT rid) FROM edges")
     passes = _components(con)
     oversize = scalar(
         con, f"SELECT count(*) FROM (SELECT label FROM labels GROUP BY label HAVING count(*) > {int(limit)})"
@@ -68,14 +73,11 @@ def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, lim
             ) WHERE keep_rank > {int(limit)}"""
         )
         dropped = scalar(con, "SELECT count(*) FROM dropped_nodes")
+        con.execute("DELETE FROM edges WHERE node IN (SELECT node FROM dropped_nodes)")
         con.execute("DELETE FROM identities WHERE node IN (SELECT node FROM dropped_nodes)")
-        _anchor(con, dropped=True)
         passes += _components(con)
-    # Every identity of a fragment has the same label once they settle: its anchor's names the person.
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE fragment_people AS
-        SELECT a.rid, l.label AS person FROM anchors a JOIN labels l ON l.node = a.anchor"""
-    )
+    # Once the labels settle, each fragment's label from the last pass is its person.
+    con.execute("CREATE OR REPLACE TEMP TABLE fragment_people AS SELECT rid, label AS person FROM fragment_labels")
     # The profile id is a digest of the person's smallest identity: stable while that identity stays.
     con.execute(
         """CREATE OR REPLACE TEMP TABLE people AS
@@ -92,34 +94,19 @@ def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, lim
     )
 
 
-def _anchor(con: duckdb.DuckDBPyConnection, *, dropped: bool) -> None:
-    """`anchors(rid, anchor)`: each fragment's smallest identity, and `links(a, b)`: the distinct pairs of an
-    anchor and another identity of the same fragment. Only fragments with two or more identities link
-    anything, so labels later propagate over a few links per person, not over every event. Plain aggregates
-    (min, DISTINCT), not lists: they spill to disk at tens of millions of events."""
-    keep = "WHERE h NOT IN (SELECT node FROM dropped_nodes)" if dropped else ""
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE anchors AS SELECT rid, min(h) AS anchor FROM fragment_ids {keep} GROUP BY rid"
-    )
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE links AS
-        SELECT DISTINCT a.anchor AS a, f.h AS b FROM (SELECT * FROM fragment_ids {keep}) f JOIN anchors a USING (rid)
-        WHERE f.h <> a.anchor"""
-    )
-
-
 def _components(con: duckdb.DuckDBPyConnection) -> int:
-    """Label every identity with the smallest identity of its component, `labels(node, label)`, propagating
-    over `links` either way round, with pointer jumping."""
-    con.execute("CREATE OR REPLACE TEMP TABLE labels AS SELECT node, node AS label FROM identities")
+    """Label every node of `edges(rid, node)` with the smallest node of its component: `labels(node, label)`,
+    and every fragment with its component's label: `fragment_labels(rid, label)`."""
+    con.execute("CREATE OR REPLACE TEMP TABLE labels AS SELECT DISTINCT node, node AS label FROM edges")
+    con.execute("CREATE OR REPLACE TEMP TABLE fragment_labels (rid BIGINT, label BIGINT)")
     for n in range(1, MAX_PASSES + 1):
         con.execute(
+            """CREATE OR REPLACE TEMP TABLE fragment_labels AS
+            SELECT e.rid, min(l.label) AS label FROM edges e JOIN labels l USING (node) GROUP BY e.rid"""
+        )
+        con.execute(
             """CREATE OR REPLACE TEMP TABLE next_labels AS
-            SELECT node, min(label) AS label FROM (
-                SELECT node, label FROM labels
-                UNION ALL SELECT k.b AS node, l.label FROM links k JOIN labels l ON l.node = k.a
-                UNION ALL SELECT k.a AS node, l.label FROM links k JOIN labels l ON l.node = k.b
-            ) GROUP BY node"""
+            SELECT e.node, min(f.label) AS label FROM edges e JOIN fragment_labels f USING (rid) GROUP BY e.node"""
         )
         # Pointer jumping: a label is itself a node of the component, so its own label is as good or better.
         con.execute(

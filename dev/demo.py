@@ -74,15 +74,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--people", type=int, default=5000, help="people in the sample (default 5000)")
     parser.add_argument("--events-per-person", type=int, default=5)
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where Azurite keeps its data (.azurite/)")
     args = parser.parse_args()
     console = Console()
     # The blob trigger stamps batches with the real time, so the demo's "now" is the real time too.
     now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
 
-    shutil.rmtree(DATA_DIR, ignore_errors=True)
+    shutil.rmtree(args.data_dir, ignore_errors=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
         step = progress.add_task("Starting Azurite (data in .azurite/)")
-        azurite = start_azurite(location=DATA_DIR)
+        azurite = start_azurite(location=args.data_dir)
         os.environ["AzureWebJobsStorage"] = azurite.connection_string  # noqa: SIM112 (the Functions name)
         get_settings.cache_clear()
         settings = get_settings()
@@ -145,7 +146,9 @@ def main() -> None:
 
     batches = Table(title="Ingestion batches (landing → lake)")
     for col in ("file", "status", "read", "accepted", "rejected", "seconds"):
-        batches.add_column(col, justify="left" if col in ("file", "status") else "right", no_wrap=True)
+        batches.add_column(
+            col, justify="left" if col in ("file", "status") else "right", no_wrap=col != "file", overflow="fold"
+        )
     for path, job, seconds in jobs:
         m = job.metrics
         batches.add_row(
@@ -173,7 +176,7 @@ def main() -> None:
         ("  experience events", "eventFragments"),
         ("identities in the graph", "identities"),
         ("people (unified profiles)", "profiles"),
-        ("events keyed to a person", "events"),
+        ("graph identities dropped over the limit", "identitiesDropped"),
         ("graphs over the identity limit", "oversizeGraphs"),
         ("graph passes", "passes"),
     ]:

@@ -9,14 +9,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import duckdb
 
+from bench.stages import run_stage
 from dev.azurite import start_azurite
 from dev.host import fire_blob_trigger
 from dev.sample import write_sample
@@ -75,20 +74,6 @@ def _end_to_end(src: Path) -> tuple[float, dict]:
     return elapsed, {"status": job.status.value, **job.metrics}
 
 
-def _stage(name: str, src: Path, work: Path) -> dict:
-    """Run one stage in a child process, so its time and peak memory are its own."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.ingest", "--stage", name, "--src", str(src), "--work", str(work)],
-        stdout=subprocess.PIPE,
-    )
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"stage {name} failed ({proc.returncode})")
-    return {**json.loads(out), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
-
-
 def _run_stage(name: str, src: Path, work: Path) -> None:
     if name == "floor":
         result = {"seconds": _floor(src, work / "floor.parquet")}
@@ -127,7 +112,7 @@ def main() -> None:
         "service": "ours: read + validate + Parquet",
         "function": "ours: blob trigger → lake on Azurite",
     }
-    results = {name: _stage(name, src, work) for name in stages}
+    results = {name: run_stage("bench.ingest", name, "--src", str(src), "--work", str(work)) for name in stages}
     floor = results["floor"]["seconds"]
     print(f"{'stage':40s} {'seconds':>8s} {'rows/s':>12s} {'ratio':>6s} {'peak RSS':>9s}")
     for name, label in stages.items():

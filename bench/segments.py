@@ -9,14 +9,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import duckdb
 
+from bench.stages import run_stage
 from dev.azurite import start_azurite
 from dev.sample import write_sample
 from shared.ingestion import BatchIngestion, Dataset, DatasetStore, LakeStore
@@ -155,17 +154,6 @@ def stage_floor(lake: Path) -> dict:
     return {"seconds": seconds, "profiles": sums[0], "counts": dict(zip(ids, sums[1:], strict=True))}
 
 
-def _stage(name: str, work: Path) -> dict:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.segments", "--stage", name, "--work", str(work)], stdout=subprocess.PIPE
-    )
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"stage {name} failed")
-    return {**json.loads(out), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
-
-
 def _setup(people: int, work: Path) -> None:
     settings = get_settings()
     account = StorageAccount.from_settings(settings)
@@ -230,8 +218,8 @@ def main() -> None:
     get_settings.cache_clear()
     try:
         _setup(args.people, work)
-        floor = _stage("floor", work)
-        ours = _stage("ours", work)
+        floor = run_stage("bench.segments", "floor", "--work", str(work))
+        ours = run_stage("bench.segments", "ours", "--work", str(work))
     finally:
         azurite.stop()
     mismatched = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -90,8 +89,3 @@ class Landing:
 @pytest.fixture
 def landing_zone(settings: Settings, landing: BlobStore) -> Landing:
     return Landing(settings, landing)
-
-
-@pytest.fixture
-def tmp_work(tmp_path: Path) -> Path:
-    return tmp_path

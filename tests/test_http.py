@@ -67,19 +67,20 @@ def test_an_unknown_dataset_is_404_and_a_body_that_is_not_json_is_400(settings):
     assert call(datasets, "PUT", "datasets/crm", {"id": "crm"}, b"{not json").status_code == 400
 
 
+def store_visits(*fields: dict) -> dict:
+    """A custom experience-event schema: the three fields every event needs, and these."""
+    required = [
+        {"path": "_id", "type": "string", "required": True},
+        {"path": "timestamp", "type": "date-time", "required": True},
+        {"path": "eventType", "type": "string", "required": True},
+    ]
+    return {"title": "Store visits", "class": "experienceevent", "fields": [*required, *fields]}
+
+
 def test_schemas_are_listed_and_custom_ones_stored(settings):
     listed = [s["id"] for s in body(call(schemas, "GET", "schemas"))]
     assert listed == ["xdm-profile", "xdm-experienceevent"]
-    custom = {
-        "title": "Store visits",
-        "class": "experienceevent",
-        "fields": [
-            {"path": "_id", "type": "string", "required": True},
-            {"path": "timestamp", "type": "date-time", "required": True},
-            {"path": "eventType", "type": "string", "required": True},
-            {"path": "store.id", "type": "string"},
-        ],
-    }
+    custom = store_visits({"path": "store.id", "type": "string"})
     assert call(schemas, "PUT", "schemas/store-visits", {"id": "store-visits"}, custom).status_code == 200
     assert body(call(schemas, "GET", "schemas/store-visits", {"id": "store-visits"}))["fields"][3]["path"] == "store.id"
     broken = {**custom, "fields": custom["fields"][1:]}
@@ -113,17 +114,9 @@ def test_a_built_in_schema_cannot_be_replaced(settings):
 
 
 def test_a_custom_schema_drives_validation_of_its_dataset(settings, landing_zone):
-    visit = {
-        "title": "Store visits",
-        "class": "experienceevent",
-        "fields": [
-            {"path": "_id", "type": "string", "required": True},
-            {"path": "timestamp", "type": "date-time", "required": True},
-            {"path": "eventType", "type": "string", "required": True},
-            {"path": "store.id", "type": "string", "required": True},
-            {"path": "store.minutes", "type": "integer"},
-        ],
-    }
+    visit = store_visits(
+        {"path": "store.id", "type": "string", "required": True}, {"path": "store.minutes", "type": "integer"}
+    )
     call(schemas, "PUT", "schemas/store-visits", {"id": "store-visits"}, visit)
     call(datasets, "PUT", "datasets/visits", {"id": "visits"}, {"name": "Visits", "schema_id": "store-visits"})
     good = {

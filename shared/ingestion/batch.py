@@ -13,7 +13,7 @@ from pathlib import Path
 from shared.engine import connect
 from shared.errors import BridgeError, Conflict, NotFound, ValidationError
 from shared.ingestion.datasets import DatasetStore
-from shared.ingestion.lake import LakeStore
+from shared.ingestion.lake import DATA_FILE, LakeStore
 from shared.ingestion.records import read_records
 from shared.ingestion.validation import validate
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
@@ -165,8 +165,8 @@ class BatchIngestion:
                     return self._finish(
                         job, JobStatus.FAILED, started, now, errors=[summary, *errors], total=checked.rejected + 1
                     )
-                checked.write_accepted(Path(tmp) / DATA_NAME, batch_id=job.id, ingested_at=now)
-                self.lake.write_batch(dataset_id, job.id, Path(tmp) / DATA_NAME)
+                checked.write_accepted(Path(tmp) / DATA_FILE, batch_id=job.id, ingested_at=now)
+                self.lake.write_batch(dataset_id, job.id, Path(tmp) / DATA_FILE)
                 links["data"] = f"{self.lake.blobs.name}/{self.lake.data_path(dataset_id, job.id)}"
                 metrics["partial"] = checked.rejected > 0
                 job = job.model_copy(update={"metrics": metrics, "links": links})
@@ -186,6 +186,3 @@ class BatchIngestion:
     ) -> Job:
         seconds = time.monotonic() - started
         return self.jobs.save(job.finished(status, now=now, seconds=seconds, errors=errors, errors_total=total))
-
-
-DATA_NAME = "data.parquet"

@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 
 from shared.errors import NotFound, ValidationError
 from shared.ingestion.datasets import DatasetStore
-from shared.ingestion.schemas import PROFILE_SCHEMA, SchemaClass
+from shared.ingestion.schemas import PROFILE_SCHEMA, Schema, SchemaClass
+from shared.segmentation.evaluation import event_fields
 from shared.segmentation.pql import ast, parse
 from shared.segmentation.pql.compiler import Compiler, Fields
 from shared.settings import Settings
@@ -35,15 +36,14 @@ class SegmentDefinition(BaseModel):
 
 
 def catalog_fields(datasets: DatasetStore) -> Fields:
-    """What definitions may name: the union of the profile schemas of all datasets, and the event schemas."""
+    """What definitions may name when saved: the union of the datasets' profile schemas, and their events'."""
+    schemas = [datasets.schemas.get(d.schema_id) for d in datasets.list()]
     profile: dict[str, str] = {}
-    event: dict[str, str] = {"timestamp": "TIMESTAMPTZ", "eventType": "VARCHAR", "_id": "VARCHAR"}
-    schemas = [datasets.schemas.get(d.schema_id) for d in datasets.list()] or [PROFILE_SCHEMA]
-    for schema in schemas:
-        target = profile if schema.schema_class is SchemaClass.PROFILE else event
+    for schema in [s for s in schemas if s.schema_class is SchemaClass.PROFILE] or [PROFILE_SCHEMA]:
         for f in schema.fields:
-            target.setdefault(f.path, f.duckdb_type)
-    return Fields(profile=profile or {f.path: f.duckdb_type for f in PROFILE_SCHEMA.fields}, event=event)
+            profile.setdefault(f.path, f.duckdb_type)
+    events = [s for s in schemas if s.schema_class is SchemaClass.EXPERIENCE_EVENT]
+    return Fields(profile=profile, event=event_fields(events))
 
 
 class SegmentStore:
@@ -65,6 +65,11 @@ class SegmentStore:
 
     def list(self) -> list[SegmentDefinition]:
         return self.records.all()
+
+    def event_schemas(self) -> list[Schema]:
+        """The experience-event schemas of the datasets: the event fields definitions may name."""
+        schemas = (self.datasets.schemas.get(d.schema_id) for d in self.datasets.list())
+        return [s for s in schemas if s.schema_class is SchemaClass.EXPERIENCE_EVENT]
 
     def trees(self) -> dict[str, ast.Expr]:
         return {d.id: d.tree() for d in self.list()}

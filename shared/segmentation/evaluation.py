@@ -14,13 +14,18 @@ from shared.segmentation.pql.compiler import CompiledSegments, Compiler, Fields
 RESULTS = "segment_results"
 
 
-def fields_of(profiles: UnifiedProfiles, event_schemas: list[Schema] | None = None) -> Fields:
-    """What definitions may name: the union profile schema of these profiles and the event schemas."""
+def event_fields(schemas: list[Schema] | None = None) -> dict[str, str]:
+    """The event fields definitions may name: those of the experience-event schemas (the built-in one if none)."""
     event: dict[str, str] = {"timestamp": "TIMESTAMPTZ", "eventType": "VARCHAR", "_id": "VARCHAR"}
-    for schema in event_schemas or [EVENT_SCHEMA]:
+    for schema in schemas or [EVENT_SCHEMA]:
         for f in schema.fields:
             event.setdefault(f.path, f.duckdb_type)
-    return Fields(profile=dict(profiles.leaves), event=event)
+    return event
+
+
+def fields_of(profiles: UnifiedProfiles, event_schemas: list[Schema] | None = None) -> Fields:
+    """What definitions may name when evaluated: the union profile schema of these profiles and the events'."""
+    return Fields(profile=dict(profiles.leaves), event=event_fields(event_schemas))
 
 
 def evaluate(

@@ -29,7 +29,13 @@ class SegmentInsight:
         with tempfile.TemporaryDirectory(prefix="preview-") as tmp:
             con, profiles = self._profiles(tmp, now)
             definitions = self.runner.segments.trees()
-            compiled = evaluate(con, profiles, {PREVIEW: tree}, fields=fields_of(profiles), definitions=definitions)
+            compiled = evaluate(
+                con,
+                profiles,
+                {PREVIEW: tree},
+                fields=fields_of(profiles, self.runner.segments.event_schemas()),
+                definitions=definitions,
+            )
             column = compiled.columns[PREVIEW]
             size = con.execute(f"SELECT count(*) FROM {RESULTS} WHERE {column}").fetchall()[0][0]
             result: dict[str, Any] = {"size": size, "totalProfiles": profiles.stats["profiles"], "evaluatedAt": now}
@@ -65,7 +71,9 @@ class SegmentInsight:
                 f"CREATE TEMP TABLE one_events AS SELECT * FROM {profiles.events} WHERE profileId = $pid",
                 {"pid": profile_id},
             )
-            compiler = Compiler(fields_of(profiles), now, definitions=self.runner.segments.trees())
+            compiler = Compiler(
+                fields_of(profiles, self.runner.segments.event_schemas()), now, definitions=self.runner.segments.trees()
+            )
             nodes = list(_conditions(tree))
             selects, extras = [], {}
             for i, node in enumerate(nodes):

@@ -15,7 +15,6 @@ from shared.engine import connect, scalar
 from shared.errors import BridgeError, Conflict, NotFound
 from shared.identity.policies import MergePolicyStore
 from shared.identity.profiles import ProfileBuilder
-from shared.ingestion.schemas import SchemaClass
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
@@ -160,11 +159,6 @@ class SegmentJobRunner:
             raise NotFound(f"no segments {missing}")
         if not chosen:
             return self._finish(job, JobStatus.SUCCEEDED, started, now, [], metrics={"segments": 0, "totalProfiles": 0})
-        event_schemas = [
-            s
-            for s in (self.segments.datasets.schemas.get(d.schema_id) for d in self.segments.datasets.list())
-            if s.schema_class is SchemaClass.EXPERIENCE_EVENT
-        ]
         with tempfile.TemporaryDirectory(prefix="segment-job-") as tmp:
             work = Path(tmp)
             con = connect(self.settings, spill_dir=tmp)
@@ -187,7 +181,7 @@ class SegmentJobRunner:
                     con,
                     profiles,
                     {sid: definitions[sid] for sid in chosen},
-                    fields=fields_of(profiles, event_schemas or None),
+                    fields=fields_of(profiles, self.segments.event_schemas()),
                     definitions=definitions,
                     people=people,
                 )

@@ -25,7 +25,10 @@ from shared.settings import Settings
 
 
 def _as_of(text: str) -> dt.datetime:
-    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time such as 2026-11-22T12:00:00Z") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
@@ -43,7 +46,7 @@ def _load(files: list[Path], schema: Schema, dataset_id: str, now: dt.datetime, 
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    now = _as_of(args.as_of)
+    now = args.as_of
     expr = parse(args.pql)  # an invalid expression stops here, before anything is printed
     definitions = {k: parse(v) for k, v in json.loads(Path(args.segments).read_text()).items()} if args.segments else {}
     with tempfile.TemporaryDirectory(prefix="pql-") as tmp:
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--pql", required=True, help="the PQL expression")
     ev.add_argument("--profiles", type=Path, action="append", default=[], help="XDM-lite profile NDJSON (repeatable)")
     ev.add_argument("--events", type=Path, action="append", default=[], help="XDM-lite event NDJSON (repeatable)")
-    ev.add_argument("--as-of", required=True, help="evaluation time, ISO 8601 (2026-11-22T12:00:00Z)")
+    ev.add_argument("--as-of", required=True, type=_as_of, help="evaluation time, ISO 8601 (2026-11-22T12:00:00Z)")
     ev.add_argument("--segments", help='JSON file {"<segment id>": "<PQL>"} for inSegment')
     args = parser.parse_args(argv)
     try:

@@ -2,9 +2,10 @@
 
 import azure.functions as func
 
-from functions import catalog, ingestion, segmentation
+from functions import activation, catalog, ingestion, segmentation
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(ingestion.bp)
 app.register_functions(catalog.bp)
 app.register_functions(segmentation.bp)
+app.register_functions(activation.bp)

@@ -73,6 +73,34 @@ class Settings(BaseSettings):
     segment_exited_retention_days: int = Field(
         30, gt=0, validation_alias=AliasChoices("SEGMENT_EXITED_RETENTION_DAYS", "segment_exited_retention_days")
     )
+    export_schedule: str = Field(
+        "0 5 * * * *",
+        validation_alias=AliasChoices("EXPORT_SCHEDULE", "export_schedule"),
+        description="NCRONTAB schedule of the timer that runs the destinations whose schedule slot is due.",
+    )
+    export_runs_queue: str = Field(
+        "export-runs",
+        validation_alias=AliasChoices("EXPORT_RUNS_QUEUE", "export_runs_queue"),
+        description="Queue of on-demand export runs (POST /api/destinations/{id}/run).",
+    )
+    export_split_rows: int = Field(
+        5_000_000,
+        gt=0,
+        validation_alias=AliasChoices("EXPORT_SPLIT_ROWS", "export_split_rows"),
+        description="An export file holds at most this many rows; the rest go to `_2`, `_3`, … files.",
+    )
+    export_phone_country_code: str = Field(
+        "1",
+        pattern=r"^[1-9][0-9]{0,2}$",
+        validation_alias=AliasChoices("EXPORT_PHONE_COUNTRY_CODE", "export_phone_country_code"),
+        description="Calling code of phone numbers written without an international prefix (for E.164).",
+    )
+    dlz_retention_days: int = Field(7, gt=0, validation_alias=AliasChoices("DLZ_RETENTION_DAYS", "dlz_retention_days"))
+    dlz_retention_schedule: str = Field(
+        "0 30 3 * * *",
+        validation_alias=AliasChoices("DLZ_RETENTION_SCHEDULE", "dlz_retention_schedule"),
+        description="NCRONTAB schedule of the timer that deletes DLZ files older than DLZ_RETENTION_DAYS.",
+    )
     duckdb_memory_limit: str = Field(
         "1GB",
         validation_alias=AliasChoices("DUCKDB_MEMORY_LIMIT", "duckdb_memory_limit"),

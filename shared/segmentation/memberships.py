@@ -17,6 +17,7 @@ from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, StorageAccount
 
 CURRENT = "current"
+PROFILES = "_profiles"  # the pointer to the unified profiles a job evaluated (no segment id starts with "_")
 WATERMARK = ("streaming", "watermark")
 _EMPTY = (
     "SELECT NULL::VARCHAR AS profileId, NULL::VARCHAR AS status, NULL::TIMESTAMPTZ AS lastQualificationTime, "
@@ -40,8 +41,22 @@ class MembershipStore:
     def snapshot_path(segment_id: str, job_id: str) -> str:
         return f"{segment_id}/job={job_id}/memberships.parquet"
 
+    @staticmethod
+    def profiles_path(job_id: str) -> str:
+        return f"{PROFILES}/job={job_id}/profiles.parquet"
+
     def current(self, segment_id: str) -> dict[str, Any] | None:
         return self.pointers.find(CURRENT, segment_id)
+
+    def current_profiles(self) -> dict[str, Any] | None:
+        """The unified profiles of the job that published last: what activation exports attributes from."""
+        return self.pointers.find(CURRENT, PROFILES)
+
+    def upload_profiles(self, job_id: str, path: Path, *, now: dt.datetime) -> dict[str, Any]:
+        """Keep the job's unified profiles beside its memberships; the pointer is published with them."""
+        name = self.profiles_path(job_id)
+        self.blobs.put_file(name, path)
+        return {"segmentId": PROFILES, "jobId": job_id, "snapshot": name, "evaluatedAt": now}
 
     def download_current(self, segment_id: str, into: Path) -> Path | None:
         pointer = self.current(segment_id)

@@ -15,6 +15,7 @@ from shared.engine import connect, scalar
 from shared.errors import BridgeError, Conflict, NotFound
 from shared.identity.policies import MergePolicyStore
 from shared.identity.profiles import ProfileBuilder
+from shared.ingestion.paths import quote_literal
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
@@ -202,6 +203,8 @@ class SegmentJobRunner:
                 }
                 files, counts = write_snapshots(con, parts, out=work / "memberships", now=now)
                 paths = self.memberships.upload(job.id, files)
+                profiles_file = work / "profiles.parquet"
+                con.execute(f"COPY {profiles.profiles} TO {quote_literal(str(profiles_file))} (FORMAT parquet)")
                 pointers = [
                     {
                         "segmentId": sid,
@@ -213,6 +216,7 @@ class SegmentJobRunner:
                     }
                     for sid in chosen
                 ]
+                pointers.append(self.memberships.upload_profiles(job.id, profiles_file, now=now))
                 membership_seconds = time.monotonic() - memberships_started
                 total = scalar(con, f"SELECT count(*) FROM {profiles.profiles}")
                 evaluated_people = scalar(con, "SELECT count(*) FROM touched") if people else total
@@ -238,9 +242,7 @@ class SegmentJobRunner:
             "segmentedProfileByStatusCounter": counts,
             "profileStats": profiles.stats,
         }
-        links = {
-            sid: f"{self.settings.segments_container}/{p['snapshot']}" for sid, p in zip(chosen, pointers, strict=True)
-        }
+        links = {p["segmentId"]: f"{self.settings.segments_container}/{p['snapshot']}" for p in pointers}
         job = job.model_copy(update={"links": links})
         return self._finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
 

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import BlobBlock, BlobProperties, ContainerClient
 
 from shared.errors import NotFound
 
 _CONCURRENCY = 4
+_BLOCK = 8 * 1024 * 1024
+
+
+@dataclass
+class Staged:
+    """A file uploaded as uncommitted blocks: invisible to every reader until committed."""
+
+    name: str
+    blocks: list[str]
+    size: int
+    sha256: str
 
 
 class BlobStore:
@@ -51,3 +64,28 @@ class BlobStore:
 
     def exists(self, name: str) -> bool:
         return self.container.get_blob_client(name).exists()
+
+    def stage_file(self, name: str, path: Path) -> Staged:
+        """Upload a file's blocks without committing them, hashing it on the way (SHA-256)."""
+        client = self.container.get_blob_client(name)
+        digest, blocks, size = hashlib.sha256(), [], 0
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_BLOCK):
+                block_id = f"{len(blocks):08d}"
+                client.stage_block(block_id, chunk)
+                digest.update(chunk)
+                blocks.append(block_id)
+                size += len(chunk)
+        return Staged(name, blocks, size, digest.hexdigest())
+
+    def commit(self, staged: Staged) -> str:
+        """Make a staged file visible, all at once; returns its ETag."""
+        client = self.container.get_blob_client(staged.name)
+        return client.commit_block_list([BlobBlock(block_id=b) for b in staged.blocks])["etag"]
+
+    def listing(self, prefix: str = "") -> Iterator[BlobProperties]:
+        """The blobs with their properties (size, last modified)."""
+        yield from self.container.list_blobs(name_starts_with=prefix or None)
+
+    def delete(self, name: str) -> None:
+        self.container.delete_blob(name, delete_snapshots="include")

@@ -1,0 +1,197 @@
+"""The rows and files of one export run, all in DuckDB: members of each segment (full, or the changes since
+the previous run), their attributes from the unified profiles, the identity transformed, exclusions with
+a reason, deduplication, and files split every N rows. Storage is the caller's business."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from shared.activation.destinations import MEMBERSHIP_STATUS, Destination, FileFormat
+from shared.ingestion.paths import column_ref, quote_ident, quote_literal
+
+ACTIVE = "('realized', 'existing')"
+# E.164: a plus, a country code that does not start with 0, at most 15 digits in all.
+_E164 = r"^\+[1-9][0-9]{6,14}$"
+
+
+def install_transforms(con: duckdb.DuckDBPyConnection, *, country_code: str) -> None:
+    """SQL macros for "Apply transformation": `email_sha256` (trim, lowercase, SHA-256 lowercase hex) and
+    `e164` (a phone number as +<country><number>, or NULL when it cannot be one) then `phone_sha256`.
+    Numbers without an international prefix (+ or 00) are national numbers of `country_code`, whose
+    trunk prefix (0, or 1 in the North American plan) is dropped."""
+    cc = quote_literal(country_code)
+    trunk = "'^1'" if country_code == "1" else "'^0'"
+    con.execute(
+        """CREATE OR REPLACE TEMP MACRO email_sha256(v) AS
+            CASE WHEN trim(v) = '' THEN NULL ELSE sha256(lower(trim(v))) END"""
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP MACRO e164(v) AS (
+            CASE WHEN v IS NULL OR regexp_matches(v, '[^0-9 +().\\-/]') THEN NULL
+            ELSE (SELECT CASE WHEN regexp_matches(e, {quote_literal(_E164)}) THEN e END FROM (
+                SELECT CASE
+                    WHEN starts_with(trim(v), '+') THEN '+' || d
+                    WHEN starts_with(d, '00') THEN '+' || d[3:]
+                    WHEN length(d) = 11 AND {cc} = '1' AND starts_with(d, '1') THEN '+' || d
+                    ELSE '+' || {cc} || regexp_replace(d, {trunk}, '')
+                END AS e FROM (SELECT regexp_replace(v, '[^0-9]', '', 'g') AS d)))
+            END)"""
+    )
+    con.execute("CREATE OR REPLACE TEMP MACRO phone_sha256(v) AS sha256(e164(v))")
+
+
+@dataclass
+class Members:
+    """Where one segment's members come from: its current snapshot, and for incremental exports the
+    snapshot the previous successful run exported (None: a full backfill)."""
+
+    segment_id: str
+    current: Path
+    previous: Path | None = None
+    incremental: bool = False
+
+
+def members_sql(m: Members, index: int) -> str:
+    cur = f"read_parquet({quote_literal(str(m.current))})"
+    head = f"SELECT {index} AS seg, profileId"
+    if not m.incremental or m.previous is None:
+        return f"{head}, status, lastQualificationTime AS qualifiedAt FROM {cur} WHERE status IN {ACTIVE}"
+    prev = f"read_parquet({quote_literal(str(m.previous))})"
+    return f"""
+        {head}, status, lastQualificationTime AS qualifiedAt FROM {cur}
+        WHERE status IN {ACTIVE} AND profileId NOT IN (SELECT profileId FROM {prev} WHERE status IN {ACTIVE})
+        UNION ALL
+        SELECT {index}, p.profileId, 'exited', coalesce(c.exitedAt, p.lastQualificationTime)
+        FROM (SELECT * FROM {prev} WHERE status IN {ACTIVE}) p
+        LEFT JOIN {cur} c USING (profileId)
+        WHERE c.profileId IS NULL OR c.status = 'exited'"""
+
+
+@dataclass
+class Written:
+    segment_id: str
+    part: int
+    path: Path
+    rows: int
+
+
+@dataclass
+class SegmentCounts:
+    received: int = 0
+    activated: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+
+
+def _identity_sql(d: Destination) -> tuple[str, str]:
+    """(raw, exported) SQL of the destination's identity."""
+    ns = d.identity.namespace
+    if ns:
+        raw = (
+            "list_extract(list_transform(list_filter(p.identities, lambda x: x.namespace = "
+            f"{quote_literal(ns)}), lambda x: x.id), 1)"
+        )
+    else:
+        raw = column_ref(d.identity.source, table="p")
+    if not d.identity.apply_transformation:
+        return raw, raw
+    transform = {"email_lc_sha256": "email_sha256", "phone_sha256": "phone_sha256"}.get(d.identity.target)
+    return raw, f"{transform}({raw})" if transform else raw
+
+
+def build_rows(
+    con: duckdb.DuckDBPyConnection, d: Destination, members: list[Members], profiles: Path, *, split_rows: int
+) -> dict[str, SegmentCounts]:
+    """Fill `export_rows`: every member of every segment with its exported columns, `_reason` (why it is
+    excluded, NULL when exported) and `_part` (its file). Returns the counts per segment."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE export_members AS "
+        + " UNION ALL ".join(f"({members_sql(m, i)})" for i, m in enumerate(members))
+    )
+    raw, exported = _identity_sql(d)
+    ident = quote_ident(d.identity.target)
+    cols = [f"{exported} AS {ident}"]
+    for m in d.mapping:
+        expr = "m.status" if m.source == MEMBERSHIP_STATUS else column_ref(m.source, table="p")
+        cols.append(f"CAST({expr} AS VARCHAR) AS {quote_ident(m.target)}")
+    reasons = ["WHEN _raw IS NULL THEN 'missingIdentity'", f"WHEN {ident} IS NULL THEN 'invalidIdentity'"]
+    reasons += [f"WHEN {quote_ident(c)} IS NULL THEN {quote_literal('missingMandatory:' + c)}" for c in d.mandatory]
+    reasons += [f"WHEN {quote_ident(c)} IS NULL THEN 'missingDedupKey'" for c in d.dedup_key]
+    reason = "CASE " + " ".join(reasons) + " END"
+    if d.dedup_key:
+        keys = ", ".join(quote_ident(c) for c in d.dedup_key)
+        # Among rows still exported, the most recently qualified member keeps the key.
+        rank = f"row_number() OVER (PARTITION BY seg, _reason IS NULL, {keys} ORDER BY qualifiedAt DESC, profileId)"
+        dedup = f"CASE WHEN _reason IS NULL AND {rank} > 1 THEN 'duplicateDedupKey' ELSE _reason END"
+    else:
+        dedup = "_reason"
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE export_rows AS
+        WITH j AS (
+            SELECT m.seg, m.profileId, m.qualifiedAt, {raw} AS _raw, {", ".join(cols)}
+            FROM export_members m LEFT JOIN read_parquet({quote_literal(str(profiles))}) p USING (profileId)
+        ), r AS (SELECT *, {reason} AS _reason FROM j),
+        d AS (SELECT * EXCLUDE (_reason), {dedup} AS _reason FROM r)
+        SELECT *, CASE WHEN _reason IS NULL THEN
+                (row_number() OVER (PARTITION BY seg, _reason IS NULL ORDER BY profileId) - 1) // {int(split_rows)} + 1
+            END AS _part
+        FROM d"""
+    )
+    counts = {m.segment_id: SegmentCounts() for m in members}
+    rows = con.execute("SELECT seg, _reason, count(*) FROM export_rows GROUP BY ALL ORDER BY ALL").fetchall()
+    for seg, why, n in rows:
+        c = counts[members[seg].segment_id]
+        c.received += n
+        if why is None:
+            c.activated += n
+        else:
+            c.excluded[why] = n
+    return counts
+
+
+def write_files(con: duckdb.DuckDBPyConnection, d: Destination, members: list[Members], out: Path) -> list[Written]:
+    """Write `export_rows` as files, one pass for all segments; a segment with nobody to export still gets
+    one file (with only the header for CSV), so every run has a file per segment."""
+    columns = ", ".join(quote_ident(c) for c in d.columns())
+    options = _copy_options(d)
+    out.mkdir(parents=True, exist_ok=True)
+    con.execute(
+        f"""COPY (SELECT seg AS _seg, _part, {columns} FROM export_rows WHERE _reason IS NULL ORDER BY seg, _part, profileId)
+            TO {quote_literal(str(out / "parts"))} ({options}, PARTITION_BY (_seg, _part), OVERWRITE_OR_IGNORE)"""
+    )
+    parts = con.execute(
+        "SELECT seg, _part, count(*) FROM export_rows WHERE _reason IS NULL GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    written: list[Written] = []
+    for seg, part, rows in parts:
+        files = sorted((out / "parts" / f"_seg={seg}" / f"_part={part}").iterdir())
+        if len(files) != 1:
+            raise RuntimeError(f"expected one file for segment {members[seg].segment_id} part {part}, found {files}")
+        written.append(Written(members[seg].segment_id, part, files[0], rows))
+    done = {w.segment_id for w in written}
+    for m in members:
+        if m.segment_id not in done:
+            target = out / f"empty-{m.segment_id}"
+            con.execute(
+                f"COPY (SELECT {columns} FROM export_rows WHERE false) TO {quote_literal(str(target))} ({options})"
+            )
+            written.append(Written(m.segment_id, 1, target, 0))
+    return written
+
+
+def _copy_options(d: Destination) -> str:
+    if d.format is FileFormat.PARQUET:
+        return "FORMAT parquet"
+    if d.format is FileFormat.JSON:
+        return "FORMAT json"
+    c = d.csv
+    options = (
+        f"FORMAT csv, HEADER true, DELIMITER {quote_literal(c.delimiter)}, QUOTE {quote_literal(c.quote)}, "
+        f"ESCAPE {quote_literal(c.escape)}, NULLSTR {quote_literal(c.null_value)}"
+    )
+    return options + (", COMPRESSION gzip" if c.gzip else "")
+
+
+__all__ = ["Members", "SegmentCounts", "Written", "build_rows", "install_transforms", "members_sql", "write_files"]

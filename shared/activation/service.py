@@ -1,0 +1,403 @@
+"""Activation: saving destinations (guardrails and governance), and export runs into the Data Landing Zone,
+scheduled (once per slot), right after segment evaluation, or on demand, with a record per run and
+segment. A run's files become visible together, with the manifest last, or not at all."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from shared.activation.destinations import Destination, DestinationStore, ExportMode, Frequency, check_guardrails
+from shared.activation.export import Members, SegmentCounts, build_rows, install_transforms, write_files
+from shared.activation.governance import PolicyStore, catalog, check_governance
+from shared.campaign.targets import TargetMappingStore
+from shared.engine import connect
+from shared.errors import BridgeError, Conflict, ValidationError
+from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
+from shared.segmentation.definitions import SegmentStore, catalog_fields
+from shared.segmentation.memberships import MembershipStore
+from shared.settings import Settings
+from shared.storage import BlobStore, EntityTable, ModelTable, StorageAccount
+from shared.storage.blobs import Staged
+
+log = logging.getLogger(__name__)
+
+
+class DataflowRun(BaseModel):
+    """One segment of one export run: what was received, activated and excluded, and the files."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    id: str
+    run_id: str
+    destination_id: str
+    segment_id: str
+    status: str  # SUCCEEDED | FAILED | SKIPPED
+    export_mode: ExportMode
+    backfill: bool = False
+    profiles_received: int = 0
+    identities_activated: int = 0
+    excluded: dict[str, int] = Field(default_factory=dict)
+    failed: int = 0
+    files: list[str] = Field(default_factory=list)
+    bytes: int = 0
+    started: dt.datetime
+    duration_seconds: float = 0
+    errors: list[str] = Field(default_factory=list)
+
+
+class ExportState(BaseModel):
+    """What a destination last exported of a segment: the snapshot incremental runs compare with."""
+
+    segment_id: str
+    job_id: str
+    snapshot: str
+    run_id: str
+    exported_at: dt.datetime
+
+
+def run_id_for(destination: Destination, now: dt.datetime, *, after_job: str | None = None) -> str:
+    """Scheduled runs are named by their slot, so a timer firing twice in a slot runs once."""
+    if after_job:
+        return f"exp-{destination.id}-after-{after_job}"
+    slot = destination.schedule.slot(now)
+    assert slot is not None
+    return f"exp-{destination.id}-{slot.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}"
+
+
+class Activation:
+    def __init__(self, *, settings: Settings, account: StorageAccount) -> None:
+        self.settings = settings
+        self.destinations = DestinationStore.from_settings(settings, account)
+        self.targets = TargetMappingStore.from_settings(settings, account)
+        self.policies = PolicyStore.from_settings(settings, account)
+        self.segments = SegmentStore.from_settings(settings, account)
+        self.memberships = MembershipStore.from_settings(settings, account)
+        self.jobs = JobStore.from_settings(settings, account)
+        self.runs_table = EntityTable(account.table(settings.table_name("dataflowruns")))
+        self.state_table = EntityTable(account.table(settings.table_name("exportstate")))
+        self.dlz = BlobStore(account.container(settings.dlz_container))
+        self.queue = account.queue(settings.export_runs_queue)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount | None = None) -> Activation:
+        return cls(settings=settings, account=account or StorageAccount.from_settings(settings))
+
+    # Configuration -------------------------------------------------------------------------------
+
+    def save(self, destination: Destination, *, now: dt.datetime) -> Destination:
+        """Refuse a destination that breaks a guardrail or a governance policy; store it otherwise."""
+        definitions = self.segments.trees()
+        target = self.targets.get(destination.target_mapping)
+        check_guardrails(
+            destination,
+            fields=catalog_fields(self.segments.datasets),
+            columns=set(target.columns),
+            segments=set(definitions),
+        )
+        check_governance(destination, self.policies.list(), definitions, catalog(self.segments.datasets))
+        return self.destinations.put(destination.model_copy(update={"updated": now}))
+
+    def runs(self, destination_id: str) -> list[DataflowRun]:
+        """A destination's dataflow runs, newest first."""
+        self.destinations.get(destination_id)
+        rows = ModelTable(self.runs_table, DataflowRun, partition=destination_id).all()
+        return sorted(rows, key=lambda r: (r.started, r.segment_id), reverse=True)
+
+    # Runs ----------------------------------------------------------------------------------------
+
+    def run_due(self, *, now: dt.datetime, frequency: Frequency | None = None) -> list[Job]:
+        """Run every enabled destination whose slot is due (each slot once); with `frequency`, only those."""
+        profiles = self.memberships.current_profiles()
+        done = []
+        for d in self.destinations.list():
+            if not d.enabled or (frequency and d.schedule.frequency is not frequency):
+                continue
+            if d.schedule.frequency is Frequency.AFTER_SEGMENT_EVALUATION:
+                if profiles is None:
+                    continue
+                run_id = run_id_for(d, now, after_job=profiles["jobId"])
+            elif d.schedule.slot(now) is None:
+                continue
+            else:
+                run_id = run_id_for(d, now)
+            job = self._claim(d, run_id, now)
+            if job is not None:
+                done.append(self._run(job, d, now))
+        return done
+
+    def run(self, destination_id: str, *, now: dt.datetime) -> Job:
+        """Run a destination now, whatever its schedule (Adobe's "Export file now")."""
+        d = self.destinations.get(destination_id)
+        run_id = f"exp-{d.id}-{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-now"
+        job = self._claim(d, run_id, now)
+        return self._run(job, d, now) if job else self.jobs.get(JobType.EXPORT, run_id)
+
+    def enqueue(self, destination_id: str, *, now: dt.datetime) -> Job:
+        """Record an on-demand run as QUEUED and put it on the queue; `run_queued` runs it."""
+        d = self.destinations.get(destination_id)
+        job = Job(
+            id=f"exp-{d.id}-{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-now",
+            type=JobType.EXPORT,
+            status=JobStatus.QUEUED,
+            subject=d.id,
+            created=now,
+        )
+        try:
+            job = self.jobs.create(job)
+        except Conflict:
+            return self.jobs.get(JobType.EXPORT, job.id)
+        self.queue.send_message(json.dumps({"jobId": job.id, "destination": d.id, "now": now.isoformat()}))
+        return job
+
+    def run_queued(self, message: dict[str, Any]) -> Job:
+        """Run a queued export once: a redelivered message finds it claimed or done and does nothing."""
+        job = self.jobs.get(JobType.EXPORT, message["jobId"])
+        if job.status is not JobStatus.QUEUED:
+            return job
+        now = dt.datetime.fromisoformat(message["now"])
+        try:
+            job = self.jobs.save(job.model_copy(update={"status": JobStatus.PROCESSING, "started": now}))
+        except Conflict:
+            return self.jobs.get(JobType.EXPORT, job.id)
+        return self._run(job, self.destinations.get(message["destination"]), now)
+
+    def cleanup(self, *, now: dt.datetime) -> list[str]:
+        """Delete DLZ files older than the retention period; returns their names."""
+        oldest = now - dt.timedelta(days=self.settings.dlz_retention_days)
+        old = [b.name for b in self.dlz.listing() if b.last_modified < oldest]
+        for name in old:
+            self.dlz.delete(name)
+        return old
+
+    def _claim(self, d: Destination, run_id: str, now: dt.datetime) -> Job | None:
+        job = Job(id=run_id, type=JobType.EXPORT, status=JobStatus.PROCESSING, subject=d.id, created=now, started=now)
+        try:
+            return self.jobs.create(job)
+        except Conflict:
+            log.info("export run %s already ran", run_id)
+            return None
+
+    def _run(self, job: Job, d: Destination, now: dt.datetime) -> Job:
+        started = time.monotonic()
+        try:
+            return self._export(job, d, now, started)
+        except BridgeError as exc:
+            self._record_failure(job, d, now, started, exc.message)
+            return self._finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
+        except Exception as exc:
+            self._record_failure(job, d, now, started, str(exc))
+            self._finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
+            raise
+
+    def _export(self, job: Job, d: Destination, now: dt.datetime, started: float) -> Job:
+        if not d.enabled:
+            raise ValidationError(f"destination {d.id!r} is disabled; enable it to export")
+        definitions = self.segments.trees()
+        # Policies or labels may have changed since the destination was saved: check again.
+        check_governance(d, self.policies.list(), definitions, catalog(self.segments.datasets))
+        profiles = self.memberships.current_profiles()
+        if profiles is None:
+            raise ValidationError("no segment job has published memberships yet; run one first")
+        incremental = d.export_mode is ExportMode.INCREMENTAL
+        skipped = {sid: "the segment is not defined" for sid in d.segments if sid not in definitions}
+        pointers = {}
+        for sid in d.segments:
+            if sid not in skipped:
+                pointer = self.memberships.current(sid)
+                if pointer is None:
+                    skipped[sid] = "the segment has not been evaluated yet"
+                else:
+                    pointers[sid] = pointer
+        states = ModelTable(self.state_table, ExportState, partition=d.id)
+        with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+            work = Path(tmp)
+            profiles_file = self.memberships.blobs.download(profiles["snapshot"], work / "profiles.parquet")
+            members = []
+            for sid, pointer in pointers.items():
+                current = self.memberships.blobs.download(pointer["snapshot"], work / f"{sid}.parquet")
+                previous = None
+                state = states.find(sid) if incremental else None
+                if state is not None and self.memberships.blobs.exists(state.snapshot):
+                    previous = self.memberships.blobs.download(state.snapshot, work / f"{sid}-previous.parquet")
+                members.append(Members(sid, current, previous, incremental))
+            staged: list[tuple[Any, Staged]] = []
+            counts: dict[str, SegmentCounts] = {}
+            if members:
+                con = connect(self.settings, spill_dir=tmp)
+                try:
+                    install_transforms(con, country_code=self.settings.export_phone_country_code)
+                    counts = build_rows(con, d, members, profiles_file, split_rows=self.settings.export_split_rows)
+                    written = write_files(con, d, members, work / "files")
+                finally:
+                    con.close()
+                with ThreadPoolExecutor(max_workers=4) as pool:
+                    staged = list(
+                        zip(
+                            written,
+                            pool.map(
+                                lambda w: self.dlz.stage_file(d.file_name(w.segment_id, now, w.part), w.path), written
+                            ),
+                            strict=True,
+                        )
+                    )
+        manifest = self._manifest(job, d, now, staged, counts, skipped)
+        self._publish([s for _, s in staged], d.manifest_name(now), manifest)
+
+        seconds = round(time.monotonic() - started, 3)
+        records = []
+        for sid in d.segments:
+            files = [s for w, s in staged if w.segment_id == sid]
+            c = counts.get(sid, SegmentCounts())
+            records.append(
+                DataflowRun(
+                    id=f"{job.id}_{sid}",
+                    run_id=job.id,
+                    destination_id=d.id,
+                    segment_id=sid,
+                    status="SKIPPED" if sid in skipped else "SUCCEEDED",
+                    export_mode=d.export_mode,
+                    backfill=incremental and not any(m.previous for m in members if m.segment_id == sid),
+                    profiles_received=c.received,
+                    identities_activated=c.activated,
+                    excluded=c.excluded,
+                    files=[f.name for f in files],
+                    bytes=sum(f.size for f in files),
+                    started=now,
+                    duration_seconds=seconds,
+                    errors=[skipped[sid]] if sid in skipped else [],
+                )
+            )
+        self._save_runs(d.id, records)
+        for sid, pointer in pointers.items():
+            state = ExportState(
+                segment_id=sid, job_id=pointer["jobId"], snapshot=pointer["snapshot"], run_id=job.id, exported_at=now
+            )
+            states.put(sid, state)
+        received = sum(c.received for c in counts.values())
+        excluded = sum(sum(c.excluded.values()) for c in counts.values())
+        reasons: dict[str, int] = {}
+        for c in counts.values():
+            for why, n in c.excluded.items():
+                reasons[why] = reasons.get(why, 0) + n
+        metrics = {
+            "destination": d.id,
+            "exportMode": d.export_mode.value,
+            "segments": len(d.segments),
+            "skippedSegments": skipped,
+            "profilesReceived": received,
+            "identitiesActivated": sum(c.activated for c in counts.values()),
+            "excluded": reasons,
+            "excludedRate": round(excluded / received, 6) if received else 0.0,
+            "files": len(staged),
+            "bytes": sum(s.size for _, s in staged),
+            "profilesJob": profiles["jobId"],
+        }
+        links = {"manifest": f"{self.settings.dlz_container}/{d.manifest_name(now)}"}
+        job = job.model_copy(update={"links": links, "source": d.manifest_name(now)})
+        return self._finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
+
+    def _manifest(
+        self,
+        job: Job,
+        d: Destination,
+        now: dt.datetime,
+        staged: list[tuple[Any, Staged]],
+        counts: dict[str, SegmentCounts],
+        skipped: dict[str, str],
+    ) -> dict[str, Any]:
+        return {
+            "runId": job.id,
+            "destinationId": d.id,
+            "destinationName": d.name,
+            "campaignInstance": d.campaign_instance,
+            "targetMapping": d.target_mapping,
+            "syncType": d.sync_type.value,
+            "exportMode": d.export_mode.value,
+            "format": d.format.value,
+            "csv": d.csv.model_dump(by_alias=True) if d.format.value == "csv" else None,
+            "columns": d.columns(),
+            "createdAt": now.isoformat(),
+            "files": [
+                {
+                    "name": s.name,
+                    "segmentId": w.segment_id,
+                    "part": w.part,
+                    "rows": w.rows,
+                    "bytes": s.size,
+                    "sha256": s.sha256,
+                }
+                for w, s in staged
+            ],
+            "segments": {
+                sid: {"activated": c.activated, "received": c.received, "excluded": c.excluded}
+                for sid, c in counts.items()
+            },
+            "skipped": skipped,
+            "rows": sum(w.rows for w, _ in staged),
+            "bytes": sum(s.size for _, s in staged),
+        }
+
+    def _publish(self, files: list[Staged], manifest_name: str, manifest: dict[str, Any]) -> None:
+        """Commit every file, then the manifest. If anything fails, the files committed so far are deleted:
+        a reader never finds files without their manifest, and staged blocks are never seen."""
+        committed: list[str] = []
+        try:
+            for f in files:
+                self.dlz.commit(f)
+                committed.append(f.name)
+            self.dlz.put(manifest_name, json.dumps(manifest, indent=2).encode())
+        except Exception:
+            for name in committed:
+                try:
+                    self.dlz.delete(name)
+                except Exception:  # noqa: BLE001 - best effort; the original error matters more
+                    log.exception("could not delete %s after a failed export", name)
+            raise
+
+    def _save_runs(self, destination_id: str, records: list[DataflowRun]) -> None:
+        table = ModelTable(self.runs_table, DataflowRun, partition=destination_id)
+        for r in records:
+            table.put(r.id, r)
+
+    def _record_failure(self, job: Job, d: Destination, now: dt.datetime, started: float, message: str) -> None:
+        seconds = round(time.monotonic() - started, 3)
+        self._save_runs(
+            d.id,
+            [
+                DataflowRun(
+                    id=f"{job.id}_{sid}",
+                    run_id=job.id,
+                    destination_id=d.id,
+                    segment_id=sid,
+                    status="FAILED",
+                    export_mode=d.export_mode,
+                    started=now,
+                    duration_seconds=seconds,
+                    errors=[message],
+                )
+                for sid in d.segments
+            ],
+        )
+
+    def _finish(
+        self,
+        job: Job,
+        status: JobStatus,
+        started: float,
+        now: dt.datetime,
+        errors: list[JobError],
+        *,
+        metrics: dict | None = None,
+    ) -> Job:
+        done = job.finished(status, now=now, seconds=time.monotonic() - started, errors=errors, metrics=metrics)
+        return self.jobs.save(done)

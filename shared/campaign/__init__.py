@@ -1,0 +1,1 @@
+"""The simulated Campaign: the consumer of the Data Landing Zone."""

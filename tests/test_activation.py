@@ -13,16 +13,23 @@ import json
 import pytest
 from azure.functions.timer import TimerRequest
 
+from dev.host import deliver_queue_messages
 from functions.activation import (
+    dataflow_runs,
+    destination_run,
     destinations,
+    dlz_retention,
+    export_run_queued,
     export_runs,
+    governance_policies,
 )
-from shared.jobs import JobStatus
+from shared.activation import Activation
+from shared.jobs import JobStatus, JobStore, JobType
 from shared.segmentation.runner import SegmentJobRunner
 from shared.storage import BlobStore
 from tests.conftest import NOW
 from tests.helpers import create_dataset, ndjson, profile
-from tests.test_http import call
+from tests.test_http import body, call
 from tests.test_segment_jobs import put_segment
 
 T1 = NOW + dt.timedelta(hours=1)
@@ -144,3 +151,302 @@ def test_known_sha256_values_and_e164_normalisation(settings):
     }
     for expr, digest in known.items():
         assert con.execute(f"SELECT {expr}").fetchall()[0][0] == digest, expr
+
+
+GUARDRAILS = {
+    "over 50 segments": ({"segments": [f"s{i}" for i in range(51)]}, "at most 50 segments; this one has 51"),
+    "over 20 fields": (
+        {
+            "mapping": [{"source": "segmentMembershipStatus", "target": "segmentMembershipStatus"}]
+            + [{"source": "loyalty.tier", "target": f"c{i}"} for i in range(20)]
+        },
+        "at most 20 mapped fields (identity included); this mapping has 22",
+    ),
+    "an event field": (
+        {
+            "mapping": [
+                {"source": "segmentMembershipStatus", "target": "segmentMembershipStatus"},
+                {"source": "commerce.order.priceTotal", "target": "loyaltyPoints"},
+            ]
+        },
+        "'commerce.order.priceTotal' is an experience event field",
+    ),
+    "the identity map": (
+        {
+            "mapping": [
+                {"source": "segmentMembershipStatus", "target": "segmentMembershipStatus"},
+                {"source": "identityMap", "target": "email"},
+            ]
+        },
+        "'identityMap' is the identity map",
+    ),
+    "no membership status": (
+        {"mapping": [{"source": "loyalty.tier", "target": "loyaltyTier"}]},
+        "segmentMembershipStatus is always exported and cannot be removed",
+    ),
+    "an unknown target identity": (
+        {"identity": {"source": "identityMap.Email", "target": "email_md5"}},
+        "target identity 'email_md5' is not one of external_id, ECID, email_lc_sha256, phone_sha256, GAID, IDFA",
+    ),
+    "a mismatched namespace": (
+        {"identity": {"source": "identityMap.Phone", "target": "email_lc_sha256"}},
+        "identityMap.Phone cannot be mapped to email_lc_sha256; it is read from identityMap.Email",
+    ),
+    "a dedup key mixing a namespace and attributes": (
+        {"dedupKey": ["email_lc_sha256", "firstName"]},
+        "one identity namespace or attributes, not both",
+    ),
+    "a dedup key of three attributes": (
+        {
+            "mapping": [
+                {"source": "segmentMembershipStatus", "target": "segmentMembershipStatus"},
+                {"source": "person.name.firstName", "target": "firstName"},
+                {"source": "person.name.lastName", "target": "lastName"},
+                {"source": "loyalty.tier", "target": "loyaltyTier"},
+            ],
+            "dedupKey": ["firstName", "lastName", "loyaltyTier"],
+        },
+        "at most 2 attributes; this one has 3",
+    ),
+    "a dedup key outside the target mapping": (
+        {"dedupKey": ["nickname"]},
+        "deduplication key 'nickname' is not a mapped column of target mapping 'mapRecipient'",
+    ),
+    "a frequency under 3 hours": (
+        {"schedule": {"everyHours": 1, "start": "2026-11-01T00:00:00Z"}},
+        "every 1 hours is under the 3-hour minimum",
+    ),
+    "a frequency not allowed": (
+        {"schedule": {"everyHours": 5, "start": "2026-11-01T00:00:00Z"}},
+        "every 5 hours is not one of 3, 6, 8, 12, 24",
+    ),
+    "a file name over 255 characters": ({"name": "C" * 230}, "the limit is 255"),
+}
+
+
+@pytest.mark.parametrize("case", list(GUARDRAILS), ids=list(GUARDRAILS))
+def test_each_guardrail_is_refused_on_save_naming_the_rule_and_value(settings, crm, case):
+    overrides, message = GUARDRAILS[case]
+    response = put_destination(**overrides)
+    assert response.status_code == 400, body(response)
+    problem = body(response)
+    assert problem["title"] == "guardrail" and message in problem["detail"], problem["detail"]
+    assert call(destinations, "GET", "destinations/gold-email", {"id": "gold-email"}).status_code == 404
+
+
+def test_an_array_or_object_attribute_cannot_be_mapped():
+    from shared.activation.destinations import Destination, check_guardrails
+    from shared.segmentation.pql.compiler import Fields
+
+    fields = Fields(profile={"interests": 'STRUCT("name" VARCHAR)[]', "person.name.firstName": "VARCHAR"}, event={})
+    d = Destination.model_validate(
+        {
+            "id": "arrays",
+            **destination(
+                mapping=[
+                    {"source": "segmentMembershipStatus", "target": "segmentMembershipStatus"},
+                    {"source": "interests", "target": "email"},
+                    {"source": "person.name", "target": "firstName"},
+                ]
+            ),
+        }
+    )
+    with pytest.raises(Exception) as raised:
+        check_guardrails(d, fields=fields, columns={"email", "firstName", "email_lc_sha256"}, segments={"gold"})
+    assert "'interests' is an array" in str(raised.value) and "'person.name' is an object" in str(raised.value)
+
+
+def email_policy():
+    return call(
+        governance_policies,
+        "PUT",
+        "policies/no-email-c2",
+        {"id": "no-email-c2"},
+        {"name": "No email on C2", "marketingAction": "Email Targeting", "deniedLabels": ["C2"]},
+    )
+
+
+def test_governance_blocks_a_save_that_exports_labelled_data_naming_policy_labels_and_fields(settings, crm):
+    assert email_policy().status_code == 200
+    mapping = [
+        {"source": "segmentMembershipStatus", "target": "segmentMembershipStatus"},
+        {"source": "mobilePhone.number", "target": "phone"},
+    ]
+    response = put_destination(mapping=mapping)
+    assert response.status_code == 422
+    problem = body(response)
+    assert (
+        "No email on C2" in problem["detail"]
+        and "C2 on field 'mobilePhone.number' of dataset 'crm'" in problem["detail"]
+    )
+    assert problem["errors"][0]["labels"] == ["C2"] and problem["errors"][0]["fields"] == ["crm.mobilePhone.number"]
+    # The same destination for another marketing action is allowed.
+    assert put_destination(mapping=mapping, marketingAction="Analytics").status_code == 200
+
+
+def test_governance_is_checked_again_at_run_time_and_the_run_fails_with_nothing_written(settings, account, crm):
+    assert put_destination().status_code == 200
+    segment_job(settings, T1)
+    # After the destination was saved, the segment's field gets a label that a policy denies.
+    create_dataset(settings, "crm", field_labels={"mobilePhone.number": ["C2"], "loyalty.tier": ["C2"]})
+    email_policy()
+    job = Activation.from_settings(settings).run("gold-email", now=T1)
+    assert job.status is JobStatus.FAILED and job.errors[0].code == "governance"
+    assert "field 'loyalty.tier' of dataset 'crm' (used by segment gold)" in job.errors[0].message
+    assert list(dlz(settings, account).names()) == []
+    runs = body(call(dataflow_runs, "GET", "dataflows/gold-email/runs", {"id": "gold-email"}))
+    assert runs[0]["status"] == "FAILED" and "No email on C2" in runs[0]["errors"][0]
+
+
+def exported(settings, account, job) -> dict[str, str]:
+    """profileId-free view of a run's rows: hashed email -> status."""
+    blobs = dlz(settings, account)
+    manifest = json.loads(blobs.get(job.source))
+    rows = [r for f in manifest["files"] for r in rows_of(blobs, f["name"])]
+    return {r["email_lc_sha256"]: r["segmentMembershipStatus"] for r in rows}
+
+
+def test_incremental_exports_enter_stay_and_exit_across_three_runs_the_first_a_backfill(settings, account, crm):
+    assert put_destination(exportMode="incremental").status_code == 200
+    activation = Activation.from_settings(settings)
+    segment_job(settings, T1)
+    first = activation.run("gold-email", now=T1)
+    assert exported(settings, account, first) == {
+        sha("ann@example.com"): "realized",
+        sha("bob@example.com"): "realized",
+    }
+    runs = activation.runs("gold-email")
+    assert runs[0].backfill and runs[0].identities_activated == 2
+
+    # Day 2: cy enters gold; ann and bob stay, so they are not exported again.
+    crm.ingest_at("crm/2.ndjson", ndjson(person("cy", "cy@example.com", tier="gold")), now=T2 - dt.timedelta(hours=1))
+    segment_job(settings, T2)
+    second = activation.run("gold-email", now=T2)
+    assert exported(settings, account, second) == {sha("cy@example.com"): "realized"}
+
+    # Day 3: bob leaves gold: exported as exited, for Campaign to remove.
+    crm.ingest_at(
+        "crm/3.ndjson", ndjson(person("bob", "bob@example.com", tier="silver")), now=T3 - dt.timedelta(hours=1)
+    )
+    segment_job(settings, T3)
+    third = activation.run("gold-email", now=T3)
+    assert exported(settings, account, third) == {sha("bob@example.com"): "exited"}
+    assert not activation.runs("gold-email")[0].backfill
+
+    # A full export of the same day lists every active member instead.
+    assert put_destination(exportMode="full").status_code == 200
+    full = activation.run("gold-email", now=T3 + dt.timedelta(minutes=5))
+    assert set(exported(settings, account, full)) == {sha("ann@example.com"), sha("cy@example.com")}
+
+
+def test_mandatory_attributes_and_dedup_keys_exclude_with_a_reason(settings, account, crm):
+    crm.ingest_at(
+        "crm/names.ndjson",
+        ndjson(
+            person("ann", "ann@example.com", person={"name": {"firstName": "Sam"}}),
+            person("bob", "bob@example.com", person={"name": {"firstName": "Sam"}}),
+            person("eve", "eve@example.com", person={"name": {"firstName": "Eve"}}),
+        ),
+        now=NOW,
+    )
+    assert put_segment("gold", 'loyalty.tier = "gold"').status_code == 200
+    assert put_destination(segments=["all"], mandatory=["firstName"], dedupKey=["firstName"]).status_code == 200
+    segment_job(settings, T1)
+    job = Activation.from_settings(settings).run("gold-email", now=T1)
+    assert job.status is JobStatus.SUCCEEDED, job.errors
+    # ann and bob are both Sam: one is kept; cy has no first name; dee has no email at all.
+    assert job.metrics["excluded"] == {
+        "duplicateDedupKey": 1,
+        "missingIdentity": 1,
+        "missingMandatory:firstName": 1,
+    }
+    assert job.metrics["profilesReceived"] == 5 and job.metrics["identitiesActivated"] == 2
+    [run] = Activation.from_settings(settings).runs("gold-email")
+    assert run.excluded == job.metrics["excluded"] and run.profiles_received == 5
+
+
+def test_a_scheduled_slot_runs_once_and_the_next_slot_runs_again(settings, crm):
+    assert put_destination(schedule={"everyHours": 6, "start": "2026-11-20T00:00:00Z"}).status_code == 200
+    segment_job(settings, T1)
+    activation = Activation.from_settings(settings)
+    first = activation.run_due(now=T1)  # 13:00 is in the 12:00 slot
+    assert [j.id for j in first] == ["exp-gold-email-20261120T120000Z"]
+    assert activation.run_due(now=T1 + dt.timedelta(hours=2)) == []  # the timer again, same slot
+    assert [j.id for j in activation.run_due(now=T1 + dt.timedelta(hours=5))] == ["exp-gold-email-20261120T180000Z"]
+    assert activation.run_due(now=dt.datetime(2026, 10, 1, tzinfo=dt.UTC)) == []  # before the start
+
+
+def test_after_segment_evaluation_runs_once_per_segment_job(settings, crm):
+    assert put_destination(schedule={"frequency": "afterSegmentEvaluation"}).status_code == 200
+    activation = Activation.from_settings(settings)
+    assert activation.run_due(now=T1) == []  # nothing evaluated yet
+    seg = segment_job(settings, T1)
+    [job] = activation.run_due(now=T1)
+    assert job.id == f"exp-gold-email-after-{seg.id}" and job.status is JobStatus.SUCCEEDED
+    assert activation.run_due(now=T1 + dt.timedelta(hours=1)) == []
+
+
+def test_files_split_at_the_row_limit_with_numbered_names_and_gzip(settings, account, crm, monkeypatch):
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("EXPORT_SPLIT_ROWS", "1")
+    get_settings.cache_clear()
+    settings = get_settings()
+    assert put_destination(csv={"gzip": True, "delimiter": ";"}).status_code == 200
+    segment_job(settings, T1)
+    job = Activation.from_settings(settings).run("gold-email", now=T1)
+    blobs = dlz(settings, account)
+    manifest = json.loads(blobs.get(job.source))
+    assert [f["name"] for f in manifest["files"]] == [
+        "Campaign_Gold_segmentgold_20261120130000.csv.gz",
+        "Campaign_Gold_segmentgold_20261120130000_2.csv.gz",
+    ]
+    assert [f["rows"] for f in manifest["files"]] == [1, 1] and manifest["rows"] == 2
+    text = gzip.decompress(blobs.get(manifest["files"][0]["name"])).decode()
+    assert text.splitlines()[0] == "email_lc_sha256;segmentMembershipStatus;firstName;loyaltyTier"
+
+
+def test_a_run_that_fails_before_its_manifest_leaves_no_visible_file(settings, account, crm, monkeypatch):
+    assert put_destination(segments=["gold", "all"]).status_code == 200
+    segment_job(settings, T1)
+
+    def refuse(self, name, data, **kw):
+        raise OSError("the storage account went away")
+
+    monkeypatch.setattr(BlobStore, "put", refuse)
+    with pytest.raises(OSError):
+        Activation.from_settings(settings).run("gold-email", now=T1)
+    monkeypatch.undo()
+    assert list(dlz(settings, account).names()) == []
+    job = JobStore.from_settings(settings, account).get(JobType.EXPORT, "exp-gold-email-20261120T130000Z-now")
+    assert job.status is JobStatus.FAILED and "went away" in job.errors[0].message
+
+
+def test_an_on_demand_run_goes_through_the_queue_and_its_records_read_back(settings, account, crm):
+    assert put_destination(segments=["gold", "all"]).status_code == 200
+    segment_job(settings, T1)
+    response = call(destination_run, "POST", "destinations/gold-email/run", {"id": "gold-email"})
+    assert response.status_code == 202 and response.headers["Location"] == "/api/dataflows/gold-email/runs"
+    queued = body(response)
+    assert queued["status"] == "QUEUED"
+    queue = account.queue(settings.export_runs_queue)
+    assert deliver_queue_messages(export_run_queued, queue) == 1
+    job = JobStore.from_settings(settings, account).get(JobType.EXPORT, queued["id"])
+    assert job.status is JobStatus.SUCCEEDED and job.metrics["files"] == 2
+    runs = body(call(dataflow_runs, "GET", "dataflows/gold-email/runs", {"id": "gold-email"}))
+    assert {r["segmentId"]: r["identitiesActivated"] for r in runs} == {"gold": 2, "all": 3}
+    assert all(r["status"] == "SUCCEEDED" and r["files"] for r in runs)
+    assert call(dataflow_runs, "GET", "dataflows/nope/runs", {"id": "nope"}).status_code == 404
+
+
+def test_retention_deletes_dlz_files_older_than_the_setting(settings, account, crm):
+    assert put_destination().status_code == 200
+    segment_job(settings, T1)
+    Activation.from_settings(settings).run("gold-email", now=T1)
+    blobs = dlz(settings, account)
+    assert len(list(blobs.names())) == 2
+    dlz_retention.build().get_user_function()(TimerRequest(past_due=False))  # today: nothing is old
+    assert len(list(blobs.names())) == 2
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=settings.dlz_retention_days, minutes=1)
+    assert len(Activation.from_settings(settings).cleanup(now=later)) == 2
+    assert list(blobs.names()) == []

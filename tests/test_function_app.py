@@ -35,6 +35,11 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
     assert functions["segment_job_queued"]["connection"] == "AzureWebJobsStorage"
     assert functions["segment_job_streaming"]["type"] == "timerTrigger"
     assert functions["segment_job_streaming"]["schedule"] == "%STREAMING_SCHEDULE%"
+    for name, setting in (("export_runs", "EXPORT_SCHEDULE"), ("dlz_retention", "DLZ_RETENTION_SCHEDULE")):
+        assert functions[name]["type"] == "timerTrigger" and functions[name]["schedule"] == f"%{setting}%"
+    assert functions["export_run_queued"]["type"] == "queueTrigger"
+    assert functions["export_run_queued"]["queueName"] == "%EXPORT_RUNS_QUEUE%"
+    assert functions["export_run_queued"]["connection"] == "AzureWebJobsStorage"
     routes = {name: f["route"] for name, f in functions.items() if f["type"] == "httpTrigger"}
     assert routes == {
         "schemas": "schemas/{id?}",
@@ -45,6 +50,11 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
         "segment_jobs": "segment-jobs/{id?}",
         "segment_preview": "segments-preview",
         "segment_explain": "segments/{id}/explain",
+        "destinations": "destinations/{id?}",
+        "destination_run": "destinations/{id}/run",
+        "dataflow_runs": "dataflows/{id}/runs",
+        "governance_policies": "policies/{id?}",
+        "target_mappings": "target-mappings/{id?}",
     }
     assert all(functions[n]["authLevel"] == "function" for n in routes)
 

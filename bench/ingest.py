@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from bench.stages import run_stage
+from bench.stages import report, run_stage
 from dev.azurite import start_azurite
 from dev.host import fire_blob_trigger
 from dev.sample import write_sample
@@ -88,7 +88,7 @@ def _run_stage(name: str, src: Path, work: Path) -> None:
         finally:
             azurite.stop()
         result = {"seconds": seconds, "metrics": metrics}
-    print(json.dumps(result))
+    report(result)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from bench.stages import run_stage
+from bench.stages import report, run_stage
 from dev.azurite import start_azurite
 from dev.sample import write_sample
 from shared.ingestion import BatchIngestion, Dataset, DatasetStore, LakeStore
@@ -210,7 +210,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.stage:
         result = stage_ours() if args.stage == "ours" else stage_floor(args.work / "lake")
-        print(json.dumps(result))
+        report(result)
         return
     work = Path(tempfile.mkdtemp(prefix="bench-segments-"))
     azurite = start_azurite(location=work / "azurite")

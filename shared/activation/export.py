@@ -86,19 +86,16 @@ class SegmentCounts:
 
 
 def _identity_sql(d: Destination) -> tuple[str, str]:
-    """(raw, exported) SQL of the destination's identity."""
+    """(the raw identity from the profile `p`, the exported one computed from that raw value `_raw`)."""
     ns = d.identity.namespace
     if ns:
-        raw = (
-            "list_extract(list_transform(list_filter(p.identities, lambda x: x.namespace = "
-            f"{quote_literal(ns)}), lambda x: x.id), 1)"
-        )
+        raw = f"list_filter(p.identities, lambda x: x.namespace = {quote_literal(ns)})[1].id"
     else:
         raw = column_ref(d.identity.source, table="p")
-    if not d.identity.apply_transformation:
-        return raw, raw
     transform = {"email_lc_sha256": "email_sha256", "phone_sha256": "phone_sha256"}.get(d.identity.target)
-    return raw, f"{transform}({raw})" if transform else raw
+    if not d.identity.apply_transformation or not transform:
+        return raw, "_raw"
+    return raw, f"{transform}(_raw)"
 
 
 def build_rows(
@@ -106,16 +103,15 @@ def build_rows(
 ) -> dict[str, SegmentCounts]:
     """Fill `export_rows`: every member of every segment with its exported columns, `_reason` (why it is
     excluded, NULL when exported) and `_part` (its file). Returns the counts per segment."""
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE export_members AS "
-        + " UNION ALL ".join(f"({members_sql(m, i)})" for i, m in enumerate(members))
-    )
+    union = " UNION ALL ".join(f"({members_sql(m, i)})" for i, m in enumerate(members))
     raw, exported = _identity_sql(d)
     ident = quote_ident(d.identity.target)
-    cols = [f"{exported} AS {ident}"]
-    for m in d.mapping:
-        expr = "m.status" if m.source == MEMBERSHIP_STATUS else column_ref(m.source, table="p")
-        cols.append(f"CAST({expr} AS VARCHAR) AS {quote_ident(m.target)}")
+    attrs = "".join(
+        f", {column_ref(m.source, table='p')} AS {quote_ident(m.target)}"
+        for m in d.mapping
+        if m.source != MEMBERSHIP_STATUS
+    )
+    status = "".join(f", m.status AS {quote_ident(m.target)}" for m in d.mapping if m.source == MEMBERSHIP_STATUS)
     reasons = ["WHEN _raw IS NULL THEN 'missingIdentity'", f"WHEN {ident} IS NULL THEN 'invalidIdentity'"]
     reasons += [f"WHEN {quote_ident(c)} IS NULL THEN {quote_literal('missingMandatory:' + c)}" for c in d.mandatory]
     reasons += [f"WHEN {quote_ident(c)} IS NULL THEN 'missingDedupKey'" for c in d.dedup_key]
@@ -130,14 +126,11 @@ def build_rows(
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE export_rows AS
         WITH j AS (
-            SELECT m.seg, m.profileId, m.qualifiedAt, {raw} AS _raw, {", ".join(cols)}
-            FROM export_members m LEFT JOIN read_parquet({quote_literal(str(profiles))}) p USING (profileId)
-        ), r AS (SELECT *, {reason} AS _reason FROM j),
-        d AS (SELECT * EXCLUDE (_reason), {dedup} AS _reason FROM r)
-        SELECT *, CASE WHEN _reason IS NULL THEN
-                (row_number() OVER (PARTITION BY seg, _reason IS NULL ORDER BY profileId) - 1) // {int(split_rows)} + 1
-            END AS _part
-        FROM d"""
+            SELECT m.seg, m.profileId, m.qualifiedAt, {raw} AS _raw{status}{attrs}
+            FROM ({union}) m LEFT JOIN read_parquet({quote_literal(str(profiles))}) p USING (profileId)
+        ), t AS (SELECT *, {exported} AS {ident} FROM j),
+        r AS (SELECT *, {reason} AS _reason FROM t)
+        SELECT * EXCLUDE (_reason), {dedup} AS _reason, 1 AS _part FROM r"""
     )
     counts = {m.segment_id: SegmentCounts() for m in members}
     rows = con.execute("SELECT seg, _reason, count(*) FROM export_rows GROUP BY ALL ORDER BY ALL").fetchall()
@@ -148,6 +141,14 @@ def build_rows(
             c.activated += n
         else:
             c.excluded[why] = n
+    if any(c.activated > split_rows for c in counts.values()):
+        # Only a segment past the file limit pays for numbering its rows into parts.
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE export_rows AS
+            SELECT * EXCLUDE (_part), CASE WHEN _reason IS NULL THEN
+                (row_number() OVER (PARTITION BY seg, _reason IS NULL ORDER BY profileId) - 1) // {int(split_rows)} + 1
+            END AS _part FROM export_rows"""
+        )
     return counts
 
 
@@ -158,7 +159,7 @@ def write_files(con: duckdb.DuckDBPyConnection, d: Destination, members: list[Me
     options = _copy_options(d)
     out.mkdir(parents=True, exist_ok=True)
     con.execute(
-        f"""COPY (SELECT seg AS _seg, _part, {columns} FROM export_rows WHERE _reason IS NULL ORDER BY seg, _part, profileId)
+        f"""COPY (SELECT seg AS _seg, _part, {columns} FROM export_rows WHERE _reason IS NULL)
             TO {quote_literal(str(out / "parts"))} ({options}, PARTITION_BY (_seg, _part), OVERWRITE_OR_IGNORE)"""
     )
     parts = con.execute(

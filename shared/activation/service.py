@@ -219,6 +219,13 @@ class Activation:
                 else:
                     pointers[sid] = pointer
         states = ModelTable(self.state_table, ExportState, partition=d.id)
+        phases: dict[str, float] = {}
+        clock = time.monotonic()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            phases[name], clock = round(time.monotonic() - clock, 3), time.monotonic()
+
         with tempfile.TemporaryDirectory(prefix="export-") as tmp:
             work = Path(tmp)
             profiles_file = self.memberships.blobs.download(profiles["snapshot"], work / "profiles.parquet")
@@ -230,6 +237,7 @@ class Activation:
                 if state is not None and self.memberships.blobs.exists(state.snapshot):
                     previous = self.memberships.blobs.download(state.snapshot, work / f"{sid}-previous.parquet")
                 members.append(Members(sid, current, previous, incremental))
+            lap("download")
             staged: list[tuple[Any, Staged]] = []
             counts: dict[str, SegmentCounts] = {}
             if members:
@@ -237,7 +245,9 @@ class Activation:
                 try:
                     install_transforms(con, country_code=self.settings.export_phone_country_code)
                     counts = build_rows(con, d, members, profiles_file, split_rows=self.settings.export_split_rows)
+                    lap("rows")
                     written = write_files(con, d, members, work / "files")
+                    lap("write")
                 finally:
                     con.close()
                 with ThreadPoolExecutor(max_workers=4) as pool:
@@ -250,8 +260,10 @@ class Activation:
                             strict=True,
                         )
                     )
+                lap("upload")
         manifest = self._manifest(job, d, now, staged, counts, skipped)
         self._publish([s for _, s in staged], d.manifest_name(now), manifest)
+        lap("publish")
 
         seconds = round(time.monotonic() - started, 3)
         records = []
@@ -301,6 +313,7 @@ class Activation:
             "files": len(staged),
             "bytes": sum(s.size for _, s in staged),
             "profilesJob": profiles["jobId"],
+            "phaseSeconds": phases,
         }
         links = {"manifest": f"{self.settings.dlz_container}/{d.manifest_name(now)}"}
         job = job.model_copy(update={"links": links, "source": d.manifest_name(now)})

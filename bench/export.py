@@ -1,0 +1,140 @@
+"""Export benchmark: a full export of the 50 benchmark segments over N people to CSV in the DLZ on Azurite
+(our export run: snapshots from storage, mapping, hashing, exclusions, files, upload, manifest, records),
+against the floor: one hand-written DuckDB query writing the same rows from the same snapshots, already
+local, to local CSV files. Each runs in its own process (its own time and peak RSS); row counts must match."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+from bench.segments import NOW, _setup, segments
+from bench.stages import report, run_stage
+from dev.azurite import start_azurite
+from shared.activation import Activation, Destination
+from shared.ingestion.paths import quote_literal
+from shared.segmentation.memberships import MembershipStore
+from shared.segmentation.runner import SegmentJobRunner
+from shared.settings import get_settings
+from shared.storage import StorageAccount
+
+DESTINATION = {
+    "id": "bench-campaign",
+    "name": "Bench_Campaign",
+    "identity": {"source": "identityMap.Email", "target": "email_lc_sha256"},
+    "mapping": [
+        {"source": "segmentMembershipStatus", "target": "segmentMembershipStatus"},
+        {"source": "person.name.firstName", "target": "firstName"},
+        {"source": "person.name.lastName", "target": "lastName"},
+        {"source": "homeAddress.city", "target": "city"},
+        {"source": "loyalty.tier", "target": "loyaltyTier"},
+    ],
+}
+
+
+def stage_ours() -> dict:
+    settings = get_settings()
+    started = time.perf_counter()
+    job = Activation.from_settings(settings).run(DESTINATION["id"], now=NOW)
+    seconds = time.perf_counter() - started
+    assert job.status.value == "SUCCEEDED", job.errors
+    return {
+        "seconds": seconds,
+        "rows": job.metrics["identitiesActivated"],
+        "files": job.metrics["files"],
+        "bytes": job.metrics["bytes"],
+        "excluded": job.metrics["excluded"],
+        "phases": job.metrics["phaseSeconds"],
+    }
+
+
+def stage_floor(snapshots: Path, out: Path) -> dict:
+    settings = get_settings()
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{settings.duckdb_memory_limit}'")
+    con.execute(f"SET threads = {settings.duckdb_threads}")
+    started = time.perf_counter()
+    members = " UNION ALL ".join(
+        f"SELECT {quote_literal(sid)} AS seg, profileId, status FROM read_parquet("
+        f"{quote_literal(str(snapshots / (sid + '.parquet')))}) WHERE status IN ('realized', 'existing')"
+        for sid in segments()
+    )
+    email = "list_filter(p.identities, lambda x: x.namespace = 'Email')[1].id"
+    con.execute(
+        f"""COPY (
+            SELECT m.seg, sha256(lower(trim({email}))) AS email_lc_sha256, m.status AS segmentMembershipStatus,
+                   p.person.name.firstName AS firstName, p.person.name.lastName AS lastName,
+                   p.homeAddress.city AS city, p.loyalty.tier AS loyaltyTier
+            FROM ({members}) m JOIN read_parquet({quote_literal(str(snapshots / "profiles.parquet"))}) p
+            USING (profileId) WHERE {email} IS NOT NULL)
+        TO {quote_literal(str(out))} (FORMAT csv, HEADER true, PARTITION_BY (seg), OVERWRITE_OR_IGNORE)"""
+    )
+    seconds = time.perf_counter() - started
+    rows = con.execute(f"SELECT count(*) FROM read_csv({quote_literal(str(out / '**' / '*.csv'))})").fetchall()[0][0]
+    size = sum(f.stat().st_size for f in out.rglob("*.csv"))
+    return {"seconds": seconds, "rows": rows, "bytes": size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--people", type=int, default=100_000)
+    parser.add_argument("--stage", choices=["ours", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage:
+        stages = {"ours": stage_ours, "floor": lambda: stage_floor(args.work / "snapshots", args.work / "floor-csv")}
+        report(stages[args.stage]())
+        return
+    work = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    azurite = start_azurite(location=work / "azurite")
+    os.environ["AzureWebJobsStorage"] = azurite.connection_string  # noqa: SIM112 (the Functions name)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        _setup(args.people, work)
+        seg = SegmentJobRunner.from_settings(settings).run(now=NOW)
+        assert seg.status.value == "SUCCEEDED", seg.errors
+        activation = Activation.from_settings(settings)
+        activation.save(Destination.model_validate({**DESTINATION, "segments": list(segments())}), now=NOW)
+        # The floor starts from the same snapshots, already on local disk.
+        store = MembershipStore.from_settings(settings, StorageAccount.from_settings(settings))
+        (work / "snapshots").mkdir()
+        store.blobs.download(store.current_profiles()["snapshot"], work / "snapshots" / "profiles.parquet")
+        for sid in segments():
+            store.blobs.download(store.current(sid)["snapshot"], work / "snapshots" / f"{sid}.parquet")
+        floor = run_stage("bench.export", "floor", "--work", str(work))
+        ours = run_stage("bench.export", "ours", "--work", str(work))
+    finally:
+        azurite.stop()
+    print(f"{args.people:,} people, 50 segments, full export to CSV; each stage in its own process")
+    print(f"{'stage':58s} {'seconds':>8s} {'ratio':>6s} {'rows':>12s} {'peak RSS':>9s}")
+    print(
+        f"{'floor: DuckDB, local snapshots → local CSV':58s} {floor['seconds']:8.2f} {1:5.2f}x "
+        f"{floor['rows']:12,d} {floor['peak_rss_mb']:6,d} MB"
+    )
+    print(
+        f"{'ours: export run (Azurite → DLZ on Azurite, manifest)':58s} {ours['seconds']:8.2f} "
+        f"{ours['seconds'] / floor['seconds']:5.2f}x {ours['rows']:12,d} {ours['peak_rss_mb']:6,d} MB"
+    )
+    print("  phases of ours: " + ", ".join(f"{k} {v:.2f} s" for k, v in ours["phases"].items()))
+    print(
+        f"bytes: ours {ours['bytes']:,} in {ours['files']} files, floor {floor['bytes']:,}; excluded {ours['excluded']}"
+    )
+    out_dir = Path(__file__).parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"{dt.date.today().isoformat()}-export-{args.people}.json"
+    out.write_text(json.dumps({"people": args.people, "floor": floor, "ours": ours}, indent=2))
+    print(f"results: {out}")
+    if ours["rows"] != floor["rows"]:
+        raise SystemExit(f"rows differ: ours {ours['rows']:,}, floor {floor['rows']:,}")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from azure.functions.timer import TimerRequest
 from rich.console import Console
 from rich.panel import Panel
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -19,7 +20,9 @@ from rich.table import Table
 from dev.azurite import ROOT, start_azurite
 from dev.host import fire_blob_trigger
 from dev.sample import write_sample
+from shared.activation import Activation, Destination, GovernancePolicy
 from shared.engine import connect
+from shared.errors import BridgeError
 from shared.identity import MergePolicyStore, ProfileBuilder
 from shared.ingestion import BatchIngestion, Dataset, DatasetStore, batch_id_for
 from shared.jobs import Job, JobType
@@ -56,6 +59,32 @@ SEGMENTS = {
         'inSegment("gold-platinum") and homeAddress.stateProvince = "CA" and inSegment("repeat-buyers")',
     ),
 }
+
+DESTINATION = {
+    "id": "campaign-email",
+    "name": "Campaign_Email",
+    "description": "Audience sync to Campaign: hashed emails, incremental, daily",
+    "syncType": "audience",
+    "marketingAction": "Email Targeting",
+    "exportMode": "incremental",
+    "schedule": {"frequency": "hours", "everyHours": 24, "start": "2026-01-01T00:00:00Z"},
+    "segments": ["gold-platinum", "email-opt-in", "repeat-buyers", "vip-ca"],
+    "identity": {"source": "identityMap.Email", "target": "email_lc_sha256"},
+    "mapping": [
+        {"source": "segmentMembershipStatus", "target": "segmentMembershipStatus"},
+        {"source": "person.name.firstName", "target": "firstName"},
+        {"source": "person.name.lastName", "target": "lastName"},
+        {"source": "loyalty.tier", "target": "loyaltyTier"},
+    ],
+    "mandatory": ["firstName"],
+    "dedupKey": ["email_lc_sha256"],
+}
+POLICY = GovernancePolicy(
+    id="no-third-party-c2",
+    name="No third-party export of contract data",
+    marketing_action="Export to Third Party",
+    denied_labels=["C2"],
+)
 
 DATASETS = [
     Dataset(
@@ -140,6 +169,25 @@ def main() -> None:
             for sid, (name, pql) in SEGMENTS.items():
                 store.save(SegmentDefinition(id=sid, name=name, expression={"value": pql}), now=now)
             segment_job = SegmentJobRunner.from_settings(settings, account).run(now=dt.datetime.now(dt.UTC))
+
+            progress.update(step, description="Saving destinations (guardrails, governance) and running export_runs")
+            activation = Activation.from_settings(settings, account)
+            activation.policies.put(POLICY)
+            activation.save(Destination.model_validate(DESTINATION), now=now)
+            refused = []
+            for overrides in (
+                {"id": "third-party", "name": "Third_Party", "marketingAction": "Export to Third Party"},
+                {"id": "too-often", "name": "Too_Often", "schedule": {"everyHours": 1}},
+            ):
+                try:
+                    activation.save(Destination.model_validate({**DESTINATION, **overrides}), now=now)
+                except BridgeError as exc:
+                    refused.append((overrides["id"], exc.code, exc.message))
+            from functions.activation import export_runs
+
+            export_runs.build().get_user_function()(TimerRequest(past_due=False))
+            export_job = activation.jobs.list(JobType.EXPORT)[0]
+            dataflow = activation.runs(DESTINATION["id"])
             progress.update(step, description="Done")
         finally:
             azurite.stop()
@@ -202,6 +250,24 @@ def main() -> None:
     console.print(sizes)
     for e in segment_job.errors:
         console.print(f"  [red]{e.message}[/]")
+    m = export_job.metrics
+    exports = Table(
+        title=f"Export run {export_job.id}: {export_job.status.value}, {m.get('files', 0)} files, "
+        f"{m.get('bytes', 0):,} bytes in dlz/ (manifest: {export_job.source})"
+    )
+    for col in ("segment", "received", "activated", "excluded (reason)", "file"):
+        exports.add_column(col, justify="left" if col in ("segment", "file", "excluded (reason)") else "right")
+    for run in dataflow:
+        exports.add_row(
+            run.segment_id,
+            f"{run.profiles_received:,}",
+            f"{run.identities_activated:,}",
+            ", ".join(f"{k} {v:,}" for k, v in run.excluded.items()) or "-",
+            ", ".join(run.files),
+        )
+    console.print(exports)
+    for dest_id, code, message in refused:
+        console.print(f"  [yellow]refused destination {dest_id} ({code})[/]: {message}")
     console.print(
         Panel(
             "Azurite's data is kept in .azurite/ — browse the landing, lake and tables with Azure Storage Explorer\n"

@@ -8,8 +8,10 @@ import logging
 import azure.functions as func
 
 from functions.http import answers, body_of, json_response
+from shared.activation import Activation
+from shared.activation.destinations import Frequency
 from shared.errors import ValidationError
-from shared.jobs import JobStore, JobType
+from shared.jobs import Job, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentDefinition, SegmentStore
 from shared.segmentation.insight import SegmentInsight
 from shared.segmentation.runner import SegmentJobRunner
@@ -24,18 +26,31 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
+def _activate(job: Job, now: dt.datetime) -> None:
+    """Destinations scheduled "after segment evaluation" export as soon as a job has published."""
+    if job.status is JobStatus.SUCCEEDED:
+        for run in Activation.from_settings(get_settings()).run_due(
+            now=now, frequency=Frequency.AFTER_SEGMENT_EVALUATION
+        ):
+            log.info("export run %s after segment job %s: %s", run.id, job.id, run.status.value)
+
+
 @bp.function_name("segment_job_daily")
 @bp.timer_trigger(arg_name="timer", schedule="%SEGMENT_SCHEDULE%", run_on_startup=False)
 def segment_job_daily(timer: func.TimerRequest) -> None:
-    job = SegmentJobRunner.from_settings(get_settings()).run(now=_now())
+    now = _now()
+    job = SegmentJobRunner.from_settings(get_settings()).run(now=now)
     log.info("segment job %s: %s %s", job.id, job.status.value, job.metrics.get("segmentedProfileCounter"))
+    _activate(job, now)
 
 
 @bp.function_name("segment_job_streaming")
 @bp.timer_trigger(arg_name="timer", schedule="%STREAMING_SCHEDULE%", run_on_startup=False)
 def segment_job_streaming(timer: func.TimerRequest) -> None:
-    job = SegmentJobRunner.from_settings(get_settings()).run_streaming(now=_now())
+    now = _now()
+    job = SegmentJobRunner.from_settings(get_settings()).run_streaming(now=now)
     log.info("streaming segment job %s: %s, %s people", job.id, job.status.value, job.metrics.get("evaluatedProfiles"))
+    _activate(job, now)
 
 
 @bp.function_name("segment_jobs")
@@ -63,6 +78,7 @@ def segment_jobs(req: func.HttpRequest) -> func.HttpResponse:
 def segment_job_queued(message: func.QueueMessage) -> None:
     job = SegmentJobRunner.from_settings(get_settings()).run_queued(message.get_json())
     log.info("queued segment job %s: %s", job.id, job.status.value)
+    _activate(job, _now())
 
 
 @bp.function_name("segments")

@@ -292,7 +292,7 @@ def test_governance_is_checked_again_at_run_time_and_the_run_fails_with_nothing_
     email_policy()
     job = Activation.from_settings(settings).run("gold-email", now=T1)
     assert job.status is JobStatus.FAILED and job.errors[0].code == "governance"
-    assert "field 'loyalty.tier' of dataset 'crm' (used by segment gold)" in job.errors[0].message
+    assert "field 'loyalty.tier' of dataset 'crm' (used by mapping to loyaltyTier, segment gold)" in job.errors[0].message
     assert list(dlz(settings, account).names()) == []
     runs = body(call(dataflow_runs, "GET", "dataflows/gold-email/runs", {"id": "gold-email"}))
     assert runs[0]["status"] == "FAILED" and "No email on C2" in runs[0]["errors"][0]

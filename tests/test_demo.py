@@ -23,3 +23,5 @@ def test_the_demo_runs_end_to_end_and_prints_its_summary(tmp_path):
     out = result.stdout
     assert "Ingestion batches" in out and "SUCCEEDED" in out
     assert "Unified profiles" in out and "Segment job" in out and "vip-ca" in out
+    assert "Export run exp-campaign-email-" in out and "SUCCEEDED" in out
+    assert "refused destination third-party (governance)" in out and "refused destination too-often (guardrail)" in out

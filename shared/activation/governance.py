@@ -143,14 +143,23 @@ def check_governance(
     uses = labelled_uses(destination, definitions, datasets)
     violations = []
     for policy in enforced:
-        hits = sorted({u for u in uses if u.label in policy.denied_labels}, key=lambda u: u.describe())
+        hits = [u for u in uses if u.label in policy.denied_labels]
         if hits:
             denied = ", ".join(policy.denied_labels)
+            grouped: dict[tuple, list[str]] = {}
+            for u in hits:
+                users = grouped.setdefault((u.label, u.dataset, u.field), [])
+                if u.by not in users:
+                    users.append(u.by)
+            described = [
+                Use(label, dataset, field, ", ".join(sorted(by))).describe()
+                for (label, dataset, field), by in sorted(grouped.items(), key=lambda kv: str(kv[0]))
+            ]
             violations.append(
                 {
                     "policy": policy.id,
                     "message": f"policy {policy.name!r} ({policy.marketing_action} denied on {denied}) is violated by "
-                    + "; ".join(u.describe() for u in hits),
+                    + "; ".join(described),
                     "labels": sorted({u.label for u in hits}),
                     "fields": sorted({f"{u.dataset}.{u.field}" if u.field else u.dataset for u in hits}),
                 }

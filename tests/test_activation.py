@@ -292,7 +292,9 @@ def test_governance_is_checked_again_at_run_time_and_the_run_fails_with_nothing_
     email_policy()
     job = Activation.from_settings(settings).run("gold-email", now=T1)
     assert job.status is JobStatus.FAILED and job.errors[0].code == "governance"
-    assert "field 'loyalty.tier' of dataset 'crm' (used by mapping to loyaltyTier, segment gold)" in job.errors[0].message
+    assert (
+        "field 'loyalty.tier' of dataset 'crm' (used by mapping to loyaltyTier, segment gold)" in job.errors[0].message
+    )
     assert list(dlz(settings, account).names()) == []
     runs = body(call(dataflow_runs, "GET", "dataflows/gold-email/runs", {"id": "gold-email"}))
     assert runs[0]["status"] == "FAILED" and "No email on C2" in runs[0]["errors"][0]
@@ -450,3 +452,46 @@ def test_retention_deletes_dlz_files_older_than_the_setting(settings, account, c
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=settings.dlz_retention_days, minutes=1)
     assert len(Activation.from_settings(settings).cleanup(now=later)) == 2
     assert list(blobs.names()) == []
+
+
+def test_e164_agrees_with_libphonenumber_on_generated_numbers(settings):
+    """The SQL normalisation, checked against Google's libphonenumber on numbers written the ways people
+    write them: international, E.164, and national (for the default country code)."""
+    import phonenumbers
+    from hypothesis import given
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as st
+
+    from shared.activation.export import install_transforms
+    from shared.engine import connect
+
+    con = connect(settings)
+    install_transforms(con, country_code="1")
+    regions = st.sampled_from(["US", "GB", "FR", "DE", "AU", "CA"])
+
+    @hsettings(max_examples=150, deadline=None)
+    @given(regions, st.integers(min_value=0, max_value=10**6))
+    def check(region, n):
+        example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+        number = phonenumbers.parse(str(example.national_number)[:-4] + f"{n % 10000:04d}", region)
+        expected = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        written = [
+            phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL),
+            expected,
+            "00" + expected[1:],
+        ]
+        if region in ("US", "CA"):  # national numbers mean the default country code (1)
+            written.append(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
+        for text in written:
+            assert con.execute("SELECT e164(?)", [text]).fetchall()[0][0] == expected, (region, text)
+
+    check()
+
+
+def test_a_segment_job_function_triggers_after_evaluation_exports(settings, crm):
+    from functions.segmentation import segment_job_daily
+
+    assert put_destination(schedule={"frequency": "afterSegmentEvaluation"}).status_code == 200
+    segment_job_daily.build().get_user_function()(TimerRequest(past_due=False))
+    [job] = Activation.from_settings(settings).jobs.list(JobType.EXPORT)
+    assert job.id.startswith("exp-gold-email-after-seg-") and job.status is JobStatus.SUCCEEDED

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from shared.errors import Conflict
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 
@@ -145,6 +147,25 @@ class JobStore:
         else:
             stored = self.table.update(job.to_entity(), etag=job.etag)
         return job.model_copy(update={"etag": stored["etag"]})
+
+    def finish(
+        self,
+        job: Job,
+        status: JobStatus,
+        started: float,
+        now: dt.datetime,
+        errors: list[JobError],
+        *,
+        metrics: dict[str, Any] | None = None,
+    ) -> Job:
+        """Record how a job ended; `started` is its `time.monotonic()` start. If the record changed meanwhile
+        (a cancel that came too late), the outcome stands."""
+        done = job.finished(status, now=now, seconds=time.monotonic() - started, errors=errors, metrics=metrics)
+        try:
+            return self.save(done)
+        except Conflict:
+            latest = self.get(job.type, job.id)
+            return self.save(done.model_copy(update={"etag": latest.etag}))
 
     def list(self, job_type: JobType, *, status: JobStatus | None = None) -> list[Job]:
         flt, params = "PartitionKey eq @pk", {"pk": job_type.value}

@@ -193,10 +193,10 @@ class Activation:
             return self._export(job, d, now, started)
         except BridgeError as exc:
             self._record_failure(job, d, now, started, exc.message)
-            return self._finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
+            return self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
         except Exception as exc:
             self._record_failure(job, d, now, started, str(exc))
-            self._finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
+            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
             raise
 
     def _export(self, job: Job, d: Destination, now: dt.datetime, started: float) -> Job:
@@ -317,7 +317,7 @@ class Activation:
         }
         links = {"manifest": f"{self.settings.dlz_container}/{d.manifest_name(now)}"}
         job = job.model_copy(update={"links": links, "source": d.manifest_name(now)})
-        return self._finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
+        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
 
     def _manifest(
         self,
@@ -401,16 +401,3 @@ class Activation:
                 for sid in d.segments
             ],
         )
-
-    def _finish(
-        self,
-        job: Job,
-        status: JobStatus,
-        started: float,
-        now: dt.datetime,
-        errors: list[JobError],
-        *,
-        metrics: dict | None = None,
-    ) -> Job:
-        done = job.finished(status, now=now, seconds=time.monotonic() - started, errors=errors, metrics=metrics)
-        return self.jobs.save(done)

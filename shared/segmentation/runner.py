@@ -140,9 +140,9 @@ class SegmentJobRunner:
         try:
             return evaluate_job(job, started)
         except BridgeError as exc:
-            return self._finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
+            return self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
         except Exception as exc:
-            self._finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
+            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
             raise
 
     def _evaluate(
@@ -159,7 +159,9 @@ class SegmentJobRunner:
         if missing:
             raise NotFound(f"no segments {missing}")
         if not chosen:
-            return self._finish(job, JobStatus.SUCCEEDED, started, now, [], metrics={"segments": 0, "totalProfiles": 0})
+            return self.jobs.finish(
+                job, JobStatus.SUCCEEDED, started, now, [], metrics={"segments": 0, "totalProfiles": 0}
+            )
         with tempfile.TemporaryDirectory(prefix="segment-job-") as tmp:
             work = Path(tmp)
             con = connect(self.settings, spill_dir=tmp)
@@ -226,7 +228,7 @@ class SegmentJobRunner:
         current = self.jobs.get(JobType.SEGMENT, job.id)
         if current.status is JobStatus.CANCELLING:
             # Cancelled while running: nothing is published, the previous memberships stay current.
-            return self._finish(current, JobStatus.CANCELLED, started, now, [])
+            return self.jobs.finish(current, JobStatus.CANCELLED, started, now, [])
         job = job.model_copy(update={"etag": current.etag})
         self.memberships.publish(pointers)
         if since is not None and seen_until is not None and seen_until > since:
@@ -244,22 +246,4 @@ class SegmentJobRunner:
         }
         links = {p["segmentId"]: f"{self.settings.segments_container}/{p['snapshot']}" for p in pointers}
         job = job.model_copy(update={"links": links})
-        return self._finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
-
-    def _finish(
-        self,
-        job: Job,
-        status: JobStatus,
-        started: float,
-        now: dt.datetime,
-        errors: list[JobError],
-        *,
-        metrics: dict | None = None,
-    ) -> Job:
-        done = job.finished(status, now=now, seconds=time.monotonic() - started, errors=errors, metrics=metrics)
-        try:
-            return self.jobs.save(done)
-        except Conflict:
-            # Someone changed the record meanwhile (a cancel that came too late): the outcome stands.
-            latest = self.jobs.get(JobType.SEGMENT, job.id)
-            return self.jobs.save(done.model_copy(update={"etag": latest.etag}))
+        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)

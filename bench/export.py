@@ -6,9 +6,6 @@ local, to local CSV files. Each runs in its own process (its own time and peak R
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -16,8 +13,7 @@ from pathlib import Path
 import duckdb
 
 from bench.segments import NOW, _setup, segments
-from bench.stages import report, run_stage
-from dev.azurite import start_azurite
+from bench.stages import report, run_stage, save_results, use_azurite
 from shared.activation import Activation, Destination
 from shared.ingestion.paths import quote_literal
 from shared.segmentation.memberships import MembershipStore
@@ -93,9 +89,7 @@ def main() -> None:
         report(stages[args.stage]())
         return
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
-    azurite = start_azurite(location=work / "azurite")
-    os.environ["AzureWebJobsStorage"] = azurite.connection_string  # noqa: SIM112 (the Functions name)
-    get_settings.cache_clear()
+    azurite = use_azurite(location=work / "azurite")
     try:
         settings = get_settings()
         _setup(args.people, work)
@@ -106,9 +100,8 @@ def main() -> None:
         # The floor starts from the same snapshots, already on local disk.
         store = MembershipStore.from_settings(settings, StorageAccount.from_settings(settings))
         (work / "snapshots").mkdir()
-        store.blobs.download(store.current_profiles()["snapshot"], work / "snapshots" / "profiles.parquet")
-        for sid in segments():
-            store.blobs.download(store.current(sid)["snapshot"], work / "snapshots" / f"{sid}.parquet")
+        snapshots = {sid: store.current(sid)["snapshot"] for sid in segments()}
+        store.download({"profiles": store.current_profiles()["snapshot"], **snapshots}, work / "snapshots")
         floor = run_stage("bench.export", "floor", "--work", str(work))
         ours = run_stage("bench.export", "ours", "--work", str(work))
     finally:
@@ -127,11 +120,7 @@ def main() -> None:
     print(
         f"bytes: ours {ours['bytes']:,} in {ours['files']} files, floor {floor['bytes']:,}; excluded {ours['excluded']}"
     )
-    out_dir = Path(__file__).parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"{dt.date.today().isoformat()}-export-{args.people}.json"
-    out.write_text(json.dumps({"people": args.people, "floor": floor, "ours": ours}, indent=2))
-    print(f"results: {out}")
+    save_results("export", args.people, {"people": args.people, "floor": floor, "ours": ours})
     if ours["rows"] != floor["rows"]:
         raise SystemExit(f"rows differ: ours {ours['rows']:,}, floor {floor['rows']:,}")
 

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import duckdb
 
-from bench.stages import report, run_stage
-from dev.azurite import start_azurite
+from bench.stages import report, run_stage, save_results, use_azurite
 from dev.host import fire_blob_trigger
 from dev.sample import write_sample
 from shared.engine import connect
@@ -80,9 +77,7 @@ def _run_stage(name: str, src: Path, work: Path) -> None:
     elif name == "service":
         result = {"seconds": _service_only(src, work / "ours.parquet")}
     else:
-        azurite = start_azurite(in_memory=True)
-        os.environ["AzureWebJobsStorage"] = azurite.connection_string  # noqa: SIM112 (the Functions name)
-        get_settings.cache_clear()
+        azurite = use_azurite(in_memory=True)
         try:
             seconds, metrics = _end_to_end(src)
         finally:
@@ -122,13 +117,9 @@ def main() -> None:
             f"{r['seconds'] / floor:5.2f}x {r['peak_rss_mb']:6,d} MB"
         )
     assert results["function"]["metrics"]["status"] == "SUCCEEDED", results["function"]["metrics"]
-    out_dir = Path(__file__).parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"{dt.date.today().isoformat()}-ingest-{rows}.json"
     summary = {"rows": rows, "megabytes": round(size_mb, 1), "stages": results}
     summary["ratios"] = {name: round(r["seconds"] / floor, 2) for name, r in results.items()}
-    out.write_text(json.dumps(summary, indent=2, default=str))
-    print(f"results: {out}")
+    save_results("ingest", rows, summary)
     return None
 
 

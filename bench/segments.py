@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import duckdb
 
-from bench.stages import report, run_stage
-from dev.azurite import start_azurite
+from bench.stages import report, run_stage, save_results, use_azurite
 from dev.sample import write_sample
 from shared.ingestion import BatchIngestion, Dataset, DatasetStore, LakeStore
 from shared.ingestion.paths import quote_literal
@@ -213,9 +210,7 @@ def main() -> None:
         report(result)
         return
     work = Path(tempfile.mkdtemp(prefix="bench-segments-"))
-    azurite = start_azurite(location=work / "azurite")
-    os.environ["AzureWebJobsStorage"] = azurite.connection_string  # noqa: SIM112 (the Functions name)
-    get_settings.cache_clear()
+    azurite = use_azurite(location=work / "azurite")
     try:
         _setup(args.people, work)
         floor = run_stage("bench.segments", "floor", "--work", str(work))
@@ -240,13 +235,9 @@ def main() -> None:
     )
     print("  phases of ours: " + ", ".join(f"{k.removesuffix('Seconds')} {v:.2f} s" for k, v in ours["phases"].items()))
     print(f"people: ours {ours['profiles']:,}, floor {floor['profiles']:,}")
-    out_dir = Path(__file__).parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"{dt.date.today().isoformat()}-segments-{args.people}.json"
-    out.write_text(
-        json.dumps({"people": args.people, "floor": floor, "ours": ours, "mismatched": mismatched}, indent=2)
+    save_results(
+        "segments", args.people, {"people": args.people, "floor": floor, "ours": ours, "mismatched": mismatched}
     )
-    print(f"results: {out}")
     if mismatched:
         raise SystemExit(f"member counts differ from the floor: {mismatched}")
 

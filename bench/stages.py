@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from dev.azurite import Azurite, start_azurite
+from shared.settings import get_settings
 
 
 def report(result: dict) -> None:
@@ -22,3 +27,21 @@ def run_stage(module: str, name: str, *args: str) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"stage {name} failed ({proc.returncode})")
     return json.loads(proc.stdout)
+
+
+def use_azurite(**options) -> Azurite:
+    """Start Azurite and point the app's settings at it (as the Functions host's AzureWebJobsStorage)."""
+    server = start_azurite(**options)
+    os.environ["AzureWebJobsStorage"] = server.connection_string  # noqa: SIM112 (the Functions name)
+    get_settings.cache_clear()
+    return server
+
+
+def save_results(kind: str, size: int, payload: dict) -> Path:
+    """Write `bench/results/<date>-<kind>-<size>.json`, print and return its path."""
+    out_dir = Path(__file__).parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"{dt.date.today().isoformat()}-{kind}-{size}.json"
+    out.write_text(json.dumps(payload, indent=2, default=str))
+    print(f"results: {out}")
+    return out

@@ -3,11 +3,11 @@ through a queue, and the DLZ retention timer."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 import azure.functions as func
 
+from functions import utc_now
 from functions.http import answers, body_of, json_response
 from shared.activation import Activation, Destination, GovernancePolicy
 from shared.campaign.targets import TargetMapping
@@ -17,10 +17,6 @@ bp = func.Blueprint()
 log = logging.getLogger(__name__)
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
 def _activation() -> Activation:
     return Activation.from_settings(get_settings())
 
@@ -28,7 +24,7 @@ def _activation() -> Activation:
 @bp.function_name("export_runs")
 @bp.timer_trigger(arg_name="timer", schedule="%EXPORT_SCHEDULE%", run_on_startup=False)
 def export_runs(timer: func.TimerRequest) -> None:
-    for job in _activation().run_due(now=_now()):
+    for job in _activation().run_due(now=utc_now()):
         log.info("export run %s: %s %s", job.id, job.status.value, job.metrics.get("identitiesActivated"))
 
 
@@ -42,7 +38,7 @@ def export_run_queued(message: func.QueueMessage) -> None:
 @bp.function_name("dlz_retention")
 @bp.timer_trigger(arg_name="timer", schedule="%DLZ_RETENTION_SCHEDULE%", run_on_startup=False)
 def dlz_retention(timer: func.TimerRequest) -> None:
-    deleted = _activation().cleanup(now=_now())
+    deleted = _activation().cleanup(now=utc_now())
     log.info("deleted %d DLZ files past retention", len(deleted))
 
 
@@ -54,7 +50,7 @@ def destinations(req: func.HttpRequest) -> func.HttpResponse:
     destination_id = req.route_params.get("id")
     if req.method == "PUT" and destination_id:
         destination = Destination.model_validate({**body_of(req), "id": destination_id})
-        return json_response(activation.save(destination, now=_now()))
+        return json_response(activation.save(destination, now=utc_now()))
     if req.method == "DELETE" and destination_id:
         activation.destinations.delete(destination_id)
         return func.HttpResponse(status_code=204)
@@ -67,7 +63,7 @@ def destinations(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="destinations/{id}/run", methods=["POST"])
 @answers
 def destination_run(req: func.HttpRequest) -> func.HttpResponse:
-    job = _activation().enqueue(req.route_params["id"], now=_now())
+    job = _activation().enqueue(req.route_params["id"], now=utc_now())
     response = json_response(job.model_dump(mode="json"), status=202)
     response.headers["Location"] = f"/api/dataflows/{req.route_params['id']}/runs"
     return response

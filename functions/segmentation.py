@@ -7,6 +7,7 @@ import logging
 
 import azure.functions as func
 
+from functions import utc_now
 from functions.http import answers, body_of, json_response
 from shared.activation import Activation
 from shared.activation.destinations import Frequency
@@ -22,10 +23,6 @@ bp = func.Blueprint()
 log = logging.getLogger(__name__)
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
 def _activate(job: Job, now: dt.datetime) -> None:
     """Destinations scheduled "after segment evaluation" export as soon as a job has published."""
     if job.status is JobStatus.SUCCEEDED:
@@ -38,7 +35,7 @@ def _activate(job: Job, now: dt.datetime) -> None:
 @bp.function_name("segment_job_daily")
 @bp.timer_trigger(arg_name="timer", schedule="%SEGMENT_SCHEDULE%", run_on_startup=False)
 def segment_job_daily(timer: func.TimerRequest) -> None:
-    now = _now()
+    now = utc_now()
     job = SegmentJobRunner.from_settings(get_settings()).run(now=now)
     log.info("segment job %s: %s %s", job.id, job.status.value, job.metrics.get("segmentedProfileCounter"))
     _activate(job, now)
@@ -47,7 +44,7 @@ def segment_job_daily(timer: func.TimerRequest) -> None:
 @bp.function_name("segment_job_streaming")
 @bp.timer_trigger(arg_name="timer", schedule="%STREAMING_SCHEDULE%", run_on_startup=False)
 def segment_job_streaming(timer: func.TimerRequest) -> None:
-    now = _now()
+    now = utc_now()
     job = SegmentJobRunner.from_settings(get_settings()).run_streaming(now=now)
     log.info("streaming segment job %s: %s, %s people", job.id, job.status.value, job.metrics.get("evaluatedProfiles"))
     _activate(job, now)
@@ -60,7 +57,7 @@ def segment_jobs(req: func.HttpRequest) -> func.HttpResponse:
     settings = get_settings()
     if req.method == "POST":
         body = body_of(req) if req.get_body() else {}
-        job = SegmentJobRunner.from_settings(settings).enqueue(now=_now(), segment_ids=body.get("segments") or None)
+        job = SegmentJobRunner.from_settings(settings).enqueue(now=utc_now(), segment_ids=body.get("segments") or None)
         response = json_response(job.model_dump(mode="json"), status=202)
         response.headers["Location"] = f"/api/segment-jobs/{job.id}"
         return response
@@ -78,7 +75,7 @@ def segment_jobs(req: func.HttpRequest) -> func.HttpResponse:
 def segment_job_queued(message: func.QueueMessage) -> None:
     job = SegmentJobRunner.from_settings(get_settings()).run_queued(message.get_json())
     log.info("queued segment job %s: %s", job.id, job.status.value)
-    _activate(job, _now())
+    _activate(job, utc_now())
 
 
 @bp.function_name("segments")
@@ -90,7 +87,7 @@ def segments(req: func.HttpRequest) -> func.HttpResponse:
     segment_id = req.route_params.get("id")
     if req.method == "PUT" and segment_id:
         definition = SegmentDefinition.model_validate({**body_of(req), "id": segment_id})
-        return json_response(store.save(definition, now=_now()).model_dump(mode="json"))
+        return json_response(store.save(definition, now=utc_now()).model_dump(mode="json"))
     if req.method == "DELETE" and segment_id:
         store.delete(segment_id)
         return func.HttpResponse(status_code=204)
@@ -108,7 +105,7 @@ def segment_preview(req: func.HttpRequest) -> func.HttpResponse:
     if not pql:
         raise ValidationError('the body needs {"expression": {"value": "<PQL>"}} and optionally "segmentId"')
     insight = SegmentInsight(SegmentJobRunner.from_settings(get_settings()))
-    return json_response(insight.preview(pql, now=_now(), segment_id=body.get("segmentId")))
+    return json_response(insight.preview(pql, now=utc_now(), segment_id=body.get("segmentId")))
 
 
 @bp.function_name("segment_explain")
@@ -119,4 +116,4 @@ def segment_explain(req: func.HttpRequest) -> func.HttpResponse:
     if not profile_id:
         raise ValidationError("name the person: ?profile=<profileId>")
     insight = SegmentInsight(SegmentJobRunner.from_settings(get_settings()))
-    return json_response(insight.explain(req.route_params["id"], profile_id, now=_now()))
+    return json_response(insight.explain(req.route_params["id"], profile_id, now=utc_now()))

@@ -157,13 +157,18 @@ class JobStore:
         errors: list[JobError],
         *,
         metrics: dict[str, Any] | None = None,
+        errors_total: int | None = None,
+        outcome_stands: bool = False,
     ) -> Job:
-        """Record how a job ended; `started` is its `time.monotonic()` start. If the record changed meanwhile
-        (a cancel that came too late), the outcome stands."""
-        done = job.finished(status, now=now, seconds=time.monotonic() - started, errors=errors, metrics=metrics)
+        """Record how a job ended; `started` is its `time.monotonic()` start. A record changed meanwhile is a
+        `Conflict`, unless `outcome_stands` (a cancel that came too late does not undo a finished job)."""
+        seconds = time.monotonic() - started
+        done = job.finished(status, now=now, seconds=seconds, errors=errors, metrics=metrics, errors_total=errors_total)
         try:
             return self.save(done)
         except Conflict:
+            if not outcome_stands:
+                raise
             latest = self.get(job.type, job.id)
             return self.save(done.model_copy(update={"etag": latest.etag}))
 

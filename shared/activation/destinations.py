@@ -279,9 +279,6 @@ class DestinationStore:
             raise NotFound(f"no destination {destination_id!r}")
         return found
 
-    def find(self, destination_id: str) -> Destination | None:
-        return self.records.find(destination_id)
-
     def list(self) -> list[Destination]:
         return self.records.all()
 

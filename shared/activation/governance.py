@@ -12,7 +12,7 @@ from pydantic.alias_generators import to_camel
 
 from shared.activation.destinations import MARKETING_ACTIONS, MEMBERSHIP_STATUS, Destination
 from shared.errors import GovernanceError, NotFound
-from shared.ingestion.datasets import Dataset, DatasetStore, Label
+from shared.ingestion.datasets import Dataset, Label
 from shared.ingestion.schemas import Schema, SchemaClass
 from shared.segmentation.pql import ast
 from shared.settings import Settings
@@ -172,8 +172,4 @@ def check_governance(
         )
 
 
-def catalog(datasets: DatasetStore) -> list[tuple[Dataset, Schema]]:
-    return [(d, datasets.schemas.get(d.schema_id)) for d in datasets.list()]
-
-
-__all__ = ["GovernancePolicy", "PolicyStore", "Use", "catalog", "check_governance", "labelled_uses"]
+__all__ = ["GovernancePolicy", "PolicyStore", "Use", "check_governance", "labelled_uses"]

@@ -9,6 +9,7 @@ import json
 import logging
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,17 @@ from pydantic.alias_generators import to_camel
 
 from shared.activation.destinations import Destination, DestinationStore, ExportMode, Frequency, check_guardrails
 from shared.activation.export import Members, SegmentCounts, build_rows, install_transforms, write_files
-from shared.activation.governance import PolicyStore, catalog, check_governance
+from shared.activation.governance import PolicyStore, check_governance
 from shared.campaign.targets import TargetMappingStore
 from shared.engine import connect
 from shared.errors import BridgeError, Conflict, ValidationError
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore, catalog_fields
-from shared.segmentation.memberships import MembershipStore
+from shared.segmentation.memberships import PROFILES, MembershipStore
 from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, ModelTable, StorageAccount
 from shared.storage.blobs import Staged
+from shared.timing import Laps
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +67,16 @@ class ExportState(BaseModel):
     exported_at: dt.datetime
 
 
-def run_id_for(destination: Destination, now: dt.datetime, *, after_job: str | None = None) -> str:
-    """Scheduled runs are named by their slot, so a timer firing twice in a slot runs once."""
+def run_id_for(
+    destination: Destination, now: dt.datetime, *, after_job: str | None = None, on_demand: bool = False
+) -> str:
+    """Scheduled runs are named by their slot (or the segment job they follow), so a timer firing twice
+    runs once; on-demand runs by the second they were asked for."""
     if after_job:
         return f"exp-{destination.id}-after-{after_job}"
-    slot = destination.schedule.slot(now)
-    assert slot is not None
-    return f"exp-{destination.id}-{slot.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}"
+    at = now if on_demand else destination.schedule.slot(now)
+    assert at is not None
+    return f"exp-{destination.id}-{at.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}" + ("-now" if on_demand else "")
 
 
 class Activation:
@@ -104,7 +109,7 @@ class Activation:
             columns=set(target.columns),
             segments=set(definitions),
         )
-        check_governance(destination, self.policies.list(), definitions, catalog(self.segments.datasets))
+        check_governance(destination, self.policies.list(), definitions, self.segments.datasets.with_schemas())
         return self.destinations.put(destination.model_copy(update={"updated": now}))
 
     def runs(self, destination_id: str) -> list[DataflowRun]:
@@ -138,7 +143,7 @@ class Activation:
     def run(self, destination_id: str, *, now: dt.datetime) -> Job:
         """Run a destination now, whatever its schedule (Adobe's "Export file now")."""
         d = self.destinations.get(destination_id)
-        run_id = f"exp-{d.id}-{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-now"
+        run_id = run_id_for(d, now, on_demand=True)
         job = self._claim(d, run_id, now)
         return self._run(job, d, now) if job else self.jobs.get(JobType.EXPORT, run_id)
 
@@ -146,7 +151,7 @@ class Activation:
         """Record an on-demand run as QUEUED and put it on the queue; `run_queued` runs it."""
         d = self.destinations.get(destination_id)
         job = Job(
-            id=f"exp-{d.id}-{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-now",
+            id=run_id_for(d, now, on_demand=True),
             type=JobType.EXPORT,
             status=JobStatus.QUEUED,
             subject=d.id,
@@ -204,7 +209,7 @@ class Activation:
             raise ValidationError(f"destination {d.id!r} is disabled; enable it to export")
         definitions = self.segments.trees()
         # Policies or labels may have changed since the destination was saved: check again.
-        check_governance(d, self.policies.list(), definitions, catalog(self.segments.datasets))
+        check_governance(d, self.policies.list(), definitions, self.segments.datasets.with_schemas())
         profiles = self.memberships.current_profiles()
         if profiles is None:
             raise ValidationError("no segment job has published memberships yet; run one first")
@@ -219,24 +224,19 @@ class Activation:
                 else:
                     pointers[sid] = pointer
         states = ModelTable(self.state_table, ExportState, partition=d.id)
-        phases: dict[str, float] = {}
-        clock = time.monotonic()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            phases[name], clock = round(time.monotonic() - clock, 3), time.monotonic()
-
+        phases = Laps()
+        lap = phases.lap
         with tempfile.TemporaryDirectory(prefix="export-") as tmp:
             work = Path(tmp)
-            profiles_file = self.memberships.blobs.download(profiles["snapshot"], work / "profiles.parquet")
-            members = []
-            for sid, pointer in pointers.items():
-                current = self.memberships.blobs.download(pointer["snapshot"], work / f"{sid}.parquet")
-                previous = None
-                state = states.find(sid) if incremental else None
+            # Local names: segment ids, and `_profiles`, which no segment id can be.
+            wanted = {PROFILES: profiles["snapshot"], **{sid: p["snapshot"] for sid, p in pointers.items()}}
+            for sid in pointers if incremental else []:
+                state = states.find(sid)
                 if state is not None and self.memberships.blobs.exists(state.snapshot):
-                    previous = self.memberships.blobs.download(state.snapshot, work / f"{sid}-previous.parquet")
-                members.append(Members(sid, current, previous, incremental))
+                    wanted[f"{sid}-previous"] = state.snapshot
+            local = self.memberships.download(wanted, work)
+            profiles_file = local[PROFILES]
+            members = [Members(sid, local[sid], local.get(f"{sid}-previous"), incremental) for sid in pointers]
             lap("download")
             staged: list[tuple[Any, Staged]] = []
             counts: dict[str, SegmentCounts] = {}
@@ -296,11 +296,8 @@ class Activation:
             )
             states.put(sid, state)
         received = sum(c.received for c in counts.values())
-        excluded = sum(sum(c.excluded.values()) for c in counts.values())
-        reasons: dict[str, int] = {}
-        for c in counts.values():
-            for why, n in c.excluded.items():
-                reasons[why] = reasons.get(why, 0) + n
+        reasons = dict(sum((Counter(c.excluded) for c in counts.values()), Counter()))
+        excluded = sum(reasons.values())
         metrics = {
             "destination": d.id,
             "exportMode": d.export_mode.value,
@@ -313,7 +310,7 @@ class Activation:
             "files": len(staged),
             "bytes": sum(s.size for _, s in staged),
             "profilesJob": profiles["jobId"],
-            "phaseSeconds": phases,
+            "phaseSeconds": dict(phases),
         }
         links = {"manifest": f"{self.settings.dlz_container}/{d.manifest_name(now)}"}
         job = job.model_copy(update={"links": links, "source": d.manifest_name(now)})

@@ -5,7 +5,6 @@ Everything stays in DuckDB; this is the input of segment evaluation."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from shared.ingestion.paths import column_ref, nest, quote_ident, quote_literal
 from shared.ingestion.schemas import Schema, SchemaClass
 from shared.settings import Settings
 from shared.storage import StorageAccount
+from shared.timing import Laps
 
 PROFILES = "unified_profiles"
 EVENTS = "profile_events"
@@ -71,8 +71,8 @@ class ProfileBuilder:
     ) -> UnifiedProfiles:
         """Unified profiles from every dataset in the lake, as of `now`."""
         sources = [
-            Source(dataset, self.datasets.schemas.get(dataset.schema_id), files)
-            for dataset in self.datasets.list()
+            Source(dataset, schema, files)
+            for dataset, schema in self.datasets.with_schemas()
             if (files := self.lake.download_dataset(dataset.id, workdir / dataset.id))
         ]
         return build_profiles(con, sources, policy=policy, now=now, graph_limit=self.settings.identity_graph_limit)
@@ -91,13 +91,8 @@ def build_profiles(
     con: duckdb.DuckDBPyConnection, sources: list[Source], *, policy: MergePolicy, now: dt.datetime, graph_limit: int
 ) -> UnifiedProfiles:
     """Stitch and merge the sources' fragments as of `now` into `unified_profiles` and `profile_events`."""
-    clock = time.monotonic()
-    timings: dict[str, float] = {}
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        timings[name], clock = round(time.monotonic() - clock, 3), time.monotonic()
-
+    timings = Laps()
+    lap = timings.lap
     views = _register(con, sources, now)
     leaves = _profile_leaves([s.schema for s in views if s.schema.schema_class is SchemaClass.PROFILE])
     _fragments(con, views, leaves)

@@ -76,11 +76,11 @@ class BatchIngestion:
         try:
             job = self._run(job, path, data, now)
         except BridgeError as exc:
-            job = self._finish(
+            job = self.jobs.finish(
                 job, JobStatus.FAILED, started, now, errors=[JobError(code=exc.code, message=exc.message)]
             )
         except Exception as exc:
-            self._finish(job, JobStatus.FAILED, started, now, errors=[JobError(code=RETRYABLE, message=str(exc))])
+            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=RETRYABLE, message=str(exc))])
             raise
         log.info("batch %s of %s: %s %s", job.id, path, job.status.value, job.metrics)
         return job
@@ -162,27 +162,14 @@ class BatchIngestion:
                         ),
                     )
                     job = job.model_copy(update={"metrics": metrics, "links": links})
-                    return self._finish(
-                        job, JobStatus.FAILED, started, now, errors=[summary, *errors], total=checked.rejected + 1
+                    return self.jobs.finish(
+                        job, JobStatus.FAILED, started, now, [summary, *errors], errors_total=checked.rejected + 1
                     )
                 checked.write_accepted(Path(tmp) / DATA_FILE, batch_id=job.id, ingested_at=now)
                 self.lake.write_batch(dataset_id, job.id, Path(tmp) / DATA_FILE)
                 links["data"] = f"{self.lake.blobs.name}/{self.lake.data_path(dataset_id, job.id)}"
                 metrics["partial"] = checked.rejected > 0
                 job = job.model_copy(update={"metrics": metrics, "links": links})
-                return self._finish(job, JobStatus.SUCCEEDED, started, now, errors=errors, total=checked.rejected)
+                return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, errors, errors_total=checked.rejected)
             finally:
                 con.close()
-
-    def _finish(
-        self,
-        job: Job,
-        status: JobStatus,
-        started: float,
-        now: dt.datetime,
-        *,
-        errors: list[JobError],
-        total: int | None = None,
-    ) -> Job:
-        seconds = time.monotonic() - started
-        return self.jobs.save(job.finished(status, now=now, seconds=seconds, errors=errors, errors_total=total))

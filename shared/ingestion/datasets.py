@@ -68,3 +68,7 @@ class DatasetStore:
 
     def list(self) -> list[Dataset]:
         return self.records.all()
+
+    def with_schemas(self) -> list[tuple[Dataset, Schema]]:
+        """Every dataset with its schema: what definitions, governance and profile building read."""
+        return [(d, self.schemas.get(d.schema_id)) for d in self.list()]

@@ -37,7 +37,7 @@ class SegmentDefinition(BaseModel):
 
 def catalog_fields(datasets: DatasetStore) -> Fields:
     """What definitions may name when saved: the union of the datasets' profile schemas, and their events'."""
-    schemas = [datasets.schemas.get(d.schema_id) for d in datasets.list()]
+    schemas = [schema for _, schema in datasets.with_schemas()]
     profile: dict[str, str] = {}
     for schema in [s for s in schemas if s.schema_class is SchemaClass.PROFILE] or [PROFILE_SCHEMA]:
         for f in schema.fields:
@@ -68,7 +68,7 @@ class SegmentStore:
 
     def event_schemas(self) -> list[Schema]:
         """The experience-event schemas of the datasets: the event fields definitions may name."""
-        schemas = (self.datasets.schemas.get(d.schema_id) for d in self.datasets.list())
+        schemas = (schema for _, schema in self.datasets.with_schemas())
         return [s for s in schemas if s.schema_class is SchemaClass.EXPERIENCE_EVENT]
 
     def trees(self) -> dict[str, ast.Expr]:

@@ -39,7 +39,11 @@ class SegmentInsight:
             column = compiled.columns[PREVIEW]
             size = con.execute(f"SELECT count(*) FROM {RESULTS} WHERE {column}").fetchall()[0][0]
             result: dict[str, Any] = {"size": size, "totalProfiles": profiles.stats["profiles"], "evaluatedAt": now}
-            current = self.runner.memberships.download_current(segment_id, Path(tmp)) if segment_id else None
+            current = (
+                self.runner.memberships.download_all_current([segment_id], Path(tmp))[segment_id]
+                if segment_id
+                else None
+            )
             if current is not None:
                 active = f"(SELECT profileId FROM read_parquet({quote_literal(str(current))}) WHERE status <> 'exited')"
                 result["entering"] = con.execute(

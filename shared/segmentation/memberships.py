@@ -58,17 +58,17 @@ class MembershipStore:
         self.blobs.put_file(name, path)
         return {"segmentId": PROFILES, "jobId": job_id, "snapshot": name, "evaluatedAt": now}
 
-    def download_current(self, segment_id: str, into: Path) -> Path | None:
-        pointer = self.current(segment_id)
-        if pointer is None:
-            return None
-        return self.blobs.download(pointer["snapshot"], into / f"{segment_id}-previous.parquet")
+    def download(self, snapshots: dict[str, str], into: Path) -> dict[str, Path]:
+        """Download snapshots in parallel: {local file name: blob path} -> {local file name: local path}."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            paths = pool.map(lambda name: self.blobs.download(snapshots[name], into / f"{name}.parquet"), snapshots)
+            return dict(zip(snapshots, paths, strict=True))
 
     def download_all_current(self, segment_ids: list[str], into: Path) -> dict[str, Path | None]:
         with ThreadPoolExecutor(max_workers=8) as pool:
-            return dict(
-                zip(segment_ids, pool.map(lambda sid: self.download_current(sid, into), segment_ids), strict=True)
-            )
+            pointers = dict(zip(segment_ids, pool.map(self.current, segment_ids), strict=True))
+        found = self.download({f"{sid}-previous": p["snapshot"] for sid, p in pointers.items() if p}, into)
+        return {sid: found.get(f"{sid}-previous") for sid in segment_ids}
 
     def upload(self, job_id: str, files: dict[str, Path]) -> dict[str, str]:
         """Upload each segment's snapshot of this job, in parallel; returns the blob path per segment."""

@@ -140,9 +140,13 @@ class SegmentJobRunner:
         try:
             return evaluate_job(job, started)
         except BridgeError as exc:
-            return self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
+            return self.jobs.finish(
+                job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)], outcome_stands=True
+            )
         except Exception as exc:
-            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
+            self.jobs.finish(
+                job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))], outcome_stands=True
+            )
             raise
 
     def _evaluate(
@@ -160,7 +164,13 @@ class SegmentJobRunner:
             raise NotFound(f"no segments {missing}")
         if not chosen:
             return self.jobs.finish(
-                job, JobStatus.SUCCEEDED, started, now, [], metrics={"segments": 0, "totalProfiles": 0}
+                job,
+                JobStatus.SUCCEEDED,
+                started,
+                now,
+                [],
+                metrics={"segments": 0, "totalProfiles": 0},
+                outcome_stands=True,
             )
         with tempfile.TemporaryDirectory(prefix="segment-job-") as tmp:
             work = Path(tmp)
@@ -228,7 +238,7 @@ class SegmentJobRunner:
         current = self.jobs.get(JobType.SEGMENT, job.id)
         if current.status is JobStatus.CANCELLING:
             # Cancelled while running: nothing is published, the previous memberships stay current.
-            return self.jobs.finish(current, JobStatus.CANCELLED, started, now, [])
+            return self.jobs.finish(current, JobStatus.CANCELLED, started, now, [], outcome_stands=True)
         job = job.model_copy(update={"etag": current.etag})
         self.memberships.publish(pointers)
         if since is not None and seen_until is not None and seen_until > since:
@@ -246,4 +256,4 @@ class SegmentJobRunner:
         }
         links = {p["segmentId"]: f"{self.settings.segments_container}/{p['snapshot']}" for p in pointers}
         job = job.model_copy(update={"links": links})
-        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
+        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics, outcome_stands=True)

@@ -59,7 +59,7 @@ class BlobStore:
             raise NotFound(f"no blob {name!r} in container {self.name!r}") from exc
 
     def names(self, prefix: str = "") -> Iterator[str]:
-        for blob in self.container.list_blobs(name_starts_with=prefix or None):
+        for blob in self.listing(prefix):
             yield blob.name
 
     def exists(self, name: str) -> bool:

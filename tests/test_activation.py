@@ -495,3 +495,16 @@ def test_a_segment_job_function_triggers_after_evaluation_exports(settings, crm)
     segment_job_daily.build().get_user_function()(TimerRequest(past_due=False))
     [job] = Activation.from_settings(settings).jobs.list(JobType.EXPORT)
     assert job.id.startswith("exp-gold-email-after-seg-") and job.status is JobStatus.SUCCEEDED
+
+
+def test_malformed_destinations_get_a_400_naming_the_field_and_nothing_is_stored(settings, crm):
+    response = put_destination(format="xml", exportMode="sometimes")
+    assert response.status_code == 400
+    problem = body(response)
+    assert {e["field"] for e in problem["errors"]} == {"format", "exportMode"}
+    no_identity = call(destinations, "PUT", "destinations/x1", {"id": "x1"}, {"name": "X", "segments": ["gold"]})
+    assert no_identity.status_code == 400 and body(no_identity)["errors"][0]["field"] == "identity"
+    not_json = call(destinations, "PUT", "destinations/x2", {"id": "x2"}, None)
+    assert not_json.status_code == 400
+    assert body(call(destinations, "GET", "destinations")) == []
+    assert call(destination_run, "POST", "destinations/nope/run", {"id": "nope"}).status_code == 404

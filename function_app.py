@@ -2,10 +2,11 @@
 
 import azure.functions as func
 
-from functions import activation, catalog, ingestion, segmentation
+from functions import activation, campaign, catalog, ingestion, segmentation
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(ingestion.bp)
 app.register_functions(catalog.bp)
 app.register_functions(segmentation.bp)
 app.register_functions(activation.bp)
+app.register_functions(campaign.bp)

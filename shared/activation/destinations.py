@@ -146,6 +146,11 @@ class Destination(_Model):
     def manifest_name(self, at: dt.datetime) -> str:
         return f"{self.name}_manifest_{at.astimezone(dt.UTC):%Y%m%d%H%M%S}.json"
 
+    @property
+    def status_column(self) -> str | None:
+        """The column that carries segmentMembershipStatus (a guardrail makes sure there is one)."""
+        return next((m.target for m in self.mapping if m.source == MEMBERSHIP_STATUS), None)
+
     def columns(self) -> list[str]:
         """The exported columns, in file order: the identity, then the mapping's targets."""
         return [self.identity.target] + [m.target for m in self.mapping]

@@ -262,7 +262,7 @@ class Activation:
                     )
                 lap("upload")
         manifest = self._manifest(job, d, now, staged, counts, skipped)
-        self._publish([s for _, s in staged], d.manifest_name(now), manifest)
+        self._publish([s for _, s in staged], d.manifest_name(now), manifest, run_id=job.id)
         lap("publish")
 
         seconds = round(time.monotonic() - started, 3)
@@ -325,6 +325,7 @@ class Activation:
         counts: dict[str, SegmentCounts],
         skipped: dict[str, str],
     ) -> dict[str, Any]:
+        names = {s.id: s.name for s in self.segments.list()}
         return {
             "runId": job.id,
             "destinationId": d.id,
@@ -335,6 +336,8 @@ class Activation:
             "exportMode": d.export_mode.value,
             "format": d.format.value,
             "csv": d.csv.model_dump(by_alias=True) if d.format.value == "csv" else None,
+            "identity": d.identity.target,
+            "statusColumn": d.status_column,
             "columns": d.columns(),
             "createdAt": now.isoformat(),
             "files": [
@@ -349,7 +352,13 @@ class Activation:
                 for w, s in staged
             ],
             "segments": {
-                sid: {"activated": c.activated, "received": c.received, "excluded": c.excluded}
+                sid: {
+                    "name": names.get(sid, sid),
+                    "parts": sum(1 for w, _ in staged if w.segment_id == sid),
+                    "activated": c.activated,
+                    "received": c.received,
+                    "excluded": c.excluded,
+                }
                 for sid, c in counts.items()
             },
             "skipped": skipped,
@@ -357,13 +366,14 @@ class Activation:
             "bytes": sum(s.size for _, s in staged),
         }
 
-    def _publish(self, files: list[Staged], manifest_name: str, manifest: dict[str, Any]) -> None:
+    def _publish(self, files: list[Staged], manifest_name: str, manifest: dict[str, Any], *, run_id: str) -> None:
         """Commit every file, then the manifest. If anything fails, the files committed so far are deleted:
-        a reader never finds files without their manifest, and staged blocks are never seen."""
+        a reader never finds files without their manifest, and staged blocks are never seen. Each file's
+        metadata names its manifest, so a reader triggered by the file finds the run it belongs to."""
         committed: list[str] = []
         try:
             for f in files:
-                self.dlz.commit(f)
+                self.dlz.commit(f, metadata={"manifest": manifest_name, "runId": run_id})
                 committed.append(f.name)
             self.dlz.put(manifest_name, json.dumps(manifest, indent=2).encode())
         except Exception:

@@ -53,10 +53,7 @@ class BlobStore:
         return path
 
     def etag(self, name: str) -> str:
-        try:
-            return self.container.get_blob_client(name).get_blob_properties().etag
-        except ResourceNotFoundError as exc:
-            raise NotFound(f"no blob {name!r} in container {self.name!r}") from exc
+        return self.properties(name).etag
 
     def names(self, prefix: str = "") -> Iterator[str]:
         for blob in self.listing(prefix):
@@ -78,10 +75,17 @@ class BlobStore:
                 size += len(chunk)
         return Staged(name, blocks, size, digest.hexdigest())
 
-    def commit(self, staged: Staged) -> str:
+    def commit(self, staged: Staged, *, metadata: dict[str, str] | None = None) -> str:
         """Make a staged file visible, all at once; returns its ETag."""
         client = self.container.get_blob_client(staged.name)
-        return client.commit_block_list([BlobBlock(block_id=b) for b in staged.blocks])["etag"]
+        return client.commit_block_list([BlobBlock(block_id=b) for b in staged.blocks], metadata=metadata)["etag"]
+
+    def properties(self, name: str) -> BlobProperties:
+        """A blob's ETag, size and metadata."""
+        try:
+            return self.container.get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError as exc:
+            raise NotFound(f"no blob {name!r} in container {self.name!r}") from exc
 
     def listing(self, prefix: str = "") -> Iterator[BlobProperties]:
         """The blobs with their properties (size, last modified)."""

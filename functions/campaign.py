@@ -1,0 +1,83 @@
+"""The simulated Campaign: audience loads from the DLZ (blob trigger), recipients, lists, audience load
+jobs, deliveries over HTTP, and the timer that sends delivery logs back to the platform."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import azure.functions as func
+
+from functions import utc_now
+from functions.http import answers, body_of, json_response
+from shared.campaign.service import Campaign
+from shared.errors import ValidationError
+from shared.jobs import JobType
+from shared.settings import get_settings
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+def _campaign() -> Campaign:
+    return Campaign.from_settings(get_settings())
+
+
+def _int(req: func.HttpRequest, name: str, default: int, *, most: int = 1000) -> int:
+    value = req.params.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) > most:
+        raise ValidationError(f"query parameter {name!r} must be a whole number from 0 to {most}, not {value!r}")
+    return int(value)
+
+
+@bp.function_name("campaign_audience_load")
+@bp.blob_trigger(arg_name="blob", path="%DLZ_CONTAINER%/{name}", connection="AzureWebJobsStorage")
+def campaign_audience_load(blob: func.InputStream) -> None:
+    name = (blob.name or "").split("/", 1)[1]  # the host names the blob with its container first
+    etag = (blob.blob_properties or {}).get("ETag")
+    for job in _campaign().on_blob(name, now=utc_now(), etag=etag):
+        log.info("audience load %s: %s %s", job.id, job.status.value, job.metrics)
+
+
+@bp.function_name("audience_loads")
+@bp.route(route="audience-loads", methods=["GET"])
+@answers
+def audience_loads(req: func.HttpRequest) -> func.HttpResponse:
+    """Campaign's Administration > Audit > Audience load jobs, newest first."""
+    jobs = _campaign().jobs.list(JobType.AUDIENCE_LOAD)
+    return json_response([j.model_dump(mode="json") for j in jobs[: _int(req, "limit", 100)]])
+
+
+@bp.function_name("campaign_lists")
+@bp.route(route="campaign/lists/{id?}", methods=["GET"])
+@answers
+def campaign_lists(req: func.HttpRequest) -> func.HttpResponse:
+    """The lists (without an id), or one list with a page of its members (`offset`, `limit`)."""
+    campaign = _campaign()
+    list_id = req.route_params.get("id")
+    if not list_id:
+        return json_response(campaign.lists.list())
+    page = campaign.members(list_id, offset=_int(req, "offset", 0, most=10**9), limit=_int(req, "limit", 100))
+    return json_response({**page, "list": page["list"].model_dump(mode="json", by_alias=True)})
+
+
+@bp.function_name("campaign_recipients")
+@bp.route(route="campaign/recipients", methods=["GET", "POST"])
+@answers
+def campaign_recipients(req: func.HttpRequest) -> func.HttpResponse:
+    """POST a seed/CRM file (CSV, or NDJSON with `?format=ndjson`) to create and update recipients;
+    GET the first recipients (`limit`)."""
+    campaign = _campaign()
+    if req.method == "POST":
+        suffix = ".ndjson" if req.params.get("format") == "ndjson" else ".csv"
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / f"seed{suffix}"
+            file.write_bytes(req.get_body())
+            return json_response(campaign.seed_recipients(file, now=utc_now()))
+    return json_response(campaign.recipient_rows(limit=_int(req, "limit", 100)))
+
+
+__all__ = ["bp", "body_of"]

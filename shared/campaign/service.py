@@ -1,0 +1,402 @@
+"""The simulated Campaign's side of the Data Landing Zone: each export file is loaded once (by blob name and
+ETag), after its run's manifest, as an audience load job. Audience sync keeps the lists
+"AEP audiences / <segment>"; profile sync updates recipients that exist and creates none."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from shared.activation.export import install_transforms
+from shared.campaign import recipients as rcp
+from shared.campaign.files import check_checksum, read_export
+from shared.campaign.snapshots import SnapshotRecord, Snapshots
+from shared.campaign.targets import TargetMapping, TargetMappingStore
+from shared.engine import connect
+from shared.errors import BridgeError, Conflict, NotFound, ValidationError
+from shared.ingestion.paths import quote_ident, quote_literal
+from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
+from shared.settings import Settings
+from shared.storage import BlobStore, EntityTable, StorageAccount
+
+log = logging.getLogger(__name__)
+LIST_FOLDER = "AEP audiences"
+STATUSES = "('realized', 'existing', 'exited')"
+_ATTEMPTS = 8  # concurrent loads into one list or the recipients retry this many times
+_EMPTY_LIST = (
+    "SELECT NULL::BIGINT AS recipientId, NULL::VARCHAR AS status, NULL::TIMESTAMPTZ AS addedAt, "
+    "NULL::TIMESTAMPTZ AS updatedAt, NULL::VARCHAR AS run WHERE false"
+)
+
+
+def is_manifest(name: str) -> bool:
+    return "_manifest_" in name and name.endswith(".json")
+
+
+def load_id(name: str, etag: str) -> str:
+    """An audience load is named by its file and the file's ETag: the same file delivered twice is one load."""
+    stem = name.split(".", 1)[0][:180]
+    return f"load-{stem}-{hashlib.sha256(etag.encode()).hexdigest()[:10]}"
+
+
+class Campaign:
+    def __init__(self, *, settings: Settings, account: StorageAccount) -> None:
+        self.settings = settings
+        self.account = account
+        self.blobs = BlobStore(account.container(settings.campaign_container))
+        self.dlz = BlobStore(account.container(settings.dlz_container))
+        self.recipients = Snapshots(
+            self.blobs,
+            EntityTable(account.table(settings.table_name("campaignprofiles"))),
+            partition="recipients",
+            prefix="recipients",
+        )
+        self.lists = Snapshots(
+            self.blobs,
+            EntityTable(account.table(settings.table_name("audiencelists"))),
+            partition="list",
+            prefix="lists",
+        )
+        self.targets = TargetMappingStore.from_settings(settings, account)
+        self.jobs = JobStore.from_settings(settings, account)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount | None = None) -> Campaign:
+        return cls(settings=settings, account=account or StorageAccount.from_settings(settings))
+
+    def connect(self, spill_dir: str) -> duckdb.DuckDBPyConnection:
+        con = connect(self.settings, spill_dir=spill_dir)
+        install_transforms(con, country_code=self.settings.export_phone_country_code)
+        return con
+
+    # Recipients ----------------------------------------------------------------------------------
+
+    def seed_recipients(self, file: Path, *, now: dt.datetime, target_mapping: str = "mapRecipient") -> dict[str, Any]:
+        """Campaign's own import of a seed/CRM file: creates and updates recipients, keyed by the target
+        mapping's key. Returns the counts."""
+        mapping = self.targets.get(target_mapping)
+        for _ in range(_ATTEMPTS):
+            current = self.recipients.find(rcp.RECIPIENTS_ID)
+            with tempfile.TemporaryDirectory(prefix="seed-") as tmp:
+                con = self.connect(tmp)
+                try:
+                    table, counts = rcp.seed(
+                        con,
+                        file,
+                        self.recipients.local(current) if current else None,
+                        key=mapping.key,
+                        allowed=mapping.columns,
+                        now=now,
+                    )
+                    total = self._publish_recipients(con, table, Path(tmp), current, now)
+                except Conflict:
+                    continue
+                finally:
+                    con.close()
+            return {**counts, "recipients": total}
+        raise Conflict("the recipients kept changing while importing; try again")
+
+    def _publish_recipients(
+        self, con: duckdb.DuckDBPyConnection, table: str, tmp: Path, current: SnapshotRecord | None, now: dt.datetime
+    ) -> int:
+        out = tmp / "recipients.parquet"
+        con.execute(f"COPY {table} TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)")
+        count = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+        record = SnapshotRecord(id=rcp.RECIPIENTS_ID, name="Recipients", count=count, updated=now)
+        self.recipients.publish(record, out, previous=current)
+        return count
+
+    def recipient_rows(self, where: str = "true", *, limit: int = 100) -> list[dict[str, Any]]:
+        """Recipients as dicts (for the API, the CLI and tests)."""
+        current = self.recipients.find(rcp.RECIPIENTS_ID)
+        if current is None:
+            return []
+        with tempfile.TemporaryDirectory() as tmp:
+            con = self.connect(tmp)
+            try:
+                cur = con.execute(
+                    f"SELECT * FROM {rcp.source_of(self.recipients.local(current))} WHERE {where} ORDER BY id LIMIT {int(limit)}"
+                )
+                names = [d[0] for d in cur.description]
+                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            finally:
+                con.close()
+
+    def members(self, list_id: str, *, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """A page of a list's members with their recipient attributes."""
+        record = self.lists.get(list_id)
+        current = self.recipients.find(rcp.RECIPIENTS_ID)
+        with tempfile.TemporaryDirectory() as tmp:
+            con = self.connect(tmp)
+            try:
+                cur = con.execute(
+                    f"""SELECT l.recipientId, l.status, l.addedAt, r.* EXCLUDE (id, created, updated)
+                    FROM {self._list_source(record)} l
+                    LEFT JOIN {rcp.source_of(self.recipients.local(current) if current else None)} r
+                        ON r.id = l.recipientId
+                    ORDER BY l.recipientId LIMIT {int(limit)} OFFSET {int(offset)}"""
+                )
+                names = [d[0] for d in cur.description]
+                items = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            finally:
+                con.close()
+        return {"list": record, "offset": offset, "items": items}
+
+    def _list_source(self, record: SnapshotRecord | None) -> str:
+        path = self.lists.local(record) if record else None
+        return f"read_parquet({quote_literal(str(path))})" if path else f"({_EMPTY_LIST})"
+
+    # Audience loads ------------------------------------------------------------------------------
+
+    def on_blob(self, name: str, *, now: dt.datetime, etag: str | None = None) -> list[Job]:
+        """What the `dlz` blob trigger does. A manifest loads every file of its run; a data file loads
+        itself if its manifest is there (files are committed before their manifest, so usually the
+        manifest's trigger loads it). Either way each file is loaded once."""
+        if is_manifest(name):
+            manifest = json.loads(self.dlz.get(name))
+            return [self._load_once(name, manifest, entry, now) for entry in manifest["files"]]
+        props = self.dlz.properties(name)
+        manifest_name = (props.metadata or {}).get("manifest")
+        if not manifest_name:
+            log.info("%s has no manifest in its metadata; not an export file, ignored", name)
+            return []
+        try:
+            manifest = json.loads(self.dlz.get(manifest_name))
+        except NotFound:
+            log.info("%s waits for its manifest %s", name, manifest_name)
+            return []
+        entry = next((f for f in manifest["files"] if f["name"] == name), None)
+        if entry is None:
+            log.warning("%s is not listed in its manifest %s; ignored", name, manifest_name)
+            return []
+        return [self._load_once(manifest_name, manifest, entry, now, etag=etag or props.etag)]
+
+    def _load_once(
+        self,
+        manifest_name: str,
+        manifest: dict[str, Any],
+        entry: dict[str, Any],
+        now: dt.datetime,
+        etag: str | None = None,
+    ) -> Job:
+        name = entry["name"]
+        try:
+            etag = etag or self.dlz.etag(name)
+        except NotFound:
+            etag = "missing"
+        job = Job(
+            id=load_id(name, etag),
+            type=JobType.AUDIENCE_LOAD,
+            status=JobStatus.PROCESSING,
+            subject=f"{manifest['destinationId']}/{entry['segmentId']}",
+            source=name,
+            created=now,
+            started=now,
+            links={"manifest": f"{self.settings.dlz_container}/{manifest_name}", "exportRun": manifest["runId"]},
+        )
+        try:
+            job = self.jobs.create(job)
+        except Conflict:
+            log.info("%s (ETag %s) was already loaded", name, etag)
+            return self.jobs.get(JobType.AUDIENCE_LOAD, job.id)
+        started = time.monotonic()
+        try:
+            metrics = self._load(job, manifest, entry, now)
+        except BridgeError as exc:
+            return self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
+        except Exception as exc:
+            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
+            raise
+        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
+
+    def _load(self, job: Job, manifest: dict[str, Any], entry: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+        name = entry["name"]
+        mapping = self.targets.get(manifest["targetMapping"])
+        with tempfile.TemporaryDirectory(prefix="load-") as tmp:
+            work = Path(tmp)
+            try:
+                path = self.dlz.download(name, work / "file")
+            except NotFound as exc:
+                raise ValidationError(f"{name}: listed in its manifest but not in the DLZ (deleted?)") from exc
+            check_checksum(path, entry)
+            con = self.connect(tmp)
+            try:
+                allowed = set(mapping.columns) | {manifest.get("statusColumn") or ""}
+                read_export(con, path, manifest, entry, allowed=allowed)
+                for _ in range(_ATTEMPTS):
+                    try:
+                        if manifest["syncType"] == "profile":
+                            return self._profile_sync(con, job, manifest, mapping, work, now)
+                        return self._audience_sync(con, job, manifest, entry, work, now)
+                    except Conflict:
+                        log.info("%s: the target changed while loading; loading again", name)
+                raise Conflict(f"{name}: its list kept changing while loading; it will be retried")
+            finally:
+                con.close()
+
+    def _match(self, con: duckdb.DuckDBPyConnection, manifest: dict[str, Any], current: SnapshotRecord | None) -> None:
+        """`matched`: each row of `incoming` with its recipient and, when it is rejected, the reason."""
+        source = rcp.source_of(self.recipients.local(current) if current else None)
+        ident = manifest["identity"]
+        key = quote_ident(ident) if ident in rcp.columns_of(con, source) else "NULL::VARCHAR"
+        status = quote_ident(manifest["statusColumn"]) if manifest.get("statusColumn") else "'realized'"
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE matched AS
+            WITH r AS (SELECT {key} AS k, min(id) AS id FROM {source} WHERE {key} IS NOT NULL GROUP BY 1),
+            i AS (SELECT _row, {quote_ident(ident)} AS k, {status} AS status,
+                         row_number() OVER (PARTITION BY {quote_ident(ident)} ORDER BY _row) AS nth FROM incoming)
+            SELECT i._row, i.status, r.id AS recipientId, CASE
+                WHEN i.k IS NULL THEN 'missingIdentity'
+                WHEN i.status IS NULL OR i.status NOT IN {STATUSES} THEN 'invalidStatus'
+                WHEN i.nth > 1 THEN 'duplicateIdentity'
+                WHEN r.id IS NULL THEN 'unknownRecipient' END AS reason
+            FROM i LEFT JOIN r ON r.k = i.k"""
+        )
+
+    def _rejected(self, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+        rows = con.execute("SELECT reason, count(*) FROM matched WHERE reason IS NOT NULL GROUP BY 1 ORDER BY 1")
+        return dict(rows.fetchall())
+
+    def _audience_sync(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        job: Job,
+        manifest: dict[str, Any],
+        entry: dict[str, Any],
+        work: Path,
+        now: dt.datetime,
+    ) -> dict[str, Any]:
+        """Realized and existing members added (or kept), exited ones removed; a full export's run replaces
+        the list once all of its parts for the segment are loaded."""
+        segment = entry["segmentId"]
+        info = manifest.get("segments", {}).get(segment, {})
+        current = self.lists.find(segment)
+        self._match(con, manifest, self.recipients.find(rcp.RECIPIENTS_ID))
+        run = manifest["runId"]
+        loaded = sorted({*(current.parts_loaded if current and current.run_id == run else []), entry["part"]})
+        replace = manifest["exportMode"] == "full" and set(loaded) >= set(range(1, info.get("parts", 1) + 1))
+        ts = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE cur AS SELECT * FROM {self._list_source(current)}")
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE act AS SELECT recipientId, any_value(status) AS status FROM matched
+            WHERE reason IS NULL AND status <> 'exited' GROUP BY 1"""
+        )
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE ex AS SELECT DISTINCT recipientId FROM matched
+            WHERE reason IS NULL AND status = 'exited' AND recipientId NOT IN (SELECT recipientId FROM act)"""
+        )
+        added, updated, removed, exits = con.execute(
+            """SELECT (SELECT count(*) FROM act ANTI JOIN cur USING (recipientId)),
+                      (SELECT count(*) FROM act SEMI JOIN cur USING (recipientId)),
+                      (SELECT count(*) FROM ex SEMI JOIN cur USING (recipientId)),
+                      (SELECT count(*) FROM ex)"""
+        ).fetchall()[0]
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE kept AS SELECT c.* FROM cur c ANTI JOIN act USING (recipientId) ANTI JOIN ex USING (recipientId)"
+        )
+        stale = f"run <> {quote_literal(run)}" if replace else "false"
+        replaced = con.execute(f"SELECT count(*) FROM kept WHERE {stale}").fetchall()[0][0]
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE next AS
+            SELECT * FROM kept WHERE NOT ({stale})
+            UNION ALL
+            SELECT a.recipientId, a.status, coalesce(c.addedAt, {ts}), {ts}, {quote_literal(run)}
+            FROM act a LEFT JOIN cur c USING (recipientId)
+            ORDER BY recipientId"""
+        )
+        count = con.execute("SELECT count(*) FROM next").fetchall()[0][0]
+        out = work / "list.parquet"
+        con.execute(f"COPY next TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)")
+        record = SnapshotRecord(
+            id=segment,
+            name=f"{LIST_FOLDER} / {info.get('name', segment)}",
+            count=count,
+            updated=now,
+            segment_id=segment,
+            destination_id=manifest["destinationId"],
+            run_id=run,
+            parts_loaded=loaded,
+            last_load=job.id,
+        )
+        self.lists.publish(record, out, previous=current)
+        rejected = self._rejected(con)
+        return {
+            "syncType": "audience",
+            "destination": manifest["destinationId"],
+            "segment": segment,
+            "list": segment,
+            "listName": record.name,
+            "rowsRead": entry["rows"],
+            "added": added,
+            "updated": updated,
+            "removed": removed + replaced,
+            "ignoredExits": exits - removed,
+            "rejected": rejected,
+            "rejectedTotal": sum(rejected.values()),
+            "listSize": count,
+        }
+
+    def _profile_sync(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        job: Job,
+        manifest: dict[str, Any],
+        mapping: TargetMapping,
+        work: Path,
+        now: dt.datetime,
+    ) -> dict[str, Any]:
+        """The mapped attributes of recipients that exist are updated (a null leaves a value as it is);
+        unknown recipients are rejected and counted, never created; flags are only ever set."""
+        current = self.recipients.find(rcp.RECIPIENTS_ID)
+        self._match(con, manifest, current)
+        skip = {manifest["identity"], manifest.get("statusColumn"), mapping.key, *rcp.PROTECTED}
+        attrs = [c for c in manifest["columns"] if c not in skip]
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE upd AS
+            SELECT m.recipientId{"".join(f", i.{quote_ident(a)}" for a in attrs)}
+            FROM matched m JOIN incoming i USING (_row) WHERE m.reason IS NULL AND m.status <> 'exited'"""
+        )
+        updated = con.execute("SELECT count(*) FROM upd").fetchall()[0][0]
+        ignored = con.execute("SELECT count(*) FROM matched WHERE reason IS NULL AND status = 'exited'").fetchall()[0][
+            0
+        ]
+        rejected = self._rejected(con)
+        metrics = {
+            "syncType": "profile",
+            "destination": manifest["destinationId"],
+            "rowsRead": len(con.execute("SELECT 1 FROM incoming").fetchall()),
+            "updated": updated,
+            "ignoredExits": ignored,
+            "rejected": rejected,
+            "rejectedTotal": sum(rejected.values()),
+            "attributes": attrs,
+        }
+        if current is None or not updated:
+            return {**metrics, "recipients": current.count if current else 0}
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE cur AS SELECT * FROM {rcp.source_of(self.recipients.local(current))}"
+        )
+        have = rcp.columns_of(con, "cur")
+        for a in attrs:
+            if a not in have:
+                con.execute(f"ALTER TABLE cur ADD COLUMN {quote_ident(a)} VARCHAR")
+        replace = [f"coalesce(u.{quote_ident(a)}, r.{quote_ident(a)}) AS {quote_ident(a)}" for a in attrs]
+        replace.append(
+            f"CASE WHEN u.recipientId IS NULL THEN r.updated ELSE {quote_literal(now.isoformat())}::TIMESTAMPTZ END AS updated"
+        )
+        if "emailOptIn" in attrs:  # an opt-out in the platform opts the recipient out; an opt-in never clears it
+            replace.append(f"r.optOut OR coalesce(lower(u.emailOptIn) IN {rcp.OPT_OUT_VALUES}, false) AS optOut")
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE recipients_next AS
+            SELECT r.* REPLACE ({", ".join(replace)}) FROM cur r LEFT JOIN upd u ON u.recipientId = r.id ORDER BY r.id"""
+        )
+        total = self._publish_recipients(con, "recipients_next", work, current, now)
+        return {**metrics, "recipients": total}

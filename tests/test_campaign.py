@@ -14,8 +14,11 @@ from shared.activation import Activation
 from shared.campaign.service import Campaign
 from shared.jobs import Job, JobStatus
 from tests.helpers import ndjson
-from tests.test_activation import T1, T2, T3, crm, dlz, person, put_destination, segment_job, sha  # noqa: F401
+from tests import test_activation
+from tests.test_activation import T1, T2, T3, dlz, person, put_destination, segment_job
 from tests.test_http import body, call
+
+crm = test_activation.crm  # the platform side: people in the CRM, segments "gold" and "all"
 
 SEED = "email,firstName,lastName,optOut,quarantined\n" + "\n".join(
     [

@@ -13,8 +13,8 @@ from functions.campaign import audience_loads, campaign_audience_load, campaign_
 from shared.activation import Activation
 from shared.campaign.service import Campaign
 from shared.jobs import Job, JobStatus
-from tests.helpers import ndjson
 from tests import test_activation
+from tests.helpers import ndjson
 from tests.test_activation import T1, T2, T3, dlz, person, put_destination, segment_job
 from tests.test_http import body, call
 

@@ -4,6 +4,7 @@ audience lists and recipients, deliveries to those lists, and their logs sent ba
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 
 import pytest
@@ -12,7 +13,8 @@ from dev.host import fire_blob_trigger
 from functions.campaign import audience_loads, campaign_audience_load, campaign_lists, campaign_recipients
 from shared.activation import Activation
 from shared.campaign.service import Campaign
-from shared.jobs import Job, JobStatus
+from shared.jobs import Job, JobStatus, JobType
+from shared.storage import BlobStore
 from tests import test_activation
 from tests.helpers import ndjson
 from tests.test_activation import T1, T2, T3, dlz, person, put_destination, segment_job
@@ -84,3 +86,134 @@ def test_audience_sync_adds_and_removes_members_across_incremental_files(setting
     assert list_members("gold") == {"Ann@Example.com": "realized"}
     bob = recipients.recipient_rows("email = 'bob@example.com'")[0]
     assert bob["optOut"] is True
+
+
+def test_a_redelivered_file_is_a_no_op_and_a_full_run_replaces_the_list(settings, account, crm, recipients):
+    assert put_destination(exportMode="full").status_code == 200
+    activation = Activation.from_settings(settings)
+    segment_job(settings, T1)
+    first = activation.run("gold-email", now=T1)
+    [load] = load_run(settings, account, first)
+    again = load_run(settings, account, first, data_files_first=False)  # the host delivers the manifest again
+    assert again == [load] and recipients.lists.get("gold").version == 1
+
+    # A full export lists everyone: bob is gone from gold, so he is gone from the list.
+    crm.ingest_at(
+        "crm/3.ndjson", ndjson(person("bob", "bob@example.com", tier="silver")), now=T3 - dt.timedelta(hours=1)
+    )
+    segment_job(settings, T3)
+    [load] = load_run(settings, account, activation.run("gold-email", now=T3))
+    assert load.metrics["removed"] == 1 and load.metrics["updated"] == 1
+    assert list_members("gold") == {"Ann@Example.com": "existing"}
+
+
+def tamper(blobs: BlobStore, manifest_path: str, name: str, data: bytes, **changes) -> str:
+    """Write `data` as a new export file of the gold segment with a manifest that matches it (size, SHA-256),
+    then apply `changes` to the manifest, as a buggy exporter might."""
+    manifest = json.loads(blobs.get(manifest_path))
+    entry = {
+        **manifest["files"][0],
+        "name": name,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "rows": data.count(b"\n") - 1,
+    }
+    if "rows" in changes:
+        entry["rows"] = changes.pop("rows")
+    manifest = {**manifest, "runId": "bad-run", "files": [entry], **changes}
+    blobs.put(name, data)
+    bad = name.replace(".csv", "_manifest.json").replace("segment", "manifest_")
+    blobs.put(bad, json.dumps(manifest).encode())
+    return bad
+
+
+GOOD_HEADER = "email_lc_sha256,segmentMembershipStatus,firstName,loyaltyTier\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "changes", "message"),
+    [
+        ("email,segmentMembershipStatus,firstName,loyaltyTier\nx,realized,A,gold\n", {}, "the header is"),
+        (GOOD_HEADER.replace(",", ";") + "x;realized;A;gold\n", {}, "looks delimited by ';'"),
+        (GOOD_HEADER + "x,realized,A,gold\ny,realized\n", {}, "cannot be read as csv"),
+        (GOOD_HEADER + "x,realized,A,gold\n", {"rows": 3}, "has 1 rows but its manifest says 3"),
+        (
+            GOOD_HEADER.replace("loyaltyTier", "shoeSize") + "x,realized,A,42\n",
+            {"columns": ["email_lc_sha256", "segmentMembershipStatus", "firstName", "shoeSize"]},
+            "['shoeSize'] are not columns of target mapping 'mapRecipient'",
+        ),
+    ],
+    ids=["bad-header", "wrong-delimiter", "truncated-row", "row-count", "unknown-column"],
+)
+def test_a_malformed_file_fails_its_load_and_changes_nothing(
+    settings, account, crm, recipients, data, changes, message
+):
+    assert put_destination().status_code == 200
+    segment_job(settings, T1)
+    job = Activation.from_settings(settings).run("gold-email", now=T1)
+    load_run(settings, account, job)
+    before = recipients.lists.get("gold")
+
+    blobs = dlz(settings, account)
+    bad = tamper(
+        blobs, job.links["manifest"].split("/", 1)[1], "Campaign_Gold_segmentgold_bad.csv", data.encode(), **changes
+    )
+    fire_blob_trigger(campaign_audience_load, blobs, bad)
+    [failed] = [j for j in recipients.jobs.list(JobType.AUDIENCE_LOAD) if j.source.endswith("_bad.csv")]
+    assert failed.status is JobStatus.FAILED
+    assert (
+        failed.errors[0].message.startswith("Campaign_Gold_segmentgold_bad.csv: ")
+        and message in failed.errors[0].message
+    )
+    assert recipients.lists.get("gold") == before
+
+
+def test_a_file_that_does_not_match_its_manifest_is_refused(settings, account, crm, recipients):
+    assert put_destination().status_code == 200
+    segment_job(settings, T1)
+    job = Activation.from_settings(settings).run("gold-email", now=T1)
+    blobs = dlz(settings, account)
+    manifest = json.loads(blobs.get(job.links["manifest"].split("/", 1)[1]))
+    name = manifest["files"][0]["name"]
+    data = blobs.get(name)
+    blobs.put(name, data[:-10], metadata={"manifest": job.links["manifest"].split("/", 1)[1]})  # cut short
+    fire_blob_trigger(campaign_audience_load, blobs, name)
+    [load] = recipients.jobs.list(JobType.AUDIENCE_LOAD)
+    assert load.status is JobStatus.FAILED
+    assert f"has {len(data) - 10} bytes but its manifest says {len(data)}" in load.errors[0].message
+    assert recipients.lists.find("gold") is None
+
+    blobs.put(name, data[:-1] + b"X", metadata={"manifest": job.links["manifest"].split("/", 1)[1]})
+    fire_blob_trigger(campaign_audience_load, blobs, name)
+    [changed] = [j for j in recipients.jobs.list(JobType.AUDIENCE_LOAD) if j.id != load.id]
+    assert "SHA-256" in changed.errors[0].message and recipients.lists.find("gold") is None
+
+
+def test_profile_sync_updates_recipients_that_exist_and_creates_none(settings, account, crm, recipients):
+    crm.ingest_at(
+        "crm/names.ndjson",
+        ndjson(
+            person("ann", "ann@example.com", person={"name": {"firstName": "Annie", "lastName": "New"}}),
+            person("cy", "cy@example.com", person={"name": {"firstName": "Cy", "lastName": "New"}}),
+            person("bob", "bob@example.com", person={"name": {"firstName": "Bob", "lastName": None}}),
+        ),
+        now=T1 - dt.timedelta(hours=1),
+    )
+    mapping = [
+        {"source": "segmentMembershipStatus", "target": "segmentMembershipStatus"},
+        {"source": "person.name.firstName", "target": "firstName"},
+        {"source": "person.name.lastName", "target": "lastName"},
+    ]
+    assert put_destination(syncType="profile", segments=["all"], mapping=mapping).status_code == 200
+    segment_job(settings, T1)
+    [load] = load_run(settings, account, Activation.from_settings(settings).run("gold-email", now=T1))
+    assert load.status is JobStatus.SUCCEEDED, load.errors
+    # ann and bob exist in Campaign; cy does not and is not created; dee has no email in the platform.
+    assert load.metrics["updated"] == 2 and load.metrics["rejected"] == {"unknownRecipient": 1}
+    people = {r["email"]: r for r in recipients.recipient_rows()}
+    assert set(people) == {"Ann@Example.com", "bob@example.com", "zed@example.com", "dee@example.com"}
+    assert (people["Ann@Example.com"]["firstName"], people["Ann@Example.com"]["lastName"]) == ("Annie", "New")
+    # A null leaves the value as it is; Campaign's opt-out and quarantine stay as they were.
+    assert (people["bob@example.com"]["lastName"], people["bob@example.com"]["optOut"]) == ("Old", True)
+    assert people["zed@example.com"]["quarantined"] is True and people["dee@example.com"]["firstName"] == "Dee"
+    assert recipients.lists.list() == []

@@ -11,8 +11,9 @@ import azure.functions as func
 
 from functions import utc_now
 from functions.http import answers, body_of, json_response
+from shared.campaign.deliveries import DeliveryRequest
 from shared.campaign.service import Campaign
-from shared.errors import ValidationError
+from shared.errors import NotFound, ValidationError
 from shared.jobs import JobType
 from shared.settings import get_settings
 
@@ -80,4 +81,26 @@ def campaign_recipients(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(campaign.recipient_rows(limit=_int(req, "limit", 100)))
 
 
-__all__ = ["bp", "body_of"]
+@bp.function_name("campaign_deliveries")
+@bp.route(route="campaign/deliveries/{id?}", methods=["GET", "POST"])
+@answers
+def campaign_deliveries(req: func.HttpRequest) -> func.HttpResponse:
+    """POST a delivery to a list (simulated sending, 201); GET the deliveries or one."""
+    campaign = _campaign()
+    if req.method == "POST":
+        delivery = campaign.deliver(DeliveryRequest.model_validate(body_of(req)), now=utc_now())
+        return json_response(delivery, status=201)
+    delivery_id = req.route_params.get("id")
+    if delivery_id:
+        found = campaign.deliveries.find(delivery_id)
+        if found is None:
+            raise NotFound(f"no delivery {delivery_id!r}")
+        return json_response(found)
+    return json_response(sorted(campaign.deliveries.all(), key=lambda d: d.sent_at, reverse=True))
+
+
+@bp.function_name("campaign_log_export")
+@bp.timer_trigger(arg_name="timer", schedule="%CAMPAIGN_LOG_SCHEDULE%", run_on_startup=False)
+def campaign_log_export(timer: func.TimerRequest) -> None:
+    job = _campaign().export_logs(now=utc_now())
+    log.info("campaign log export %s: %s %s", job.id, job.status.value, job.metrics.get("events"))

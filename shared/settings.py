@@ -101,6 +101,16 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DLZ_RETENTION_SCHEDULE", "dlz_retention_schedule"),
         description="NCRONTAB schedule of the timer that deletes DLZ files older than DLZ_RETENTION_DAYS.",
     )
+    campaign_log_schedule: str = Field(
+        "0 0 */4 * * *",
+        validation_alias=AliasChoices("CAMPAIGN_LOG_SCHEDULE", "campaign_log_schedule"),
+        description="NCRONTAB schedule of the timer that sends Campaign's delivery logs back to `landing`.",
+    )
+    campaign_feedback_dataset: str = Field(
+        "campaign-logs",
+        validation_alias=AliasChoices("CAMPAIGN_FEEDBACK_DATASET", "campaign_feedback_dataset"),
+        description="The event dataset (and landing folder) Campaign's delivery logs are ingested into.",
+    )
     duckdb_memory_limit: str = Field(
         "1GB",
         validation_alias=AliasChoices("DUCKDB_MEMORY_LIMIT", "duckdb_memory_limit"),

@@ -8,17 +8,27 @@ import hashlib
 import json
 
 import pytest
+from azure.functions.timer import TimerRequest
 
 from dev.host import fire_blob_trigger
-from functions.campaign import audience_loads, campaign_audience_load, campaign_lists, campaign_recipients
+from functions.campaign import (
+    audience_loads,
+    campaign_audience_load,
+    campaign_deliveries,
+    campaign_lists,
+    campaign_log_export,
+    campaign_recipients,
+)
 from shared.activation import Activation
+from shared.campaign.deliveries import Delivery, DeliveryRequest
 from shared.campaign.service import Campaign
 from shared.jobs import Job, JobStatus, JobType
 from shared.storage import BlobStore
 from tests import test_activation
 from tests.helpers import ndjson
-from tests.test_activation import T1, T2, T3, dlz, person, put_destination, segment_job
+from tests.test_activation import T1, T2, T3, dlz, exported, person, put_destination, segment_job, sha
 from tests.test_http import body, call
+from tests.test_segment_jobs import put_segment
 
 crm = test_activation.crm  # the platform side: people in the CRM, segments "gold" and "all"
 
@@ -217,3 +227,52 @@ def test_profile_sync_updates_recipients_that_exist_and_creates_none(settings, a
     assert (people["bob@example.com"]["lastName"], people["bob@example.com"]["optOut"]) == ("Old", True)
     assert people["zed@example.com"]["quarantined"] is True and people["dee@example.com"]["firstName"] == "Dee"
     assert recipients.lists.list() == []
+
+
+def deliver(list_id: str, **options) -> dict:
+    response = call(campaign_deliveries, "POST", "campaign/deliveries", {}, {"listId": list_id, **options})
+    assert response.status_code == 201, body(response)
+    return body(response)
+
+
+def test_deliveries_skip_opted_out_and_quarantined_and_their_logs_come_back_as_events_a_segment_uses(
+    settings, account, crm, recipients, landing_zone
+):
+    assert put_destination(segments=["all"]).status_code == 200
+    segment_job(settings, T1)
+    [load] = load_run(settings, account, Activation.from_settings(settings).run("gold-email", now=T1))
+    assert list_members("all") == {"Ann@Example.com": "realized", "bob@example.com": "realized"}
+
+    # bob is opted out: never sent to. ann opens and clicks.
+    options = {"open_rate": 1, "click_rate": 1, "hard_bounce_rate": 0, "soft_bounce_rate": 0}
+    first = recipients.deliver(DeliveryRequest(list_id="all", **options), now=T1 + dt.timedelta(hours=1))
+    assert (first.targeted, first.sent, first.excluded) == (1, 1, {"optedOut": 1})
+    assert (first.opens, first.clicks, first.quarantined) == (1, 1, 0)
+    again = call(campaign_deliveries, "GET", f"campaign/deliveries/{first.id}", {"id": first.id})
+    assert Delivery.model_validate(body(again)) == first
+
+    # A hard bounce quarantines ann; the next delivery (over HTTP) skips her too.
+    recipients.deliver(DeliveryRequest(list_id="all", hard_bounce_rate=1), now=T1 + dt.timedelta(hours=2))
+    third = deliver("all")
+    assert third["targeted"] == 0 and third["excluded"] == {"optedOut": 1, "quarantined": 1}
+    [ann] = recipients.recipient_rows("email = 'Ann@Example.com'")
+    assert (ann["quarantined"], ann["quarantineReason"]) == (True, "hardBounce")
+
+    # The logs go to landing as experience events, and are ingested like any other file.
+    export = recipients.export_logs(now=T1 + dt.timedelta(days=3))
+    assert export.status is JobStatus.SUCCEEDED, export.errors
+    assert export.metrics["events"] == {"message.bounce": 1, "message.click": 1, "message.open": 1, "message.sent": 1}
+    assert export.source.startswith("campaign-logs/")
+    assert landing_zone.trigger(export.source).status is JobStatus.SUCCEEDED
+    # The 4-hour timer finds nothing new since the watermark.
+    campaign_log_export.build().get_user_function()(TimerRequest(past_due=False))
+    [latest] = [j for j in recipients.jobs.list(JobType.FEEDBACK) if j.id != export.id]
+    assert latest.status is JobStatus.SUCCEEDED and latest.metrics["eventsTotal"] == 0
+
+    # "Opened an email in the last 7 days", evaluated by the segment job and exported: ann.
+    opened = 'xEvent[eventType = "message.open" and timestamp occurs <= 7 days before now].count() >= 1'
+    assert put_segment("openers", opened).status_code == 200
+    assert put_destination("openers-email", name="Campaign_Openers", segments=["openers"]).status_code == 200
+    segment_job(settings, T1 + dt.timedelta(days=3))
+    job = Activation.from_settings(settings).run("openers-email", now=T1 + dt.timedelta(days=3))
+    assert exported(settings, account, job) == {sha("ann@example.com"): "realized"}

@@ -40,6 +40,11 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
     assert functions["export_run_queued"]["type"] == "queueTrigger"
     assert functions["export_run_queued"]["queueName"] == "%EXPORT_RUNS_QUEUE%"
     assert functions["export_run_queued"]["connection"] == "AzureWebJobsStorage"
+    assert functions["campaign_audience_load"]["type"] == "blobTrigger"
+    assert functions["campaign_audience_load"]["path"] == "%DLZ_CONTAINER%/{name}"
+    assert functions["campaign_audience_load"]["connection"] == "AzureWebJobsStorage"
+    assert functions["campaign_log_export"]["type"] == "timerTrigger"
+    assert functions["campaign_log_export"]["schedule"] == "%CAMPAIGN_LOG_SCHEDULE%"
     routes = {name: f["route"] for name, f in functions.items() if f["type"] == "httpTrigger"}
     assert routes == {
         "schemas": "schemas/{id?}",
@@ -55,6 +60,10 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
         "dataflow_runs": "dataflows/{id}/runs",
         "governance_policies": "policies/{id?}",
         "target_mappings": "target-mappings/{id?}",
+        "audience_loads": "audience-loads",
+        "campaign_lists": "campaign/lists/{id?}",
+        "campaign_recipients": "campaign/recipients",
+        "campaign_deliveries": "campaign/deliveries/{id?}",
     }
     assert all(functions[n]["authLevel"] == "function" for n in routes)
 

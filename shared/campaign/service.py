@@ -17,15 +17,24 @@ import duckdb
 
 from shared.activation.export import install_transforms
 from shared.campaign import recipients as rcp
+from shared.campaign.deliveries import (
+    EVENT_HORIZON,
+    Delivery,
+    DeliveryRequest,
+    delivery_id,
+    events_sql,
+    simulate_sql,
+)
 from shared.campaign.files import check_checksum, read_export
 from shared.campaign.snapshots import SnapshotRecord, Snapshots
 from shared.campaign.targets import TargetMapping, TargetMappingStore
 from shared.engine import connect
 from shared.errors import BridgeError, Conflict, NotFound, ValidationError
+from shared.ingestion.datasets import Dataset, DatasetStore
 from shared.ingestion.paths import quote_ident, quote_literal
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.settings import Settings
-from shared.storage import BlobStore, EntityTable, StorageAccount
+from shared.storage import BlobStore, EntityTable, ModelTable, StorageAccount
 
 log = logging.getLogger(__name__)
 LIST_FOLDER = "AEP audiences"
@@ -67,6 +76,8 @@ class Campaign:
         )
         self.targets = TargetMappingStore.from_settings(settings, account)
         self.jobs = JobStore.from_settings(settings, account)
+        self.deliveries_table = EntityTable(account.table(settings.table_name("campaigndeliveries")))
+        self.deliveries = ModelTable(self.deliveries_table, Delivery, partition="delivery")
 
     @classmethod
     def from_settings(cls, settings: Settings, account: StorageAccount | None = None) -> Campaign:
@@ -400,3 +411,147 @@ class Campaign:
         )
         total = self._publish_recipients(con, "recipients_next", work, current, now)
         return {**metrics, "recipients": total}
+
+    # Deliveries and their logs -------------------------------------------------------------------
+
+    def deliver(self, req: DeliveryRequest, *, now: dt.datetime) -> Delivery:
+        """Send to a list, simulated: broadLog, trackingLog and non-deliverables written to the campaign
+        container, hard bounces quarantined. Once per list and second: asking again returns the delivery."""
+        did = delivery_id(req.list_id, now)
+        found = self.deliveries.find(did)
+        if found is not None:
+            return found
+        record = self.lists.get(req.list_id)
+        for _ in range(_ATTEMPTS):
+            current = self.recipients.find(rcp.RECIPIENTS_ID)
+            with tempfile.TemporaryDirectory(prefix="delivery-") as tmp:
+                con = self.connect(tmp)
+                try:
+                    source = rcp.source_of(self.recipients.local(current) if current else None)
+                    for statement in simulate_sql(req, did, now, self._list_source(record), source):
+                        con.execute(statement)
+                    delivery = self._delivery(con, req, did, now, record.count)
+                    for log_name, path in delivery.logs.items():
+                        out = Path(tmp) / f"{log_name}.parquet"
+                        con.execute(f"COPY {log_name} TO {quote_literal(str(out))} (FORMAT parquet)")
+                        self.blobs.put_file(path, out)
+                    if delivery.quarantined:
+                        con.execute(
+                            f"""CREATE OR REPLACE TEMP TABLE recipients_next AS
+                            SELECT r.* REPLACE (r.quarantined OR n.recipientId IS NOT NULL AS quarantined,
+                                coalesce(r.quarantineReason, n.reason) AS quarantineReason)
+                            FROM {source} r LEFT JOIN nondeliverable n ON n.recipientId = r.id ORDER BY r.id"""
+                        )
+                        self._publish_recipients(con, "recipients_next", Path(tmp), current, now)
+                except Conflict:
+                    continue
+                finally:
+                    con.close()
+            return self.deliveries.put(did, delivery)
+        raise Conflict("the recipients kept changing during the delivery; try again")
+
+    def _delivery(
+        self, con: duckdb.DuckDBPyConnection, req: DeliveryRequest, did: str, now: dt.datetime, members: int
+    ) -> Delivery:
+        excluded = dict(
+            con.execute("SELECT excluded, count(*) FROM targets WHERE excluded IS NOT NULL GROUP BY 1").fetchall()
+        )
+        sent = con.execute("SELECT count(*) FROM broadlog WHERE status = 'sent'").fetchall()[0][0]
+        failed = dict(
+            con.execute("SELECT failureReason, count(*) FROM broadlog WHERE status = 'failed' GROUP BY 1").fetchall()
+        )
+        tracked = dict(con.execute("SELECT type, count(*) FROM trackinglog GROUP BY 1").fetchall())
+        return Delivery(
+            **req.model_dump(),
+            id=did,
+            sent_at=now,
+            members=members,
+            targeted=sent + sum(failed.values()),
+            excluded=excluded,
+            sent=sent,
+            failed=failed,
+            opens=tracked.get("open", 0),
+            clicks=tracked.get("click", 0),
+            quarantined=failed.get("hardBounce", 0),
+            logs={name: f"logs/{name}/{did}.parquet" for name in ("broadlog", "trackinglog", "nondeliverable")},
+        )
+
+    def export_logs(self, *, now: dt.datetime) -> Job:
+        """Send the log rows since the last export (the watermark) up to `now` to `landing` as experience
+        events, one NDJSON file per export, ingested like any other file. Once per `now`."""
+        job = Job(
+            id=f"feedback-{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}",
+            type=JobType.FEEDBACK,
+            status=JobStatus.PROCESSING,
+            subject=self.settings.campaign_feedback_dataset,
+            created=now,
+            started=now,
+        )
+        try:
+            job = self.jobs.create(job)
+        except Conflict:
+            return self.jobs.get(JobType.FEEDBACK, job.id)
+        started = time.monotonic()
+        try:
+            metrics = self._export_logs(job, now)
+        except BridgeError as exc:
+            return self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
+        except Exception as exc:
+            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
+            raise
+        links = {"file": f"{self.settings.landing_container}/{metrics['file']}"} if metrics.get("file") else {}
+        job = job.model_copy(update={"links": links, "source": metrics.get("file", "")})
+        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
+
+    def _export_logs(self, job: Job, now: dt.datetime) -> dict[str, Any]:
+        mark = self.deliveries_table.find("watermark", "logs")
+        since = dt.datetime.fromisoformat(mark["at"]) if mark else dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        recent = [d for d in self.deliveries.all() if since - EVENT_HORIZON < d.sent_at <= now]
+        metrics: dict[str, Any] = {"since": since.isoformat(), "until": now.isoformat(), "deliveries": len(recent)}
+        events: dict[str, int] = {}
+        name = ""
+        current = self.recipients.find(rcp.RECIPIENTS_ID)
+        if recent and current is not None:
+            dataset = self.settings.campaign_feedback_dataset
+            with tempfile.TemporaryDirectory(prefix="logs-") as tmp:
+                wanted = {
+                    f"{d.id}-{log_name}": d.logs[log_name] for d in recent for log_name in ("broadlog", "trackinglog")
+                }
+                for local, blob in wanted.items():
+                    self.blobs.download(blob, Path(tmp) / f"{local}.parquet")
+                logs = {
+                    log_name: "["
+                    + ", ".join(quote_literal(str(Path(tmp) / f"{d.id}-{log_name}.parquet")) for d in recent)
+                    + "]"
+                    for log_name in ("broadlog", "trackinglog")
+                }
+                con = self.connect(tmp)
+                try:
+                    con.execute(
+                        "CREATE TEMP TABLE events AS "
+                        + events_sql(logs, rcp.source_of(self.recipients.local(current)), since, now)
+                    )
+                    events = dict(
+                        con.execute("SELECT eventType, count(*) FROM events GROUP BY 1 ORDER BY 1").fetchall()
+                    )
+                    if events:
+                        out = Path(tmp) / "events.ndjson"
+                        con.execute(f"COPY events TO {quote_literal(str(out))} (FORMAT json)")
+                        self._ensure_dataset(dataset, now)
+                        name = f"{dataset}/campaign-logs-{since:%Y%m%dT%H%M%SZ}-{now:%Y%m%dT%H%M%SZ}.ndjson"
+                        BlobStore(self.account.container(self.settings.landing_container)).put_file(name, out)
+                finally:
+                    con.close()
+        self.deliveries_table.upsert(
+            {"PartitionKey": "watermark", "RowKey": "logs", "at": now.isoformat(), "job": job.id}
+        )
+        return {**metrics, "events": events, "eventsTotal": sum(events.values()), "file": name}
+
+    def _ensure_dataset(self, dataset_id: str, now: dt.datetime) -> None:
+        datasets = DatasetStore.from_settings(self.settings, self.account)
+        try:
+            datasets.get(dataset_id)
+        except NotFound:
+            datasets.save(
+                Dataset(id=dataset_id, name="Campaign delivery logs", schema_id="xdm-experienceevent"), now=now
+            )

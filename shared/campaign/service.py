@@ -35,6 +35,7 @@ from shared.ingestion.paths import quote_ident, quote_literal
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, ModelTable, StorageAccount
+from shared.timing import Laps
 
 log = logging.getLogger(__name__)
 LIST_FOLDER = "AEP audiences"
@@ -231,22 +232,29 @@ class Campaign:
     def _load(self, job: Job, manifest: dict[str, Any], entry: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
         name = entry["name"]
         mapping = self.targets.get(manifest["targetMapping"])
+        phases = Laps()
         with tempfile.TemporaryDirectory(prefix="load-") as tmp:
             work = Path(tmp)
             try:
                 path = self.dlz.download(name, work / "file")
             except NotFound as exc:
                 raise ValidationError(f"{name}: listed in its manifest but not in the DLZ (deleted?)") from exc
+            phases.lap("download")
             check_checksum(path, entry)
+            phases.lap("checksum")
             con = self.connect(tmp)
             try:
                 allowed = set(mapping.columns) | {manifest.get("statusColumn") or ""}
                 read_export(con, path, manifest, entry, allowed=allowed)
+                phases.lap("read")
                 for _ in range(_ATTEMPTS):
                     try:
                         if manifest["syncType"] == "profile":
-                            return self._profile_sync(con, job, manifest, mapping, work, now)
-                        return self._audience_sync(con, job, manifest, entry, work, now)
+                            metrics = self._profile_sync(con, job, manifest, mapping, work, now)
+                        else:
+                            metrics = self._audience_sync(con, job, manifest, entry, work, now)
+                        phases.lap("sync")
+                        return {**metrics, "phaseSeconds": dict(phases)}
                     except Conflict:
                         log.info("%s: the target changed while loading; loading again", name)
                 raise Conflict(f"{name}: its list kept changing while loading; it will be retried")

@@ -21,6 +21,8 @@ from dev.azurite import ROOT, start_azurite
 from dev.host import fire_blob_trigger
 from dev.sample import write_sample
 from shared.activation import Activation, Destination, GovernancePolicy
+from shared.campaign.deliveries import DeliveryRequest
+from shared.campaign.service import Campaign, is_manifest
 from shared.engine import connect
 from shared.errors import BridgeError
 from shared.identity import MergePolicyStore, ProfileBuilder
@@ -188,6 +190,23 @@ def main() -> None:
             export_runs.build().get_user_function()(TimerRequest(past_due=False))
             export_job = activation.jobs.list(JobType.EXPORT)[0]
             dataflow = activation.runs(DESTINATION["id"])
+
+            progress.update(step, description="Campaign: importing recipients, then campaign_audience_load on dlz/")
+            campaign = Campaign.from_settings(settings, account)
+            seeded = campaign.seed_recipients(sample.recipients, now=now)
+            dlz = BlobStore(account.container(settings.dlz_container))
+            from functions.campaign import campaign_audience_load
+
+            names = sorted(dlz.names(), key=is_manifest)  # data files first, their manifest last, as committed
+            for name in names:
+                fire_blob_trigger(campaign_audience_load, dlz, name)
+            loads = campaign.jobs.list(JobType.AUDIENCE_LOAD)
+            lists = campaign.lists.list()
+            progress.update(step, description="Campaign: a delivery, then the 4-hour log export and its ingestion")
+            delivery = campaign.deliver(DeliveryRequest(list_id="gold-platinum", label="Gold offer"), now=now)
+            feedback = campaign.export_logs(now=now + dt.timedelta(hours=4))
+            if feedback.source:
+                fire_blob_trigger(ingest_landing_file, landing, feedback.source)
             progress.update(step, description="Done")
         finally:
             azurite.stop()
@@ -268,6 +287,32 @@ def main() -> None:
     console.print(exports)
     for dest_id, code, message in refused:
         console.print(f"  [yellow]refused destination {dest_id} ({code})[/]: {message}")
+    campaign_table = Table(
+        title=f"Campaign: {seeded['recipients']:,} recipients imported; audience load jobs (Administration > Audit)"
+    )
+    for col in ("file", "status", "read", "added", "removed", "rejected (reason)", "list size"):
+        campaign_table.add_column(col, justify="left" if col in ("file", "status", "rejected (reason)") else "right")
+    for load in loads:
+        m = load.metrics
+        campaign_table.add_row(
+            load.source,
+            load.status.value,
+            f"{m.get('rowsRead', 0):,}",
+            f"{m.get('added', 0):,}",
+            f"{m.get('removed', 0):,}",
+            ", ".join(f"{k} {v:,}" for k, v in m.get("rejected", {}).items()) or "-",
+            f"{m.get('listSize', 0):,}",
+        )
+    console.print(campaign_table)
+    console.print("Lists: " + "; ".join(f"{lst.name} ({lst.count:,})" for lst in lists))
+    console.print(
+        f"Delivery {delivery.id} to {delivery.list_id}: {delivery.sent:,} sent, failed {delivery.failed}, "
+        f"excluded {delivery.excluded}, {delivery.opens:,} opens, {delivery.clicks:,} clicks, "
+        f"{delivery.quarantined:,} quarantined"
+    )
+    console.print(
+        f"Log export {feedback.id}: {feedback.metrics.get('events', {})} → landing/{feedback.source or '(nothing)'}"
+    )
     console.print(
         Panel(
             "Azurite's data is kept in .azurite/ — browse the landing, lake and tables with Azure Storage Explorer\n"

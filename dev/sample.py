@@ -42,6 +42,7 @@ class SampleFiles:
     profiles: Path  # dataset crm
     loyalty: Path  # dataset loyalty
     event_files: tuple[Path, ...]  # dataset web, split to stay under the ingestion file limit
+    recipients: Path  # Campaign's own recipient seed (not landed: Campaign imports it itself)
     people: int
     events_count: int
 
@@ -111,6 +112,16 @@ def write_sample(
             FROM persons WHERE hh(i, 'loyal') % 2 = 0 ORDER BY i
         ) TO {quote_literal(str(loyalty))} (FORMAT csv, HEADER)"""
     )
+    # Campaign's recipients: most CRM people (Campaign's own copy of the email, not normalised), some opted
+    # out or quarantined, and some people Campaign never heard of.
+    recipients = out / "campaign-recipients.csv"
+    con.execute(
+        f"""COPY (
+            SELECT 'crm-' || i AS external_id, email, first AS firstName, last AS lastName,
+                   hh(i, 'optout') % 20 = 0 AS optOut, hh(i, 'quarantine') % 100 = 0 AS quarantined
+            FROM persons WHERE hh(i, 'campaign') % 20 <> 0 ORDER BY i
+        ) TO {quote_literal(str(recipients))} (FORMAT csv, HEADER)"""
+    )
     total = int(people) * int(events_per_person)
     start = (now - dt.timedelta(days=30)).isoformat()
     files = []
@@ -140,5 +151,10 @@ def write_sample(
         )
     con.close()
     return SampleFiles(
-        profiles=profiles, loyalty=loyalty, event_files=tuple(files), people=int(people), events_count=total
+        profiles=profiles,
+        loyalty=loyalty,
+        event_files=tuple(files),
+        recipients=recipients,
+        people=int(people),
+        events_count=total,
     )

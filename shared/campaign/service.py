@@ -10,6 +10,7 @@ import json
 import logging
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -233,8 +234,10 @@ class Campaign:
         name = entry["name"]
         mapping = self.targets.get(manifest["targetMapping"])
         phases = Laps()
-        with tempfile.TemporaryDirectory(prefix="load-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="load-") as tmp, ThreadPoolExecutor(max_workers=1) as pool:
             work = Path(tmp)
+            # The snapshots the load will read are fetched while the file downloads and is checked.
+            prefetch = pool.submit(self._prefetch, None if manifest["syncType"] == "profile" else entry["segmentId"])
             try:
                 path = self.dlz.download(name, work / "file")
             except NotFound as exc:
@@ -246,6 +249,7 @@ class Campaign:
             try:
                 allowed = set(mapping.columns) | {manifest.get("statusColumn") or ""}
                 read_export(con, path, manifest, entry, allowed=allowed)
+                prefetch.result()
                 phases.lap("read")
                 for _ in range(_ATTEMPTS):
                     try:
@@ -260,6 +264,12 @@ class Campaign:
                 raise Conflict(f"{name}: its list kept changing while loading; it will be retried")
             finally:
                 con.close()
+
+    def _prefetch(self, list_id: str | None) -> None:
+        for store, record_id in ((self.recipients, rcp.RECIPIENTS_ID), (self.lists, list_id)):
+            record = store.find(record_id) if record_id else None
+            if record is not None:
+                store.local(record)
 
     def _match(self, con: duckdb.DuckDBPyConnection, manifest: dict[str, Any], current: SnapshotRecord | None) -> None:
         """`matched`: each row of `incoming` with its recipient and, when it is rejected, the reason."""

@@ -205,8 +205,12 @@ def main() -> None:
             progress.update(step, description="Campaign: a delivery, then the 4-hour log export and its ingestion")
             delivery = campaign.deliver(DeliveryRequest(list_id="gold-platinum", label="Gold offer"), now=now)
             feedback = campaign.export_logs(now=now + dt.timedelta(hours=4))
+            logs_batch = None
             if feedback.source:
                 fire_blob_trigger(ingest_landing_file, landing, feedback.source)
+                logs_batch = BatchIngestion.from_settings(settings, account).jobs.get(
+                    JobType.INGESTION, batch_id_for(feedback.source, landing.etag(feedback.source))
+                )
             progress.update(step, description="Done")
         finally:
             azurite.stop()
@@ -313,6 +317,11 @@ def main() -> None:
     console.print(
         f"Log export {feedback.id}: {feedback.metrics.get('events', {})} → landing/{feedback.source or '(nothing)'}"
     )
+    if logs_batch is not None:
+        console.print(
+            f"  ingested by ingest_landing_file: {logs_batch.status.value}, "
+            f"{logs_batch.metrics.get('rowsAccepted', 0):,} events in the lake"
+        )
     console.print(
         Panel(
             "Azurite's data is kept in .azurite/ — browse the landing, lake and tables with Azure Storage Explorer\n"

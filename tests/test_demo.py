@@ -25,3 +25,5 @@ def test_the_demo_runs_end_to_end_and_prints_its_summary(tmp_path):
     assert "Unified profiles" in out and "Segment job" in out and "vip-ca" in out
     assert "Export run exp-campaign-email-" in out and "SUCCEEDED" in out
     assert "refused destination third-party (governance)" in out and "refused destination too-often (guardrail)" in out
+    assert "audience load jobs" in out and "AEP audiences / Gold and platinum members" in out
+    assert "Delivery dlv-gold-platinum-" in out and "ingested by ingest_landing_file: SUCCEEDED" in out

@@ -37,6 +37,7 @@ bench: setup
 	$(PY) -m bench.ingest --rows $(ROWS)
 	$(PY) -m bench.segments --people $(PEOPLE)
 	$(PY) -m bench.export --people $(PEOPLE)
+	$(PY) -m bench.campaign --people $(PEOPLE)
 
 clean:
 	rm -rf $(VENV) node_modules .azurite .pytest_cache .ruff_cache

@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,7 +74,7 @@ class Snapshots:
         path = _CACHE / self.blobs.name / record.snapshot
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
+            partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")  # workers may fetch it at once
             self.blobs.download(record.snapshot, partial)
             partial.replace(path)
         return path

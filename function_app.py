@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from functions import activation, campaign, catalog, ingestion, segmentation
+from functions import activation, campaign, catalog, ingestion, monitoring, segmentation
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(ingestion.bp)
@@ -10,3 +10,4 @@ app.register_functions(catalog.bp)
 app.register_functions(segmentation.bp)
 app.register_functions(activation.bp)
 app.register_functions(campaign.bp)
+app.register_functions(monitoring.bp)

@@ -9,11 +9,12 @@ import time
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from shared.errors import Conflict
+from shared.errors import Conflict, NotFound, ValidationError
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
+from shared.storage.tables import decode_token, encode_token
 
 MAX_STORED_ERRORS = 50
 
@@ -118,6 +119,15 @@ class Job(BaseModel):
         )
 
 
+class JobPage(BaseModel):
+    """One page of jobs, newest first, and the token for the next page (None at the end)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    items: list[Job]
+    continuation_token: str | None = Field(None, serialization_alias="continuationToken")
+
+
 class JobStore:
     """Job records, one partition per job type, keyed by job id."""
 
@@ -182,3 +192,52 @@ class JobStore:
             key=lambda j: j.created,
             reverse=True,
         )
+
+    def find_any(self, job_id: str) -> Job:
+        """A job by its id, whatever its type."""
+        for entity in self.table.all("RowKey eq @id", parameters={"id": job_id}):
+            return Job.from_entity(entity)
+        raise NotFound(f"no job {job_id!r}; GET /api/jobs lists them")
+
+    def page(
+        self,
+        *,
+        types: list[JobType] | None = None,
+        status: JobStatus | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = 50,
+        token: str | None = None,
+    ) -> JobPage:
+        """Jobs matching the filters, newest first (by creation time, then type and id), `limit` at a time.
+        The token is the last job of the previous page: a job created meanwhile does not shift the pages."""
+        clauses, params = [], {}
+        if types:
+            # The SDK finds @names between spaces, so the parentheses stand apart.
+            clauses.append("( " + " or ".join(f"PartitionKey eq @t{i}" for i in range(len(types))) + " )")
+            params.update({f"t{i}": t.value for i, t in enumerate(types)})
+        if status:
+            clauses.append("status eq @status")
+            params["status"] = status.value
+        if since:
+            clauses.append("created ge @since")
+            params["since"] = since
+        if until:
+            clauses.append("created lt @until")
+            params["until"] = until
+        rows = self.table.all(" and ".join(clauses) or None, parameters=params or None)
+        jobs = sorted((Job.from_entity(e) for e in rows), key=_newest_key, reverse=True)
+        after = decode_token(token)
+        if after is not None:
+            if not (isinstance(after, list) and len(after) == 3 and all(isinstance(a, str) for a in after)):
+                raise ValidationError("continuationToken is not one this service issued")
+            jobs = [j for j in jobs if _newest_key(j) < (dt.datetime.fromisoformat(after[0]), after[1], after[2])]
+        items = jobs[:limit]
+        more = len(jobs) > limit
+        last = items[-1] if items else None
+        next_token = encode_token([last.created.isoformat(), last.type.value, last.id]) if more and last else None
+        return JobPage(items=items, continuation_token=next_token)
+
+
+def _newest_key(job: Job) -> tuple[dt.datetime, str, str]:
+    return (job.created, job.type.value, job.id)

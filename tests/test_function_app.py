@@ -64,6 +64,8 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
         "campaign_lists": "campaign/lists/{id?}",
         "campaign_recipients": "campaign/recipients",
         "campaign_deliveries": "campaign/deliveries/{id?}",
+        "health": "health",
+        "jobs": "jobs/{id?}",
     }
     assert all(functions[n]["authLevel"] == "function" for n in routes)
 

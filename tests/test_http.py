@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 
 import azure.functions as func
 
@@ -12,8 +13,12 @@ from tests.helpers import ndjson, profile
 
 
 def call(function, method: str, route: str, params: dict | None = None, body: object = None) -> func.HttpResponse:
+    """Call an HTTP function as the host would; a query string in `route` becomes the request's params."""
     raw = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else b"")
-    request = func.HttpRequest(method=method, url=f"http://localhost/api/{route}", body=raw, route_params=params or {})
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(route).query))
+    request = func.HttpRequest(
+        method=method, url=f"http://localhost/api/{route}", body=raw, route_params=params or {}, params=query
+    )
     return function.build().get_user_function()(request)
 
 

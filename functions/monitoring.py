@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import logging
 import platform
 import tomllib
 from pathlib import Path
 
 import azure.functions as func
 
-from functions.http import answers, json_response, problem
+from functions import utc_now
+from functions.http import answers, body_of, json_response, problem
 from shared.errors import ValidationError
 from shared.jobs import JobStatus, JobStore, JobType
+from shared.monitoring.alerts import ALERT_TYPES, AlertRules
+from shared.monitoring.webhooks import SubscriptionRequest, Webhooks
 from shared.settings import get_settings
 from shared.storage import StorageAccount
 
 bp = func.Blueprint()
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -98,3 +103,87 @@ def jobs(req: func.HttpRequest) -> func.HttpResponse:
         token=req.params.get("continuationToken"),
     )
     return json_response(page.model_dump(mode="json", by_alias=True))
+
+
+def _limit(req: func.HttpRequest, default: int = 100) -> int:
+    limit = req.params.get("limit", str(default))
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise ValidationError(f"query parameter 'limit' must be a whole number from 1 to 1000, not {limit!r}")
+    return int(limit)
+
+
+@bp.function_name("alerts")
+@bp.route(route="alerts", methods=["GET"])
+@answers
+def alerts(req: func.HttpRequest) -> func.HttpResponse:
+    """`GET /api/alerts?type=segment.jobFailed,job.delayed&since=…&limit=100`, newest first."""
+    types = [t for t in (req.params.get("type") or "").split(",") if t]
+    unknown = [t for t in types if t not in ALERT_TYPES]
+    if unknown:
+        raise ValidationError(f"query parameter 'type': {unknown} are not alert types; they are {sorted(ALERT_TYPES)}")
+    settings = get_settings()
+    rules = AlertRules.from_settings(settings, StorageAccount.from_settings(settings))
+    found = rules.store.list(types=types, since=_time(req, "since"), limit=_limit(req))
+    return json_response(found)
+
+
+def _webhooks() -> Webhooks:
+    return Webhooks.from_settings(get_settings())
+
+
+@bp.function_name("subscriptions")
+@bp.route(route="subscriptions/{id?}", methods=["GET", "POST", "DELETE"])
+@answers
+def subscriptions(req: func.HttpRequest) -> func.HttpResponse:
+    """POST creates (201, with the signing secret, shown this once); GET lists or reads; DELETE removes."""
+    webhooks = _webhooks()
+    sub_id = req.route_params.get("id")
+    if req.method == "POST" and not sub_id:
+        created = webhooks.create(SubscriptionRequest.model_validate(body_of(req)), now=utc_now())
+        answer = {**created.model_dump(mode="json", by_alias=True), "secret": created.secret}
+        response = json_response(answer, status=201)
+        response.headers["Location"] = f"/api/subscriptions/{created.id}"
+        return response
+    if req.method == "DELETE" and sub_id:
+        webhooks.delete(sub_id)
+        return func.HttpResponse(status_code=204)
+    if req.method == "GET" and sub_id:
+        return json_response(webhooks.get(sub_id))
+    if req.method == "GET":
+        return json_response(webhooks.list())
+    raise ValidationError(f"{req.method} /api/subscriptions{'/' + sub_id if sub_id else ''} is not supported")
+
+
+@bp.function_name("subscription_test")
+@bp.route(route="subscriptions/{id}/test", methods=["POST"])
+@answers
+def subscription_test(req: func.HttpRequest) -> func.HttpResponse:
+    """Queue a test event to the subscription (202); its delivery shows in .../deliveries."""
+    event = _webhooks().send_test(req.route_params["id"], now=utc_now())
+    return json_response(event, status=202)
+
+
+@bp.function_name("subscription_deliveries")
+@bp.route(route="subscriptions/{id}/deliveries", methods=["GET"])
+@answers
+def subscription_deliveries(req: func.HttpRequest) -> func.HttpResponse:
+    """Every delivery attempt to the subscription, newest first: status, latency, outcome, error."""
+    webhooks = _webhooks()
+    webhooks.get(req.route_params["id"])
+    return json_response(webhooks.history(req.route_params["id"]))
+
+
+@bp.function_name("alert_delivery")
+@bp.queue_trigger(arg_name="message", queue_name="%ALERT_DELIVERIES_QUEUE%", connection="AzureWebJobsStorage")
+def alert_delivery(message: func.QueueMessage) -> None:
+    attempt = _webhooks().deliver(message.get_json(), now=utc_now())
+    if attempt is not None:
+        log.info("webhook %s attempt %d: %s", attempt.message_id, attempt.attempt, attempt.outcome)
+
+
+@bp.function_name("monitor")
+@bp.timer_trigger(arg_name="timer", schedule="%MONITOR_SCHEDULE%", run_on_startup=False)
+def monitor(timer: func.TimerRequest) -> None:
+    settings = get_settings()
+    raised = AlertRules.from_settings(settings, StorageAccount.from_settings(settings)).check_delays(now=utc_now())
+    log.info("monitor: %d new delay alerts", len(raised))

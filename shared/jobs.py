@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -17,6 +19,7 @@ from shared.storage import EntityTable, StorageAccount
 from shared.storage.tables import decode_token, encode_token
 
 MAX_STORED_ERRORS = 50
+log = logging.getLogger(__name__)
 
 
 class JobType(StrEnum):
@@ -131,12 +134,25 @@ class JobPage(BaseModel):
 class JobStore:
     """Job records, one partition per job type, keyed by job id."""
 
-    def __init__(self, table: EntityTable) -> None:
+    def __init__(self, table: EntityTable, *, watcher: Callable[[Job], object] | None = None) -> None:
         self.table = table
+        self.watcher = watcher
 
     @classmethod
     def from_settings(cls, settings: Settings, account: StorageAccount) -> JobStore:
-        return cls(EntityTable(account.table(settings.table_name("jobs"))))
+        """The job store of the app: the alert rules watch every job that starts or ends."""
+        from shared.monitoring.alerts import AlertRules  # the rules read jobs themselves
+
+        rules = AlertRules.from_settings(settings, account)
+        return cls(EntityTable(account.table(settings.table_name("jobs"))), watcher=rules.on_job)
+
+    def _notify(self, job: Job) -> None:
+        if self.watcher is None:
+            return
+        try:
+            self.watcher(job)
+        except Exception:  # noqa: BLE001 - alerting must never fail the job it watches
+            log.exception("alert rules failed on job %s", job.id)
 
     def find(self, job_type: JobType, job_id: str) -> Job | None:
         entity = self.table.find(job_type.value, job_id)
@@ -148,7 +164,10 @@ class JobStore:
     def create(self, job: Job) -> Job:
         """Insert a new record; `Conflict` if another worker created it first."""
         stored = self.table.insert(job.to_entity())
-        return job.model_copy(update={"etag": stored["etag"]})
+        job = job.model_copy(update={"etag": stored["etag"]})
+        if job.status is JobStatus.PROCESSING:
+            self._notify(job)
+        return job
 
     def save(self, job: Job) -> Job:
         """Write the job back, failing with `Conflict` if it changed since it was read."""
@@ -156,7 +175,10 @@ class JobStore:
             stored = self.table.upsert(job.to_entity())
         else:
             stored = self.table.update(job.to_entity(), etag=job.etag)
-        return job.model_copy(update={"etag": stored["etag"]})
+        job = job.model_copy(update={"etag": stored["etag"]})
+        if job.status.terminal or job.status is JobStatus.PROCESSING:
+            self._notify(job)
+        return job
 
     def finish(
         self,

@@ -111,6 +111,57 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("CAMPAIGN_FEEDBACK_DATASET", "campaign_feedback_dataset"),
         description="The event dataset (and landing folder) Campaign's delivery logs are ingested into.",
     )
+    monitor_schedule: str = Field(
+        "0 */15 * * * *",
+        validation_alias=AliasChoices("MONITOR_SCHEDULE", "monitor_schedule"),
+        description="NCRONTAB schedule of the monitor timer that looks for delayed jobs and dataflows.",
+    )
+    alert_rejected_rate: float = Field(
+        0.005,
+        ge=0,
+        validation_alias=AliasChoices("ALERT_REJECTED_RATE", "alert_rejected_rate"),
+        description="An ingestion batch rejecting more than this share of its rows raises an alert.",
+    )
+    alert_excluded_rate: float = Field(
+        0.01,
+        ge=0,
+        validation_alias=AliasChoices("ALERT_EXCLUDED_RATE", "alert_excluded_rate"),
+        description="An export run excluding more than this share of the profiles it received raises an alert.",
+    )
+    alert_delay_minutes: int = Field(
+        150,
+        gt=0,
+        validation_alias=AliasChoices("ALERT_DELAY_MINUTES", "alert_delay_minutes"),
+        description="A job PROCESSING longer than this, or a dataflow slot this late, raises a delay alert.",
+    )
+    alert_size_change: float = Field(
+        0.5,
+        ge=0,
+        validation_alias=AliasChoices("ALERT_SIZE_CHANGE", "alert_size_change"),
+        description="A segment whose size changes by more than this share between two jobs raises an alert.",
+    )
+    alert_deliveries_queue: str = Field(
+        "alert-deliveries",
+        validation_alias=AliasChoices("ALERT_DELIVERIES_QUEUE", "alert_deliveries_queue"),
+        description="Queue of webhook deliveries (one message per alert and subscription, retried).",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        validation_alias=AliasChoices("WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private"),
+        description="Allow http:// and private, loopback or link-local webhook addresses (local testing only).",
+    )
+    webhook_retry_seconds: float = Field(
+        30,
+        ge=0,
+        validation_alias=AliasChoices("WEBHOOK_RETRY_SECONDS", "webhook_retry_seconds"),
+        description="First retry delay of a failed webhook delivery; it doubles each attempt, with jitter.",
+    )
+    webhook_retry_hours: float = Field(
+        24,
+        gt=0,
+        validation_alias=AliasChoices("WEBHOOK_RETRY_HOURS", "webhook_retry_hours"),
+        description="How long a delivery is retried; then the subscription is disabled and an alert says so.",
+    )
     duckdb_memory_limit: str = Field(
         "1GB",
         validation_alias=AliasChoices("DUCKDB_MEMORY_LIMIT", "duckdb_memory_limit"),

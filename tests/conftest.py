@@ -39,6 +39,7 @@ def settings(azurite: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings
         "DLZ_CONTAINER": f"dlz-{tag}",
         "CAMPAIGN_CONTAINER": f"campaign-{tag}",
         "TABLE_PREFIX": f"t{tag}",
+        "ALERT_DELIVERIES_QUEUE": f"alerts-{tag}",
         "DUCKDB_MEMORY_LIMIT": "512MB",
     }
     for key, value in values.items():

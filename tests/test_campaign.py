@@ -19,6 +19,7 @@ from functions.campaign import (
     campaign_log_export,
     campaign_recipients,
 )
+from functions.monitoring import alerts
 from shared.activation import Activation
 from shared.campaign.deliveries import Delivery, DeliveryRequest
 from shared.campaign.service import Campaign
@@ -192,6 +193,8 @@ def test_a_file_that_does_not_match_its_manifest_is_refused(settings, account, c
     assert load.status is JobStatus.FAILED
     assert f"has {len(data) - 10} bytes but its manifest says {len(data)}" in load.errors[0].message
     assert recipients.lists.find("gold") is None
+    [alert] = body(call(alerts, "GET", "alerts?type=audienceLoad.failed"))
+    assert alert["jobId"] == load.id and "its manifest says" in alert["message"]
 
     blobs.put(name, data[:-1] + b"X", metadata={"manifest": job.links["manifest"].split("/", 1)[1]})
     fire_blob_trigger(campaign_audience_load, blobs, name)

@@ -45,6 +45,9 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
     assert functions["campaign_audience_load"]["connection"] == "AzureWebJobsStorage"
     assert functions["campaign_log_export"]["type"] == "timerTrigger"
     assert functions["campaign_log_export"]["schedule"] == "%CAMPAIGN_LOG_SCHEDULE%"
+    assert functions["alert_delivery"]["type"] == "queueTrigger"
+    assert functions["alert_delivery"]["queueName"] == "%ALERT_DELIVERIES_QUEUE%"
+    assert functions["monitor"]["type"] == "timerTrigger" and functions["monitor"]["schedule"] == "%MONITOR_SCHEDULE%"
     routes = {name: f["route"] for name, f in functions.items() if f["type"] == "httpTrigger"}
     assert routes == {
         "schemas": "schemas/{id?}",
@@ -66,6 +69,10 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
         "campaign_deliveries": "campaign/deliveries/{id?}",
         "health": "health",
         "jobs": "jobs/{id?}",
+        "alerts": "alerts",
+        "subscriptions": "subscriptions/{id?}",
+        "subscription_test": "subscriptions/{id}/test",
+        "subscription_deliveries": "subscriptions/{id}/deliveries",
     }
     assert all(functions[n]["authLevel"] == "function" for n in routes)
 

@@ -1,0 +1,234 @@
+"""Alert rules. Evaluated when a job starts or ends (the job store calls `on_job`) and by the monitor timer
+(`check_delays`). Each alert is stored once, keyed by its rule and what it is about, so the same condition
+never alerts twice; a new alert is handed to the webhook subscriptions that want its type."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from shared.errors import Conflict
+from shared.jobs import Job, JobStatus, JobStore, JobType
+from shared.settings import Settings
+from shared.storage import EntityTable, StorageAccount
+
+log = logging.getLogger(__name__)
+
+# Alert types, in the terms of Adobe's alert subscriptions.
+ALERT_TYPES = {
+    "source.flowRunStart": "an ingestion batch started",
+    "source.flowRunSuccess": "an ingestion batch succeeded",
+    "source.flowRunFailure": "an ingestion batch failed",
+    "ingestion.rowsRejected": "an ingestion batch rejected more rows than ALERT_REJECTED_RATE",
+    "segment.jobFailed": "a segment job failed",
+    "segment.sizeChanged": "a segment's size changed by more than ALERT_SIZE_CHANGE between two jobs",
+    "destination.flowRunStart": "an export run started",
+    "destination.flowRunSuccess": "an export run succeeded",
+    "destination.flowRunFailure": "an export run failed",
+    "destination.skippedRateExceeded": "an export run excluded more profiles than ALERT_EXCLUDED_RATE",
+    "destination.flowRunDelayed": "a dataflow's scheduled run has not happened ALERT_DELAY_MINUTES after its slot",
+    "audienceLoad.failed": "a Campaign audience load failed",
+    "job.delayed": "a job has been PROCESSING longer than ALERT_DELAY_MINUTES",
+    "subscription.disabled": "a webhook subscription was disabled after its deliveries kept failing",
+}
+_FLOW = {JobType.INGESTION: "source", JobType.EXPORT: "destination"}
+
+
+class Alert(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    id: str
+    type: str
+    subject: str
+    message: str
+    created: dt.datetime
+    job_id: str | None = None
+    job_type: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    link: str | None = Field(None, description="Where to look: the job's API route.")
+
+
+def alert_id(alert_type: str, key: str) -> str:
+    safe = "".join("_" if c in "/\\#?" or ord(c) < 32 else c for c in key)
+    return f"{alert_type}--{safe}"[:500]
+
+
+class AlertStore:
+    def __init__(self, table: EntityTable) -> None:
+        self.table = table
+
+    def add(self, alert: Alert) -> bool:
+        """Store the alert unless the same one is already stored; True when it is new."""
+        try:
+            self.table.insert({"PartitionKey": "alert", "RowKey": alert.id, "definition": alert.model_dump_json()})
+        except Conflict:
+            return False
+        return True
+
+    def list(
+        self, *, types: list[str] | None = None, since: dt.datetime | None = None, limit: int = 100
+    ) -> list[Alert]:
+        """Newest first."""
+        alerts = [
+            Alert.model_validate_json(e["definition"])
+            for e in self.table.all("PartitionKey eq @pk", parameters={"pk": "alert"})
+        ]
+        alerts = [a for a in alerts if (not types or a.type in types) and (since is None or a.created >= since)]
+        return sorted(alerts, key=lambda a: (a.created, a.id), reverse=True)[:limit]
+
+
+class AlertRules:
+    """The rules, with their thresholds from the settings."""
+
+    def __init__(self, *, settings: Settings, account: StorageAccount) -> None:
+        self.settings = settings
+        self.account = account
+        self.store = AlertStore(EntityTable(account.table(settings.table_name("alerts"))))
+        self.jobs = JobStore(EntityTable(account.table(settings.table_name("jobs"))))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount) -> AlertRules:
+        return cls(settings=settings, account=account)
+
+    def raise_alert(
+        self, alert_type: str, key: str, subject: str, message: str, now: dt.datetime, job: Job | None = None, **metrics
+    ) -> Alert | None:
+        alert = Alert(
+            id=alert_id(alert_type, key),
+            type=alert_type,
+            subject=subject,
+            message=message,
+            created=now,
+            job_id=job.id if job else None,
+            job_type=job.type.value if job else None,
+            metrics=metrics,
+            link=f"/api/jobs/{job.id}" if job else None,
+        )
+        if not self.store.add(alert):
+            return None
+        from shared.monitoring.webhooks import Webhooks  # webhooks raise alerts too
+
+        Webhooks.from_settings(self.settings, self.account).fan_out(alert)
+        return alert
+
+    # Rules on a job's start and end --------------------------------------------------------------
+
+    def on_job(self, job: Job) -> list[Alert]:
+        raised = [a for a in self._rules(job) if a is not None]
+        for a in raised:
+            log.info("alert %s: %s", a.type, a.message)
+        return raised
+
+    def _rules(self, job: Job) -> list[Alert | None]:
+        at = job.ended or job.started or job.created
+        flow = _FLOW.get(job.type)
+        out: list[Alert | None] = []
+        what = f"{job.type.value} job {job.id} ({job.subject or job.source})"
+        if job.status is JobStatus.PROCESSING:
+            if flow:
+                out.append(self.raise_alert(f"{flow}.flowRunStart", job.id, job.subject, f"{what} started", at, job))
+            return out
+        if not job.status.terminal:
+            return out
+        m = job.metrics
+        first_error = job.errors[0].message if job.errors else ""
+        if flow and job.status is JobStatus.SUCCEEDED:
+            out.append(self.raise_alert(f"{flow}.flowRunSuccess", job.id, job.subject, f"{what} succeeded", at, job))
+        if flow and job.status is JobStatus.FAILED:
+            message = f"{what} failed: {first_error}"
+            out.append(self.raise_alert(f"{flow}.flowRunFailure", job.id, job.subject, message, at, job))
+        if job.type is JobType.INGESTION and m.get("rowsRead"):
+            rate = m.get("rowsRejected", 0) / m["rowsRead"]
+            if rate > self.settings.alert_rejected_rate:
+                message = (
+                    f"{what} rejected {m['rowsRejected']:,} of {m['rowsRead']:,} rows ({rate:.2%}), over "
+                    f"{self.settings.alert_rejected_rate:.2%}; see its errors file"
+                )
+                out.append(
+                    self.raise_alert("ingestion.rowsRejected", job.id, job.subject, message, at, job, rejectedRate=rate)
+                )
+        if job.type is JobType.SEGMENT and job.status is JobStatus.FAILED:
+            out.append(
+                self.raise_alert("segment.jobFailed", job.id, job.subject, f"{what} failed: {first_error}", at, job)
+            )
+        if job.type is JobType.SEGMENT and job.status is JobStatus.SUCCEEDED:
+            out += self._size_changes(job, at)
+        if job.type is JobType.EXPORT and m.get("excludedRate", 0) > self.settings.alert_excluded_rate:
+            message = (
+                f"{what} excluded {m['excludedRate']:.2%} of the profiles it received, over "
+                f"{self.settings.alert_excluded_rate:.2%}: {m.get('excluded')}"
+            )
+            out.append(
+                self.raise_alert(
+                    "destination.skippedRateExceeded", job.id, job.subject, message, at, job, excluded=m.get("excluded")
+                )
+            )
+        if job.type is JobType.AUDIENCE_LOAD and job.status is JobStatus.FAILED:
+            out.append(
+                self.raise_alert("audienceLoad.failed", job.id, job.subject, f"{what} failed: {first_error}", at, job)
+            )
+        return out
+
+    def _size_changes(self, job: Job, at: dt.datetime) -> list[Alert | None]:
+        earlier = [
+            j
+            for j in self.jobs.list(JobType.SEGMENT, status=JobStatus.SUCCEEDED)
+            if j.created < job.created and j.id != job.id
+        ]
+        if not earlier:
+            return []
+        sizes = _sizes(job)
+        before = _sizes(earlier[0])
+        out: list[Alert | None] = []
+        for sid, now_size in sizes.items():
+            old = before.get(sid)
+            if not old or abs(now_size - old) / old <= self.settings.alert_size_change:
+                continue
+            change = (now_size - old) / old
+            message = (
+                f"segment {sid} went from {old:,} to {now_size:,} members ({change:+.0%}) between segment jobs "
+                f"{earlier[0].id} and {job.id}, more than ±{self.settings.alert_size_change:.0%}"
+            )
+            out.append(
+                self.raise_alert(
+                    "segment.sizeChanged", f"{job.id}-{sid}", sid, message, at, job, before=old, after=now_size
+                )
+            )
+        return out
+
+    # The monitor timer ----------------------------------------------------------------------------
+
+    def check_delays(self, *, now: dt.datetime) -> list[Alert]:
+        """Jobs PROCESSING too long, and scheduled dataflow slots that have not run."""
+        from shared.activation.destinations import DestinationStore, Frequency
+        from shared.activation.service import run_id_for
+
+        limit = dt.timedelta(minutes=self.settings.alert_delay_minutes)
+        raised: list[Alert | None] = []
+        for job_type in JobType:
+            for job in self.jobs.list(job_type, status=JobStatus.PROCESSING):
+                since = job.started or job.created
+                if now - since > limit:
+                    minutes = int((now - since).total_seconds() // 60)
+                    message = f"{job.type.value} job {job.id} has been PROCESSING for {minutes} minutes"
+                    raised.append(self.raise_alert("job.delayed", job.id, job.subject, message, now, job))
+        for d in DestinationStore.from_settings(self.settings, self.account).list():
+            if not d.enabled or d.schedule.frequency is not Frequency.HOURS:
+                continue
+            slot = d.schedule.slot(now - limit)
+            if slot is None or (d.updated and d.updated > slot):
+                continue
+            run_id = run_id_for(d, slot)
+            if self.jobs.find(JobType.EXPORT, run_id) is None:
+                message = f"dataflow {d.id}: the run of slot {slot.isoformat()} has not happened"
+                raised.append(self.raise_alert("destination.flowRunDelayed", run_id, d.id, message, now))
+        return [a for a in raised if a is not None]
+
+
+def _sizes(job: Job) -> dict[str, int]:
+    counts = job.metrics.get("segmentedProfileByStatusCounter", {})
+    return {sid: c.get("realized", 0) + c.get("existing", 0) for sid, c in counts.items()}

@@ -1,0 +1,307 @@
+"""Webhook subscriptions and their deliveries, signed as Standard Webhooks (HMAC-SHA256), so subscribers
+verify them with stock libraries. Each alert goes to each matching subscription through a queue; a failed
+delivery comes back on the queue later (exponential backoff with jitter, Retry-After on 429) until
+WEBHOOK_RETRY_HOURS have passed, then the subscription is disabled and an alert says so. 410 disables at
+once; redirects are not followed; private, loopback, link-local and metadata addresses are refused at
+creation and again at every send (unless WEBHOOK_ALLOW_PRIVATE). Secrets appear only in the answer to
+the creation."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import json
+import logging
+import random
+import secrets
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from standardwebhooks import Webhook
+
+from shared.errors import NotFound, ValidationError
+from shared.monitoring.alerts import ALERT_TYPES, Alert
+from shared.settings import Settings
+from shared.storage import EntityTable, ModelTable, StorageAccount
+
+log = logging.getLogger(__name__)
+TIMEOUT_SECONDS = 10
+MAX_BACKOFF_SECONDS = 3600
+TEST_TYPE = "test"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class SubscriptionRequest(_Model):
+    url: str = Field(description="Where alerts are POSTed: https, a public address.")
+    event_types: list[str] = Field(["*"], description="Alert types to receive, or `*` for all.")
+    description: str = ""
+
+
+class Subscription(SubscriptionRequest):
+    id: str
+    enabled: bool = True
+    created: dt.datetime
+    disabled_reason: str | None = None
+    secret: str = Field("", exclude=True, description="Only in the answer to the creation.")
+
+
+class Attempt(_Model):
+    """One delivery attempt, as logged."""
+
+    subscription_id: str
+    message_id: str
+    alert_type: str
+    attempt: int
+    at: dt.datetime
+    status: int | None = None
+    latency_ms: float = 0
+    outcome: str = Field(description="delivered | retry | gone | failed | refused")
+    error: str | None = None
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        return None  # a 3xx is answered as it is, never followed
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def check_url(url: str, *, allow_private: bool) -> None:
+    """Refuse a URL that is not https, or whose host resolves to a private, loopback, link-local (cloud
+    metadata), reserved or multicast address."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in (("https", "http") if allow_private else ("https",)) or not parts.hostname:
+        raise ValidationError(f"webhook url {url!r} must be an https:// URL with a host")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise ValidationError(f"webhook url {url!r}: host {parts.hostname!r} does not resolve") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if (
+            address.is_private
+            or address.is_loopback
+            or address.is_link_local
+            or address.is_reserved
+            or address.is_multicast
+            or address.is_unspecified
+        ):
+            raise ValidationError(
+                f"webhook url {url!r}: {parts.hostname} resolves to {address}, a private, loopback, link-local or "
+                "reserved address; webhooks go to public addresses only"
+            )
+
+
+class Webhooks:
+    def __init__(self, *, settings: Settings, account: StorageAccount) -> None:
+        self.settings = settings
+        self.account = account
+        self.subscriptions = ModelTable(
+            EntityTable(account.table(settings.table_name("subscriptions"))), Subscription, partition="subscription"
+        )
+        self.secrets = EntityTable(account.table(settings.table_name("subscriptionsecrets")))
+        self.attempts = EntityTable(account.table(settings.table_name("deliveries")))
+        self.queue = account.queue(settings.alert_deliveries_queue)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount | None = None) -> Webhooks:
+        return cls(settings=settings, account=account or StorageAccount.from_settings(settings))
+
+    # Subscriptions -------------------------------------------------------------------------------
+
+    def create(self, request: SubscriptionRequest, *, now: dt.datetime) -> Subscription:
+        """A new subscription with its signing secret, which this answer is the only one to show."""
+        unknown = [t for t in request.event_types if t != "*" and t not in ALERT_TYPES]
+        if unknown:
+            raise ValidationError(f"eventTypes {unknown} are not alert types; use `*` or some of {sorted(ALERT_TYPES)}")
+        check_url(request.url, allow_private=self.settings.webhook_allow_private)
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        sub = Subscription(**request.model_dump(), id=f"sub-{uuid.uuid4().hex[:12]}", created=now)
+        self.secrets.insert({"PartitionKey": "secret", "RowKey": sub.id, "secret": secret})
+        self.subscriptions.put(sub.id, sub)
+        return sub.model_copy(update={"secret": secret})
+
+    def get(self, subscription_id: str) -> Subscription:
+        sub = self.subscriptions.find(subscription_id)
+        if sub is None:
+            raise NotFound(f"no subscription {subscription_id!r}; GET /api/subscriptions lists them")
+        return sub
+
+    def list(self) -> list[Subscription]:
+        return sorted(self.subscriptions.all(), key=lambda s: s.created, reverse=True)
+
+    def delete(self, subscription_id: str) -> None:
+        self.get(subscription_id)
+        self.subscriptions.delete(subscription_id)
+        self.secrets.delete("secret", subscription_id)
+
+    def disable(self, sub: Subscription, reason: str, *, now: dt.datetime) -> None:
+        self.subscriptions.put(sub.id, sub.model_copy(update={"enabled": False, "disabled_reason": reason}))
+        if reason.startswith("410"):
+            return
+        from shared.monitoring.alerts import AlertRules
+
+        AlertRules.from_settings(self.settings, self.account).raise_alert(
+            "subscription.disabled", sub.id, sub.id, f"webhook subscription {sub.id} was disabled: {reason}", now
+        )
+
+    def history(self, subscription_id: str) -> list[Attempt]:
+        rows = self.attempts.all("PartitionKey eq @pk", parameters={"pk": subscription_id})
+        return sorted(
+            (Attempt.model_validate_json(e["definition"]) for e in rows),
+            key=lambda a: (a.at, a.message_id, a.attempt),
+            reverse=True,
+        )
+
+    # Deliveries ----------------------------------------------------------------------------------
+
+    def fan_out(self, alert: Alert) -> int:
+        """Queue the alert for every enabled subscription that wants its type."""
+        count = 0
+        for sub in self.subscriptions.all():
+            if sub.enabled and ("*" in sub.event_types or alert.type in sub.event_types):
+                self._enqueue(
+                    sub.id, _event(alert.id, alert.type, alert.created, alert.model_dump(mode="json", by_alias=True))
+                )
+                count += 1
+        return count
+
+    def send_test(self, subscription_id: str, *, now: dt.datetime) -> dict[str, Any]:
+        self.get(subscription_id)
+        event = _event(
+            f"test-{uuid.uuid4().hex[:12]}", TEST_TYPE, now, {"message": "a test event from Audience Bridge"}
+        )
+        self._enqueue(subscription_id, event)
+        return event
+
+    def _enqueue(
+        self,
+        subscription_id: str,
+        event: dict[str, Any],
+        *,
+        attempt: int = 1,
+        first: str | None = None,
+        delay: float = 0,
+    ) -> None:
+        message = {"subscriptionId": subscription_id, "event": event, "attempt": attempt, "firstAttempt": first}
+        self.queue.send_message(json.dumps(message), visibility_timeout=int(delay) or None)
+
+    def deliver(self, message: dict[str, Any], *, now: dt.datetime) -> Attempt | None:
+        """One attempt of one queued delivery (the queue trigger's work)."""
+        sub = self.subscriptions.find(message["subscriptionId"])
+        if sub is None or not sub.enabled:
+            return None
+        event, n = message["event"], message["attempt"]
+        first = dt.datetime.fromisoformat(message["firstAttempt"]) if message.get("firstAttempt") else now
+        attempt = Attempt(
+            subscription_id=sub.id,
+            message_id=event["id"],
+            alert_type=event["type"],
+            attempt=n,
+            at=now,
+            outcome="failed",
+        )
+        retry_after: float | None = None
+        try:
+            check_url(sub.url, allow_private=self.settings.webhook_allow_private)
+            status, retry_after, latency = self._post(sub, event, now)
+            attempt = attempt.model_copy(update={"status": status, "latency_ms": latency})
+        except ValidationError as exc:
+            attempt = attempt.model_copy(update={"outcome": "refused", "error": exc.message})
+            self._log(attempt)
+            self.disable(sub, f"its url is refused: {exc.message}", now=now)
+            return attempt
+        except (OSError, urllib.error.URLError) as exc:
+            attempt = attempt.model_copy(update={"error": f"{type(exc).__name__}: {exc}"})
+            status = None
+        if status is not None and 200 <= status < 300:
+            attempt = attempt.model_copy(update={"outcome": "delivered"})
+        elif status == 410:
+            attempt = attempt.model_copy(update={"outcome": "gone"})
+            self._log(attempt)
+            self.disable(sub, "410 Gone: the receiver asked to stop", now=now)
+            return attempt
+        else:
+            if attempt.error is None:
+                attempt = attempt.model_copy(update={"error": f"HTTP {status}"})
+            backoff = self.settings.webhook_retry_seconds * 2 ** (n - 1) * random.uniform(0.5, 1.0)  # noqa: S311
+            delay = min(retry_after if retry_after is not None else backoff, MAX_BACKOFF_SECONDS)
+            if now + dt.timedelta(seconds=delay) - first > dt.timedelta(hours=self.settings.webhook_retry_hours):
+                self._log(attempt)
+                self.disable(
+                    sub,
+                    f"deliveries kept failing for {self.settings.webhook_retry_hours:g} h (last: {attempt.error})",
+                    now=now,
+                )
+                return attempt
+            attempt = attempt.model_copy(update={"outcome": "retry"})
+            self._enqueue(sub.id, event, attempt=n + 1, first=first.isoformat(), delay=delay)
+        self._log(attempt)
+        return attempt
+
+    def _post(self, sub: Subscription, event: dict[str, Any], now: dt.datetime) -> tuple[int, float | None, float]:
+        secret = self.secrets.get("secret", sub.id)["secret"]
+        payload = json.dumps(event, separators=(",", ":"))
+        signature = Webhook(secret).sign(event["id"], now, payload)
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "AudienceBridge-Webhooks/1",
+            "webhook-id": event["id"],
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signature,
+        }
+        request = urllib.request.Request(sub.url, data=payload.encode(), headers=headers, method="POST")
+        started = time.monotonic()
+        try:
+            with _OPENER.open(request, timeout=TIMEOUT_SECONDS) as response:
+                status, retry = response.status, None
+        except urllib.error.HTTPError as exc:
+            status, retry = exc.code, _retry_after(exc.headers.get("Retry-After"))
+        return status, retry, round((time.monotonic() - started) * 1000, 1)
+
+    def _log(self, attempt: Attempt) -> None:
+        key = f"{attempt.message_id}-{attempt.attempt:03d}"
+        self.attempts.upsert(
+            {
+                "PartitionKey": attempt.subscription_id,
+                "RowKey": key,
+                "definition": attempt.model_dump_json(by_alias=True),
+            }
+        )
+        log.info(
+            "webhook %s to %s: %s %s", attempt.message_id, attempt.subscription_id, attempt.outcome, attempt.status
+        )
+
+
+def _event(event_id: str, event_type: str, at: dt.datetime, data: dict[str, Any]) -> dict[str, Any]:
+    return {"id": event_id, "type": event_type, "timestamp": at.isoformat(), "data": data}
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return max(0.0, (parsedate_to_datetime(value) - dt.datetime.now(dt.UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+__all__ = ["Attempt", "Subscription", "SubscriptionRequest", "Webhooks", "check_url"]

@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 SIZE ?= 5000
 ROWS ?= 200000
 PEOPLE ?= 20000
+PORT ?= 7071
 
-.PHONY: setup test demo lint format bench clean
+.PHONY: setup test demo serve lint format bench clean
 
 setup: $(VENV)/.ready node_modules/.ready
 
@@ -24,6 +25,9 @@ test: setup
 
 demo: setup
 	$(PY) -m dev.demo --people $(SIZE)
+
+serve: setup
+	$(PY) -m dev.serve --port $(PORT)
 
 lint: setup
 	$(PY) -m ruff check .

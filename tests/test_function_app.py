@@ -19,6 +19,10 @@ def _functions() -> dict[str, dict]:
     for fn in function_app.app.get_functions():
         trigger = fn.get_trigger().get_dict_repr()
         out[fn.get_function_name()] = {k: (v.value if hasattr(v, "value") else v) for k, v in trigger.items()}
+        if "methods" in trigger:
+            out[fn.get_function_name()]["methods"] = [
+                str(m.value if hasattr(m, "value") else m) for m in trigger["methods"]
+            ]
     return out
 
 
@@ -73,6 +77,7 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
         "subscriptions": "subscriptions/{id?}",
         "subscription_test": "subscriptions/{id}/test",
         "subscription_deliveries": "subscriptions/{id}/deliveries",
+        "openapi": "openapi.json",
     }
     assert all(functions[n]["authLevel"] == "function" for n in routes)
 
@@ -103,3 +108,28 @@ def test_host_json_uses_the_v4_extension_bundle():
     host = json.loads((ROOT / "host.json").read_text())
     assert host["version"] == "2.0"
     assert host["extensionBundle"]["version"] == "[4.*, 5.0.0)"
+
+
+def test_the_openapi_document_is_valid_and_describes_exactly_the_indexed_http_functions():
+    from openapi_spec_validator import validate
+
+    from functions.openapi import openapi
+    from tests.test_http import body, call
+
+    response = call(openapi, "GET", "openapi.json")
+    document = body(response)
+    validate(document)
+    assert document["openapi"] == "3.1.0"
+    documented = {(path, method.upper()) for path, ops in document["paths"].items() for method in ops}
+    indexed = set()
+    for f in _functions().values():
+        if f["type"] != "httpTrigger":
+            continue
+        route = "/api/" + f["route"]
+        variants = [route.replace("/{id?}", ""), route.replace("{id?}", "{id}")] if "{id?}" in route else [route]
+        for method in f["methods"]:
+            matching = [v for v in variants if (v, method) in documented]
+            assert matching, f"{method} {route} is not in /api/openapi.json"
+            indexed.update((v, method) for v in matching)
+    assert documented == indexed, f"documented but not served: {sorted(documented - indexed)}"
+    assert "Job" in document["components"]["schemas"] and "Problem" in document["components"]["schemas"]

@@ -2,12 +2,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-SIZE ?= 5000
-ROWS ?= 200000
-PEOPLE ?= 20000
+SIZE ?=
 PORT ?= 7071
 
-.PHONY: setup test demo serve lint format bench clean
+.PHONY: setup test demo serve lint format bench bench-setup clean
 
 setup: $(VENV)/.ready node_modules/.ready
 
@@ -24,7 +22,7 @@ test: setup
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) -m dev.demo --people $(SIZE)
+	$(PY) -m dev.demo --people $(or $(SIZE),5000)
 
 serve: setup
 	$(PY) -m dev.serve --port $(PORT)
@@ -37,11 +35,16 @@ format: setup
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+# make bench SIZE=10k|100k|1M: every stage against its baseline; bench-setup installs PostgreSQL 15 for the peer.
 bench: setup
-	$(PY) -m bench.ingest --rows $(ROWS)
-	$(PY) -m bench.segments --people $(PEOPLE)
-	$(PY) -m bench.export --people $(PEOPLE)
-	$(PY) -m bench.campaign --people $(PEOPLE)
+	$(PY) -m bench.run --size $(or $(SIZE),10k)
+
+bench-setup:
+	@if command -v initdb >/dev/null 2>&1 || [ -x /usr/lib/postgresql/15/bin/initdb ]; then \
+		echo "PostgreSQL 15 is installed"; \
+	else \
+		$(if $(shell command -v sudo),sudo) apt-get install -y --no-install-recommends postgresql-15 postgresql-client-15; \
+	fi
 
 clean:
 	rm -rf $(VENV) node_modules .azurite .pytest_cache .ruff_cache

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 
+from bench.postgres import stage_postgres
 from bench.stages import report, run_stage, save_results, use_azurite
 from dev.sample import write_sample
 from shared.ingestion import BatchIngestion, Dataset, DatasetStore, LakeStore
@@ -202,18 +203,23 @@ def _split_ndjson(path: Path, max_bytes: int) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--people", type=int, default=100_000)
-    parser.add_argument("--stage", choices=["ours", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=["ours", "floor", "postgres"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
-        result = stage_ours() if args.stage == "ours" else stage_floor(args.work / "lake")
-        report(result)
+        stages = {
+            "ours": stage_ours,
+            "floor": lambda: stage_floor(args.work / "lake"),
+            "postgres": lambda: stage_postgres(args.work / "lake", segments(), NOW.isoformat()),
+        }
+        report(stages[args.stage]())
         return
     work = Path(tempfile.mkdtemp(prefix="bench-segments-"))
     azurite = use_azurite(location=work / "azurite")
     try:
         _setup(args.people, work)
         floor = run_stage("bench.segments", "floor", "--work", str(work))
+        postgres = run_stage("bench.segments", "postgres", "--work", str(work))
         ours = run_stage("bench.segments", "ours", "--work", str(work))
     finally:
         azurite.stop()
@@ -235,8 +241,22 @@ def main() -> None:
     )
     print("  phases of ours: " + ", ".join(f"{k.removesuffix('Seconds')} {v:.2f} s" for k, v in ours["phases"].items()))
     print(f"people: ours {ours['profiles']:,}, floor {floor['profiles']:,}")
+    if "skipped" in postgres:
+        print(f"PostgreSQL 15: skipped: {postgres['skipped']}")
+    else:
+        print(
+            f"{'PostgreSQL 15: the same SQL over the same rows':52s} {postgres['seconds']:8.2f} "
+            f"{postgres['seconds'] / floor['seconds']:5.2f}x  (loading took {postgres['load_seconds']:.1f} s; "
+            f"ours is {postgres['seconds'] / ours['seconds']:.1f}x faster)"
+        )
+        mismatched.update(
+            {f"postgres:{s}": (postgres["counts"][s], floor["counts"][s])
+             for s in segments() if postgres["counts"][s] != floor["counts"][s]}
+        )  # fmt: skip
     save_results(
-        "segments", args.people, {"people": args.people, "floor": floor, "ours": ours, "mismatched": mismatched}
+        "segments",
+        args.people,
+        {"people": args.people, "floor": floor, "ours": ours, "postgres": postgres, "mismatched": mismatched},
     )
     if mismatched:
         raise SystemExit(f"member counts differ from the floor: {mismatched}")

@@ -1,0 +1,167 @@
+"""The PostgreSQL 15 peer of the segment benchmark: a throwaway server (initdb + pg_ctl, Unix socket only),
+the same lake data loaded with COPY, and the 50 segments as one hand-written SQL statement in PostgreSQL's
+dialect. Driven with the `psql` client, so no Python driver is needed. `make bench-setup` installs the
+server from Debian's packages; without it the stage is skipped with the reason."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+from shared.ingestion.paths import quote_literal
+
+BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def missing() -> str | None:
+    """Why the PostgreSQL stage cannot run here, or None."""
+    for tool in ("initdb", "pg_ctl", "postgres"):
+        if not (BIN / tool).exists() and not shutil.which(tool):
+            return f"PostgreSQL 15's {tool} is not installed (run `make bench-setup`)"
+    if not shutil.which("psql"):
+        return "the psql client is not installed (run `make bench-setup`)"
+    if os.geteuid() == 0 and not shutil.which("runuser"):
+        return "running as root without runuser: PostgreSQL refuses to run as root"
+    return None
+
+
+def _tool(name: str) -> str:
+    return str(BIN / name) if (BIN / name).exists() else shutil.which(name) or name
+
+
+def _as_server_user(args: list[str]) -> list[str]:
+    """PostgreSQL will not run as root: as root, run its tools as the `postgres` user."""
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+class Server:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+        self.data = self.dir / "data"
+        self.port = "54329"
+
+    def __enter__(self) -> Server:
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        run = subprocess.run
+        run(_as_server_user([_tool("initdb"), "-D", str(self.data), "-U", "bench", "--auth=trust", "-E", "UTF8"]),
+            check=True, capture_output=True)  # fmt: skip
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses='' -c shared_buffers=512MB -c work_mem=256MB"
+        options += " -c max_parallel_workers_per_gather=2 -c fsync=off -c synchronous_commit=off"
+        run(_as_server_user([_tool("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"), "-w", "start"]),
+            check=True, capture_output=True)  # fmt: skip
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(
+            _as_server_user([_tool("pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"]), capture_output=True
+        )
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def psql(self, sql: str) -> str:
+        args = [
+            "psql",
+            "-h",
+            str(self.dir),
+            "-p",
+            self.port,
+            "-U",
+            "bench",
+            "-d",
+            "postgres",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ]
+        proc = subprocess.run([*args, "-c", sql], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"psql failed: {proc.stderr.strip()[:2000]}")
+        return proc.stdout
+
+
+TABLES = {
+    "crm": "crm text, email text, state text, gender text, birthdate date, firstname text",
+    "loy": "email text, tier text, points bigint",
+    "ev": "ecid text, crm text, ts timestamptz, eventtype text, price numeric",
+}
+
+
+def export_tables(lake: Path, out: Path) -> dict[str, Path]:
+    """The lake's columns the segments read, flattened to CSV for COPY (the same rows DuckDB's floor reads)."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+
+    def files(ds: str) -> str:
+        return quote_literal(str(lake / ds / "*.parquet"))
+
+    queries = {
+        "crm": f"""SELECT identityMap['CRMID'][1].id, lower(trim(identityMap['Email'][1].id)), homeAddress.stateProvince,
+                   person.gender, person.birthDate, person.name.firstName FROM read_parquet({files("crm")})""",
+        "loy": f"""SELECT lower(trim(identityMap['Email'][1].id)), loyalty.tier, loyalty.points
+                   FROM read_parquet({files("loyalty")})""",
+        "ev": f"""SELECT identityMap['ECID'][1].id, identityMap['CRMID'][1].id, timestamp, eventType,
+                  commerce.order.priceTotal FROM read_parquet({files("web")})""",
+    }
+    paths = {}
+    for name, sql in queries.items():
+        paths[name] = out / f"{name}.csv"
+        con.execute(f"COPY ({sql}) TO {quote_literal(str(paths[name]))} (FORMAT csv, HEADER false)")
+    con.close()
+    return paths
+
+
+def segment_sql(segments: dict[str, tuple[str, str]], now: str) -> str:
+    """The fused query of the DuckDB floor, in PostgreSQL's dialect: the same joins, one GROUP BY over events,
+    and a count per segment."""
+
+    def pg(sql: str) -> str:
+        sql = re.sub(r"INTERVAL (\d+) DAY", r"INTERVAL '\1 days'", sql)
+        return sql.replace("eventType", "eventtype").replace("firstName", "firstname").replace("birthDate", "birthdate")
+
+    events = [sid for sid, (pql, _) in segments.items() if pql.startswith("xEvent")]
+    aggs = ", ".join(f'{pg(segments[s][1])} AS "{s}"' for s in events)
+    counts = ", ".join(
+        f'count(*) FILTER (WHERE coalesce(a."{s}", false))' if s in events else f"count(*) FILTER (WHERE {pg(sql)})"
+        for s, (_, sql) in segments.items()
+    )
+    return f"""
+    WITH prof AS (
+        SELECT coalesce('crm:' || c.crm, 'email:' || l.email) AS person, state, gender, birthdate, firstname, tier, points
+        FROM crm c FULL JOIN loy l USING (email)),
+    e AS (SELECT *, TIMESTAMPTZ '{now}' AS now_ FROM ev),
+    dev AS (SELECT ecid, max(crm) AS crm FROM ev GROUP BY ecid),
+    a AS (
+        SELECT coalesce('crm:' || d.crm, 'ecid:' || e.ecid) AS person, {aggs}
+        FROM e JOIN dev d USING (ecid) WHERE ts <= now_ GROUP BY 1)
+    SELECT count(*), {counts} FROM prof FULL JOIN a USING (person)"""
+
+
+def stage_postgres(lake: Path, segments: dict[str, tuple[str, str]], now: str) -> dict:
+    reason = missing()
+    if reason:
+        return {"skipped": reason}
+    with tempfile.TemporaryDirectory(prefix="bench-pg-csv-") as tmp, Server() as server:
+        paths = export_tables(lake, Path(tmp))
+        started = time.perf_counter()
+        for name, columns in TABLES.items():
+            server.psql(f"CREATE UNLOGGED TABLE {name} ({columns})")
+            server.psql(f"\\copy {name} FROM '{paths[name]}' WITH (FORMAT csv)")
+        server.psql("ANALYZE")
+        load = time.perf_counter() - started
+        started = time.perf_counter()
+        row = server.psql(segment_sql(segments, now)).strip().split("|")
+        seconds = time.perf_counter() - started
+    values = [int(v) for v in row]
+    return {
+        "seconds": seconds,
+        "load_seconds": load,
+        "profiles": values[0],
+        "counts": dict(zip(segments, values[1:], strict=True)),
+    }

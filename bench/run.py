@@ -1,0 +1,236 @@
+"""`make bench SIZE=10k|100k|1M`: every stage against its baseline in one run, on this machine.
+
+1. ingestion: the NDJSON blob trigger into the lake vs DuckDB converting the same file to Parquet locally
+   (one event row per person);
+2. segment job, 50 segments over N people and 20 events each, vs one fused DuckDB query over local Parquet
+   (the floor) and vs PostgreSQL 15 running the same SQL (skipped, with the reason, when not installed);
+   member counts must match;
+3. full export of those segments to the DLZ vs DuckDB writing the same rows to local CSV;
+4. Campaign audience load of an N-row file (and a profile sync of min(N, 100k) rows) vs Azurite's raw
+   transfer time for the same bytes.
+
+Each stage runs in its own process (`bench/<stage>.py`, which can be run alone) and reports its peak RSS.
+Writes `bench/results/<date>-<size>.json`, prints a Markdown table, and redraws `bench/results/scaling.png`
+(time against size, log-log) from the latest summary of every size."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+LIMIT_MB = 1536  # the Consumption plan's memory per instance
+TARGETS = {
+    "ingestion": ("≤ 2× the floor", lambda r: r <= 2),
+    "segment job": ("≤ 1.5× the floor", lambda r: r <= 1.5),
+    "segment job vs PostgreSQL": ("≥ 3× faster", lambda r: r >= 3),
+    "export": ("≤ 1.5× the floor", lambda r: r <= 1.5),
+    "audience load": ("≥ 0.8× Azurite's throughput", lambda r: r >= 0.8),
+    "profile sync": ("≥ 0.8× Azurite's throughput", lambda r: r >= 0.8),
+}
+
+
+def people_of(size: str) -> int:
+    text = size.strip().lower().replace("_", "").replace(",", "")
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    try:
+        return int(float(text.rstrip("km")) * scale)
+    except ValueError:
+        raise SystemExit(f"SIZE={size!r} is not a size such as 10k, 100k or 1M") from None
+
+
+def label_of(people: int) -> str:
+    return (
+        f"{people // 1_000_000}M"
+        if people % 1_000_000 == 0
+        else f"{people // 1000}k"
+        if people % 1000 == 0
+        else str(people)
+    )
+
+
+def _run(module: str, *args: str) -> None:
+    print(f"\n$ python -m {module} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, "-m", module, *args], check=True)
+
+
+def _load(kind: str, n: int) -> dict:
+    return json.loads((RESULTS / f"{dt.date.today().isoformat()}-{kind}-{n}.json").read_text())
+
+
+def collect(people: int) -> list[dict]:
+    """One row per comparison: ours, the baseline, the ratio as the target states it, peak RSS."""
+    ingest, seg, export, campaign = (
+        _load("ingest", people),
+        _load("segments", people),
+        _load("export", people),
+        _load("campaign", people),
+    )
+    rows = [
+        {
+            "stage": "ingestion",
+            "baseline": "DuckDB read_json → local Parquet",
+            "ours_s": ingest["stages"]["function"]["seconds"],
+            "baseline_s": ingest["stages"]["floor"]["seconds"],
+            "ratio": ingest["stages"]["function"]["seconds"] / ingest["stages"]["floor"]["seconds"],
+            "peak_mb": ingest["stages"]["function"]["peak_rss_mb"],
+        },
+        {
+            "stage": "segment job",
+            "baseline": "fused DuckDB query, local Parquet",
+            "ours_s": seg["ours"]["seconds"],
+            "baseline_s": seg["floor"]["seconds"],
+            "ratio": seg["ours"]["seconds"] / seg["floor"]["seconds"],
+            "peak_mb": seg["ours"]["peak_rss_mb"],
+        },
+    ]
+    pg = seg.get("postgres", {"skipped": "not measured"})
+    rows.append(
+        {
+            "stage": "segment job vs PostgreSQL",
+            "baseline": "PostgreSQL 15, the same SQL" + (f" (skipped: {pg['skipped']})" if "skipped" in pg else ""),
+            "ours_s": seg["ours"]["seconds"],
+            "baseline_s": pg.get("seconds"),
+            "ratio": pg["seconds"] / seg["ours"]["seconds"] if "seconds" in pg else None,
+            "peak_mb": seg["ours"]["peak_rss_mb"],
+        }
+    )
+    rows.append(
+        {
+            "stage": "export",
+            "baseline": "DuckDB → local CSV",
+            "ours_s": export["ours"]["seconds"],
+            "baseline_s": export["floor"]["seconds"],
+            "ratio": export["ours"]["seconds"] / export["floor"]["seconds"],
+            "peak_mb": export["ours"]["peak_rss_mb"],
+        }
+    )
+    for kind, stage in (("audience", "audience load"), ("profile", "profile sync")):
+        c = campaign[kind]
+        rows.append(
+            {
+                "stage": stage,
+                "baseline": "Azurite raw transfers of the same bytes",
+                "ours_s": c["ours"]["seconds"],
+                "baseline_s": c["ceiling"]["seconds"],
+                "ratio": c["ceiling"]["seconds"] / c["ours"]["seconds"],
+                "peak_mb": c["ours"]["peak_rss_mb"],
+            }
+        )
+    for r in rows:
+        text, check = TARGETS[r["stage"]]
+        r["target"] = text
+        r["met"] = None if r["ratio"] is None else bool(check(r["ratio"])) and r["peak_mb"] < LIMIT_MB
+    return rows
+
+
+def markdown(people: int, rows: list[dict]) -> str:
+    lines = [
+        f"| stage ({label_of(people)} people) | ours (s) | baseline | baseline (s) | ratio | target | peak RSS | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = f"{r['baseline_s']:.2f}" if r["baseline_s"] is not None else "—"
+        ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "—"
+        met = {True: "yes", False: "no", None: "skipped"}[r["met"]]
+        lines.append(
+            f"| {r['stage']} | {r['ours_s']:.2f} | {r['baseline']} | {base} | {ratio} | {r['target']} | "
+            f"{r['peak_mb']:,} MB | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def growth(summaries: dict[int, dict]) -> dict[str, float]:
+    """How each stage's time grows from 100k to 1M people: the exponent k in time ∝ people^k (1 = linear)."""
+    if 100_000 not in summaries or 1_000_000 not in summaries:
+        return {}
+    small = {r["stage"]: r["ours_s"] for r in summaries[100_000]["rows"]}
+    big = {r["stage"]: r["ours_s"] for r in summaries[1_000_000]["rows"]}
+    return {s: round(math.log(big[s] / small[s]) / math.log(10), 2) for s in big if s in small and small[s] > 0}
+
+
+def latest_summaries() -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    for path in sorted(RESULTS.glob("*-*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and data.get("kind") == "summary":
+            out[data["people"]] = data  # sorted by date: the latest wins
+    return out
+
+
+def plot(summaries: dict[int, dict], out: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return None
+    sizes = sorted(summaries)
+    stages = [s for s in TARGETS if s != "segment job vs PostgreSQL"]
+    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 4), squeeze=False)
+    for ax, stage in zip(axes[0], stages, strict=True):
+        for key, name, style in (("ours_s", "ours", "o-"), ("baseline_s", "baseline", "s--")):
+            points = [(n, r[key]) for n in sizes for r in summaries[n]["rows"] if r["stage"] == stage and r[key]]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, label=name)
+        pg = [
+            (n, r["baseline_s"]) for n in sizes for r in summaries[n]["rows"]
+            if r["stage"] == "segment job vs PostgreSQL" and r["baseline_s"]
+        ]  # fmt: skip
+        if stage == "segment job" and pg:
+            ax.plot(*zip(*pg, strict=True), "^:", label="PostgreSQL 15")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(stage)
+        ax.set_xlabel("people")
+        ax.set_ylabel("seconds")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="10k", help="people: 10k (default), 100k, 1M, or any number")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the table and plot from saved results")
+    args = parser.parse_args()
+    people = people_of(args.size)
+    if not args.report_only:
+        _run("bench.ingest", "--rows", str(people))
+        _run("bench.segments", "--people", str(people))
+        _run("bench.export", "--people", str(people))
+        _run("bench.campaign", "--people", str(people))
+    rows = collect(people)
+    summary = {"kind": "summary", "people": people, "date": dt.date.today().isoformat(), "rows": rows}
+    out = RESULTS / f"{dt.date.today().isoformat()}-{label_of(people)}.json"
+    out.write_text(json.dumps(summary, indent=2))
+    summaries = latest_summaries()
+    summary["growth_100k_to_1M"] = growth(summaries)
+    out.write_text(json.dumps(summary, indent=2))
+    print()
+    print(markdown(people, rows))
+    if summary["growth_100k_to_1M"]:
+        print("\nGrowth from 100k to 1M people (time ∝ people^k; 1 is linear): " + ", ".join(
+            f"{s} {k:.2f}" for s, k in summary["growth_100k_to_1M"].items()
+        ))  # fmt: skip
+    print(f"\nPeak RSS line: {LIMIT_MB:,} MB (the Consumption plan). Results: {out}")
+    png = plot(summaries, RESULTS / "scaling.png")
+    if png:
+        print(f"Plot (time against size, log-log, {len(summaries)} size(s)): {png}")
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ test: setup
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) -m dev.demo --people $(or $(SIZE),5000)
+	$(PY) -m dev.demo --people $(or $(SIZE),20000)
 
 serve: setup
 	$(PY) -m dev.serve --port $(PORT)

@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from azure.functions.timer import TimerRequest
@@ -18,7 +19,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dev.azurite import ROOT, start_azurite
-from dev.host import fire_blob_trigger
+from dev.host import deliver_queue_messages, fire_blob_trigger
+from dev.receiver import Receiver
 from dev.sample import write_sample
 from shared.activation import Activation, Destination, GovernancePolicy
 from shared.campaign.deliveries import DeliveryRequest
@@ -27,7 +29,9 @@ from shared.engine import connect
 from shared.errors import BridgeError
 from shared.identity import MergePolicyStore, ProfileBuilder
 from shared.ingestion import BatchIngestion, Dataset, DatasetStore, batch_id_for
-from shared.jobs import Job, JobType
+from shared.jobs import Job, JobStore, JobType
+from shared.monitoring.alerts import AlertRules
+from shared.monitoring.webhooks import SubscriptionRequest, Webhooks
 from shared.segmentation.definitions import SegmentDefinition, SegmentStore
 from shared.segmentation.runner import SegmentJobRunner
 from shared.settings import get_settings
@@ -81,6 +85,23 @@ DESTINATION = {
     "mandatory": ["firstName"],
     "dedupKey": ["email_lc_sha256"],
 }
+PROFILE_DESTINATION = {
+    "id": "campaign-profiles",
+    "name": "Campaign_Profiles",
+    "description": "Profile sync (update only): names and city of email opt-ins, daily",
+    "syncType": "profile",
+    "marketingAction": "Email Targeting",
+    "exportMode": "incremental",
+    "schedule": {"frequency": "hours", "everyHours": 24, "start": "2026-01-01T00:00:00Z"},
+    "segments": ["email-opt-in"],
+    "identity": {"source": "identityMap.Email", "target": "email_lc_sha256"},
+    "mapping": [
+        {"source": "segmentMembershipStatus", "target": "segmentMembershipStatus"},
+        {"source": "person.name.firstName", "target": "firstName"},
+        {"source": "person.name.lastName", "target": "lastName"},
+        {"source": "homeAddress.city", "target": "city"},
+    ],
+}
 POLICY = GovernancePolicy(
     id="no-third-party-c2",
     name="No third-party export of contract data",
@@ -103,7 +124,7 @@ DATASETS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--people", type=int, default=5000, help="people in the sample (default 5000)")
+    parser.add_argument("--people", type=int, default=20000, help="people in the sample (default 20000)")
     parser.add_argument("--events-per-person", type=int, default=5)
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where Azurite keeps its data (.azurite/)")
     args = parser.parse_args()
@@ -116,14 +137,21 @@ def main() -> None:
         step = progress.add_task("Starting Azurite (data in .azurite/)")
         azurite = start_azurite(location=args.data_dir)
         os.environ["AzureWebJobsStorage"] = azurite.connection_string  # noqa: SIM112 (the Functions name)
+        os.environ["WEBHOOK_ALLOW_PRIVATE"] = "true"  # the demo's webhook receiver listens on loopback
         get_settings.cache_clear()
         settings = get_settings()
         account = StorageAccount.from_settings(settings)
+        receiver = Receiver()
         try:
-            progress.update(step, description="Creating datasets")
+            progress.update(step, description="Creating datasets and a webhook subscription to a local receiver")
             datasets = DatasetStore.from_settings(settings, account)
             for d in DATASETS:
                 datasets.save(d, now=now)
+            webhooks = Webhooks.from_settings(settings, account)
+            subscription = webhooks.create(
+                SubscriptionRequest(url=receiver.url, description="the demo's local receiver"), now=now
+            )
+            receiver.secret = subscription.secret
 
             progress.update(step, description=f"Generating a sample of {args.people:,} people")
             sample = write_sample(
@@ -176,6 +204,7 @@ def main() -> None:
             activation = Activation.from_settings(settings, account)
             activation.policies.put(POLICY)
             activation.save(Destination.model_validate(DESTINATION), now=now)
+            activation.save(Destination.model_validate(PROFILE_DESTINATION), now=now)
             refused = []
             for overrides in (
                 {"id": "third-party", "name": "Third_Party", "marketingAction": "Export to Third Party"},
@@ -188,7 +217,7 @@ def main() -> None:
             from functions.activation import export_runs
 
             export_runs.build().get_user_function()(TimerRequest(past_due=False))
-            export_job = activation.jobs.list(JobType.EXPORT)[0]
+            export_job = next(j for j in activation.jobs.list(JobType.EXPORT) if j.subject == DESTINATION["id"])
             dataflow = activation.runs(DESTINATION["id"])
 
             progress.update(step, description="Campaign: importing recipients, then campaign_audience_load on dlz/")
@@ -211,8 +240,31 @@ def main() -> None:
                 logs_batch = BatchIngestion.from_settings(settings, account).jobs.get(
                     JobType.INGESTION, batch_id_for(feedback.source, landing.etag(feedback.source))
                 )
+            progress.update(step, description="Day 2: the segment job a day later, incremental exports, loads")
+            day2 = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=1)
+            segment_job2 = SegmentJobRunner.from_settings(settings, account).run(now=day2)
+            day2_exports = activation.run_due(now=day2)
+            for name in sorted(dlz.names(), key=is_manifest):
+                fire_blob_trigger(campaign_audience_load, dlz, name)  # day 1's files again: no-ops
+            loads2 = [j for j in campaign.jobs.list(JobType.AUDIENCE_LOAD) if j.id not in {x.id for x in loads}]
+            lists = campaign.lists.list()
+
+            progress.update(step, description="Delivering alerts to the webhook receiver (alert_delivery)")
+            from functions.monitoring import alert_delivery
+
+            queue = account.queue(settings.alert_deliveries_queue)
+            while deliver_queue_messages(alert_delivery, queue):
+                pass
+            jobs_by_status = Counter(
+                (j.type.value, j.status.value)
+                for t in JobType
+                for j in JobStore.from_settings(settings, account).list(t)
+            )
+            raised = AlertRules.from_settings(settings, account).store.list(limit=10_000)
+            dlz_files = list(dlz.listing())
             progress.update(step, description="Done")
         finally:
+            receiver.stop()
             azurite.stop()
 
     batches = Table(title="Ingestion batches (landing → lake)")
@@ -322,10 +374,52 @@ def main() -> None:
             f"  ingested by ingest_landing_file: {logs_batch.status.value}, "
             f"{logs_batch.metrics.get('rowsAccepted', 0):,} events in the lake"
         )
+    day2_table = Table(
+        title=f"Day 2: segment job {segment_job2.id} ({segment_job2.status.value}), as of {day2:%Y-%m-%d %H:%M}"
+    )
+    for col in ("segment", "realized", "existing", "exited"):
+        day2_table.add_column(col, justify="left" if col == "segment" else "right")
+    counts2 = segment_job2.metrics.get("segmentedProfileByStatusCounter", {})
+    for sid in SEGMENTS:
+        c = counts2.get(sid, {})
+        day2_table.add_row(sid, f"{c.get('realized', 0):,}", f"{c.get('existing', 0):,}", f"{c.get('exited', 0):,}")
+    console.print(day2_table)
+    for job in day2_exports:
+        m = job.metrics
+        console.print(
+            f"Incremental export {job.id}: {job.status.value}, {m.get('identitiesActivated', 0):,} rows "
+            f"(entered or exited since day 1) in {m.get('files', 0)} files"
+        )
+    for load in loads2:
+        m = load.metrics
+        console.print(
+            f"  audience load {load.source}: {load.status.value}, +{m.get('added', 0):,} "
+            f"-{m.get('removed', 0):,} updated {m.get('updated', 0):,}, rejected {m.get('rejectedTotal', 0):,}"
+        )
+    console.print(
+        f"DLZ: {len(dlz_files)} files, {sum(b.size for b in dlz_files):,} bytes. Lists: "
+        + "; ".join(f"{lst.name} ({lst.count:,}, v{lst.version})" for lst in lists)
+    )
+    status_table = Table(title="Jobs by type and status")
+    for col in ("type", "status", "jobs"):
+        status_table.add_column(col, justify="right" if col == "jobs" else "left")
+    for (job_type, status), n in sorted(jobs_by_status.items()):
+        status_table.add_row(job_type, status, f"{n:,}")
+    console.print(status_table)
+    by_type = Counter(a.type for a in raised)
+    console.print(f"Alerts raised: {len(raised):,} (" + ", ".join(f"{t} {n}" for t, n in sorted(by_type.items())) + ")")
+    for a in [a for a in raised if not a.type.endswith(("Start", "Success"))][:5]:
+        console.print(f"  [yellow]{a.type}[/]: {a.message[:150]}")
+    console.print(
+        f"Webhooks: {len(receiver.received):,} delivered to {receiver.url}, {len(receiver.verified):,} signatures "
+        f"verified with standardwebhooks, {receiver.forged} forged"
+    )
     console.print(
         Panel(
-            "Azurite's data is kept in .azurite/ — browse the landing, lake and tables with Azure Storage Explorer\n"
-            "(start it again with: node_modules/.bin/azurite --location .azurite). Next: `make test`.",
+            "Azurite's data is kept in .azurite/ — browse it with Azure Storage Explorer.\n"
+            "`make serve`, then open http://127.0.0.1:7071/api/dashboard (jobs, dataflow runs, segment sizes,\n"
+            "lists, alerts) or curl http://127.0.0.1:7071/api/jobs — the API is in /api/openapi.json.\n"
+            "Next: `make test`, `make bench`.",
             title="Where to look next",
         )
     )

@@ -187,3 +187,12 @@ def monitor(timer: func.TimerRequest) -> None:
     settings = get_settings()
     raised = AlertRules.from_settings(settings, StorageAccount.from_settings(settings)).check_delays(now=utc_now())
     log.info("monitor: %d new delay alerts", len(raised))
+
+
+@bp.function_name("dashboard")
+@bp.route(route="dashboard", methods=["GET"])
+def dashboard(req: func.HttpRequest) -> func.HttpResponse:
+    """The monitoring page: jobs, dataflow runs, segment sizes over time, lists and alerts. Plain HTML and
+    script, no build step; it reads the API with the function key it was opened with."""
+    page = (Path(__file__).parent / "dashboard.html").read_bytes()
+    return func.HttpResponse(page, status_code=200, mimetype="text/html", charset="utf-8")

@@ -50,6 +50,7 @@ class Op:
     many: bool = False
     status: int = 200
     query: dict[str, str] = field(default_factory=dict)
+    media: str = "application/json"
 
 
 OPS = [
@@ -176,6 +177,7 @@ OPS = [
         status=201,
     ),
     Op("get", "/openapi.json", "This document"),
+    Op("get", "/dashboard", "The monitoring page", media="text/html"),
 ]
 MODELS = [Problem, SubscriptionCreated] + list(
     dict.fromkeys(m for op in OPS for m in (op.request, op.response) if isinstance(m, type))
@@ -235,7 +237,8 @@ def _response(op: Op) -> dict[str, Any]:
     if op.status == 204:
         return {"description": "Done"}
     if op.response is None:
-        return {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+        schema = {"type": "string"} if op.media == "text/html" else {"type": "object"}
+        return {"description": "OK", "content": {op.media: {"schema": schema}}}
     ref: dict[str, Any] = {"$ref": f"#/components/schemas/{op.response.__name__}"}
     schema = {"type": "array", "items": ref} if op.many else ref
     return {"description": "OK", "content": {"application/json": {"schema": schema}}}

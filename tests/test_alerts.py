@@ -6,13 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from standardwebhooks import Webhook
 
 from dev.host import deliver_queue_messages
+from dev.receiver import Receiver
 from functions.monitoring import alert_delivery, alerts, subscription_deliveries, subscription_test, subscriptions
 from shared.activation import Activation, Destination
 from shared.jobs import Job, JobStatus, JobStore, JobType
@@ -107,36 +106,6 @@ def test_delays_are_found_with_an_injected_now_and_alert_once(settings, crm):
     assert sorted(a.type for a in raised) == ["destination.flowRunDelayed", "job.delayed"]
     assert {a.subject for a in raised} == {"daily", ""}
     assert rules(settings).check_delays(now=NOW + dt.timedelta(minutes=200)) == []  # each condition once
-
-
-class Receiver:
-    """A local HTTPS-less webhook receiver: answers with scripted statuses and records what it got."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple[int, dict[str, str]]] = []
-        self.received: list[tuple[str, dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-                data = self.rfile.read(int(self.headers.get("content-length", 0)))
-                receiver.received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, data))
-                status, headers = receiver.script.pop(0) if receiver.script else (204, {})
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 @pytest.fixture

@@ -1,29 +1,117 @@
-"""`make demo` runs end to end: the newcomer's first command must not break."""
+"""`make demo` runs end to end (the newcomer's first command must not break), and the dashboard shows what
+it did in a real headless Chromium."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
-def test_the_demo_runs_end_to_end_and_prints_its_summary(tmp_path):
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, str]:
+    """One demo run (400 people) whose Azurite data the tests below read."""
+    data = tmp_path_factory.mktemp("demo") / "azurite"
     result = subprocess.run(
-        [sys.executable, "-m", "dev.demo", "--people", "400", "--data-dir", str(tmp_path / "azurite")],
+        [sys.executable, "-m", "dev.demo", "--people", "400", "--data-dir", str(data)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
         env={**os.environ, "COLUMNS": "140"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    return data, result.stdout
+
+
+def test_the_demo_runs_end_to_end_and_prints_its_summary(demo):
+    _, out = demo
     assert "Ingestion batches" in out and "SUCCEEDED" in out
     assert "Unified profiles" in out and "Segment job" in out and "vip-ca" in out
     assert "Export run exp-campaign-email-" in out and "SUCCEEDED" in out
     assert "refused destination third-party (governance)" in out and "refused destination too-often (guardrail)" in out
     assert "audience load jobs" in out and "AEP audiences / Gold and platinum members" in out
     assert "Delivery dlv-gold-platinum-" in out and "ingested by ingest_landing_file: SUCCEEDED" in out
+    assert "Day 2: segment job" in out and "Incremental export exp-campaign-email-" in out
+    assert "Jobs by type and status" in out and "Alerts raised:" in out
+    assert " forged" in out and ", 0 forged" in out and "signatures verified with standardwebhooks" in out
+    assert "/api/dashboard" in out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian's chromium; .ci/run installs it)")
+def test_the_dashboard_shows_the_demo_in_a_real_browser_without_console_errors(demo, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev requirement")
+    data, _ = demo
+    port = _free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "dev.serve", "--port", str(port), "--data-dir", str(data)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _get(f"{base}/health")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline and serve.poll() is None, "make serve did not start"
+                time.sleep(0.5)
+        jobs = _get(f"{base}/jobs?limit=200")["items"]
+        lists = _get(f"{base}/campaign/lists")
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(f"{base}/dashboard")
+            page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
+            tiles = {
+                el.get_attribute("data-status"): int(el.inner_text().split()[0].replace(",", ""))
+                for el in page.query_selector_all(".tile")
+            }
+            expected: dict[str, int] = {}
+            for j in jobs:
+                expected[j["status"]] = expected.get(j["status"], 0) + 1
+            assert tiles == expected
+            rows = page.query_selector_all("#lists tr")[1:]
+            shown = {
+                r.query_selector_all("td")[0].inner_text(): r.query_selector_all("td")[1].inner_text() for r in rows
+            }
+            assert shown == {lst["name"]: f"{lst['count']:,}" for lst in lists}
+            assert page.query_selector_all("#chart polyline"), "the segment size chart is drawn"
+            assert len(page.query_selector_all("#runs tr")) > 1 and len(page.query_selector_all("#alerts tr")) > 1
+            page.screenshot(
+                path=str(os.environ.get("DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png")), full_page=True
+            )
+            browser.close()
+        assert problems == []
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)

@@ -78,6 +78,7 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
         "subscription_test": "subscriptions/{id}/test",
         "subscription_deliveries": "subscriptions/{id}/deliveries",
         "openapi": "openapi.json",
+        "dashboard": "dashboard",
     }
     assert all(functions[n]["authLevel"] == "function" for n in routes)
 

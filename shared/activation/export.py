@@ -4,6 +4,7 @@ a reason, deduplication, and files split every N rows. Storage is the caller's b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,33 +153,36 @@ def build_rows(
     return counts
 
 
-def write_files(con: duckdb.DuckDBPyConnection, d: Destination, members: list[Members], out: Path) -> list[Written]:
-    """Write `export_rows` as files, one pass for all segments; a segment with nobody to export still gets
-    one file (with only the header for CSV), so every run has a file per segment."""
+def write_files(
+    con: duckdb.DuckDBPyConnection,
+    d: Destination,
+    members: list[Members],
+    out: Path,
+    *,
+    on_file: Callable[[Written], None] | None = None,
+) -> list[Written]:
+    """Write `export_rows` as files, one per segment and part; a segment with nobody to export still gets
+    one file (with only the header for CSV), so every run has a file per segment. `on_file` is called as
+    each file is finished, so the caller can upload it while the next one is written."""
     columns = ", ".join(quote_ident(c) for c in d.columns())
     options = _copy_options(d)
     out.mkdir(parents=True, exist_ok=True)
-    con.execute(
-        f"""COPY (SELECT seg AS _seg, _part, {columns} FROM export_rows WHERE _reason IS NULL)
-            TO {quote_literal(str(out / "parts"))} ({options}, PARTITION_BY (_seg, _part), OVERWRITE_OR_IGNORE)"""
-    )
     parts = con.execute(
         "SELECT seg, _part, count(*) FROM export_rows WHERE _reason IS NULL GROUP BY ALL ORDER BY ALL"
     ).fetchall()
+    found = {(seg, part): rows for seg, part, rows in parts}
     written: list[Written] = []
-    for seg, part, rows in parts:
-        files = sorted((out / "parts" / f"_seg={seg}" / f"_part={part}").iterdir())
-        if len(files) != 1:
-            raise RuntimeError(f"expected one file for segment {members[seg].segment_id} part {part}, found {files}")
-        written.append(Written(members[seg].segment_id, part, files[0], rows))
-    done = {w.segment_id for w in written}
-    for m in members:
-        if m.segment_id not in done:
-            target = out / f"empty-{m.segment_id}"
+    for seg, m in enumerate(members):
+        for part in sorted(p for s, p in found if s == seg) or [1]:
+            target = out / f"{seg:03d}-{part:03d}.{d.extension}"
             con.execute(
-                f"COPY (SELECT {columns} FROM export_rows WHERE false) TO {quote_literal(str(target))} ({options})"
+                f"""COPY (SELECT {columns} FROM export_rows WHERE seg = {seg} AND _part = {part} AND _reason IS NULL)
+                    TO {quote_literal(str(target))} ({options})"""
             )
-            written.append(Written(m.segment_id, 1, target, 0))
+            w = Written(m.segment_id, part, target, found.get((seg, part), 0))
+            written.append(w)
+            if on_file:
+                on_file(w)
     return written
 
 

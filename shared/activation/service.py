@@ -10,7 +10,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -242,24 +242,23 @@ class Activation:
             counts: dict[str, SegmentCounts] = {}
             if members:
                 con = connect(self.settings, spill_dir=tmp)
-                try:
-                    install_transforms(con, country_code=self.settings.export_phone_country_code)
-                    counts = build_rows(con, d, members, profiles_file, split_rows=self.settings.export_split_rows)
-                    lap("rows")
-                    written = write_files(con, d, members, work / "files")
-                    lap("write")
-                finally:
-                    con.close()
+                # Each file is uploaded (as uncommitted blocks) while the next one is written.
                 with ThreadPoolExecutor(max_workers=4) as pool:
-                    staged = list(
-                        zip(
-                            written,
-                            pool.map(
-                                lambda w: self.dlz.stage_file(d.file_name(w.segment_id, now, w.part), w.path), written
-                            ),
-                            strict=True,
-                        )
-                    )
+                    uploads: list[tuple[Any, Future[Staged]]] = []
+
+                    def upload(w: Any) -> None:
+                        name = d.file_name(w.segment_id, now, w.part)
+                        uploads.append((w, pool.submit(self.dlz.stage_file, name, w.path)))
+
+                    try:
+                        install_transforms(con, country_code=self.settings.export_phone_country_code)
+                        counts = build_rows(con, d, members, profiles_file, split_rows=self.settings.export_split_rows)
+                        lap("rows")
+                        write_files(con, d, members, work / "files", on_file=upload)
+                        lap("write")
+                    finally:
+                        con.close()
+                    staged = [(w, f.result()) for w, f in uploads]
                 lap("upload")
         manifest = self._manifest(job, d, now, staged, counts, skipped)
         self._publish([s for _, s in staged], d.manifest_name(now), manifest, run_id=job.id)

@@ -20,9 +20,9 @@ from pathlib import Path
 import duckdb
 
 from bench.stages import report, run_stage, save_results, use_azurite
-from shared.campaign import snapshots
 from shared.campaign.recipients import RECIPIENTS_ID
 from shared.campaign.service import Campaign
+from shared.campaign.snapshots import Snapshots
 from shared.ingestion.paths import quote_literal
 from shared.settings import get_settings
 from shared.storage import BlobStore, StorageAccount
@@ -36,7 +36,7 @@ COLUMNS = {
 
 
 def _campaign() -> Campaign:
-    shutil.rmtree(snapshots._CACHE, ignore_errors=True)  # a cold worker: nothing downloaded yet
+    Snapshots.forget_local()  # a cold worker: nothing downloaded yet
     return Campaign.from_settings(get_settings())
 
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BINARY = ROOT / "node_modules" / ".bin" / "azurite"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -64,7 +64,7 @@ def start_azurite(*, location: Path | None = None, in_memory: bool = False, time
     owns = location is None
     location = Path(location or tempfile.mkdtemp(prefix="azurite-"))
     location.mkdir(parents=True, exist_ok=True)
-    ports = (_free_port(), _free_port(), _free_port())
+    ports = (free_port(), free_port(), free_port())
     log = location / "azurite.log"
     args = [
         str(BINARY),

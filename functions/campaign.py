@@ -10,10 +10,10 @@ from pathlib import Path
 import azure.functions as func
 
 from functions import utc_now
-from functions.http import answers, body_of, json_response
+from functions.http import answers, body_of, json_response, query_int
 from shared.campaign.deliveries import DeliveryRequest
 from shared.campaign.service import Campaign
-from shared.errors import NotFound, ValidationError
+from shared.errors import NotFound
 from shared.jobs import JobType
 from shared.settings import get_settings
 
@@ -23,15 +23,6 @@ log = logging.getLogger(__name__)
 
 def _campaign() -> Campaign:
     return Campaign.from_settings(get_settings())
-
-
-def _int(req: func.HttpRequest, name: str, default: int, *, most: int = 1000) -> int:
-    value = req.params.get(name)
-    if value is None:
-        return default
-    if not value.isdigit() or int(value) > most:
-        raise ValidationError(f"query parameter {name!r} must be a whole number from 0 to {most}, not {value!r}")
-    return int(value)
 
 
 @bp.function_name("campaign_audience_load")
@@ -49,7 +40,7 @@ def campaign_audience_load(blob: func.InputStream) -> None:
 def audience_loads(req: func.HttpRequest) -> func.HttpResponse:
     """Campaign's Administration > Audit > Audience load jobs, newest first."""
     jobs = _campaign().jobs.list(JobType.AUDIENCE_LOAD)
-    return json_response([j.model_dump(mode="json") for j in jobs[: _int(req, "limit", 100)]])
+    return json_response([j.model_dump(mode="json") for j in jobs[: query_int(req, "limit", 100, low=0)]])
 
 
 @bp.function_name("campaign_lists")
@@ -61,7 +52,9 @@ def campaign_lists(req: func.HttpRequest) -> func.HttpResponse:
     list_id = req.route_params.get("id")
     if not list_id:
         return json_response(campaign.lists.list())
-    page = campaign.members(list_id, offset=_int(req, "offset", 0, most=10**9), limit=_int(req, "limit", 100))
+    page = campaign.members(
+        list_id, offset=query_int(req, "offset", 0, low=0, high=10**9), limit=query_int(req, "limit", 100, low=0)
+    )
     return json_response({**page, "list": page["list"].model_dump(mode="json", by_alias=True)})
 
 
@@ -78,7 +71,7 @@ def campaign_recipients(req: func.HttpRequest) -> func.HttpResponse:
             file = Path(tmp) / f"seed{suffix}"
             file.write_bytes(req.get_body())
             return json_response(campaign.seed_recipients(file, now=utc_now()))
-    return json_response(campaign.recipient_rows(limit=_int(req, "limit", 100)))
+    return json_response(campaign.recipient_rows(limit=query_int(req, "limit", 100, low=0)))
 
 
 @bp.function_name("campaign_deliveries")

@@ -42,6 +42,16 @@ def body_of(req: func.HttpRequest) -> Any:
         raise ValidationError("the request body is not valid JSON") from exc
 
 
+def query_int(req: func.HttpRequest, name: str, default: int, *, low: int = 1, high: int = 1000) -> int:
+    """A whole-number query parameter within bounds, or a 400 naming it and the bounds."""
+    value = req.params.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise ValidationError(f"query parameter {name!r} must be a whole number from {low} to {high}, not {value!r}")
+    return int(value)
+
+
 def answers(fn: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:
     """Turn the product's errors and model validation errors into problem responses."""
 

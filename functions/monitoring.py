@@ -13,7 +13,7 @@ from pathlib import Path
 import azure.functions as func
 
 from functions import utc_now
-from functions.http import answers, body_of, json_response, problem
+from functions.http import answers, body_of, json_response, problem, query_int
 from shared.errors import ValidationError
 from shared.jobs import JobStatus, JobStore, JobType
 from shared.monitoring.alerts import ALERT_TYPES, AlertRules
@@ -91,25 +91,15 @@ def jobs(req: func.HttpRequest) -> func.HttpResponse:
     statuses = _enum_list(req, "status", JobStatus)
     if len(statuses) > 1:
         raise ValidationError("query parameter 'status': give one status")
-    limit = req.params.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-        raise ValidationError(f"query parameter 'limit' must be a whole number from 1 to 1000, not {limit!r}")
     page = store.page(
         types=_enum_list(req, "type", JobType),
         status=statuses[0] if statuses else None,
         since=_time(req, "since"),
         until=_time(req, "until"),
-        limit=int(limit),
+        limit=query_int(req, "limit", 50),
         token=req.params.get("continuationToken"),
     )
     return json_response(page.model_dump(mode="json", by_alias=True))
-
-
-def _limit(req: func.HttpRequest, default: int = 100) -> int:
-    limit = req.params.get("limit", str(default))
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-        raise ValidationError(f"query parameter 'limit' must be a whole number from 1 to 1000, not {limit!r}")
-    return int(limit)
 
 
 @bp.function_name("alerts")
@@ -123,7 +113,7 @@ def alerts(req: func.HttpRequest) -> func.HttpResponse:
         raise ValidationError(f"query parameter 'type': {unknown} are not alert types; they are {sorted(ALERT_TYPES)}")
     settings = get_settings()
     rules = AlertRules.from_settings(settings, StorageAccount.from_settings(settings))
-    found = rules.store.list(types=types, since=_time(req, "since"), limit=_limit(req))
+    found = rules.store.list(types=types, since=_time(req, "since"), limit=query_int(req, "limit", 100))
     return json_response(found)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.errors import Conflict, NotFound, ValidationError
+from shared.errors import BridgeError, Conflict, NotFound, ValidationError
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 from shared.storage.tables import decode_token, encode_token
@@ -203,6 +203,31 @@ class JobStore:
                 raise
             latest = self.get(job.type, job.id)
             return self.save(done.model_copy(update={"etag": latest.etag}))
+
+    def run(
+        self,
+        job: Job,
+        now: dt.datetime,
+        work: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
+        *,
+        on_failure: Callable[[str], object] | None = None,
+    ) -> Job:
+        """Do a claimed job's work and record how it ended. `work` returns the metrics and any changes to the
+        record (links, source): SUCCEEDED. A product error (`BridgeError`) is the job's outcome: FAILED with
+        its code and message. Anything else is recorded as FAILED (internal) and raised again."""
+        started = time.monotonic()
+        try:
+            metrics, changes = work()
+        except BridgeError as exc:
+            if on_failure:
+                on_failure(exc.message)
+            return self.finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
+        except Exception as exc:
+            if on_failure:
+                on_failure(str(exc))
+            self.finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
+            raise
+        return self.finish(job.model_copy(update=changes), JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
 
     def list(self, job_type: JobType, *, status: JobStatus | None = None) -> list[Job]:
         flt, params = "PartitionKey eq @pk", {"pk": job_type.value}

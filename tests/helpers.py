@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
+from dev.azurite import free_port
 from shared.ingestion import Dataset, DatasetStore
 from shared.settings import Settings
 from shared.storage import StorageAccount
@@ -37,3 +47,40 @@ def event(event_id: str, ts: str, event_type: str, **ids) -> dict:
 
 def ndjson(*records: dict) -> str:
     return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    """GET a URL: its status and JSON body (error answers included)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@contextmanager
+def serving(data_dir: Path) -> Iterator[str]:
+    """`make serve` on a free port over Azurite data in `data_dir`, up and answering; yields the API's base URL."""
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dev.serve", "--port", str(port), "--data-dir", str(data_dir)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                get_json(f"{base}/health")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert process.poll() is None, process.stdout.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "make serve did not answer in 60 s"
+                time.sleep(0.5)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -3,18 +3,15 @@ it did in a real headless Chromium."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import get_json, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
@@ -50,40 +47,13 @@ def test_the_demo_runs_end_to_end_and_prints_its_summary(demo):
     assert "/api/dashboard" in out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian's chromium; .ci/run installs it)")
 def test_the_dashboard_shows_the_demo_in_a_real_browser_without_console_errors(demo, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev requirement")
     data, _ = demo
-    port = _free_port()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "dev.serve", "--port", str(port), "--data-dir", str(data)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _get(f"{base}/health")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline and serve.poll() is None, "make serve did not start"
-                time.sleep(0.5)
-        jobs = _get(f"{base}/jobs?limit=200")["items"]
-        lists = _get(f"{base}/campaign/lists")
+    with serving(data) as base:
+        jobs = get_json(f"{base}/jobs?limit=200")[1]["items"]
+        lists = get_json(f"{base}/campaign/lists")[1]
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -112,6 +82,3 @@ def test_the_dashboard_shows_the_demo_in_a_real_browser_without_console_errors(d
             )
             browser.close()
         assert problems == []
-    finally:
-        serve.terminate()
-        serve.wait(timeout=30)

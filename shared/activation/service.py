@@ -22,8 +22,8 @@ from shared.activation.export import Members, SegmentCounts, build_rows, install
 from shared.activation.governance import PolicyStore, check_governance
 from shared.campaign.targets import TargetMappingStore
 from shared.engine import connect
-from shared.errors import BridgeError, Conflict, ValidationError
-from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
+from shared.errors import Conflict, ValidationError
+from shared.jobs import Job, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore, catalog_fields
 from shared.segmentation.memberships import PROFILES, MembershipStore
 from shared.settings import Settings
@@ -194,17 +194,16 @@ class Activation:
 
     def _run(self, job: Job, d: Destination, now: dt.datetime) -> Job:
         started = time.monotonic()
-        try:
-            return self._export(job, d, now, started)
-        except BridgeError as exc:
-            self._record_failure(job, d, now, started, exc.message)
-            return self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
-        except Exception as exc:
-            self._record_failure(job, d, now, started, str(exc))
-            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
-            raise
+        return self.jobs.run(
+            job,
+            now,
+            lambda: self._export(job, d, now, started),
+            on_failure=lambda message: self._record_failure(job, d, now, started, message),
+        )
 
-    def _export(self, job: Job, d: Destination, now: dt.datetime, started: float) -> Job:
+    def _export(
+        self, job: Job, d: Destination, now: dt.datetime, started: float
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         if not d.enabled:
             raise ValidationError(f"destination {d.id!r} is disabled; enable it to export")
         definitions = self.segments.trees()
@@ -312,8 +311,7 @@ class Activation:
             "phaseSeconds": dict(phases),
         }
         links = {"manifest": f"{self.settings.dlz_container}/{d.manifest_name(now)}"}
-        job = job.model_copy(update={"links": links, "source": d.manifest_name(now)})
-        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
+        return metrics, {"links": links, "source": d.manifest_name(now)}
 
     def _manifest(
         self,

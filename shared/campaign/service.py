@@ -9,10 +9,11 @@ import hashlib
 import json
 import logging
 import tempfile
-import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
@@ -30,15 +31,16 @@ from shared.campaign.files import check_checksum, read_export
 from shared.campaign.snapshots import SnapshotRecord, Snapshots
 from shared.campaign.targets import TargetMapping, TargetMappingStore
 from shared.engine import connect
-from shared.errors import BridgeError, Conflict, NotFound, ValidationError
+from shared.errors import Conflict, NotFound, ValidationError
 from shared.ingestion.datasets import Dataset, DatasetStore
 from shared.ingestion.paths import quote_ident, quote_literal
-from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
+from shared.jobs import Job, JobStatus, JobStore, JobType
 from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, ModelTable, StorageAccount
 from shared.timing import Laps
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 LIST_FOLDER = "AEP audiences"
 STATUSES = "('realized', 'existing', 'exited')"
 _ATTEMPTS = 8  # concurrent loads into one list or the recipients retry this many times
@@ -85,10 +87,31 @@ class Campaign:
     def from_settings(cls, settings: Settings, account: StorageAccount | None = None) -> Campaign:
         return cls(settings=settings, account=account or StorageAccount.from_settings(settings))
 
-    def connect(self, spill_dir: str) -> duckdb.DuckDBPyConnection:
-        con = connect(self.settings, spill_dir=spill_dir)
-        install_transforms(con, country_code=self.settings.export_phone_country_code)
-        return con
+    @contextmanager
+    def _session(self, prefix: str) -> Iterator[tuple[duckdb.DuckDBPyConnection, Path]]:
+        """A DuckDB connection with the export's identity macros, and a scratch folder; both gone after."""
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            con = connect(self.settings, spill_dir=tmp)
+            try:
+                install_transforms(con, country_code=self.settings.export_phone_country_code)
+                yield con, Path(tmp)
+            finally:
+                con.close()
+
+    def _retrying(self, attempt: Callable[[], T], failure: str) -> T:
+        """Run `attempt` again while another writer publishes the same snapshot first (a `Conflict`)."""
+        for _ in range(_ATTEMPTS):
+            try:
+                return attempt()
+            except Conflict:
+                log.info("%s: changed by another writer meanwhile; trying again", failure)
+        raise Conflict(failure)
+
+    def _rows(self, sql: str) -> list[dict[str, Any]]:
+        with self._session("query-") as (con, _):
+            cur = con.execute(sql)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     # Recipients ----------------------------------------------------------------------------------
 
@@ -96,26 +119,15 @@ class Campaign:
         """Campaign's own import of a seed/CRM file: creates and updates recipients, keyed by the target
         mapping's key. Returns the counts."""
         mapping = self.targets.get(target_mapping)
-        for _ in range(_ATTEMPTS):
+
+        def attempt() -> dict[str, Any]:
             current = self.recipients.find(rcp.RECIPIENTS_ID)
-            with tempfile.TemporaryDirectory(prefix="seed-") as tmp:
-                con = self.connect(tmp)
-                try:
-                    table, counts = rcp.seed(
-                        con,
-                        file,
-                        self.recipients.local(current) if current else None,
-                        key=mapping.key,
-                        allowed=mapping.columns,
-                        now=now,
-                    )
-                    total = self._publish_recipients(con, table, Path(tmp), current, now)
-                except Conflict:
-                    continue
-                finally:
-                    con.close()
-            return {**counts, "recipients": total}
-        raise Conflict("the recipients kept changing while importing; try again")
+            with self._session("seed-") as (con, tmp):
+                local = self.recipients.local(current) if current else None
+                table, counts = rcp.seed(con, file, local, key=mapping.key, allowed=mapping.columns, now=now)
+                return {**counts, "recipients": self._publish_recipients(con, table, tmp, current, now)}
+
+        return self._retrying(attempt, "the recipients kept changing while importing; try again")
 
     def _publish_recipients(
         self, con: duckdb.DuckDBPyConnection, table: str, tmp: Path, current: SnapshotRecord | None, now: dt.datetime
@@ -132,35 +144,19 @@ class Campaign:
         current = self.recipients.find(rcp.RECIPIENTS_ID)
         if current is None:
             return []
-        with tempfile.TemporaryDirectory() as tmp:
-            con = self.connect(tmp)
-            try:
-                cur = con.execute(
-                    f"SELECT * FROM {rcp.source_of(self.recipients.local(current))} WHERE {where} ORDER BY id LIMIT {int(limit)}"
-                )
-                names = [d[0] for d in cur.description]
-                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-            finally:
-                con.close()
+        source = rcp.source_of(self.recipients.local(current))
+        return self._rows(f"SELECT * FROM {source} WHERE {where} ORDER BY id LIMIT {int(limit)}")
 
     def members(self, list_id: str, *, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         """A page of a list's members with their recipient attributes."""
         record = self.lists.get(list_id)
         current = self.recipients.find(rcp.RECIPIENTS_ID)
-        with tempfile.TemporaryDirectory() as tmp:
-            con = self.connect(tmp)
-            try:
-                cur = con.execute(
-                    f"""SELECT l.recipientId, l.status, l.addedAt, r.* EXCLUDE (id, created, updated)
-                    FROM {self._list_source(record)} l
-                    LEFT JOIN {rcp.source_of(self.recipients.local(current) if current else None)} r
-                        ON r.id = l.recipientId
-                    ORDER BY l.recipientId LIMIT {int(limit)} OFFSET {int(offset)}"""
-                )
-                names = [d[0] for d in cur.description]
-                items = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-            finally:
-                con.close()
+        items = self._rows(
+            f"""SELECT l.recipientId, l.status, l.addedAt, r.* EXCLUDE (id, created, updated)
+            FROM {self._list_source(record)} l
+            LEFT JOIN {rcp.source_of(self.recipients.local(current) if current else None)} r ON r.id = l.recipientId
+            ORDER BY l.recipientId LIMIT {int(limit)} OFFSET {int(offset)}"""
+        )
         return {"list": record, "offset": offset, "items": items}
 
     def _list_source(self, record: SnapshotRecord | None) -> str:
@@ -220,22 +216,13 @@ class Campaign:
         except Conflict:
             log.info("%s (ETag %s) was already loaded", name, etag)
             return self.jobs.get(JobType.AUDIENCE_LOAD, job.id)
-        started = time.monotonic()
-        try:
-            metrics = self._load(job, manifest, entry, now)
-        except BridgeError as exc:
-            return self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
-        except Exception as exc:
-            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
-            raise
-        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
+        return self.jobs.run(job, now, lambda: (self._load(job, manifest, entry, now), {}))
 
     def _load(self, job: Job, manifest: dict[str, Any], entry: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
         name = entry["name"]
         mapping = self.targets.get(manifest["targetMapping"])
         phases = Laps()
-        with tempfile.TemporaryDirectory(prefix="load-") as tmp, ThreadPoolExecutor(max_workers=1) as pool:
-            work = Path(tmp)
+        with self._session("load-") as (con, work), ThreadPoolExecutor(max_workers=1) as pool:
             # The snapshots the load will read are fetched while the file downloads and is checked.
             prefetch = pool.submit(self._prefetch, None if manifest["syncType"] == "profile" else entry["segmentId"])
             try:
@@ -245,25 +232,19 @@ class Campaign:
             phases.lap("download")
             check_checksum(path, entry)
             phases.lap("checksum")
-            con = self.connect(tmp)
-            try:
-                allowed = set(mapping.columns) | {manifest.get("statusColumn") or ""}
-                read_export(con, path, manifest, entry, allowed=allowed)
-                prefetch.result()
-                phases.lap("read")
-                for _ in range(_ATTEMPTS):
-                    try:
-                        if manifest["syncType"] == "profile":
-                            metrics = self._profile_sync(con, job, manifest, mapping, work, now)
-                        else:
-                            metrics = self._audience_sync(con, job, manifest, entry, work, now)
-                        phases.lap("sync")
-                        return {**metrics, "phaseSeconds": dict(phases)}
-                    except Conflict:
-                        log.info("%s: the target changed while loading; loading again", name)
-                raise Conflict(f"{name}: its list kept changing while loading; it will be retried")
-            finally:
-                con.close()
+            allowed = set(mapping.columns) | {manifest.get("statusColumn") or ""}
+            read_export(con, path, manifest, entry, allowed=allowed)
+            prefetch.result()
+            phases.lap("read")
+
+            def sync() -> dict[str, Any]:
+                if manifest["syncType"] == "profile":
+                    return self._profile_sync(con, job, manifest, mapping, work, now)
+                return self._audience_sync(con, job, manifest, entry, work, now)
+
+            metrics = self._retrying(sync, f"{name}: its list kept changing while loading; it will be retried")
+            phases.lap("sync")
+            return {**metrics, "phaseSeconds": dict(phases)}
 
     def _prefetch(self, list_id: str | None) -> None:
         for store, record_id in ((self.recipients, rcp.RECIPIENTS_ID), (self.lists, list_id)):
@@ -440,33 +421,30 @@ class Campaign:
         if found is not None:
             return found
         record = self.lists.get(req.list_id)
-        for _ in range(_ATTEMPTS):
+
+        def attempt() -> Delivery:
             current = self.recipients.find(rcp.RECIPIENTS_ID)
-            with tempfile.TemporaryDirectory(prefix="delivery-") as tmp:
-                con = self.connect(tmp)
-                try:
-                    source = rcp.source_of(self.recipients.local(current) if current else None)
-                    for statement in simulate_sql(req, did, now, self._list_source(record), source):
-                        con.execute(statement)
-                    delivery = self._delivery(con, req, did, now, record.count)
-                    for log_name, path in delivery.logs.items():
-                        out = Path(tmp) / f"{log_name}.parquet"
-                        con.execute(f"COPY {log_name} TO {quote_literal(str(out))} (FORMAT parquet)")
-                        self.blobs.put_file(path, out)
-                    if delivery.quarantined:
-                        con.execute(
-                            f"""CREATE OR REPLACE TEMP TABLE recipients_next AS
-                            SELECT r.* REPLACE (r.quarantined OR n.recipientId IS NOT NULL AS quarantined,
-                                coalesce(r.quarantineReason, n.reason) AS quarantineReason)
-                            FROM {source} r LEFT JOIN nondeliverable n ON n.recipientId = r.id ORDER BY r.id"""
-                        )
-                        self._publish_recipients(con, "recipients_next", Path(tmp), current, now)
-                except Conflict:
-                    continue
-                finally:
-                    con.close()
-            return self.deliveries.put(did, delivery)
-        raise Conflict("the recipients kept changing during the delivery; try again")
+            with self._session("delivery-") as (con, tmp):
+                source = rcp.source_of(self.recipients.local(current) if current else None)
+                for statement in simulate_sql(req, did, now, self._list_source(record), source):
+                    con.execute(statement)
+                delivery = self._delivery(con, req, did, now, record.count)
+                for log_name, path in delivery.logs.items():
+                    out = tmp / f"{log_name}.parquet"
+                    con.execute(f"COPY {log_name} TO {quote_literal(str(out))} (FORMAT parquet)")
+                    self.blobs.put_file(path, out)
+                if delivery.quarantined:
+                    con.execute(
+                        f"""CREATE OR REPLACE TEMP TABLE recipients_next AS
+                        SELECT r.* REPLACE (r.quarantined OR n.recipientId IS NOT NULL AS quarantined,
+                            coalesce(r.quarantineReason, n.reason) AS quarantineReason)
+                        FROM {source} r LEFT JOIN nondeliverable n ON n.recipientId = r.id ORDER BY r.id"""
+                    )
+                    self._publish_recipients(con, "recipients_next", tmp, current, now)
+                return delivery
+
+        delivery = self._retrying(attempt, "the recipients kept changing during the delivery; try again")
+        return self.deliveries.put(did, delivery)
 
     def _delivery(
         self, con: duckdb.DuckDBPyConnection, req: DeliveryRequest, did: str, now: dt.datetime, members: int
@@ -509,19 +487,9 @@ class Campaign:
             job = self.jobs.create(job)
         except Conflict:
             return self.jobs.get(JobType.FEEDBACK, job.id)
-        started = time.monotonic()
-        try:
-            metrics = self._export_logs(job, now)
-        except BridgeError as exc:
-            return self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
-        except Exception as exc:
-            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
-            raise
-        links = {"file": f"{self.settings.landing_container}/{metrics['file']}"} if metrics.get("file") else {}
-        job = job.model_copy(update={"links": links, "source": metrics.get("file", "")})
-        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
+        return self.jobs.run(job, now, lambda: self._export_logs(job, now))
 
-    def _export_logs(self, job: Job, now: dt.datetime) -> dict[str, Any]:
+    def _export_logs(self, job: Job, now: dt.datetime) -> tuple[dict[str, Any], dict[str, Any]]:
         mark = self.deliveries_table.find("watermark", "logs")
         since = dt.datetime.fromisoformat(mark["at"]) if mark else dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
         recent = [d for d in self.deliveries.all() if since - EVENT_HORIZON < d.sent_at <= now]
@@ -531,39 +499,33 @@ class Campaign:
         current = self.recipients.find(rcp.RECIPIENTS_ID)
         if recent and current is not None:
             dataset = self.settings.campaign_feedback_dataset
-            with tempfile.TemporaryDirectory(prefix="logs-") as tmp:
+            with self._session("logs-") as (con, tmp):
                 wanted = {
                     f"{d.id}-{log_name}": d.logs[log_name] for d in recent for log_name in ("broadlog", "trackinglog")
                 }
                 for local, blob in wanted.items():
-                    self.blobs.download(blob, Path(tmp) / f"{local}.parquet")
+                    self.blobs.download(blob, tmp / f"{local}.parquet")
                 logs = {
                     log_name: "["
-                    + ", ".join(quote_literal(str(Path(tmp) / f"{d.id}-{log_name}.parquet")) for d in recent)
+                    + ", ".join(quote_literal(str(tmp / f"{d.id}-{log_name}.parquet")) for d in recent)
                     + "]"
                     for log_name in ("broadlog", "trackinglog")
                 }
-                con = self.connect(tmp)
-                try:
-                    con.execute(
-                        "CREATE TEMP TABLE events AS "
-                        + events_sql(logs, rcp.source_of(self.recipients.local(current)), since, now)
-                    )
-                    events = dict(
-                        con.execute("SELECT eventType, count(*) FROM events GROUP BY 1 ORDER BY 1").fetchall()
-                    )
-                    if events:
-                        out = Path(tmp) / "events.ndjson"
-                        con.execute(f"COPY events TO {quote_literal(str(out))} (FORMAT json)")
-                        self._ensure_dataset(dataset, now)
-                        name = f"{dataset}/campaign-logs-{since:%Y%m%dT%H%M%SZ}-{now:%Y%m%dT%H%M%SZ}.ndjson"
-                        BlobStore(self.account.container(self.settings.landing_container)).put_file(name, out)
-                finally:
-                    con.close()
+                recipients = rcp.source_of(self.recipients.local(current))
+                con.execute("CREATE TEMP TABLE events AS " + events_sql(logs, recipients, since, now))
+                events = dict(con.execute("SELECT eventType, count(*) FROM events GROUP BY 1 ORDER BY 1").fetchall())
+                if events:
+                    out = tmp / "events.ndjson"
+                    con.execute(f"COPY events TO {quote_literal(str(out))} (FORMAT json)")
+                    self._ensure_dataset(dataset, now)
+                    name = f"{dataset}/campaign-logs-{since:%Y%m%dT%H%M%SZ}-{now:%Y%m%dT%H%M%SZ}.ndjson"
+                    BlobStore(self.account.container(self.settings.landing_container)).put_file(name, out)
         self.deliveries_table.upsert(
             {"PartitionKey": "watermark", "RowKey": "logs", "at": now.isoformat(), "job": job.id}
         )
-        return {**metrics, "events": events, "eventsTotal": sum(events.values()), "file": name}
+        links = {"file": f"{self.settings.landing_container}/{name}"} if name else {}
+        metrics = {**metrics, "events": events, "eventsTotal": sum(events.values()), "file": name}
+        return metrics, {"links": links, "source": name}
 
     def _ensure_dataset(self, dataset_id: str, now: dt.datetime) -> None:
         datasets = DatasetStore.from_settings(self.settings, self.account)

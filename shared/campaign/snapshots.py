@@ -79,6 +79,11 @@ class Snapshots:
             partial.replace(path)
         return path
 
+    @staticmethod
+    def forget_local() -> None:
+        """Drop every snapshot this machine has kept: the next reads download again (a cold worker)."""
+        shutil.rmtree(_CACHE, ignore_errors=True)
+
     def publish(self, record: SnapshotRecord, file: Path, *, previous: SnapshotRecord | None) -> SnapshotRecord:
         """Store `file` as the next version of `record`. `Conflict` when someone published since `previous`
         was read: nothing changes then, and the caller reads again and retries."""

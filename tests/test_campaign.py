@@ -279,3 +279,26 @@ def test_deliveries_skip_opted_out_and_quarantined_and_their_logs_come_back_as_e
     segment_job(settings, T1 + dt.timedelta(days=3))
     job = Activation.from_settings(settings).run("openers-email", now=T1 + dt.timedelta(days=3))
     assert exported(settings, account, job) == {sha("ann@example.com"): "realized"}
+
+
+@pytest.mark.parametrize(
+    ("seed", "detail"),
+    [
+        ("email,shoeSize\na@example.com,42\n", "unknown columns ['shoeSize']"),
+        ("firstName\nAnn\n", "every recipient needs 'email_lc_sha256'"),
+        ("email,firstName\na@example.com,A\n,B\n", "rows [2] have no 'email_lc_sha256'"),
+        ("email\na@example.com\n A@Example.com \n", "rows [[1, 2]] have the same 'email_lc_sha256'"),
+    ],
+    ids=["unknown-column", "no-key", "missing-key", "duplicate-key"],
+)
+def test_a_bad_recipient_seed_is_refused_naming_the_problem_and_nothing_is_stored(settings, seed, detail):
+    response = call(campaign_recipients, "POST", "campaign/recipients", {}, seed.encode())
+    assert response.status_code == 400 and detail in body(response)["detail"]
+    assert body(call(campaign_recipients, "GET", "campaign/recipients", {})) == []
+
+
+def test_a_delivery_to_an_unknown_list_is_a_404_and_bad_rates_a_400(settings):
+    response = call(campaign_deliveries, "POST", "campaign/deliveries", {}, {"listId": "nope"})
+    assert response.status_code == 404 and "no list 'nope'" in body(response)["detail"]
+    response = call(campaign_deliveries, "POST", "campaign/deliveries", {}, {"listId": "x", "openRate": 2})
+    assert response.status_code == 400 and body(response)["errors"][0]["field"] == "openRate"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 import azure.functions as func
 
+from functions import utc_now
 from shared.ingestion import BatchIngestion
 from shared.settings import get_settings
 
@@ -20,5 +20,5 @@ def ingest_landing_file(blob: func.InputStream) -> None:
     settings = get_settings()
     path = (blob.name or "").split("/", 1)[1]  # the host names the blob with its container first
     etag = (blob.blob_properties or {}).get("ETag")
-    job = BatchIngestion.from_settings(settings).ingest(path, blob.read(), etag=etag, now=dt.datetime.now(dt.UTC))
+    job = BatchIngestion.from_settings(settings).ingest(path, blob.read(), etag=etag, now=utc_now())
     log.info("ingestion batch %s: %s %s", job.id, job.status.value, job.metrics)

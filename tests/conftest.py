@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import time_machine
 
 from dev.azurite import start_azurite
 from dev.host import fire_blob_trigger
@@ -16,6 +17,15 @@ from shared.settings import Settings, get_settings
 from shared.storage import BlobStore, StorageAccount
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(autouse=True)
+def clock() -> Iterator[time_machine.Traveller]:
+    """The clock the trigger adapters read (`functions.utc_now`) starts at NOW in every test and ticks from
+    there; a test that needs a trigger to run later moves it (`clock.move_to(...)`). So no test depends on
+    today's date: CI runs the suite again with the machine's clock a year ahead to prove it."""
+    with time_machine.travel(NOW, tick=True) as traveller:
+        yield traveller
 
 
 @pytest.fixture(scope="session")

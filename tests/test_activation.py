@@ -441,16 +441,17 @@ def test_an_on_demand_run_goes_through_the_queue_and_its_records_read_back(setti
     assert call(dataflow_runs, "GET", "dataflows/nope/runs", {"id": "nope"}).status_code == 404
 
 
-def test_retention_deletes_dlz_files_older_than_the_setting(settings, account, crm):
+def test_retention_deletes_dlz_files_older_than_the_setting(settings, account, crm, clock):
     assert put_destination().status_code == 200
     segment_job(settings, T1)
     Activation.from_settings(settings).run("gold-email", now=T1)
     blobs = dlz(settings, account)
     assert len(list(blobs.names())) == 2
-    dlz_retention.build().get_user_function()(TimerRequest(past_due=False))  # today: nothing is old
+    dlz_retention.build().get_user_function()(TimerRequest(past_due=False))  # the same day: nothing is old
     assert len(list(blobs.names())) == 2
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=settings.dlz_retention_days, minutes=1)
-    assert len(Activation.from_settings(settings).cleanup(now=later)) == 2
+    assert Activation.from_settings(settings).cleanup(now=T1 + dt.timedelta(days=settings.dlz_retention_days)) == []
+    clock.move_to(T1 + dt.timedelta(days=settings.dlz_retention_days, minutes=1))
+    dlz_retention.build().get_user_function()(TimerRequest(past_due=False))
     assert list(blobs.names()) == []
 
 

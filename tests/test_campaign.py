@@ -239,7 +239,7 @@ def deliver(list_id: str, **options) -> dict:
 
 
 def test_deliveries_skip_opted_out_and_quarantined_and_their_logs_come_back_as_events_a_segment_uses(
-    settings, account, crm, recipients, landing_zone
+    settings, account, crm, recipients, landing_zone, clock
 ):
     assert put_destination(segments=["all"]).status_code == 200
     segment_job(settings, T1)
@@ -262,12 +262,14 @@ def test_deliveries_skip_opted_out_and_quarantined_and_their_logs_come_back_as_e
     assert (ann["quarantined"], ann["quarantineReason"]) == (True, "hardBounce")
 
     # The logs go to landing as experience events, and are ingested like any other file.
+    clock.move_to(T1 + dt.timedelta(days=3))  # the landing trigger runs three days later
     export = recipients.export_logs(now=T1 + dt.timedelta(days=3))
     assert export.status is JobStatus.SUCCEEDED, export.errors
     assert export.metrics["events"] == {"message.bounce": 1, "message.click": 1, "message.open": 1, "message.sent": 1}
     assert export.source.startswith("campaign-logs/")
     assert landing_zone.trigger(export.source).status is JobStatus.SUCCEEDED
-    # The 4-hour timer finds nothing new since the watermark.
+    # The 4-hour timer, four hours later, finds nothing new since the watermark.
+    clock.move_to(T1 + dt.timedelta(days=3, hours=4))
     campaign_log_export.build().get_user_function()(TimerRequest(past_due=False))
     [latest] = [j for j in recipients.jobs.list(JobType.FEEDBACK) if j.id != export.id]
     assert latest.status is JobStatus.SUCCEEDED and latest.metrics["eventsTotal"] == 0
@@ -276,8 +278,8 @@ def test_deliveries_skip_opted_out_and_quarantined_and_their_logs_come_back_as_e
     opened = 'xEvent[eventType = "message.open" and timestamp occurs <= 7 days before now].count() >= 1'
     assert put_segment("openers", opened).status_code == 200
     assert put_destination("openers-email", name="Campaign_Openers", segments=["openers"]).status_code == 200
-    segment_job(settings, T1 + dt.timedelta(days=3))
-    job = Activation.from_settings(settings).run("openers-email", now=T1 + dt.timedelta(days=3))
+    segment_job(settings, T1 + dt.timedelta(days=3, hours=4))
+    job = Activation.from_settings(settings).run("openers-email", now=T1 + dt.timedelta(days=3, hours=4))
     assert exported(settings, account, job) == {sha("ann@example.com"): "realized"}
 
 

@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from azure.storage.blob import BlobProperties
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -177,9 +178,10 @@ class Activation:
         return self._run(job, self.destinations.get(message["destination"]), now)
 
     def cleanup(self, *, now: dt.datetime) -> list[str]:
-        """Delete DLZ files older than the retention period; returns their names."""
+        """Delete DLZ files exported longer ago than the retention period (a blob we did not write counts from
+        when it was last modified); returns their names."""
         oldest = now - dt.timedelta(days=self.settings.dlz_retention_days)
-        old = [b.name for b in self.dlz.listing() if b.last_modified < oldest]
+        old = [b.name for b in self.dlz.listing(metadata=True) if _exported_at(b) < oldest]
         for name in old:
             self.dlz.delete(name)
         return old
@@ -260,7 +262,7 @@ class Activation:
                     staged = [(w, f.result()) for w, f in uploads]
                 lap("upload")
         manifest = self._manifest(job, d, now, staged, counts, skipped)
-        self._publish([s for _, s in staged], d.manifest_name(now), manifest, run_id=job.id)
+        self._publish([s for _, s in staged], d.manifest_name(now), manifest, run_id=job.id, now=now)
         lap("publish")
 
         seconds = round(time.monotonic() - started, 3)
@@ -363,16 +365,19 @@ class Activation:
             "bytes": sum(s.size for _, s in staged),
         }
 
-    def _publish(self, files: list[Staged], manifest_name: str, manifest: dict[str, Any], *, run_id: str) -> None:
+    def _publish(
+        self, files: list[Staged], manifest_name: str, manifest: dict[str, Any], *, run_id: str, now: dt.datetime
+    ) -> None:
         """Commit every file, then the manifest. If anything fails, the files committed so far are deleted:
         a reader never finds files without their manifest, and staged blocks are never seen. Each file's
         metadata names its manifest, so a reader triggered by the file finds the run it belongs to."""
         committed: list[str] = []
+        exported = {EXPORTED: now.isoformat()}  # retention counts from the run's time, not the storage clock
         try:
             for f in files:
-                self.dlz.commit(f, metadata={"manifest": manifest_name, "runId": run_id})
+                self.dlz.commit(f, metadata={"manifest": manifest_name, "runId": run_id, **exported})
                 committed.append(f.name)
-            self.dlz.put(manifest_name, json.dumps(manifest, indent=2).encode())
+            self.dlz.put(manifest_name, json.dumps(manifest, indent=2).encode(), metadata=exported)
         except Exception:
             for name in committed:
                 try:
@@ -405,3 +410,11 @@ class Activation:
                 for sid in d.segments
             ],
         )
+
+
+EXPORTED = "exported"  # blob metadata: the export run's `now`
+
+
+def _exported_at(blob: BlobProperties) -> dt.datetime:
+    stamp = (blob.metadata or {}).get(EXPORTED)
+    return dt.datetime.fromisoformat(stamp) if stamp else blob.last_modified

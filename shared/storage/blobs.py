@@ -89,7 +89,9 @@ class BlobStore:
 
     def listing(self, prefix: str = "", *, metadata: bool = False) -> Iterator[BlobProperties]:
         """The blobs with their properties (size, last modified) and, if asked, their metadata."""
-        yield from self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"] if metadata else None)
+        yield from self.container.list_blobs(
+            name_starts_with=prefix or None, include=["metadata"] if metadata else None
+        )
 
     def delete(self, name: str) -> None:
         self.container.delete_blob(name, delete_snapshots="include")

@@ -12,8 +12,10 @@ import azure.functions as func
 from functions import utc_now
 from functions.http import answers, body_of, json_response, query_int
 from shared.campaign.deliveries import DeliveryRequest
+from shared.campaign.recipients import RECIPIENTS_ID
 from shared.campaign.service import Campaign
-from shared.errors import NotFound
+from shared.campaign.snapshots import RestoreRequest, Snapshots
+from shared.errors import NotFound, ValidationError
 from shared.jobs import JobType
 from shared.settings import get_settings
 
@@ -59,12 +61,14 @@ def campaign_lists(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.function_name("campaign_recipients")
-@bp.route(route="campaign/recipients", methods=["GET", "POST"])
+@bp.route(route="campaign/recipients", methods=["GET", "POST", "DELETE"])
 @answers
 def campaign_recipients(req: func.HttpRequest) -> func.HttpResponse:
-    """POST a seed/CRM file (CSV, or NDJSON with `?format=ndjson`) to create and update recipients;
-    GET the first recipients (`limit`)."""
+    """POST a seed/CRM file (CSV, or NDJSON with `?format=ndjson`) to create and update recipients (an
+    import never deletes); DELETE `?ids=1,2` to delete recipients; GET the first recipients (`limit`)."""
     campaign = _campaign()
+    if req.method == "DELETE":
+        return json_response(campaign.delete_recipients(_ids(req.params.get("ids", "")), now=utc_now()))
     if req.method == "POST":
         suffix = ".ndjson" if req.params.get("format") == "ndjson" else ".csv"
         with tempfile.TemporaryDirectory() as tmp:
@@ -72,6 +76,61 @@ def campaign_recipients(req: func.HttpRequest) -> func.HttpResponse:
             file.write_bytes(req.get_body())
             return json_response(campaign.seed_recipients(file, now=utc_now()))
     return json_response(campaign.recipient_rows(limit=query_int(req, "limit", 100, low=0)))
+
+
+def _ids(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not all(p.isdigit() and len(p) <= 18 for p in parts):
+        raise ValidationError(f"query parameter 'ids' must be recipient ids separated by commas, not {text[:100]!r}")
+    return [int(p) for p in parts]
+
+
+def _versions_or_restore(req: func.HttpRequest, table: Snapshots, record_id: str) -> func.HttpResponse:
+    campaign = _campaign()
+    if req.method == "POST":
+        return json_response(
+            campaign.restore(table, record_id, RestoreRequest.model_validate(body_of(req)).version, now=utc_now())
+        )
+    return json_response(campaign.versions(table, record_id))
+
+
+@bp.function_name("campaign_recipient_versions")
+@bp.route(route="campaign/recipients/versions", methods=["GET"])
+@answers
+def campaign_recipient_versions(req: func.HttpRequest) -> func.HttpResponse:
+    """The versions of the recipients table kept for SNAPSHOT_RETENTION_HOURS, newest first."""
+    return _versions_or_restore(req, _campaign().recipients, RECIPIENTS_ID)
+
+
+@bp.function_name("campaign_recipient_restore")
+@bp.route(route="campaign/recipients/restore", methods=["POST"])
+@answers
+def campaign_recipient_restore(req: func.HttpRequest) -> func.HttpResponse:
+    """Bring a kept version of the recipients back (`{"version": n}`), as a new version."""
+    return _versions_or_restore(req, _campaign().recipients, RECIPIENTS_ID)
+
+
+@bp.function_name("campaign_list_versions")
+@bp.route(route="campaign/lists/{id}/versions", methods=["GET"])
+@answers
+def campaign_list_versions(req: func.HttpRequest) -> func.HttpResponse:
+    """The versions of one list kept for SNAPSHOT_RETENTION_HOURS, newest first."""
+    return _versions_or_restore(req, _campaign().lists, req.route_params["id"])
+
+
+@bp.function_name("campaign_list_restore")
+@bp.route(route="campaign/lists/{id}/restore", methods=["POST"])
+@answers
+def campaign_list_restore(req: func.HttpRequest) -> func.HttpResponse:
+    """Bring a kept version of one list back (`{"version": n}`), as a new version."""
+    return _versions_or_restore(req, _campaign().lists, req.route_params["id"])
+
+
+@bp.function_name("snapshot_retention")
+@bp.timer_trigger(arg_name="timer", schedule="%SNAPSHOT_RETENTION_SCHEDULE%", run_on_startup=False)
+def snapshot_retention(timer: func.TimerRequest) -> None:
+    deleted = _campaign().expire_snapshots(now=utc_now())
+    log.info("deleted %d snapshot versions past retention", len(deleted))
 
 
 @bp.function_name("campaign_deliveries")

@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 from functions.http import answers, json_response
 from shared.activation import DataflowRun, Destination, GovernancePolicy
 from shared.campaign.deliveries import Delivery, DeliveryRequest
-from shared.campaign.snapshots import SnapshotRecord
+from shared.campaign.snapshots import RestoreRequest, SnapshotRecord, SnapshotVersion
 from shared.campaign.targets import TargetMapping
 from shared.identity import MergePolicy
 from shared.ingestion import Dataset, Schema
@@ -158,7 +158,35 @@ OPS = [
     ),
     Op("get", "/campaign/lists", "Campaign audience lists", response=SnapshotRecord, many=True),
     Op("get", "/campaign/lists/{id}", "One list with a page of members", query={"offset": "0…", "limit": "1 to 1000"}),
+    Op("get", "/campaign/lists/{id}/versions", "The kept versions of a list", response=SnapshotVersion, many=True),
+    Op(
+        "post",
+        "/campaign/lists/{id}/restore",
+        "Bring a kept version of a list back",
+        request=RestoreRequest,
+        response=SnapshotRecord,
+    ),
     Op("get", "/campaign/recipients", "Campaign recipients", query={"limit": "1 to 1000"}),
+    Op(
+        "delete",
+        "/campaign/recipients",
+        "Delete recipients (their ids are never given again)",
+        query={"ids": "recipient ids separated by commas"},
+    ),
+    Op(
+        "get",
+        "/campaign/recipients/versions",
+        "The kept versions of the recipients",
+        response=SnapshotVersion,
+        many=True,
+    ),
+    Op(
+        "post",
+        "/campaign/recipients/restore",
+        "Bring a kept version of the recipients back",
+        request=RestoreRequest,
+        response=SnapshotRecord,
+    ),
     Op(
         "post",
         "/campaign/recipients",

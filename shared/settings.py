@@ -101,6 +101,17 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DLZ_RETENTION_SCHEDULE", "dlz_retention_schedule"),
         description="NCRONTAB schedule of the timer that deletes DLZ files older than DLZ_RETENTION_DAYS.",
     )
+    snapshot_retention_hours: int = Field(
+        72,
+        gt=0,
+        validation_alias=AliasChoices("SNAPSHOT_RETENTION_HOURS", "snapshot_retention_hours"),
+        description="How long replaced versions of Campaign's recipients and lists are kept (and restorable).",
+    )
+    snapshot_retention_schedule: str = Field(
+        "0 15 * * * *",
+        validation_alias=AliasChoices("SNAPSHOT_RETENTION_SCHEDULE", "snapshot_retention_schedule"),
+        description="NCRONTAB schedule of the timer that deletes snapshot versions past SNAPSHOT_RETENTION_HOURS.",
+    )
     campaign_log_schedule: str = Field(
         "0 0 */4 * * *",
         validation_alias=AliasChoices("CAMPAIGN_LOG_SCHEDULE", "campaign_log_schedule"),

@@ -39,7 +39,11 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
     assert functions["segment_job_queued"]["connection"] == "AzureWebJobsStorage"
     assert functions["segment_job_streaming"]["type"] == "timerTrigger"
     assert functions["segment_job_streaming"]["schedule"] == "%STREAMING_SCHEDULE%"
-    for name, setting in (("export_runs", "EXPORT_SCHEDULE"), ("dlz_retention", "DLZ_RETENTION_SCHEDULE")):
+    for name, setting in (
+        ("export_runs", "EXPORT_SCHEDULE"),
+        ("dlz_retention", "DLZ_RETENTION_SCHEDULE"),
+        ("snapshot_retention", "SNAPSHOT_RETENTION_SCHEDULE"),
+    ):
         assert functions[name]["type"] == "timerTrigger" and functions[name]["schedule"] == f"%{setting}%"
     assert functions["export_run_queued"]["type"] == "queueTrigger"
     assert functions["export_run_queued"]["queueName"] == "%EXPORT_RUNS_QUEUE%"
@@ -70,6 +74,10 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
         "audience_loads": "audience-loads",
         "campaign_lists": "campaign/lists/{id?}",
         "campaign_recipients": "campaign/recipients",
+        "campaign_recipient_versions": "campaign/recipients/versions",
+        "campaign_recipient_restore": "campaign/recipients/restore",
+        "campaign_list_versions": "campaign/lists/{id}/versions",
+        "campaign_list_restore": "campaign/lists/{id}/restore",
         "campaign_deliveries": "campaign/deliveries/{id?}",
         "health": "health",
         "jobs": "jobs/{id?}",

@@ -36,10 +36,18 @@ def columns_of(con: duckdb.DuckDBPyConnection, source: str) -> list[str]:
 
 
 def seed(
-    con: duckdb.DuckDBPyConnection, file: Path, current: Path | None, *, key: str, allowed: list[str], now: dt.datetime
+    con: duckdb.DuckDBPyConnection,
+    file: Path,
+    current: Path | None,
+    *,
+    key: str,
+    allowed: list[str],
+    now: dt.datetime,
+    last_id: int = 0,
 ) -> tuple[str, dict[str, int]]:
     """Merge a seed file into the recipients as the temp table `recipients_next`: rows are matched on `key`
-    (computed from `email`/`phone` when the file has them and not the hashes); new keys get new ids.
+    (computed from `email`/`phone` when the file has them and not the hashes); new keys get new ids, above
+    `last_id` (the highest ever given). Every current recipient stays: an import never deletes.
     Returns the SQL source of the result and the counts."""
     name = file.name
     if file.suffix == ".csv":
@@ -95,7 +103,7 @@ def seed(
         if c not in have:
             con.execute(f"ALTER TABLE recipients_cur ADD COLUMN {quote_ident(c)} VARCHAR")
     have = columns_of(con, "recipients_cur")
-    top = scalar(con, "SELECT coalesce(max(id), 0) FROM recipients_cur")
+    top = max(scalar(con, "SELECT coalesce(max(id), 0) FROM recipients_cur"), last_id)
     ts = quote_literal(now.isoformat())
     merged = []
     for c in have:

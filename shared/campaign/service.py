@@ -28,9 +28,9 @@ from shared.campaign.deliveries import (
     simulate_sql,
 )
 from shared.campaign.files import check_checksum, read_export
-from shared.campaign.snapshots import SnapshotRecord, Snapshots
+from shared.campaign.snapshots import SnapshotRecord, Snapshots, SnapshotVersion
 from shared.campaign.targets import TargetMapping, TargetMappingStore
-from shared.engine import connect
+from shared.engine import connect, scalar
 from shared.errors import Conflict, NotFound, ValidationError
 from shared.ingestion.datasets import Dataset, DatasetStore
 from shared.ingestion.paths import quote_ident, quote_literal
@@ -71,12 +71,14 @@ class Campaign:
             EntityTable(account.table(settings.table_name("campaignprofiles"))),
             partition="recipients",
             prefix="recipients",
+            retention=dt.timedelta(hours=settings.snapshot_retention_hours),
         )
         self.lists = Snapshots(
             self.blobs,
             EntityTable(account.table(settings.table_name("audiencelists"))),
             partition="list",
             prefix="lists",
+            retention=dt.timedelta(hours=settings.snapshot_retention_hours),
         )
         self.targets = TargetMappingStore.from_settings(settings, account)
         self.jobs = JobStore.from_settings(settings, account)
@@ -124,7 +126,15 @@ class Campaign:
             current = self.recipients.find(rcp.RECIPIENTS_ID)
             with self._session("seed-") as (con, tmp):
                 local = self.recipients.local(current) if current else None
-                table, counts = rcp.seed(con, file, local, key=mapping.key, allowed=mapping.columns, now=now)
+                table, counts = rcp.seed(
+                    con,
+                    file,
+                    local,
+                    key=mapping.key,
+                    allowed=mapping.columns,
+                    now=now,
+                    last_id=current.last_id if current else 0,
+                )
                 return {**counts, "recipients": self._publish_recipients(con, table, tmp, current, now)}
 
         return self._retrying(attempt, "the recipients kept changing while importing; try again")
@@ -134,10 +144,43 @@ class Campaign:
     ) -> int:
         out = tmp / "recipients.parquet"
         con.execute(f"COPY {table} TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)")
-        count = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-        record = SnapshotRecord(id=rcp.RECIPIENTS_ID, name="Recipients", count=count, updated=now)
-        self.recipients.publish(record, out, previous=current)
+        count, last_id = con.execute(f"SELECT count(*), coalesce(max(id), 0) FROM {table}").fetchall()[0]
+        record = SnapshotRecord(id=rcp.RECIPIENTS_ID, name="Recipients", count=count, updated=now, last_id=last_id)
+        self.recipients.publish(record, out, previous=current, now=now)
         return count
+
+    def delete_recipients(self, ids: list[int], *, now: dt.datetime) -> dict[str, int]:
+        """Campaign's explicit deletion: the recipients with these ids leave the table (a new version; the
+        previous ones stay restorable for the retention period). Their ids are never given again."""
+        if not ids:
+            raise ValidationError("name the recipients to delete: ?ids=1,2,3")
+
+        def attempt() -> dict[str, int]:
+            current = self.recipients.get(rcp.RECIPIENTS_ID)
+            with self._session("delete-") as (con, tmp):
+                source = rcp.source_of(self.recipients.local(current))
+                listed = ", ".join(str(int(i)) for i in ids)
+                con.execute(f"CREATE TEMP TABLE kept AS SELECT * FROM {source} WHERE id NOT IN ({listed})")
+                deleted = current.count - scalar(con, "SELECT count(*) FROM kept")
+                if not deleted:
+                    raise NotFound(f"no recipient has any of the ids {sorted(ids)}")
+                return {"deleted": deleted, "recipients": self._publish_recipients(con, "kept", tmp, current, now)}
+
+        return self._retrying(attempt, "the recipients kept changing while deleting; try again")
+
+    def versions(self, table: Snapshots, record_id: str) -> list[SnapshotVersion]:
+        """The versions a recipients table or list keeps, newest first."""
+        return sorted(table.get(record_id).versions, key=lambda v: v.version, reverse=True)
+
+    def restore(self, table: Snapshots, record_id: str, version: int, *, now: dt.datetime) -> SnapshotRecord:
+        """Bring a kept version back as the newest one."""
+        return self._retrying(
+            lambda: table.restore(record_id, version, now=now), "the table kept changing while restoring; try again"
+        )
+
+    def expire_snapshots(self, *, now: dt.datetime) -> list[str]:
+        """The retention timer: snapshot versions no record keeps, older than SNAPSHOT_RETENTION_HOURS."""
+        return self.recipients.expire(now=now) + self.lists.expire(now=now)
 
     def recipient_rows(self, where: str = "true", *, limit: int = 100) -> list[dict[str, Any]]:
         """Recipients as dicts (for the API, the CLI and tests)."""
@@ -336,7 +379,7 @@ class Campaign:
             parts_loaded=loaded,
             last_load=job.id,
         )
-        self.lists.publish(record, out, previous=current)
+        self.lists.publish(record, out, previous=current, now=now)
         rejected = self._rejected(con)
         return {
             "syncType": "audience",

@@ -1,13 +1,22 @@
 """Job records: every ingestion batch, segment job, export run and audience load has one, with status,
-times, metrics and errors, kept in the `jobs` table."""
+times, metrics and errors, kept in the `jobs` table.
+
+A worker claims a job under a lease (`JOB_LEASE_SECONDS`) and renews it while it works. A worker that
+dies stops renewing, so whoever next finds the job (a redelivered message, a retried trigger) after its
+lease ended takes it over and runs it again from a clean start; the monitor fails a job nobody takes over
+within one more lease. Leases are kept on the workers' wall clock, not the job's `now` (a job may run as
+of any moment); the clock is a parameter of the store, so tests move it."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -62,7 +71,15 @@ class Job(BaseModel):
     errors: list[JobError] = Field(default_factory=list)
     errors_total: int = 0
     links: dict[str, str] = Field(default_factory=dict)
+    attempt: int = Field(0, description="How many times a worker has claimed the job (a takeover adds one).")
+    lease_until: dt.datetime | None = Field(None, description="When the claim ends unless its worker renews it.")
     etag: str | None = Field(None, exclude=True)
+
+    def abandoned(self, at: dt.datetime) -> bool:
+        """Claimed, and its worker stopped renewing the lease before `at` (a record without one predates leases)."""
+        return self.status in (JobStatus.PROCESSING, JobStatus.CANCELLING) and (
+            self.lease_until is None or self.lease_until < at
+        )
 
     def finished(
         self,
@@ -101,6 +118,8 @@ class Job(BaseModel):
             "errors": json.dumps([e.model_dump() for e in kept]),
             "errorsTotal": max(self.errors_total, len(self.errors)),
             "links": json.dumps(self.links),
+            "attempt": self.attempt,
+            "leaseUntil": self.lease_until,
         }
 
     @classmethod
@@ -118,6 +137,8 @@ class Job(BaseModel):
             errors=[JobError(**e) for e in json.loads(entity.get("errors") or "[]")],
             errors_total=entity.get("errorsTotal", 0),
             links=json.loads(entity.get("links") or "{}"),
+            attempt=entity.get("attempt", 0),
+            lease_until=entity.get("leaseUntil"),
             etag=entity.get("etag"),
         )
 
@@ -131,12 +152,33 @@ class JobPage(BaseModel):
     continuation_token: str | None = Field(None, serialization_alias="continuationToken")
 
 
+@dataclass
+class Claim:
+    """What claiming a job gave: the record, and whether this worker now holds it."""
+
+    job: Job
+    ours: bool
+
+
+def wall_clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 class JobStore:
     """Job records, one partition per job type, keyed by job id."""
 
-    def __init__(self, table: EntityTable, *, watcher: Callable[[Job], object] | None = None) -> None:
+    def __init__(
+        self,
+        table: EntityTable,
+        *,
+        watcher: Callable[[Job], object] | None = None,
+        lease: dt.timedelta = dt.timedelta(minutes=5),
+        clock: Callable[[], dt.datetime] = wall_clock,
+    ) -> None:
         self.table = table
         self.watcher = watcher
+        self.lease = lease
+        self.clock = clock
 
     @classmethod
     def from_settings(cls, settings: Settings, account: StorageAccount) -> JobStore:
@@ -144,7 +186,11 @@ class JobStore:
         from shared.monitoring.alerts import AlertRules  # the rules read jobs themselves
 
         rules = AlertRules.from_settings(settings, account)
-        return cls(EntityTable(account.table(settings.table_name("jobs"))), watcher=rules.on_job)
+        return cls(
+            EntityTable(account.table(settings.table_name("jobs"))),
+            watcher=rules.on_job,
+            lease=dt.timedelta(seconds=settings.job_lease_seconds),
+        )
 
     def _notify(self, job: Job) -> None:
         if self.watcher is None:
@@ -180,6 +226,55 @@ class JobStore:
             self._notify(job)
         return job
 
+    def claim(self, job: Job, *, retry: Callable[[Job], bool] | None = None) -> Claim:
+        """Create the job's record PROCESSING under a lease. If it exists, take it over when it is QUEUED (a
+        queued job's message), when its worker's lease has ended (a crash), or when `retry` says a FAILED
+        one may run again; otherwise it is someone else's or done, and not ours."""
+        lease = {"status": JobStatus.PROCESSING, "lease_until": self.clock() + self.lease}
+        try:
+            return Claim(self.create(job.model_copy(update={**lease, "attempt": 1})), True)
+        except Conflict:
+            existing = self.get(job.type, job.id)
+        failed = existing.status is JobStatus.FAILED and retry is not None and retry(existing)
+        if not (existing.status is JobStatus.QUEUED or existing.abandoned(self.clock()) or failed):
+            return Claim(existing, False)
+        if existing.status is not JobStatus.QUEUED:
+            log.warning("%s job %s: taking over attempt %d", job.type.value, job.id, existing.attempt)
+        fresh = {"started": job.started, "ended": None, "metrics": {}, "errors": [], "errors_total": 0}
+        try:
+            return Claim(
+                self.save(existing.model_copy(update={**lease, **fresh, "attempt": existing.attempt + 1})), True
+            )
+        except Conflict:  # another worker took it first
+            return Claim(self.get(job.type, job.id), False)
+
+    @contextmanager
+    def leased(self, job: Job) -> Iterator[None]:
+        """Renew the job's lease while the block runs (every third of the lease), so nobody takes it over."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self.lease.total_seconds() / 3):
+                try:
+                    self._renew(job)
+                except Exception:  # noqa: BLE001 - a missed renewal is retried; the work goes on
+                    log.warning("could not renew the lease of %s job %s", job.type.value, job.id, exc_info=True)
+
+        renewer = threading.Thread(target=renew, name=f"lease-{job.id}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+
+    def _renew(self, job: Job) -> None:
+        latest = self.get(job.type, job.id)
+        if latest.attempt != job.attempt or latest.status.terminal:
+            return  # taken over, or already ended: not ours to extend
+        entity = {"PartitionKey": job.type.value, "RowKey": job.id, "leaseUntil": self.clock() + self.lease}
+        self.table.update(entity, etag=latest.etag, merge=True)
+
     def finish(
         self,
         job: Job,
@@ -190,18 +285,19 @@ class JobStore:
         *,
         metrics: dict[str, Any] | None = None,
         errors_total: int | None = None,
-        outcome_stands: bool = False,
     ) -> Job:
-        """Record how a job ended; `started` is its `time.monotonic()` start. A record changed meanwhile is a
-        `Conflict`, unless `outcome_stands` (a cancel that came too late does not undo a finished job)."""
+        """Record how a job ended; `started` is its `time.monotonic()` start. The outcome of the worker that
+        holds the claim stands (over lease renewals, and over a cancel that came too late); a worker whose
+        claim was taken over gets `Conflict`, and the new holder's outcome stands instead."""
         seconds = time.monotonic() - started
         done = job.finished(status, now=now, seconds=seconds, errors=errors, metrics=metrics, errors_total=errors_total)
+        done = done.model_copy(update={"lease_until": None})
         try:
             return self.save(done)
         except Conflict:
-            if not outcome_stands:
-                raise
             latest = self.get(job.type, job.id)
+            if latest.attempt != job.attempt:
+                raise Conflict(f"{job.type.value} job {job.id} was taken over by another worker") from None
             return self.save(done.model_copy(update={"etag": latest.etag}))
 
     def run(
@@ -217,7 +313,8 @@ class JobStore:
         its code and message. Anything else is recorded as FAILED (internal) and raised again."""
         started = time.monotonic()
         try:
-            metrics, changes = work()
+            with self.leased(job):
+                metrics, changes = work()
         except BridgeError as exc:
             if on_failure:
                 on_failure(exc.message)

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DLZ_RETENTION_SCHEDULE", "dlz_retention_schedule"),
         description="NCRONTAB schedule of the timer that deletes DLZ files older than DLZ_RETENTION_DAYS.",
     )
+    job_lease_seconds: int = Field(
+        300,
+        ge=10,
+        validation_alias=AliasChoices("JOB_LEASE_SECONDS", "job_lease_seconds"),
+        description="A job's claim lasts this long unless its worker renews it; then another may take it over.",
+    )
     snapshot_retention_hours: int = Field(
         72,
         gt=0,

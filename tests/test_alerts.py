@@ -95,7 +95,11 @@ def test_export_alerts_start_success_excluded_rate_and_failure(settings, crm):
 
 def test_delays_are_found_with_an_injected_now_and_alert_once(settings, crm):
     jobs = JobStore.from_settings(settings, StorageAccount.from_settings(settings))
-    jobs.create(Job(id="stuck", type=JobType.SEGMENT, status=JobStatus.PROCESSING, created=NOW, started=NOW))
+    # Slow, not dead: its worker keeps renewing the lease.
+    alive = NOW + dt.timedelta(days=1)
+    jobs.create(
+        Job(id="stuck", type=JobType.SEGMENT, status=JobStatus.PROCESSING, created=NOW, started=NOW, lease_until=alive)
+    )
     # Daily at noon, saved an hour before today's slot: that slot is the first it owes.
     schedule = {"frequency": "hours", "everyHours": 24, "start": "2026-11-01T12:00:00Z"}
     Activation.from_settings(settings).save(
@@ -134,7 +138,10 @@ def deliver_all(settings) -> int:
 
 def raise_delay(settings, key: str = "stuck"):
     jobs = JobStore.from_settings(get_settings(), StorageAccount.from_settings(get_settings()))
-    jobs.create(Job(id=key, type=JobType.EXPORT, status=JobStatus.PROCESSING, created=NOW, started=NOW))
+    alive = NOW + dt.timedelta(days=1)  # slow, not dead: its worker keeps renewing the lease
+    jobs.create(
+        Job(id=key, type=JobType.EXPORT, status=JobStatus.PROCESSING, created=NOW, started=NOW, lease_until=alive)
+    )
     return rules(get_settings()).check_delays(now=NOW + dt.timedelta(hours=3))
 
 

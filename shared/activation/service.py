@@ -166,16 +166,14 @@ class Activation:
         return job
 
     def run_queued(self, message: dict[str, Any]) -> Job:
-        """Run a queued export once: a redelivered message finds it claimed or done and does nothing."""
-        job = self.jobs.get(JobType.EXPORT, message["jobId"])
-        if job.status is not JobStatus.QUEUED:
-            return job
+        """Run a queued export once: a redelivered message finds it claimed or done and does nothing, unless
+        the worker that claimed it died (its lease ended): then this one runs it again from the start."""
+        queued = self.jobs.get(JobType.EXPORT, message["jobId"])
         now = dt.datetime.fromisoformat(message["now"])
-        try:
-            job = self.jobs.save(job.model_copy(update={"status": JobStatus.PROCESSING, "started": now}))
-        except Conflict:
-            return self.jobs.get(JobType.EXPORT, job.id)
-        return self._run(job, self.destinations.get(message["destination"]), now)
+        claim = self.jobs.claim(queued.model_copy(update={"started": now}))
+        if not claim.ours:
+            return claim.job
+        return self._run(claim.job, self.destinations.get(message["destination"]), now)
 
     def cleanup(self, *, now: dt.datetime) -> list[str]:
         """Delete DLZ files exported longer ago than the retention period (a blob we did not write counts from
@@ -187,12 +185,12 @@ class Activation:
         return old
 
     def _claim(self, d: Destination, run_id: str, now: dt.datetime) -> Job | None:
-        job = Job(id=run_id, type=JobType.EXPORT, status=JobStatus.PROCESSING, subject=d.id, created=now, started=now)
-        try:
-            return self.jobs.create(job)
-        except Conflict:
-            log.info("export run %s already ran", run_id)
+        """The run's job, claimed by this worker; None when it ran or another worker is running it."""
+        claim = self.jobs.claim(Job(id=run_id, type=JobType.EXPORT, subject=d.id, created=now, started=now))
+        if not claim.ours:
+            log.info("export run %s is already %s", run_id, claim.job.status.value)
             return None
+        return claim.job
 
     def _run(self, job: Job, d: Destination, now: dt.datetime) -> Job:
         started = time.monotonic()

@@ -254,11 +254,11 @@ class Campaign:
             started=now,
             links={"manifest": f"{self.settings.dlz_container}/{manifest_name}", "exportRun": manifest["runId"]},
         )
-        try:
-            job = self.jobs.create(job)
-        except Conflict:
-            log.info("%s (ETag %s) was already loaded", name, etag)
-            return self.jobs.get(JobType.AUDIENCE_LOAD, job.id)
+        claim = self.jobs.claim(job)
+        if not claim.ours:
+            log.info("%s (ETag %s) is already %s", name, etag, claim.job.status.value)
+            return claim.job
+        job = claim.job
         return self.jobs.run(job, now, lambda: (self._load(job, manifest, entry, now), {}))
 
     def _load(self, job: Job, manifest: dict[str, Any], entry: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
@@ -526,10 +526,10 @@ class Campaign:
             created=now,
             started=now,
         )
-        try:
-            job = self.jobs.create(job)
-        except Conflict:
-            return self.jobs.get(JobType.FEEDBACK, job.id)
+        claim = self.jobs.claim(job)
+        if not claim.ours:
+            return claim.job
+        job = claim.job
         return self.jobs.run(job, now, lambda: self._export_logs(job, now))
 
     def _export_logs(self, job: Job, now: dt.datetime) -> tuple[dict[str, Any], dict[str, Any]]:

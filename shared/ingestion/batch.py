@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from shared.engine import connect
-from shared.errors import BridgeError, Conflict, NotFound, ValidationError
+from shared.errors import BridgeError, NotFound, ValidationError
 from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.lake import DATA_FILE, LakeStore
 from shared.ingestion.records import read_records
@@ -74,7 +74,8 @@ class BatchIngestion:
             return self.jobs.get(JobType.INGESTION, batch_id_for(path, etag))
         started = time.monotonic()
         try:
-            job = self._run(job, path, data, now)
+            with self.jobs.leased(job):
+                job = self._run(job, path, data, now)
         except BridgeError as exc:
             job = self.jobs.finish(
                 job, JobStatus.FAILED, started, now, errors=[JobError(code=exc.code, message=exc.message)]
@@ -98,21 +99,11 @@ class BatchIngestion:
             started=now,
             links={"landing": f"{self.landing.name}/{path}", "etag": etag},
         )
-        try:
-            return self.jobs.create(job)
-        except Conflict:
-            existing = self.jobs.get(JobType.INGESTION, job.id)
-        retry = existing.status is JobStatus.FAILED and any(e.code == RETRYABLE for e in existing.errors)
-        stalled = existing.status in (JobStatus.NEW, JobStatus.PROCESSING)
-        if not (retry or stalled):
-            log.info("batch %s of %s was already ingested (%s); nothing to do", existing.id, path, existing.status)
+        claim = self.jobs.claim(job, retry=lambda failed: any(e.code == RETRYABLE for e in failed.errors))
+        if not claim.ours:
+            log.info("batch %s of %s is already %s; nothing to do", job.id, path, claim.job.status.value)
             return None
-        try:
-            return self.jobs.save(
-                existing.model_copy(update={"status": JobStatus.PROCESSING, "started": now, "errors": []})
-            )
-        except Conflict:
-            return None
+        return claim.job
 
     def _run(self, job: Job, path: str, data: bytes, now: dt.datetime) -> Job:
         started = time.monotonic()

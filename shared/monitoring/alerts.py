@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from shared.errors import Conflict
-from shared.jobs import Job, JobStatus, JobStore, JobType
+from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 
@@ -33,6 +33,7 @@ ALERT_TYPES = {
     "destination.flowRunDelayed": "a dataflow's scheduled run has not happened ALERT_DELAY_MINUTES after its slot",
     "audienceLoad.failed": "a Campaign audience load failed",
     "job.delayed": "a job has been PROCESSING longer than ALERT_DELAY_MINUTES",
+    "job.abandoned": "a job's worker stopped renewing its lease and nobody took it over within one more lease",
     "subscription.disabled": "a webhook subscription was disabled after its deliveries kept failing",
 }
 _FLOW = {JobType.INGESTION: "source", JobType.EXPORT: "destination"}
@@ -208,7 +209,7 @@ class AlertRules:
         from shared.activation.service import run_id_for
 
         limit = dt.timedelta(minutes=self.settings.alert_delay_minutes)
-        raised: list[Alert | None] = []
+        raised: list[Alert | None] = self._abandon(now)
         for job_type in JobType:
             for job in self.jobs.list(job_type, status=JobStatus.PROCESSING):
                 since = job.started or job.created
@@ -227,6 +228,28 @@ class AlertRules:
                 message = f"dataflow {d.id}: the run of slot {slot.isoformat()} has not happened"
                 raised.append(self.raise_alert("destination.flowRunDelayed", run_id, d.id, message, now))
         return [a for a in raised if a is not None]
+
+    def _abandon(self, now: dt.datetime) -> list[Alert | None]:
+        """Jobs whose lease ended more than a lease ago, with nobody taking them over: FAILED, and an alert."""
+        lease = dt.timedelta(seconds=self.settings.job_lease_seconds)
+        raised: list[Alert | None] = []
+        for job_type in JobType:
+            for status in (JobStatus.PROCESSING, JobStatus.CANCELLING):
+                for job in self.jobs.list(job_type, status=status):
+                    if not job.abandoned(now - lease):
+                        continue
+                    message = (
+                        f"{job.type.value} job {job.id}: its worker stopped renewing the lease "
+                        f"(attempt {job.attempt}) and nobody took it over"
+                    )
+                    error = JobError(code="abandoned", message=message)
+                    failed = job.model_copy(update={"status": JobStatus.FAILED, "ended": now, "errors": [error]})
+                    try:
+                        self.jobs.save(failed.model_copy(update={"errors_total": 1, "lease_until": None}))
+                    except Conflict:  # taken over or renewed meanwhile: not abandoned after all
+                        continue
+                    raised.append(self.raise_alert("job.abandoned", job.id, job.subject, message, now, failed))
+        return raised
 
 
 def _sizes(job: Job) -> dict[str, int]:

@@ -84,16 +84,15 @@ class SegmentJobRunner:
         return job
 
     def run_queued(self, message: dict) -> Job:
-        """Run a queued job once: a redelivered message finds it claimed or done and does nothing."""
-        job = self.jobs.get(JobType.SEGMENT, message["jobId"])
-        if job.status is not JobStatus.QUEUED:
-            log.info("segment job %s is %s; nothing to do", job.id, job.status.value)
-            return job
+        """Run a queued job once: a redelivered message finds it claimed or done and does nothing, unless
+        the worker that claimed it died (its lease ended): then this one runs it again."""
+        queued = self.jobs.get(JobType.SEGMENT, message["jobId"])
         now = dt.datetime.fromisoformat(message["now"])
-        try:
-            job = self.jobs.save(job.model_copy(update={"status": JobStatus.PROCESSING, "started": now}))
-        except Conflict:
-            return self.jobs.get(JobType.SEGMENT, job.id)
+        claim = self.jobs.claim(queued.model_copy(update={"started": now}))
+        if not claim.ours:
+            log.info("segment job %s is %s; nothing to do", queued.id, claim.job.status.value)
+            return claim.job
+        job = claim.job
         definitions = self.segments.trees()
         chosen = message.get("segments") or sorted(definitions)
         return self._guarded(
@@ -106,7 +105,10 @@ class SegmentJobRunner:
         if job.status.terminal:
             raise Conflict(f"segment job {job_id} is already {job.status.value}")
         target = JobStatus.CANCELLED if job.status in (JobStatus.NEW, JobStatus.QUEUED) else JobStatus.CANCELLING
-        return self.jobs.save(job.model_copy(update={"status": target}))
+        try:
+            return self.jobs.save(job.model_copy(update={"status": target}))
+        except Conflict:  # its worker renewed the lease or moved it on meanwhile: decide again
+            return self.cancel(job_id)
 
     def run_streaming(self, *, now: dt.datetime) -> Job:
         """The streaming job: streaming-eligible segments, for the people touched by data ingested since
@@ -126,27 +128,22 @@ class SegmentJobRunner:
         job = Job(
             id=job_id, type=JobType.SEGMENT, status=JobStatus.PROCESSING, subject=subject, created=now, started=now
         )
-        try:
-            job = self.jobs.create(job)
-        except Conflict:
-            existing = self.jobs.get(JobType.SEGMENT, job.id)
-            log.info("segment job %s already ran (%s)", existing.id, existing.status.value)
-            return existing
-        return self._guarded(job, now, evaluate_job)
+        claim = self.jobs.claim(job)
+        if not claim.ours:
+            log.info("segment job %s is already %s", job.id, claim.job.status.value)
+            return claim.job
+        return self._guarded(claim.job, now, evaluate_job)
 
     def _guarded(self, job: Job, now: dt.datetime, evaluate_job) -> Job:
         """Run the evaluation; a product error fails the job, anything else fails it and is raised for retry."""
         started = time.monotonic()
         try:
-            return evaluate_job(job, started)
+            with self.jobs.leased(job):
+                return evaluate_job(job, started)
         except BridgeError as exc:
-            return self.jobs.finish(
-                job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)], outcome_stands=True
-            )
+            return self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
         except Exception as exc:
-            self.jobs.finish(
-                job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))], outcome_stands=True
-            )
+            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
             raise
 
     def _evaluate(
@@ -170,7 +167,6 @@ class SegmentJobRunner:
                 now,
                 [],
                 metrics={"segments": 0, "totalProfiles": 0},
-                outcome_stands=True,
             )
         with tempfile.TemporaryDirectory(prefix="segment-job-") as tmp:
             work = Path(tmp)
@@ -236,9 +232,11 @@ class SegmentJobRunner:
             finally:
                 con.close()
         current = self.jobs.get(JobType.SEGMENT, job.id)
+        if current.attempt != job.attempt:
+            raise Conflict(f"segment job {job.id} was taken over by another worker; its run publishes")
         if current.status is JobStatus.CANCELLING:
             # Cancelled while running: nothing is published, the previous memberships stay current.
-            return self.jobs.finish(current, JobStatus.CANCELLED, started, now, [], outcome_stands=True)
+            return self.jobs.finish(current, JobStatus.CANCELLED, started, now, [])
         job = job.model_copy(update={"etag": current.etag})
         self.memberships.publish(pointers)
         if since is not None and seen_until is not None and seen_until > since:
@@ -256,4 +254,4 @@ class SegmentJobRunner:
         }
         links = {p["segmentId"]: f"{self.settings.segments_container}/{p['snapshot']}" for p in pointers}
         job = job.model_copy(update={"links": links})
-        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics, outcome_stands=True)
+        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)

@@ -179,14 +179,15 @@ class EntityTable:
         meta = self.client.upsert_entity(entity, mode=UpdateMode.REPLACE)
         return {**entity, "etag": meta["etag"]}
 
-    def update(self, entity: dict[str, Any], *, etag: str) -> dict[str, Any]:
-        """Replace the entity only if it is unchanged since it was read with `etag`."""
+    def update(self, entity: dict[str, Any], *, etag: str, merge: bool = False) -> dict[str, Any]:
+        """Replace the entity (or with `merge`, set only the given properties) only if it is unchanged since
+        it was read with `etag`."""
         check_entity(entity, table=self.name)
         body = {k: v for k, v in entity.items() if k != "etag"}
         try:
             meta = self.client.update_entity(
                 body,
-                mode=UpdateMode.REPLACE,
+                mode=UpdateMode.MERGE if merge else UpdateMode.REPLACE,
                 etag=etag,
                 match_condition=MatchConditions.IfNotModified,
             )

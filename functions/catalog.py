@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import azure.functions as func
 
+from functions import utc_now
 from functions.http import answers, body_of, json_response
 from shared.identity import MergePolicy, MergePolicyStore
 from shared.ingestion import Dataset, DatasetStore, Schema, SchemaStore
@@ -43,7 +42,7 @@ def datasets(req: func.HttpRequest) -> func.HttpResponse:
     dataset_id = req.route_params.get("id")
     if req.method == "PUT" and dataset_id:
         dataset = Dataset.model_validate({**body_of(req), "id": dataset_id})
-        return json_response(store.save(dataset, now=dt.datetime.now(dt.UTC)))
+        return json_response(store.save(dataset, now=utc_now()))
     if dataset_id:
         return json_response(store.get(dataset_id))
     return json_response(store.list())

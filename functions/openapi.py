@@ -21,7 +21,7 @@ from shared.ingestion import Dataset, Schema
 from shared.jobs import Job, JobPage
 from shared.monitoring.alerts import ALERT_TYPES, Alert
 from shared.monitoring.webhooks import Attempt, Subscription, SubscriptionRequest
-from shared.segmentation.definitions import SegmentDefinition
+from shared.segmentation.definitions import PreviewRequest, SegmentDefinition, SegmentJobRequest
 
 bp = func.Blueprint()
 
@@ -122,10 +122,17 @@ OPS = [
     ),
     Op("delete", "/segments/{id}", "Delete a definition no other segment uses", status=204),
     Op("get", "/segments/{id}/explain", "Why one profile is or is not a member", query={"profile": "a profile id"}),
-    Op("post", "/segments-preview", "Size, entering and exiting profiles of an expression now"),
+    Op("post", "/segments-preview", "Size, entering and exiting profiles of an expression now", request=PreviewRequest),
     Op("get", "/segment-jobs", "Segment jobs, newest first", response=Job, many=True),
     Op("get", "/segment-jobs/{id}", "One segment job", response=Job),
-    Op("post", "/segment-jobs", "Queue a segment job as of now", response=Job, status=202),
+    Op(
+        "post",
+        "/segment-jobs",
+        "Queue a segment job as of now",
+        request=SegmentJobRequest,
+        response=Job,
+        status=202,
+    ),
     Op("delete", "/segment-jobs/{id}", "Cancel a queued or running segment job", response=Job),
     Op("get", "/destinations", "Campaign destinations (dataflows)", response=Destination, many=True),
     Op("get", "/destinations/{id}", "One destination", response=Destination),

@@ -13,7 +13,7 @@ from shared.activation import Activation
 from shared.activation.destinations import Frequency
 from shared.errors import ValidationError
 from shared.jobs import Job, JobStatus, JobStore, JobType
-from shared.segmentation.definitions import SegmentDefinition, SegmentStore
+from shared.segmentation.definitions import PreviewRequest, SegmentDefinition, SegmentJobRequest, SegmentStore
 from shared.segmentation.insight import SegmentInsight
 from shared.segmentation.runner import SegmentJobRunner
 from shared.settings import get_settings
@@ -56,8 +56,8 @@ def segment_job_streaming(timer: func.TimerRequest) -> None:
 def segment_jobs(req: func.HttpRequest) -> func.HttpResponse:
     settings = get_settings()
     if req.method == "POST":
-        body = body_of(req) if req.get_body() else {}
-        job = SegmentJobRunner.from_settings(settings).enqueue(now=utc_now(), segment_ids=body.get("segments") or None)
+        request = SegmentJobRequest.model_validate(body_of(req) if req.get_body() else {})
+        job = SegmentJobRunner.from_settings(settings).enqueue(now=utc_now(), segment_ids=request.segments or None)
         response = json_response(job.model_dump(mode="json"), status=202)
         response.headers["Location"] = f"/api/segment-jobs/{job.id}"
         return response
@@ -100,12 +100,9 @@ def segments(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="segments-preview", methods=["POST"])
 @answers
 def segment_preview(req: func.HttpRequest) -> func.HttpResponse:
-    body = body_of(req)
-    pql = (body.get("expression") or {}).get("value") if isinstance(body, dict) else None
-    if not pql:
-        raise ValidationError('the body needs {"expression": {"value": "<PQL>"}} and optionally "segmentId"')
+    request = PreviewRequest.model_validate(body_of(req))
     insight = SegmentInsight(SegmentJobRunner.from_settings(get_settings()))
-    return json_response(insight.preview(pql, now=utc_now(), segment_id=body.get("segmentId")))
+    return json_response(insight.preview(request.expression.value, now=utc_now(), segment_id=request.segment_id))
 
 
 @bp.function_name("segment_explain")

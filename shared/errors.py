@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 
+def listed(items: list, *, most: int = 10) -> str:
+    """A list in a message, cut after `most` items with a count of the rest: `['a', 'b'] and 9,990 more`."""
+    shown = f"{items[:most]!r}"
+    return shown if len(items) <= most else f"{shown} and {len(items) - most:,} more"
+
+
+def clipped(text: str, *, most: int = 2000) -> str:
+    """A message cut to `most` characters, saying how long it was."""
+    return text if len(text) <= most else f"{text[:most]}… ({len(text):,} characters in all)"
+
+
 class BridgeError(Exception):
     """Base of every error the product raises on purpose."""
 

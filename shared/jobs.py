@@ -22,12 +22,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.errors import BridgeError, Conflict, NotFound, ValidationError
+from shared.errors import BridgeError, Conflict, NotFound, ValidationError, clipped
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 from shared.storage.tables import decode_token, encode_token
 
 MAX_STORED_ERRORS = 50
+MAX_ERRORS_CHARS = 24_000  # the stored list stays well inside Table storage's 64 KiB per string
 log = logging.getLogger(__name__)
 
 
@@ -104,7 +105,7 @@ class Job(BaseModel):
         )
 
     def to_entity(self) -> dict[str, Any]:
-        kept = self.errors[:MAX_STORED_ERRORS]
+        kept = _fitting(self.errors)
         return {
             "PartitionKey": self.type.value,
             "RowKey": self.id,
@@ -141,6 +142,20 @@ class Job(BaseModel):
             lease_until=entity.get("leaseUntil"),
             etag=entity.get("etag"),
         )
+
+
+def _fitting(errors: list[JobError]) -> list[JobError]:
+    """The first errors, each message clipped, as many as fit in one stored property, and how many did not."""
+    kept, size = [], 0
+    for error in errors[:MAX_STORED_ERRORS]:
+        error = error.model_copy(update={"message": clipped(error.message)})
+        size += len(error.model_dump_json())
+        if size > MAX_ERRORS_CHARS:
+            break
+        kept.append(error)
+    if size > MAX_ERRORS_CHARS:  # past MAX_STORED_ERRORS, errorsTotal alone says how many there were
+        kept.append(JobError(code="truncated", message=f"and {len(errors) - len(kept):,} more"))
+    return kept
 
 
 class JobPage(BaseModel):

@@ -39,7 +39,7 @@ def azurite() -> Iterator[str]:
 
 @pytest.fixture
 def settings(azurite: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Settings naming this test's own containers and tables, also set as app settings for the functions."""
+    """Settings naming this test's own containers, tables and queues, also set as app settings for the functions."""
     tag = uuid.uuid4().hex[:10]
     values = {
         "AzureWebJobsStorage": azurite,
@@ -50,6 +50,8 @@ def settings(azurite: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings
         "CAMPAIGN_CONTAINER": f"campaign-{tag}",
         "TABLE_PREFIX": f"t{tag}",
         "ALERT_DELIVERIES_QUEUE": f"alerts-{tag}",
+        "SEGMENT_JOBS_QUEUE": f"segment-jobs-{tag}",
+        "EXPORT_RUNS_QUEUE": f"export-runs-{tag}",
         "DUCKDB_MEMORY_LIMIT": "512MB",
     }
     for key, value in values.items():

@@ -69,7 +69,7 @@ def seed(
     select = [
         f"CAST({quote_ident(c)} AS VARCHAR) AS {quote_ident(c)}"
         if c in given
-        else f"{derived[c][0]}({quote_ident(derived[c][1])}) AS {quote_ident(c)}"
+        else f"{derived[c][0]}(CAST({quote_ident(derived[c][1])} AS VARCHAR)) AS {quote_ident(c)}"
         for c in attrs
     ]
     flags = [

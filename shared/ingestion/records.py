@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -15,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from shared.errors import ValidationError
+from shared.errors import ValidationError, listed
 from shared.ingestion.paths import nest, quote_ident, quote_literal
 from shared.ingestion.schemas import FieldType, Namespace, Schema
 
@@ -134,7 +135,8 @@ def _read_parquet(data: bytes, file_name: str, con: duckdb.DuckDBPyConnection) -
 
 def _read_csv(data: bytes, file_name: str, schema: Schema, con: duckdb.DuckDBPyConnection) -> Records:
     try:
-        text_head = data[: 1 << 16].decode("utf-8", errors="strict").lstrip("\ufeff")
+        newline = data.find(b"\n", 0, 1 << 24)  # the whole header line, however many columns it names
+        text_head = data[: max(newline + 1, 1 << 16)].decode("utf-8", errors="strict").lstrip("\ufeff")
     except UnicodeDecodeError as exc:
         raise ValidationError(f"{file_name}: not UTF-8 text (byte {exc.start})") from exc
     header = next(csv.reader(io.StringIO(text_head)), [])
@@ -184,14 +186,14 @@ def _read_csv(data: bytes, file_name: str, schema: Schema, con: duckdb.DuckDBPyC
 def _check_header(header: list[str], file_name: str, schema: Schema) -> list[tuple[int, str]]:
     if not header or all(not h.strip() for h in header):
         raise ValidationError(f"{file_name}: no header row; the first row must name the columns")
-    dupes = sorted({h for h in header if header.count(h) > 1})
+    dupes = sorted(h for h, n in Counter(header).items() if n > 1)
     if dupes:
-        raise ValidationError(f"{file_name}: columns named more than once: {dupes}")
+        raise ValidationError(f"{file_name}: columns named more than once: {listed(dupes)}")
     known = {f.path for f in schema.fields} | {f"identityMap.{ns.value}" for ns in Namespace}
     unknown = [h for h in header if h not in known]
     if unknown:
         raise ValidationError(
-            f"{file_name}: columns {unknown} are not fields of schema {schema.id!r} "
+            f"{file_name}: columns {listed(unknown)} are not fields of schema {schema.id!r} "
             f"(expected dotted paths such as 'person.name.firstName' or 'identityMap.Email')"
         )
     return list(enumerate(header))

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -43,9 +43,11 @@ class _Model(BaseModel):
 
 
 class SubscriptionRequest(_Model):
-    url: str = Field(description="Where alerts are POSTed: https, a public address.")
-    event_types: list[str] = Field(["*"], description="Alert types to receive, or `*` for all.")
-    description: str = ""
+    url: str = Field(max_length=2048, description="Where alerts are POSTed: https, a public address.")
+    event_types: list[Annotated[str, Field(max_length=100)]] = Field(
+        ["*"], min_length=1, max_length=100, description="Alert types to receive, or `*` for all."
+    )
+    description: str = Field("", max_length=1000)
 
 
 class Subscription(SubscriptionRequest):
@@ -131,8 +133,12 @@ class Webhooks:
         check_url(request.url, allow_private=self.settings.webhook_allow_private)
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         sub = Subscription(**request.model_dump(), id=f"sub-{uuid.uuid4().hex[:12]}", created=now)
-        self.secrets.insert({"PartitionKey": "secret", "RowKey": sub.id, "secret": secret})
         self.subscriptions.put(sub.id, sub)
+        try:  # the secret is stored only with its subscription: one without the other is taken back
+            self.secrets.insert({"PartitionKey": "secret", "RowKey": sub.id, "secret": secret})
+        except Exception:
+            self.subscriptions.delete(sub.id)
+            raise
         return sub.model_copy(update={"secret": secret})
 
     def get(self, subscription_id: str) -> Subscription:

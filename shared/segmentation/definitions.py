@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import NotFound, ValidationError
 from shared.ingestion.datasets import DatasetStore
@@ -24,8 +24,11 @@ class Expression(BaseModel):
     value: str = Field(min_length=1, max_length=20_000)
 
 
+SEGMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+
+
 class SegmentDefinition(BaseModel):
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+    id: str = Field(pattern=SEGMENT_ID)
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
     expression: Expression
@@ -33,6 +36,21 @@ class SegmentDefinition(BaseModel):
 
     def tree(self) -> ast.Expr:
         return parse(self.expression.value)
+
+
+class PreviewRequest(BaseModel):
+    """A definition to try before saving it, and optionally the segment whose membership it would replace."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    expression: Expression
+    segment_id: str | None = Field(None, alias="segmentId", pattern=SEGMENT_ID)
+
+
+class SegmentJobRequest(BaseModel):
+    """Which segments an on-demand segment job evaluates: all of them when none are named."""
+
+    segments: list[Annotated[str, Field(pattern=SEGMENT_ID)]] | None = Field(None, max_length=1000)
 
 
 def catalog_fields(datasets: DatasetStore) -> Fields:

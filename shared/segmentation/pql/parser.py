@@ -7,7 +7,17 @@ import json
 from functools import lru_cache
 from pathlib import Path as FilePath
 
-from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, v_args
+from lark import (
+    Lark,
+    Token,
+    Transformer,
+    Tree,
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    v_args,
+)
 from lark.exceptions import VisitError
 
 from shared.errors import ValidationError
@@ -64,14 +74,25 @@ def _parser() -> Lark:
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
 
 
+MAX_CHARS = 20_000
+MAX_DEPTH = 64  # parentheses and brackets inside one another
+MAX_TREE_DEPTH = 150  # rules inside one another, well within Python's recursion limit
+MAX_INTEGER = 2**63 - 1
+# The longest span a time condition may name, per unit: two hundred years.
+MAX_SPAN = {"seconds": 6_311_390_400, "minutes": 105_189_840, "hours": 1_753_164, "days": 73_049}
+MAX_SPAN |= {"weeks": 10_435, "months": 2_400, "years": 200}
+
+
 def parse(text: str) -> ast.Expr:
     """Parse PQL text (`{"type": "PQL", "format": "pql/text", "value": ...}`'s value) into a tree."""
     if not text or not text.strip():
         raise PqlError("the expression is empty", line=1, column=1)
+    _check_bounds(text)
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text) from None
+    _check_depth(tree)
     try:
         result = _ToAst().transform(tree)
     except VisitError as exc:
@@ -79,6 +100,50 @@ def parse(text: str) -> ast.Expr:
             raise exc.orig_exc from None
         raise
     return _as_condition(result)
+
+
+def _check_bounds(text: str) -> None:
+    """Refuse, before parsing, what no definition needs and what would exhaust the parser: very long text,
+    control characters, and nesting past MAX_DEPTH."""
+    if len(text) > MAX_CHARS:
+        raise PqlError(f"the expression is {len(text):,} characters; the limit is {MAX_CHARS:,}", line=1, column=1)
+    depth, line, column, quoted, escaped = 0, 1, 0, False, False
+    for char in text:
+        column += 1
+        if char == "\n":
+            line, column = line + 1, 0
+        elif ord(char) < 32 and char not in "\t\r" or char == "\x7f":
+            raise PqlError(f"control character {char!r} is not allowed", line=line, column=column)
+        elif quoted:
+            escaped, quoted = (not escaped and char == "\\"), quoted and (escaped or char != '"')
+        elif char == '"':
+            quoted = True
+        elif char in "([":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise PqlError(
+                    f"parentheses and brackets nest deeper than {MAX_DEPTH} levels", line=line, column=column
+                )
+        elif char in ")]":
+            depth -= 1
+
+
+def _check_depth(tree: Tree) -> None:
+    """Refuse a tree deeper than MAX_TREE_DEPTH (a long chain of `not`, say) before anything recurses on it."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_TREE_DEPTH:
+            raise PqlError(f"the expression nests deeper than {MAX_TREE_DEPTH} levels", **_pos(node.meta))
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+
+
+def _amount(token: Token, unit: str) -> float:
+    """A time span's amount, within what a date can hold."""
+    amount = float(token)
+    if amount > MAX_SPAN[unit]:
+        raise PqlError(f"{token} {unit} is out of range; at most {MAX_SPAN[unit]:,} {unit}", **_pos(token))
+    return amount
 
 
 def _syntax_error(exc: UnexpectedInput, text: str) -> PqlError:
@@ -171,7 +236,7 @@ class _ToAst(Transformer):
 
     def step(self, meta, items):
         name, what, comparator, amount, unit = items
-        within = (str(comparator), float(amount), _unit(unit)) if comparator is not None else None
+        within = (str(comparator), _amount(amount, _unit(unit)), _unit(unit)) if comparator is not None else None
         return ast.ChainStep(str(name), _as_condition(what), within, **_pos(meta))
 
     # Operands ------------------------------------------------------------------------------------
@@ -234,6 +299,8 @@ class _ToAst(Transformer):
     def number(self, meta, items):
         text = str(items[0])
         value = float(text) if any(c in text for c in ".eE") else int(text)
+        if abs(value) > MAX_INTEGER:  # DuckDB's BIGINT and DOUBLE both hold what fits here
+            raise PqlError(f"the number {text} is out of range (at most {MAX_INTEGER:,} either way)", **_pos(meta))
         return ast.Literal(value, **_pos(meta))
 
     def true(self, meta, items):
@@ -278,7 +345,7 @@ class _ToAst(Transformer):
         return {
             "form": "distance",
             "comparator": str(comparator),
-            "amount": float(amount),
+            "amount": _amount(amount, _unit(unit)),
             "unit": _unit(unit),
             "direction": str(direction).lower(),
             "anchor": _anchor(anchor),

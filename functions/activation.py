@@ -52,7 +52,7 @@ def destinations(req: func.HttpRequest) -> func.HttpResponse:
         destination = Destination.model_validate({**body_of(req), "id": destination_id})
         return json_response(activation.save(destination, now=utc_now()))
     if req.method == "DELETE" and destination_id:
-        activation.destinations.delete(destination_id)
+        activation.delete(destination_id)
         return func.HttpResponse(status_code=204)
     if destination_id:
         return json_response(activation.destinations.get(destination_id))

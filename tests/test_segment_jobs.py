@@ -88,7 +88,7 @@ def test_definitions_are_validated_on_save_with_a_clear_400(settings, crm):
     cycle = put_segment("ca", 'inSegment("gold-ca")')
     assert cycle.status_code == 400 and "inSegment cycle: ca → gold-ca → ca" in body(cycle)["detail"]
     in_use = call(segments, "DELETE", "segments/ca", {"id": "ca"})
-    assert in_use.status_code == 400 and "used by inSegment in ['gold-ca']" in body(in_use)["detail"]
+    assert in_use.status_code == 409 and "used by segments ['gold-ca']" in body(in_use)["detail"]
     assert [d["id"] for d in body(call(segments, "GET", "segments"))] == ["ca", "gold-ca"]
 
 

@@ -111,7 +111,18 @@ class Activation:
             segments=set(definitions),
         )
         check_governance(destination, self.policies.list(), definitions, self.segments.datasets.with_schemas())
-        return self.destinations.put(destination.model_copy(update={"updated": now}))
+        # Its segments are recorded as used in the same guarded write that checks they exist, so none of them
+        # can be deleted from under it; the old ones stay recorded until the new destination is stored.
+        old = self.destinations.records.find(destination.id)
+        self.segments.use(destination.id, set(destination.segments), keep=set(old.segments) if old else set())
+        stored = self.destinations.put(destination.model_copy(update={"updated": now}))
+        self.segments.use(destination.id, set(destination.segments))
+        return stored
+
+    def delete(self, destination_id: str) -> None:
+        """Delete a destination, then release its segments."""
+        self.destinations.delete(destination_id)
+        self.segments.use(destination_id, set())
 
     def runs(self, destination_id: str) -> list[DataflowRun]:
         """A destination's dataflow runs, newest first."""

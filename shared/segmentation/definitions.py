@@ -8,12 +8,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.errors import NotFound, ValidationError
+from shared.errors import NotFound
 from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.schemas import PROFILE_SCHEMA, Schema, SchemaClass
 from shared.segmentation.evaluation import event_fields
 from shared.segmentation.pql import ast, parse
 from shared.segmentation.pql.compiler import Compiler, Fields
+from shared.segmentation.usage import SegmentUsage, UsageGraph, referencing, unused, used_by_destination
 from shared.settings import Settings
 from shared.storage import EntityTable, ModelTable, StorageAccount
 
@@ -67,6 +68,7 @@ def catalog_fields(datasets: DatasetStore) -> Fields:
 class SegmentStore:
     def __init__(self, table: EntityTable, datasets: DatasetStore) -> None:
         self.records = ModelTable(table, SegmentDefinition, partition="segment")
+        self.usage = SegmentUsage(table, bootstrap=self._stored_usage)
         self.datasets = datasets
 
     @classmethod
@@ -100,11 +102,24 @@ class SegmentStore:
         Compiler(catalog_fields(self.datasets), now, definitions=others).compile_segments(
             {definition.id: others[definition.id]}
         )
-        return self.records.put(definition.id, definition.model_copy(update={"updated": now}))
+        # The same rules again on the usage record, in one guarded write: a concurrent save that would close
+        # a cycle with this one sees these references. The old ones count too until the record is stored.
+        refs = ast.segment_references(others[definition.id])
+        old = self.records.find(definition.id)
+        self.usage.change(referencing(definition.id, refs, keep=ast.segment_references(old.tree()) if old else set()))
+        stored = self.records.put(definition.id, definition.model_copy(update={"updated": now}))
+        self.usage.change(referencing(definition.id, refs))
+        return stored
 
     def delete(self, segment_id: str) -> None:
+        """Delete a segment that nothing uses; 409 naming the segments and destinations that use it."""
         self.get(segment_id)
-        users = sorted(d.id for d in self.list() if segment_id in ast.segment_references(d.tree()))
-        if users:
-            raise ValidationError(f"segment {segment_id!r} is used by inSegment in {users}; change those first")
+        self.usage.change(unused(segment_id))
         self.records.delete(segment_id)
+
+    def use(self, destination_id: str, segment_ids: set[str], *, keep: set[str] = frozenset()) -> None:
+        """Record that a destination exports these segments (refusing ones that do not exist)."""
+        self.usage.change(used_by_destination(destination_id, segment_ids, keep=keep))
+
+    def _stored_usage(self) -> UsageGraph:
+        return UsageGraph(segments={d.id: sorted(ast.segment_references(d.tree())) for d in self.list()})

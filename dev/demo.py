@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import time_machine
 from azure.functions.timer import TimerRequest
 from rich.console import Console
 from rich.panel import Panel
@@ -129,8 +130,12 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where Azurite keeps its data (.azurite/)")
     args = parser.parse_args()
     console = Console()
-    # The blob trigger stamps batches with the real time, so the demo's "now" is the real time too.
-    now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    # Day 1 is yesterday and day 2 is today, so what a user does afterwards sorts after the demo. The functions
+    # read the clock (the blob trigger stamps batches with it), so day 1 runs with the clock moved back a day.
+    today = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    now = (today - dt.timedelta(days=1)).replace(minute=0, second=0)
+    yesterday = time_machine.travel(now, tick=True)
+    yesterday.start()
 
     shutil.rmtree(args.data_dir, ignore_errors=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
@@ -241,7 +246,8 @@ def main() -> None:
                     JobType.INGESTION, batch_id_for(feedback.source, landing.etag(feedback.source))
                 )
             progress.update(step, description="Day 2: the segment job a day later, incremental exports, loads")
-            day2 = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=1)
+            yesterday.stop()  # day 2: the real clock
+            day2 = today
             segment_job2 = SegmentJobRunner.from_settings(settings, account).run(now=day2)
             day2_exports = activation.run_due(now=day2)
             for name in sorted(dlz.names(), key=is_manifest):
@@ -264,6 +270,8 @@ def main() -> None:
             dlz_files = list(dlz.listing())
             progress.update(step, description="Done")
         finally:
+            if time_machine.escape_hatch.is_travelling():
+                yesterday.stop()
             receiver.stop()
             azurite.stop()
 

@@ -3,6 +3,7 @@ it did in a real headless Chromium."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import time_machine
 
 from tests.helpers import get_json, serving
 
@@ -45,6 +47,16 @@ def test_the_demo_runs_end_to_end_and_prints_its_summary(demo):
     assert "Jobs by type and status" in out and "Alerts raised:" in out
     assert " forged" in out and ", 0 forged" in out and "signatures verified with standardwebhooks" in out
     assert "/api/dashboard" in out
+
+
+def test_the_demos_day_1_is_yesterday_and_day_2_is_today(demo):
+    data, _ = demo
+    today = time_machine.escape_hatch.datetime.datetime.now(dt.UTC)  # the machine's clock, as the demo saw it
+    with serving(data) as base:
+        jobs = get_json(f"{base}/jobs?limit=1000")[1]["items"]
+    created = sorted(dt.datetime.fromisoformat(j["created"]) for j in jobs)
+    assert today - dt.timedelta(days=1, hours=2) < created[0] < today - dt.timedelta(hours=20)
+    assert today - dt.timedelta(minutes=10) < created[-1] <= today
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian's chromium; .ci/run installs it)")

@@ -14,12 +14,14 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from azure.core.exceptions import AzureError
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import BridgeError, Conflict, NotFound, ValidationError, clipped
@@ -27,6 +29,7 @@ from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 from shared.storage.tables import decode_token, encode_token
 
+INTERNAL = "internal"  # the code of an unexpected failure: raised again to the host, whose retry runs the job again
 MAX_STORED_ERRORS = 50
 MAX_ERRORS_CHARS = 24_000  # the stored list stays well inside Table storage's 64 KiB per string
 log = logging.getLogger(__name__)
@@ -74,7 +77,13 @@ class Job(BaseModel):
     links: dict[str, str] = Field(default_factory=dict)
     attempt: int = Field(0, description="How many times a worker has claimed the job (a takeover adds one).")
     lease_until: dt.datetime | None = Field(None, description="When the claim ends unless its worker renews it.")
+    holder: str = Field("", exclude=True, description="The claim that holds the job.")
     etag: str | None = Field(None, exclude=True)
+
+    @property
+    def retryable(self) -> bool:
+        """Failed unexpectedly (storage, a crash of the work): the host's retry may run it again."""
+        return self.status is JobStatus.FAILED and any(e.code == INTERNAL for e in self.errors)
 
     def abandoned(self, at: dt.datetime) -> bool:
         """Claimed, and its worker stopped renewing the lease before `at` (a record without one predates leases)."""
@@ -121,6 +130,7 @@ class Job(BaseModel):
             "links": json.dumps(self.links),
             "attempt": self.attempt,
             "leaseUntil": self.lease_until,
+            "holder": self.holder,
         }
 
     @classmethod
@@ -140,6 +150,7 @@ class Job(BaseModel):
             links=json.loads(entity.get("links") or "{}"),
             attempt=entity.get("attempt", 0),
             lease_until=entity.get("leaseUntil"),
+            holder=entity.get("holder", ""),
             etag=entity.get("etag"),
         )
 
@@ -241,17 +252,23 @@ class JobStore:
             self._notify(job)
         return job
 
-    def claim(self, job: Job, *, retry: Callable[[Job], bool] | None = None) -> Claim:
+    def claim(self, job: Job) -> Claim:
         """Create the job's record PROCESSING under a lease. If it exists, take it over when it is QUEUED (a
-        queued job's message), when its worker's lease has ended (a crash), or when `retry` says a FAILED
-        one may run again; otherwise it is someone else's or done, and not ours."""
-        lease = {"status": JobStatus.PROCESSING, "lease_until": self.clock() + self.lease}
+        queued job's message), when its worker's lease has ended (a crash), or when it failed unexpectedly
+        (the host's retry); otherwise it is someone else's or done, and not ours."""
+        holder = uuid.uuid4().hex  # tells this claim from another when an answer is lost on the way back
+        lease = {"status": JobStatus.PROCESSING, "lease_until": self.clock() + self.lease, "holder": holder}
         try:
             return Claim(self.create(job.model_copy(update={**lease, "attempt": 1})), True)
-        except Conflict:
+        except Conflict:  # someone's, or ours if the SDK retried an insert whose answer was lost
             existing = self.get(job.type, job.id)
-        failed = existing.status is JobStatus.FAILED and retry is not None and retry(existing)
-        if not (existing.status is JobStatus.QUEUED or existing.abandoned(self.clock()) or failed):
+        except AzureError:  # did the insert happen before the connection broke?
+            existing = self.find(job.type, job.id)
+            if existing is None:
+                raise
+        if existing.holder == holder:
+            return Claim(existing, True)
+        if not (existing.status is JobStatus.QUEUED or existing.abandoned(self.clock()) or existing.retryable):
             return Claim(existing, False)
         if existing.status is not JobStatus.QUEUED:
             log.warning("%s job %s: taking over attempt %d", job.type.value, job.id, existing.attempt)
@@ -337,7 +354,7 @@ class JobStore:
         except Exception as exc:
             if on_failure:
                 on_failure(str(exc))
-            self.finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
+            self.finish(job, JobStatus.FAILED, started, now, [JobError(code=INTERNAL, message=str(exc))])
             raise
         return self.finish(job.model_copy(update=changes), JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
 

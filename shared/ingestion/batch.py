@@ -16,14 +16,13 @@ from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.lake import DATA_FILE, LakeStore
 from shared.ingestion.records import read_records
 from shared.ingestion.validation import validate
-from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
+from shared.jobs import INTERNAL, Job, JobError, JobStatus, JobStore, JobType
 from shared.settings import Settings
 from shared.storage import BlobStore, StorageAccount
 
 log = logging.getLogger(__name__)
 
 # A failure of this code means "try again": the platform retries the trigger and the batch is re-claimed.
-RETRYABLE = "internal"
 
 
 def batch_id_for(path: str, etag: str) -> str:
@@ -81,7 +80,7 @@ class BatchIngestion:
                 job, JobStatus.FAILED, started, now, errors=[JobError(code=exc.code, message=exc.message)]
             )
         except Exception as exc:
-            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=RETRYABLE, message=str(exc))])
+            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=INTERNAL, message=str(exc))])
             raise
         log.info("batch %s of %s: %s %s", job.id, path, job.status.value, job.metrics)
         return job
@@ -99,7 +98,7 @@ class BatchIngestion:
             started=now,
             links={"landing": f"{self.landing.name}/{path}", "etag": etag},
         )
-        claim = self.jobs.claim(job, retry=lambda failed: any(e.code == RETRYABLE for e in failed.errors))
+        claim = self.jobs.claim(job)
         if not claim.ours:
             log.info("batch %s of %s is already %s; nothing to do", job.id, path, claim.job.status.value)
             return None

@@ -16,7 +16,7 @@ from shared.errors import BridgeError, Conflict, NotFound
 from shared.identity.policies import MergePolicyStore
 from shared.identity.profiles import ProfileBuilder
 from shared.ingestion.paths import quote_literal
-from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
+from shared.jobs import INTERNAL, Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
 from shared.segmentation.memberships import MembershipStore, membership_sql, write_snapshots
@@ -143,7 +143,7 @@ class SegmentJobRunner:
         except BridgeError as exc:
             return self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
         except Exception as exc:
-            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code="internal", message=str(exc))])
+            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=INTERNAL, message=str(exc))])
             raise
 
     def _evaluate(

@@ -13,6 +13,10 @@ from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64Decod
 
 from shared.settings import Settings
 
+# Options every storage client gets: none in the app; the fault-injection tests give a transport that fails
+# chosen calls, and a shorter retry backoff (then `_account.cache_clear()`).
+CLIENT_OPTIONS: dict = {}
+
 # Azurite's well-known development account (public, documented by Microsoft).
 AZURITE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
@@ -45,9 +49,10 @@ class StorageAccount:
 
     def __init__(self, connection_string: str) -> None:
         conn = expand_connection_string(connection_string)
-        self.blob_service = BlobServiceClient.from_connection_string(conn)
-        self.table_service = TableServiceClient.from_connection_string(conn)
-        self.queue_service = QueueServiceClient.from_connection_string(conn)
+        extra = dict(CLIENT_OPTIONS)
+        self.blob_service = BlobServiceClient.from_connection_string(conn, **extra)
+        self.table_service = TableServiceClient.from_connection_string(conn, **extra)
+        self.queue_service = QueueServiceClient.from_connection_string(conn, **extra)
         self._ready: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 

@@ -19,11 +19,12 @@ from dev.host import deliver_queue_messages, fire_blob_trigger
 from functions.activation import export_run_queued
 from functions.campaign import campaign_audience_load, campaign_recipients
 from shared.activation import Activation
+from shared.campaign.service import Campaign
 from shared.jobs import JobStatus, JobStore, JobType
 from shared.segmentation.memberships import MembershipStore
 from shared.segmentation.runner import SegmentJobRunner
 from shared.storage import BlobStore, StorageAccount
-from tests import test_activation
+from tests import test_activation, test_campaign
 from tests.conftest import NOW
 from tests.faults import Fault, injected, put_to
 from tests.helpers import ndjson, profile
@@ -32,6 +33,7 @@ from tests.test_campaign import SEED, list_members
 from tests.test_http import call
 
 crm = test_activation.crm
+recipients = test_campaign.recipients
 ROOT = Path(__file__).resolve().parent.parent
 GOLD_AND_ALL = {"all": 4, "gold": 3}  # what an undisturbed job over the crm fixture gives
 
@@ -209,3 +211,26 @@ def test_two_processes_running_the_same_timer_and_message_do_the_work_once(setti
         sha("ann@example.com"): "realized",
         sha("bob@example.com"): "realized",
     }
+
+
+def test_a_log_export_that_fails_before_its_watermark_moves_lands_its_file_once(settings, account, crm, recipients):
+    from shared.campaign.deliveries import DeliveryRequest
+    from tests.test_campaign import load_run
+
+    assert put_destination(segments=["all"]).status_code == 200
+    segment_job(settings, T1)
+    load_run(settings, account, Activation.from_settings(settings).run("gold-email", now=T1))
+    recipients.deliver(DeliveryRequest(list_id="all", open_rate=1), now=T1 + dt.timedelta(hours=1))
+    later = T1 + dt.timedelta(days=1)
+    watermark = lambda method, url: "watermark" in url and method in ("PUT", "PATCH", "MERGE")  # noqa: E731
+    with injected(Fault(watermark)), pytest.raises(Exception, match="injected"):
+        Campaign.from_settings(settings).export_logs(now=later)
+    [failed] = [j for j in jobs(settings).list(JobType.FEEDBACK) if j.status is JobStatus.FAILED]
+    landing = BlobStore(account.container(settings.landing_container))
+    logs = f"{settings.campaign_feedback_dataset}/"
+    [name] = list(landing.names(logs))
+    etag = landing.etag(name)
+
+    done = Campaign.from_settings(settings).export_logs(now=later)  # the host's retry
+    assert (done.id, done.status, done.attempt) == (failed.id, JobStatus.SUCCEEDED, 2)
+    assert list(landing.names(logs)) == [name] and landing.etag(name) == etag  # not a new file to ingest again

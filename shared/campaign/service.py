@@ -562,7 +562,9 @@ class Campaign:
                     con.execute(f"COPY events TO {quote_literal(str(out))} (FORMAT json)")
                     self._ensure_dataset(dataset, now)
                     name = f"{dataset}/campaign-logs-{since:%Y%m%dT%H%M%SZ}-{now:%Y%m%dT%H%M%SZ}.ndjson"
-                    BlobStore(self.account.container(self.settings.landing_container)).put_file(name, out)
+                    # Written once: a rerun (a takeover before the watermark moved) must not land it twice.
+                    landing = BlobStore(self.account.container(self.settings.landing_container))
+                    landing.put_file(name, out, overwrite=False)
         self.deliveries_table.upsert(
             {"PartitionKey": "watermark", "RowKey": "logs", "at": now.isoformat(), "job": job.id}
         )

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobProperties, ContainerClient
 
 from shared.errors import NotFound
@@ -36,10 +36,17 @@ class BlobStore:
         client = self.container.get_blob_client(name)
         return client.upload_blob(data, overwrite=True, metadata=metadata, max_concurrency=_CONCURRENCY)["etag"]
 
-    def put_file(self, name: str, path: Path, *, metadata: dict[str, str] | None = None) -> str:
+    def put_file(self, name: str, path: Path, *, metadata: dict[str, str] | None = None, overwrite: bool = True) -> str:
+        """Write a blob from a file; returns its ETag. With `overwrite=False` a blob that exists is left as it
+        is (a rerun of work that writes a deterministic file must not make it look new to a blob trigger)."""
         client = self.container.get_blob_client(name)
-        with open(path, "rb") as fh:
-            return client.upload_blob(fh, overwrite=True, metadata=metadata, max_concurrency=_CONCURRENCY)["etag"]
+        try:
+            with open(path, "rb") as fh:
+                return client.upload_blob(fh, overwrite=overwrite, metadata=metadata, max_concurrency=_CONCURRENCY)[
+                    "etag"
+                ]
+        except ResourceExistsError:
+            return self.etag(name)
 
     def get(self, name: str) -> bytes:
         try:

@@ -1,4 +1,5 @@
-"""Start and stop the Azurite pinned in package.json, on free ports, for the tests and the demo."""
+"""Start and stop the Azurite pinned in package.json: on free ports for the tests and the demo, on Azurite's
+own default ports (10000-10002, what `UseDevelopmentStorage=true` names) for `make serve`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from shared.storage import azurite_connection_string
 
 ROOT = Path(__file__).resolve().parent.parent
 BINARY = ROOT / "node_modules" / ".bin" / "azurite"
+DEFAULT_PORTS = (10000, 10001, 10002)  # blob, queue, table
 
 
 def free_port() -> int:
@@ -57,14 +59,25 @@ class Azurite:
             shutil.rmtree(self.location, ignore_errors=True)
 
 
-def start_azurite(*, location: Path | None = None, in_memory: bool = False, timeout: float = 30.0) -> Azurite:
-    """Start Azurite with its data in `location` (or a temporary folder, or in memory) and wait until it listens."""
+def start_azurite(
+    *,
+    location: Path | None = None,
+    in_memory: bool = False,
+    timeout: float = 30.0,
+    ports: tuple[int, int, int] | None = None,
+) -> Azurite:
+    """Start Azurite with its data in `location` (or a temporary folder, or in memory) on `ports` (free ones
+    if not given) and wait until it listens."""
     if not BINARY.exists():
         raise RuntimeError(f"{BINARY} is missing: run `npm ci` (make does it for you)")
     owns = location is None
     location = Path(location or tempfile.mkdtemp(prefix="azurite-"))
     location.mkdir(parents=True, exist_ok=True)
-    ports = (free_port(), free_port(), free_port())
+    for port in ports or ():
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                raise RuntimeError(f"port {port} is taken (another Azurite?); stop it, or use free ports")
+    ports = ports or (free_port(), free_port(), free_port())
     log = location / "azurite.log"
     args = [
         str(BINARY),

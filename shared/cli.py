@@ -1,6 +1,10 @@
-"""Command line: `python -m shared.cli segments evaluate --pql "<expr>" --profiles P.ndjson --events E.ndjson
---as-of 2026-11-22T12:00:00Z` prints one JSON object per member person. It runs the product's own
-validation, stitching, merge (default policy) and segment compiler on local files, without storage."""
+"""Command line.
+- `python -m shared.cli segments evaluate --pql "<expr>" --profiles P.ndjson --events E.ndjson
+  --as-of 2026-11-22T12:00:00Z` prints one JSON object per member person. It runs the product's own
+  validation, stitching, merge (default policy) and segment compiler on local files, without storage.
+- `python -m shared.cli landing put FILE --dataset D` drops a file into the landing container of the storage
+  account that `AzureWebJobsStorage` names (Azurite's default when unset), where the ingestion blob trigger
+  picks it up."""
 
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from shared.ingestion.schemas import EVENT_SCHEMA, PROFILE_SCHEMA, Schema
 from shared.ingestion.validation import validate
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
 from shared.segmentation.pql import parse
-from shared.settings import Settings
+from shared.settings import Settings, get_settings
+from shared.storage import BlobStore, StorageAccount
 
 
 def _as_of(text: str) -> dt.datetime:
@@ -76,6 +81,24 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def landing_put(args: argparse.Namespace) -> int:
+    """Upload FILE as `landing/<dataset>/<file name>` (all at once: the trigger never sees half of it)."""
+    if not args.file.is_file():
+        raise OSError(f"{args.file}: no such file")
+    if args.file.suffix not in (".csv", ".ndjson", ".json", ".parquet"):
+        raise ValueError(f"{args.file.name}: landing takes .csv, .ndjson, .json or .parquet files")
+    settings = get_settings()
+    landing = BlobStore(StorageAccount.from_settings(settings).container(settings.landing_container))
+    name = f"{args.dataset}/{args.name or args.file.name}"
+    etag = landing.put_file(name, args.file)
+    print(
+        json.dumps(
+            {"container": settings.landing_container, "blob": name, "etag": etag, "bytes": args.file.stat().st_size}
+        )
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.cli", description="Audience Bridge from the command line")
     areas = parser.add_subparsers(dest="area", required=True)
@@ -86,9 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--events", type=Path, action="append", default=[], help="XDM-lite event NDJSON (repeatable)")
     ev.add_argument("--as-of", required=True, type=_as_of, help="evaluation time, ISO 8601 (2026-11-22T12:00:00Z)")
     ev.add_argument("--segments", help='JSON file {"<segment id>": "<PQL>"} for inSegment')
+    ev.set_defaults(run=evaluate_command)
+    landing = areas.add_parser("landing").add_subparsers(dest="command", required=True)
+    put = landing.add_parser("put", help="drop a file into the landing container for ingestion")
+    put.add_argument("file", type=Path)
+    put.add_argument("--dataset", required=True, help="the dataset it belongs to (created beforehand)")
+    put.add_argument("--name", help="the blob's name under the dataset folder (default: the file's name)")
+    put.set_defaults(run=landing_put)
     args = parser.parse_args(argv)
     try:
-        return evaluate_command(args)
+        return args.run(args)
     except BridgeError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

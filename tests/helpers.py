@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +60,34 @@ def get_json(url: str) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
+@dataclass
+class Served:
+    """A `make serve` running for a test: its API's base URL, its storage, and what it printed so far."""
+
+    api: str
+    connection_string: str
+    output: list[str]
+
+    @property
+    def admin(self) -> str:
+        return self.api.removesuffix("/api") + "/admin/functions"
+
+
 @contextmanager
-def serving(data_dir: Path) -> Iterator[str]:
-    """`make serve` on a free port over Azurite data in `data_dir`, up and answering; yields the API's base URL."""
+def serving(data_dir: Path, *, poll_seconds: float = 0.5) -> Iterator[Served]:
+    """`make serve` on free ports over Azurite data in `data_dir`, up and answering."""
     port = free_port()
     root = Path(__file__).resolve().parent.parent
     process = subprocess.Popen(
-        [sys.executable, "-m", "dev.serve", "--port", str(port), "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "dev.serve", "--port", str(port), "--data-dir", str(data_dir)]
+        + ["--azurite-ports", "free", "--poll-seconds", str(poll_seconds)],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        text=True,
     )
+    output: list[str] = []
+    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()  # never let the pipe fill
     base = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 60
@@ -77,10 +96,11 @@ def serving(data_dir: Path) -> Iterator[str]:
                 get_json(f"{base}/health")
                 break
             except (urllib.error.URLError, ConnectionError):
-                assert process.poll() is None, process.stdout.read().decode()[-2000:]
+                assert process.poll() is None, "".join(output)[-2000:]
                 assert time.monotonic() < deadline, "make serve did not answer in 60 s"
                 time.sleep(0.5)
-        yield base
+        [connection] = [line.split("=", 1)[1].strip() for line in output if line.startswith("AzureWebJobsStorage=")]
+        yield Served(base, connection, output)
     finally:
         process.terminate()
         process.wait(timeout=30)

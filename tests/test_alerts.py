@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import socket
+import urllib.parse
 
 import pytest
 from standardwebhooks import Webhook
@@ -15,6 +17,7 @@ from dev.receiver import Receiver
 from functions.monitoring import alert_delivery, alerts, subscription_deliveries, subscription_test, subscriptions
 from shared.activation import Activation, Destination
 from shared.jobs import Job, JobStatus, JobStore, JobType
+from shared.monitoring import webhooks
 from shared.monitoring.alerts import AlertRules
 from shared.monitoring.webhooks import Webhooks
 from shared.segmentation.runner import SegmentJobRunner
@@ -219,7 +222,7 @@ def test_a_subscription_that_keeps_failing_is_disabled_and_an_alert_says_so(sett
     ("url", "detail"),
     [
         ("http://example.com/hook", "must be an https:// URL"),
-        ("https://127.0.0.1/hook", "127.0.0.1, a private, loopback"),
+        ("https://127.0.0.1/hook", "127.0.0.1, a private or loopback"),
         ("https://10.1.2.3/hook", "10.1.2.3, a private"),
         ("https://169.254.169.254/latest/meta-data", "169.254.169.254"),
         ("https://[::1]/hook", "::1"),
@@ -230,6 +233,47 @@ def test_private_and_metadata_addresses_are_refused(settings, url, detail):
     response = call(subscriptions, "POST", "subscriptions", {}, {"url": url})
     assert response.status_code == 400 and detail in body(response)["detail"]
     assert body(call(subscriptions, "GET", "subscriptions")) == []
+
+
+def answers(*addresses: str):
+    """A name resolver that answers these addresses, in this order."""
+
+    def resolve(host, port, **kw):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    return resolve
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [("93.184.216.34", "169.254.169.254"), ("169.254.169.254",), ("0.0.0.0",), ("169.254.10.1",)],  # noqa: S104
+    ids=["public-then-metadata", "metadata", "unspecified", "link-local"],
+)
+def test_metadata_link_local_and_unspecified_addresses_are_refused_even_when_private_ones_are_allowed(
+    settings, monkeypatch, addresses
+):
+    monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE", "true")
+    get_settings.cache_clear()
+    monkeypatch.setattr(webhooks, "resolver", answers(*addresses))
+    response = call(subscriptions, "POST", "subscriptions", {}, {"url": "https://hooks.example.com/in"})
+    assert response.status_code == 400 and "webhooks never go there" in body(response)["detail"], body(response)
+    assert body(call(subscriptions, "GET", "subscriptions")) == []
+
+
+def test_a_delivery_goes_to_the_address_that_was_checked_not_to_a_second_lookup(settings, receiver, monkeypatch):
+    """DNS rebinding: the name answers the checked address, then another one; the delivery is pinned."""
+    port = urllib.parse.urlsplit(receiver.url).port
+    # The subscription's check and the send's check answer the receiver; any later lookup would answer an
+    # address where nobody listens, so only a delivery pinned to the checked address arrives.
+    lookups = iter([answers("127.0.0.1"), answers("127.0.0.1")] + [answers("127.0.0.2")] * 10)
+    monkeypatch.setattr(webhooks, "resolver", lambda *a, **kw: next(lookups)(*a, **kw))
+    created = subscribe(f"http://hooks.example.test:{port}/hook", eventTypes=["job.delayed"])
+    raise_delay(settings)
+    deliver_all(settings)
+    assert len(receiver.received) == 1
+    _, headers, data = receiver.received[0]
+    assert headers["host"] == f"hooks.example.test:{port}"
+    assert Webhook(created["secret"]).verify(data, headers)["type"] == "job.delayed"
 
 
 def test_an_address_allowed_at_creation_is_refused_again_at_send_time(settings, receiver, monkeypatch):

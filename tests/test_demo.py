@@ -52,7 +52,8 @@ def test_the_demo_runs_end_to_end_and_prints_its_summary(demo):
 def test_the_demos_day_1_is_yesterday_and_day_2_is_today(demo):
     data, _ = demo
     today = time_machine.escape_hatch.datetime.datetime.now(dt.UTC)  # the machine's clock, as the demo saw it
-    with serving(data) as base:
+    with serving(data) as served:
+        base = served.api
         jobs = get_json(f"{base}/jobs?limit=1000")[1]["items"]
     created = sorted(dt.datetime.fromisoformat(j["created"]) for j in jobs)
     assert today - dt.timedelta(days=1, hours=2) < created[0] < today - dt.timedelta(hours=20)
@@ -63,7 +64,8 @@ def test_the_demos_day_1_is_yesterday_and_day_2_is_today(demo):
 def test_the_dashboard_shows_the_demo_in_a_real_browser_without_console_errors(demo, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev requirement")
     data, _ = demo
-    with serving(data) as base:
+    with serving(data) as served:
+        base = served.api
         jobs = get_json(f"{base}/jobs?limit=200")[1]["items"]
         lists = get_json(f"{base}/campaign/lists")[1]
         with sync_api.sync_playwright() as p:

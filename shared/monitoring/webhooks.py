@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import http.client
 import ipaddress
 import json
 import logging
 import random
 import secrets
 import socket
+import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from typing import Annotated, Any
 
@@ -72,40 +72,66 @@ class Attempt(_Model):
     error: str | None = None
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
-        return None  # a 3xx is answered as it is, never followed
+# Never a webhook's target, whatever WEBHOOK_ALLOW_PRIVATE says: cloud instance-metadata services (AWS, Azure
+# and GCP answer on 169.254.169.254, inside the link-local range; AWS's IPv6 one, Alibaba's), link-local,
+# unspecified, multicast and reserved addresses.
+METADATA = [ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fd00:ec2::254/128", "100.100.100.200/32")]
+resolver = socket.getaddrinfo  # the name resolution webhooks use (a test answers with addresses of its own)
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
-
-
-def check_url(url: str, *, allow_private: bool) -> None:
-    """Refuse a URL that is not https, or whose host resolves to a private, loopback, link-local (cloud
-    metadata), reserved or multicast address."""
+def check_url(url: str, *, allow_private: bool) -> tuple[urllib.parse.SplitResult, str]:
+    """Refuse a URL that is not https (http too with `allow_private`), or whose host resolves to any address
+    a webhook must not reach; return its parts and the address to connect to, so the address checked is
+    the address used (a second lookup could answer otherwise: DNS rebinding)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in (("https", "http") if allow_private else ("https",)) or not parts.hostname:
         raise ValidationError(f"webhook url {url!r} must be an https:// URL with a host")
-    if allow_private:
-        return
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = resolver(parts.hostname, port, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, ValueError) as exc:
         raise ValidationError(f"webhook url {url!r}: host {parts.hostname!r} does not resolve") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if (
-            address.is_private
-            or address.is_loopback
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    for address in addresses:
+        never = (
+            any(address in network for network in METADATA)
             or address.is_link_local
-            or address.is_reserved
-            or address.is_multicast
             or address.is_unspecified
-        ):
+            or address.is_multicast
+            or (address.is_reserved and not address.is_private)
+        )
+        if never or (not allow_private and (address.is_private or address.is_loopback or address.is_reserved)):
+            kind = "a link-local, cloud-metadata, unspecified or reserved" if never else "a private or loopback"
             raise ValidationError(
-                f"webhook url {url!r}: {parts.hostname} resolves to {address}, a private, loopback, link-local or "
-                "reserved address; webhooks go to public addresses only"
+                f"webhook url {url!r}: {parts.hostname} resolves to {address}, {kind} address; "
+                + ("webhooks never go there" if never else "webhooks go to public addresses only")
             )
+    if not addresses:
+        raise ValidationError(f"webhook url {url!r}: host {parts.hostname!r} does not resolve")
+    return parts, str(addresses[0])
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """HTTPS to a checked address, with the certificate and SNI of the URL's host name."""
+
+    def __init__(self, host: str, address: str, port: int, *, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    """HTTP (local receivers only) to a checked address, with the URL's host in the Host header."""
+
+    def __init__(self, host: str, address: str, port: int, *, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
 
 
 class Webhooks:
@@ -223,7 +249,6 @@ class Webhooks:
         )
         retry_after: float | None = None
         try:
-            check_url(sub.url, allow_private=self.settings.webhook_allow_private)
             status, retry_after, latency = self._post(sub, event, now)
             attempt = attempt.model_copy(update={"status": status, "latency_ms": latency})
         except ValidationError as exc:
@@ -231,7 +256,7 @@ class Webhooks:
             self._log(attempt)
             self.disable(sub, f"its url is refused: {exc.message}", now=now)
             return attempt
-        except (OSError, urllib.error.URLError) as exc:
+        except (OSError, http.client.HTTPException) as exc:
             attempt = attempt.model_copy(update={"error": f"{type(exc).__name__}: {exc}"})
             status = None
         if status is not None and 200 <= status < 300:
@@ -270,13 +295,21 @@ class Webhooks:
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": signature,
         }
-        request = urllib.request.Request(sub.url, data=payload.encode(), headers=headers, method="POST")
+        parts, address = check_url(sub.url, allow_private=self.settings.webhook_allow_private)
+        secure = parts.scheme == "https"
+        connection = (_PinnedHTTPS if secure else _PinnedHTTP)(
+            parts.hostname, address, parts.port or (443 if secure else 80), timeout=TIMEOUT_SECONDS
+        )
         started = time.monotonic()
-        try:
-            with _OPENER.open(request, timeout=TIMEOUT_SECONDS) as response:
-                status, retry = response.status, None
-        except urllib.error.HTTPError as exc:
-            status, retry = exc.code, _retry_after(exc.headers.get("Retry-After"))
+        try:  # http.client follows no redirect: a 3xx is answered as it is
+            connection.request(
+                "POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), payload.encode(), headers
+            )
+            response = connection.getresponse()
+            status = response.status
+            retry = _retry_after(response.getheader("Retry-After")) if status >= 300 else None
+        finally:
+            connection.close()
         return status, retry, round((time.monotonic() - started) * 1000, 1)
 
     def _log(self, attempt: Attempt) -> None:

@@ -7,11 +7,16 @@ PORT ?= 7071
 
 .PHONY: setup test test-next-year demo serve lint format bench bench-setup clean
 
-setup: $(VENV)/.ready node_modules/.ready
+setup: $(VENV)/.ready node_modules/.ready .worker/.ready
 
 $(VENV)/.ready: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+.worker/.ready: requirements-worker.txt $(VENV)/.ready
+	rm -rf .worker
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --ignore-requires-python --target .worker -r requirements-worker.txt
 	touch $@
 
 node_modules/.ready: package.json package-lock.json
@@ -52,4 +57,4 @@ bench-setup:
 	fi
 
 clean:
-	rm -rf $(VENV) node_modules .azurite .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules .worker .azurite .pytest_cache .ruff_cache

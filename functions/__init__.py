@@ -2,7 +2,17 @@
 
 import datetime as dt
 
+import azure.functions as func
+
+from shared.settings import get_settings
+
 
 def utc_now() -> dt.datetime:
     """The time a function runs as of: now, in UTC, to the second (jobs are re-runnable as of any `now`)."""
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def blob_source() -> func.BlobSource:
+    """How the host learns of new blobs (`BLOB_TRIGGER_SOURCE`, read when the app is indexed): Event Grid on
+    the Flex Consumption plan, which has no container scan; logs and container scans elsewhere."""
+    return func.BlobSource(get_settings().blob_trigger_source)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import azure.functions as func
 
-from functions import utc_now
+from functions import blob_source, utc_now
 from functions.http import answers, body_of, json_response, query_int
 from shared.campaign.deliveries import DeliveryRequest
 from shared.campaign.recipients import RECIPIENTS_ID
@@ -28,7 +28,7 @@ def _campaign() -> Campaign:
 
 
 @bp.function_name("campaign_audience_load")
-@bp.blob_trigger(arg_name="blob", path="%DLZ_CONTAINER%/{name}", connection="AzureWebJobsStorage")
+@bp.blob_trigger(arg_name="blob", path="%DLZ_CONTAINER%/{name}", connection="AzureWebJobsStorage", source=blob_source())
 def campaign_audience_load(blob: func.InputStream) -> None:
     name = (blob.name or "").split("/", 1)[1]  # the host names the blob with its container first
     etag = (blob.blob_properties or {}).get("ETag")

@@ -6,7 +6,7 @@ import logging
 
 import azure.functions as func
 
-from functions import utc_now
+from functions import blob_source, utc_now
 from shared.ingestion import BatchIngestion
 from shared.settings import get_settings
 
@@ -15,7 +15,9 @@ log = logging.getLogger(__name__)
 
 
 @bp.function_name("ingest_landing_file")
-@bp.blob_trigger(arg_name="blob", path="%LANDING_CONTAINER%/{dataset}/{name}", connection="AzureWebJobsStorage")
+@bp.blob_trigger(
+    arg_name="blob", path="%LANDING_CONTAINER%/{dataset}/{name}", connection="AzureWebJobsStorage", source=blob_source()
+)
 def ingest_landing_file(blob: func.InputStream) -> None:
     settings = get_settings()
     path = (blob.name or "").split("/", 1)[1]  # the host names the blob with its container first

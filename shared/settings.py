@@ -18,6 +18,24 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("AzureWebJobsStorage", "storage_connection"),
         description="Connection string of the storage account that holds every container, table and queue.",
     )
+    storage_account_name: str = Field(
+        "",
+        validation_alias=AliasChoices("AzureWebJobsStorage__accountName", "storage_account_name"),
+        description="In Azure, the storage account reached with the app's managed identity (no keys); "
+        "when set, AzureWebJobsStorage is not read.",
+    )
+    storage_client_id: str = Field(
+        "",
+        validation_alias=AliasChoices("AzureWebJobsStorage__clientId", "storage_client_id"),
+        description="The client id of the user-assigned managed identity that reaches the storage account.",
+    )
+    blob_trigger_source: str = Field(
+        "LogsAndContainerScan",
+        pattern="^(LogsAndContainerScan|EventGrid)$",
+        validation_alias=AliasChoices("BLOB_TRIGGER_SOURCE", "blob_trigger_source"),
+        description="How the host learns of new blobs: EventGrid on the Flex Consumption plan (which has no "
+        "container scan), LogsAndContainerScan elsewhere.",
+    )
     landing_container: str = Field(
         "landing",
         validation_alias=AliasChoices("LANDING_CONTAINER", "landing_container"),

@@ -47,19 +47,45 @@ def expand_connection_string(value: str) -> str:
 class StorageAccount:
     """Clients for one account; `container()`, `table()` and `queue()` create what they name the first time."""
 
-    def __init__(self, connection_string: str) -> None:
-        conn = expand_connection_string(connection_string)
-        extra = dict(CLIENT_OPTIONS)
-        self.blob_service = BlobServiceClient.from_connection_string(conn, **extra)
-        self.table_service = TableServiceClient.from_connection_string(conn, **extra)
-        self.queue_service = QueueServiceClient.from_connection_string(conn, **extra)
+    def __init__(
+        self, blob_service: BlobServiceClient, table_service: TableServiceClient, queue_service: QueueServiceClient
+    ) -> None:
+        self.blob_service = blob_service
+        self.table_service = table_service
+        self.queue_service = queue_service
         self._ready: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     @classmethod
+    def from_connection_string(cls, connection_string: str) -> StorageAccount:
+        conn = expand_connection_string(connection_string)
+        return cls(
+            BlobServiceClient.from_connection_string(conn, **CLIENT_OPTIONS),
+            TableServiceClient.from_connection_string(conn, **CLIENT_OPTIONS),
+            QueueServiceClient.from_connection_string(conn, **CLIENT_OPTIONS),
+        )
+
+    @classmethod
     def from_settings(cls, settings: Settings) -> StorageAccount:
-        """The account of these settings, shared by every call in the process (clients are thread-safe)."""
+        """The account of these settings, shared by every call in the process (clients are thread-safe):
+        by the app's managed identity when `AzureWebJobsStorage__accountName` is set, as in Azure, else by
+        the `AzureWebJobsStorage` connection string."""
+        if settings.storage_account_name:
+            return _identity_account(settings.storage_account_name, settings.storage_client_id)
         return _account(settings.storage_connection)
+
+    @classmethod
+    def with_identity(cls, account_name: str, client_id: str = "") -> StorageAccount:
+        """The account reached with a managed identity (the user-assigned one when `client_id` is given)."""
+        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+        credential = ManagedIdentityCredential(client_id=client_id) if client_id else DefaultAzureCredential()
+        url = f"https://{account_name}.{{}}.core.windows.net".format
+        return cls(
+            BlobServiceClient(url("blob"), credential=credential, **CLIENT_OPTIONS),
+            TableServiceClient(url("table"), credential=credential, **CLIENT_OPTIONS),
+            QueueServiceClient(url("queue"), credential=credential, **CLIENT_OPTIONS),
+        )
 
     def _first_use(self, kind: str, name: str, create) -> None:
         key = (kind, name)
@@ -92,4 +118,9 @@ class StorageAccount:
 
 @lru_cache(maxsize=8)
 def _account(connection_string: str) -> StorageAccount:
-    return StorageAccount(connection_string)
+    return StorageAccount.from_connection_string(connection_string)
+
+
+@lru_cache(maxsize=8)
+def _identity_account(account_name: str, client_id: str) -> StorageAccount:
+    return StorageAccount.with_identity(account_name, client_id)

@@ -75,7 +75,7 @@ def test_segment_failure_and_size_change_alerts(settings, account, crm, monkeypa
     SegmentStore.from_settings(settings, account).records.put(
         "broken", SegmentDefinition(id="broken", name="b", expression={"value": "gone.field = 1"})
     )
-    failed = runner.run(now=T2 + dt.timedelta(hours=1))
+    failed = runner.run(now=T2 + dt.timedelta(hours=1), segment_ids=["broken"])  # nothing it can evaluate
     assert failed.status is JobStatus.FAILED
     assert alert_types(type="segment.jobFailed") == ["segment.jobFailed"]
 

@@ -165,9 +165,10 @@ def test_a_failed_job_leaves_the_previous_memberships_current(settings, account,
     runner = SegmentJobRunner.from_settings(settings)
     runner.run(now=DAY1)
     before = MembershipStore.from_settings(settings, account).current("ca")["jobId"]
-    # A definition that can no longer compile (stored past validation, as after a schema change).
+    # Its definition can no longer compile (stored past validation, as after a schema change): with no
+    # segment left to evaluate, the job fails and publishes nothing.
     store = SegmentStore.from_settings(settings, account)
-    store.records.put("broken", SegmentDefinition(id="broken", name="b", expression={"value": "gone.field = 1"}))
+    store.records.put("ca", SegmentDefinition(id="ca", name="ca", expression={"value": "gone.field = 1"}))
     failed = runner.run(now=DAY2)
     assert failed.status is JobStatus.FAILED and "unknown field 'gone.field'" in failed.errors[0].message
     assert MembershipStore.from_settings(settings, account).current("ca")["jobId"] == before

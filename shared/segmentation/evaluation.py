@@ -10,6 +10,7 @@ from shared.identity.profiles import UnifiedProfiles
 from shared.ingestion.schemas import EVENT_SCHEMA, Schema
 from shared.segmentation.pql import ast
 from shared.segmentation.pql.compiler import CompiledSegments, Compiler, Fields
+from shared.segmentation.pql.parser import PqlError
 
 RESULTS = "segment_results"
 
@@ -36,9 +37,11 @@ def evaluate(
     fields: Fields,
     definitions: Mapping[str, ast.Expr] | None = None,
     people: str | None = None,
+    isolate: bool = False,
 ) -> CompiledSegments:
     """Write `segment_results(profileId, s0, s1, …)`: one row per person, one boolean per segment.
-    With `people` (a query of profile ids), only those people are evaluated."""
+    With `people` (a query of profile ids), only those people are evaluated. With `isolate`, a segment that
+    cannot be compiled or evaluated is left out and named in `failed`; otherwise it raises a PqlError."""
     profiles_table, events_table = profiles.profiles, profiles.events
     if people:
         con.execute(
@@ -49,8 +52,28 @@ def evaluate(
         )
         profiles_table, events_table = "scoped_profiles", "scoped_events"
     definitions = {**(definitions or {}), **segments}
-    compiled = Compiler(fields, profiles.now, definitions=definitions).compile_segments(
-        segments, profiles=profiles_table, events=events_table
-    )
+
+    def compile_(chosen: Mapping[str, ast.Expr]) -> CompiledSegments:
+        return Compiler(fields, profiles.now, definitions=definitions).compile_segments(
+            chosen, profiles=profiles_table, events=events_table, isolate=isolate
+        )
+
+    compiled = compile_(segments)
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULTS} AS {compiled.sql}", compiled.params)
+        return compiled
+    except duckdb.Error as exc:
+        if not isolate:
+            raise PqlError(f"the definition cannot be evaluated: {str(exc).splitlines()[0]}") from exc
+    # One definition the engine refuses must not take the others down: find it, evaluate the rest.
+    failed = dict(compiled.failed)
+    for segment_id in compiled.columns:
+        alone = compile_({segment_id: segments[segment_id]})
+        try:
+            con.execute(f"SELECT * FROM ({alone.sql}) LIMIT 0", alone.params)
+        except duckdb.Error as exc:
+            failed[segment_id] = f"cannot be evaluated: {str(exc).splitlines()[0]}"
+    compiled = compile_({sid: expr for sid, expr in segments.items() if sid not in failed})
     con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULTS} AS {compiled.sql}", compiled.params)
+    compiled.failed.update(failed)
     return compiled

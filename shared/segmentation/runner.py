@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from shared.engine import connect, scalar
-from shared.errors import BridgeError, Conflict, NotFound
+from shared.errors import BridgeError, Conflict, NotFound, ValidationError
 from shared.identity.policies import MergePolicyStore
 from shared.identity.profiles import ProfileBuilder
 from shared.ingestion.paths import quote_literal
@@ -193,7 +193,16 @@ class SegmentJobRunner:
                     fields=fields_of(profiles, self.segments.event_schemas()),
                     definitions=definitions,
                     people=people,
+                    isolate=True,
                 )
+                # A definition that no longer compiles (its schema changed) fails alone: the others publish.
+                # If none is left, the job fails and the previous memberships stay current.
+                chosen = [sid for sid in chosen if sid not in compiled.failed]
+                if not chosen:
+                    raise ValidationError(
+                        "no segment could be evaluated: "
+                        + "; ".join(f"segment {sid}: {why}" for sid, why in compiled.failed.items())
+                    )
                 segmentation_seconds = time.monotonic() - evaluated
                 memberships_started = time.monotonic()
                 retention = dt.timedelta(days=self.settings.segment_exited_retention_days)
@@ -250,8 +259,10 @@ class SegmentJobRunner:
             "membershipSeconds": round(membership_seconds, 3),
             "segmentedProfileCounter": {sid: c["realized"] + c["existing"] for sid, c in counts.items()},
             "segmentedProfileByStatusCounter": counts,
+            **({"segmentErrors": compiled.failed} if compiled.failed else {}),
             "profileStats": profiles.stats,
         }
         links = {p["segmentId"]: f"{self.settings.segments_container}/{p['snapshot']}" for p in pointers}
         job = job.model_copy(update={"links": links})
-        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
+        broken = [JobError(code="segment", message=f"segment {sid}: {why}") for sid, why in compiled.failed.items()]
+        return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, broken, metrics=metrics)

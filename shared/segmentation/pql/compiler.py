@@ -8,6 +8,7 @@ Comparisons with a null are false, so `not (x = "a")` holds when x is null and `
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,52 @@ from shared.segmentation.pql.parser import PqlError
 _UNITS = {"months": "to_months", "years": "to_years"}
 _WHOLE_UNITS = set(_UNITS)
 _OPS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_NUMBERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "UBIGINT")
+
+
+def type_of_column(duckdb_type: str) -> str:
+    """The PQL type of a schema field: string, number, boolean, date, time, or what DuckDB calls it."""
+    t = duckdb_type.upper()
+    if t == "VARCHAR":
+        return "string"
+    if t.startswith(_NUMBERS):
+        return "number"
+    if t == "BOOLEAN":
+        return "boolean"
+    if t == "DATE":
+        return "date"
+    if t.startswith("TIMESTAMP"):
+        return "time"
+    return t.lower()
+
+
+def type_of_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, dt.datetime):
+        return "time"
+    if isinstance(value, dt.date):
+        return "date"
+    return "string"
+
+
+def _coerces(literal: Any, to: str) -> bool:
+    """A string literal that reads as the other side's type (PQL's documented coercions of numeric and
+    date strings)."""
+    if not isinstance(literal, str):
+        return False
+    try:
+        if to == "number":
+            float(literal)
+        elif to in ("date", "time"):
+            dt.datetime.fromisoformat(literal.replace("Z", "+00:00"))
+        else:
+            return False
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -44,6 +91,7 @@ class CompiledSegments:
     sql: str
     params: dict[str, Any]
     columns: dict[str, str]  # segment id -> column name in the result
+    failed: dict[str, str] = field(default_factory=dict)  # segment id -> why it cannot be evaluated
 
 
 @dataclass
@@ -58,14 +106,28 @@ class Compiler:
     # The query ---------------------------------------------------------------------------------
 
     def compile_segments(
-        self, segments: Mapping[str, ast.Expr], *, profiles: str = "unified_profiles", events: str = "profile_events"
+        self,
+        segments: Mapping[str, ast.Expr],
+        *,
+        profiles: str = "unified_profiles",
+        events: str = "profile_events",
+        isolate: bool = False,
     ) -> CompiledSegments:
-        columns, selects = {}, []
-        for i, (segment_id, expr) in enumerate(segments.items()):
+        """One query for all the segments. A definition that does not compile raises, or with `isolate` (a
+        job: the schemas may have changed under a saved definition) is left out and named in `failed`."""
+        columns, selects, failed = {}, [], {}
+        for segment_id, expr in segments.items():
             self._stack = [segment_id]
-            columns[segment_id] = f"s{i}"
-            selects.append(f"{self.condition(expr, Scope('profile'))} AS s{i}")
-        return CompiledSegments(self.query(selects, profiles=profiles, events=events), self.params, columns)
+            try:
+                condition = self.condition(expr, Scope("profile"))
+            except PqlError as exc:
+                if not isolate:
+                    raise
+                failed[segment_id] = exc.message
+                continue
+            columns[segment_id] = f"s{len(selects)}"
+            selects.append(f"{condition} AS {columns[segment_id]}")
+        return CompiledSegments(self.query(selects, profiles=profiles, events=events), self.params, columns, failed)
 
     def query(self, selects: list[str], *, profiles: str, events: str) -> str:
         """One row per person of `profiles`: the given columns, over ONE aggregation of `events`."""
@@ -99,20 +161,26 @@ class Compiler:
 
     def _compare(self, node: ast.Compare, scope: Scope) -> str:
         left, right = self.operand(node.left, scope), self.operand(node.right, scope)
+        self._comparable(f"`{node.op}`", node.left, node.right, scope, at=node)
         return f"coalesce({left} {_OPS[node.op]} {right}, false)"
 
     def _inlist(self, node: ast.InList, scope: Scope) -> str:
         subject = self.operand(node.subject, scope)
+        for item in node.items.items:
+            self._comparable("`in`" if not node.negated else "`notIn`", node.subject, item, scope, at=node)
         values = self.param([item.value for item in node.items.items])
         if node.negated:  # notIn excludes nulls
             return f"({subject} IS NOT NULL AND NOT coalesce(list_contains({values}, {subject}), false))"
         return f"coalesce(list_contains({values}, {subject}), false)"
 
     def _like(self, node: ast.Like, scope: Scope) -> str:
-        return f"coalesce({self.operand(node.subject, scope)} LIKE {self.param(node.pattern)}, false)"
+        subject = self.operand(node.subject, scope)
+        self._expect("`like`", node.subject, ("string",), scope, at=node)
+        return f"coalesce({subject} LIKE {self.param(node.pattern)}, false)"
 
     def _stringtest(self, node: ast.StringTest, scope: Scope) -> str:
         subject, value = self.path(node.subject, scope), self.param(node.argument)
+        self._expect(f"`{node.function}`", node.subject, ("string",), scope, at=node)
         if not node.case_sensitive:
             subject, value = f"lower({subject})", f"lower({value})"
         test = {
@@ -131,6 +199,7 @@ class Compiler:
 
     def _occurs(self, node: ast.Occurs, scope: Scope) -> str:
         x = self.path(node.subject, scope)
+        self._expect("`occurs`", node.subject, ("date", "time"), scope, at=node)
         if node.form == "distance":
             anchor = self.param(self._anchor_start(node.anchor) if node.anchor.kind != "now" else self.now)
             if node.unit in _WHOLE_UNITS:  # calendar months and years, whole ones
@@ -164,7 +233,8 @@ class Compiler:
     def _exists(self, node: ast.Exists, scope: Scope) -> str:
         self._require_profile_scope(node, scope, "exists")
         condition = self.condition(node.condition, Scope("event", alias=node.alias))
-        return f"({self.aggregate(f'count(*) FILTER (WHERE {condition})')} > 0)"
+        # A person without events has no aggregate row: none exists, so `not (exists …)` holds for them.
+        return f"(coalesce({self.aggregate(f'count(*) FILTER (WHERE {condition})')}, 0) > 0)"
 
     def _insegment(self, node: ast.InSegment, scope: Scope) -> str:
         self._require_profile_scope(node, scope, "inSegment")
@@ -226,6 +296,8 @@ class Compiler:
         if node.function == "count":
             return f"coalesce({self.aggregate(f'count(*) FILTER (WHERE {where})')}, 0)"
         value = self.path(node.path, Scope("event"))
+        if node.function in ("sum", "avg"):
+            self._expect(f"`{node.function}`", node.path, ("number",), Scope("event"), at=node)
         if node.function in ("sum", "avg") and self.fields.event.get(node.path.dotted) == "DOUBLE":
             # Exact decimal sums: a double sum depends on the order threads add in, and a total sitting on
             # a threshold would then flip between runs.
@@ -250,6 +322,46 @@ class Compiler:
                 column=node.column,
             )
         return ".".join([table, *(quote_ident(p) for p in parts)])
+
+    # Types -------------------------------------------------------------------------------------
+
+    def type_of(self, node: ast.Operand, scope: Scope) -> str:
+        """The PQL type of an operand: from the schemas for fields, from the value for literals."""
+        if isinstance(node, ast.Literal):
+            return type_of_value(node.value)
+        if isinstance(node, ast.ListLiteral):
+            return "list"
+        if isinstance(node, ast.Aggregate):
+            if node.function in ("count", "sum", "avg"):
+                return "number"
+            return self.type_of(node.path, Scope("event"))
+        parts = node.parts
+        known = self.fields.event if scope.kind == "event" else self.fields.profile
+        if scope.kind == "event" and scope.alias and parts[0] == scope.alias:
+            parts = parts[1:]
+        duckdb_type = known.get(".".join(parts))
+        return type_of_column(duckdb_type) if duckdb_type else "object"
+
+    def _comparable(self, what: str, left: ast.Operand, right: ast.Operand, scope: Scope, *, at: ast.Node) -> None:
+        """Refuse comparing values of different types, save PQL's coercions of numeric and date strings."""
+        lt, rt = self.type_of(left, scope), self.type_of(right, scope)
+        if lt == rt or {lt, rt} == {"date", "time"}:
+            return
+        for literal, other in ((left, rt), (right, lt)):
+            if isinstance(literal, ast.Literal) and _coerces(literal.value, other):
+                return
+        raise PqlError(
+            f"{what} compares {_describe(left)} ({lt}) with {_describe(right)} ({rt})", line=at.line, column=at.column
+        )
+
+    def _expect(self, what: str, node: ast.Operand, types: tuple[str, ...], scope: Scope, *, at: ast.Node) -> None:
+        found = self.type_of(node, scope)
+        if found not in types:
+            raise PqlError(
+                f"{what} needs a {' or '.join(types)}, but {_describe(node)} is a {found}",
+                line=at.line,
+                column=at.column,
+            )
 
     def param(self, value: Any) -> str:
         name = f"p{len(self.params)}"
@@ -300,3 +412,14 @@ class Compiler:
             return start, dt.datetime(following // 12, following % 12 + 1, 1, tzinfo=dt.UTC)
         start = dt.datetime(now.year + shift, 1, 1, tzinfo=dt.UTC)
         return start, dt.datetime(now.year + shift + 1, 1, 1, tzinfo=dt.UTC)
+
+
+def _describe(node: ast.Operand) -> str:
+    if isinstance(node, ast.Path):
+        return node.dotted
+    if isinstance(node, ast.Literal):
+        value = node.value
+        return json.dumps(value) if isinstance(value, str | int | float | bool) else str(value)
+    if isinstance(node, ast.Aggregate):
+        return f"xEvent[…].{node.function}({node.path.dotted if node.path else ''})"
+    return "a list"

@@ -213,7 +213,8 @@ class _ToAst(Transformer):
 
     def compare(self, meta, items):
         left, op, right = items
-        return ast.Compare(left, str(op), right, **_pos(meta))
+        # Errors point at the operator; the node's span stays the whole comparison (explain shows it).
+        return ast.Compare(left, str(op), right, **{**_pos(meta), "line": op.line, "column": op.column})
 
     def in_(self, meta, items):
         return ast.InList(items[0], items[1], **_pos(meta))

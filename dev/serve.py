@@ -26,6 +26,7 @@ from dev.azurite import DEFAULT_PORTS, ROOT, start_azurite
 from dev.host import LocalHost
 from shared.settings import get_settings
 from shared.storage import StorageAccount
+from shared.timing import pause
 
 log = logging.getLogger("serve")
 
@@ -126,7 +127,7 @@ def run_host(host: LocalHost, stop: threading.Event, *, every: float) -> None:
     """Poll for due timers, new blobs and queue messages until stopped (the host reads the clock)."""
     while not stop.is_set():
         host.poll(dt.datetime.now(dt.UTC))
-        stop.wait(every)
+        pause(stop, every)
 
 
 def _interrupt(signum, frame) -> None:  # noqa: ANN001 - signal's signature

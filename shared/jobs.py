@@ -28,6 +28,7 @@ from shared.errors import BridgeError, Conflict, NotFound, ValidationError, clip
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 from shared.storage.tables import decode_token, encode_token
+from shared.timing import pause
 
 INTERNAL = "internal"  # the code of an unexpected failure: raised again to the host, whose retry runs the job again
 MAX_STORED_ERRORS = 50
@@ -286,7 +287,7 @@ class JobStore:
         stop = threading.Event()
 
         def renew() -> None:
-            while not stop.wait(self.lease.total_seconds() / 3):
+            while not pause(stop, self.lease.total_seconds() / 3):
                 try:
                     self._renew(job)
                 except Exception:  # noqa: BLE001 - a missed renewal is retried; the work goes on

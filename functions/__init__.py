@@ -4,6 +4,7 @@ import datetime as dt
 
 import azure.functions as func
 
+import shared.app  # noqa: F401 - the service graph: alert rules watch jobs, webhooks receive alerts
 from shared.settings import get_settings
 
 

@@ -10,7 +10,7 @@ import azure.functions as func
 from functions import utc_now
 from functions.http import answers, body_of, json_response
 from shared.activation import Activation, Destination, GovernancePolicy
-from shared.campaign.targets import TargetMapping
+from shared.activation.targets import TargetMapping
 from shared.settings import get_settings
 
 bp = func.Blueprint()

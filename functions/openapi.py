@@ -13,9 +13,9 @@ from pydantic.json_schema import models_json_schema
 
 from functions.http import answers, json_response
 from shared.activation import DataflowRun, Destination, GovernancePolicy
+from shared.activation.targets import TargetMapping
 from shared.campaign.deliveries import Delivery, DeliveryRequest
 from shared.campaign.snapshots import RestoreRequest, SnapshotRecord, SnapshotVersion
-from shared.campaign.targets import TargetMapping
 from shared.identity import MergePolicy
 from shared.ingestion import Dataset, Schema
 from shared.jobs import Job, JobPage

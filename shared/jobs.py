@@ -179,6 +179,10 @@ class JobPage(BaseModel):
     continuation_token: str | None = Field(None, serialization_alias="continuationToken")
 
 
+WatcherFactory = Callable[[Settings, StorageAccount], Callable[["Job"], object]]
+_WATCHERS: list[WatcherFactory] = []
+
+
 @dataclass
 class Claim:
     """What claiming a job gave: the record, and whether this worker now holds it."""
@@ -207,15 +211,25 @@ class JobStore:
         self.lease = lease
         self.clock = clock
 
+    @staticmethod
+    def watch(factory: WatcherFactory) -> None:
+        """Have every job store made from settings tell `factory(settings, account)` of each job that starts
+        or ends. `shared.app` registers the alert rules, which sit above the areas that run jobs."""
+        if factory not in _WATCHERS:
+            _WATCHERS.append(factory)
+
     @classmethod
     def from_settings(cls, settings: Settings, account: StorageAccount) -> JobStore:
-        """The job store of the app: the alert rules watch every job that starts or ends."""
-        from shared.monitoring.alerts import AlertRules  # the rules read jobs themselves
+        """The job store of the app, with the registered watchers (the alert rules) told of every job."""
+        watchers = [factory(settings, account) for factory in _WATCHERS]
 
-        rules = AlertRules.from_settings(settings, account)
+        def watcher(job: Job) -> None:
+            for watch in watchers:
+                watch(job)
+
         return cls(
             EntityTable(account.table(settings.table_name("jobs"))),
-            watcher=rules.on_job,
+            watcher=watcher if watchers else None,
             lease=dt.timedelta(seconds=settings.job_lease_seconds),
         )
 

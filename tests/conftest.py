@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import time_machine
 
+import shared.app  # noqa: F401 - wired as in the app: alert rules watch jobs, webhooks receive alerts
 from dev.azurite import start_azurite
 from dev.host import fire_blob_trigger
 from shared.ingestion import BatchIngestion, batch_id_for

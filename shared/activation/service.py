@@ -21,7 +21,7 @@ from pydantic.alias_generators import to_camel
 from shared.activation.destinations import Destination, DestinationStore, ExportMode, Frequency, check_guardrails
 from shared.activation.export import Members, SegmentCounts, build_rows, install_transforms, write_files
 from shared.activation.governance import PolicyStore, check_governance
-from shared.campaign.targets import TargetMappingStore
+from shared.activation.targets import TargetMappingStore
 from shared.engine import connect
 from shared.errors import Conflict, ValidationError
 from shared.jobs import Job, JobStatus, JobStore, JobType

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import duckdb
 
 from shared.activation.export import install_transforms
+from shared.activation.targets import TargetMapping, TargetMappingStore
 from shared.campaign import recipients as rcp
 from shared.campaign.deliveries import (
     EVENT_HORIZON,
@@ -29,7 +30,6 @@ from shared.campaign.deliveries import (
 )
 from shared.campaign.files import check_checksum, read_export
 from shared.campaign.snapshots import SnapshotRecord, Snapshots, SnapshotVersion
-from shared.campaign.targets import TargetMapping, TargetMappingStore
 from shared.engine import connect, scalar
 from shared.errors import Conflict, NotFound, ValidationError
 from shared.ingestion.datasets import Dataset, DatasetStore

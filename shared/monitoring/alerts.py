@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from shared.activation.destinations import DestinationStore, Frequency
+from shared.activation.service import run_id_for
 from shared.errors import Conflict
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 
 log = logging.getLogger(__name__)
+AlertListener = Callable[[Settings, StorageAccount, "Alert"], object]
+_LISTENERS: list[AlertListener] = []
 
 # Alert types, in the terms of Adobe's alert subscriptions.
 ALERT_TYPES = {
@@ -111,10 +116,16 @@ class AlertRules:
         )
         if not self.store.add(alert):
             return None
-        from shared.monitoring.webhooks import Webhooks  # webhooks raise alerts too
-
-        Webhooks.from_settings(self.settings, self.account).fan_out(alert)
+        for listener in _LISTENERS:
+            listener(self.settings, self.account, alert)
         return alert
+
+    @staticmethod
+    def listen(listener: AlertListener) -> None:
+        """Hand every new alert to `listener(settings, account, alert)`: `shared.app` subscribes the webhooks,
+        which sit above the rules (they raise alerts of their own)."""
+        if listener not in _LISTENERS:
+            _LISTENERS.append(listener)
 
     # Rules on a job's start and end --------------------------------------------------------------
 
@@ -205,9 +216,6 @@ class AlertRules:
 
     def check_delays(self, *, now: dt.datetime) -> list[Alert]:
         """Jobs PROCESSING too long, and scheduled dataflow slots that have not run."""
-        from shared.activation.destinations import DestinationStore, Frequency
-        from shared.activation.service import run_id_for
-
         limit = dt.timedelta(minutes=self.settings.alert_delay_minutes)
         raised: list[Alert | None] = self._abandon(now)
         for job_type in JobType:

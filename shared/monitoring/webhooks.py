@@ -28,7 +28,7 @@ from pydantic.alias_generators import to_camel
 from standardwebhooks import Webhook
 
 from shared.errors import NotFound, ValidationError
-from shared.monitoring.alerts import ALERT_TYPES, Alert
+from shared.monitoring.alerts import ALERT_TYPES, Alert, AlertRules
 from shared.settings import Settings
 from shared.storage import EntityTable, ModelTable, StorageAccount
 
@@ -185,8 +185,6 @@ class Webhooks:
         self.subscriptions.put(sub.id, sub.model_copy(update={"enabled": False, "disabled_reason": reason}))
         if reason.startswith("410"):
             return
-        from shared.monitoring.alerts import AlertRules
-
         AlertRules.from_settings(self.settings, self.account).raise_alert(
             "subscription.disabled", sub.id, sub.id, f"webhook subscription {sub.id} was disabled: {reason}", now
         )

@@ -1,5 +1,6 @@
-"""Campaign target mappings: the recipient columns an export may fill. A destination names one, and its
-mapped targets, mandatory attributes and deduplication key must be columns of it."""
+"""Campaign target mappings: the recipient columns an export may fill. They live with activation, which
+validates each destination against one (its mapped targets, mandatory attributes and deduplication key must
+be columns of it); Campaign reads them too."""
 
 from __future__ import annotations
 

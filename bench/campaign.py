@@ -20,6 +20,8 @@ from pathlib import Path
 import duckdb
 
 from bench.stages import report, run_stage, save_results, use_azurite
+from shared.activation.destinations import CsvOptions
+from shared.activation.manifest import ExportManifest, ManifestFile, ManifestSegment
 from shared.campaign.recipients import RECIPIENTS_ID
 from shared.campaign.service import Campaign
 from shared.campaign.snapshots import Snapshots
@@ -108,33 +110,33 @@ def _setup(people: int, work: Path) -> None:
         data = path.read_bytes()
         name = f"Bench_{kind.title()}_segmentbench_20261120120000.csv"
         dlz.put(name, data)
-        manifest = {
-            "runId": f"bench-{kind}",
-            "destinationId": f"bench-{kind}",
-            "destinationName": f"Bench_{kind.title()}",
-            "campaignInstance": "campaign",
-            "targetMapping": "mapRecipient",
-            "syncType": kind,
-            "exportMode": "incremental",
-            "format": "csv",
-            "csv": {"delimiter": ",", "quote": '"', "escape": '"', "nullValue": "", "gzip": False},
-            "identity": "email_lc_sha256",
-            "statusColumn": "segmentMembershipStatus",
-            "columns": COLUMNS[kind],
-            "createdAt": NOW.isoformat(),
-            "files": [
-                {
-                    "name": name,
-                    "segmentId": "bench",
-                    "part": 1,
-                    "rows": rows,
-                    "bytes": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                }
+        manifest = ExportManifest(
+            run_id=f"bench-{kind}",
+            destination_id=f"bench-{kind}",
+            destination_name=f"Bench_{kind.title()}",
+            campaign_instance="campaign",
+            target_mapping="mapRecipient",
+            sync_type=kind,
+            export_mode="incremental",
+            format="csv",
+            csv=CsvOptions(),
+            identity="email_lc_sha256",
+            status_column="segmentMembershipStatus",
+            columns=COLUMNS[kind],
+            created_at=NOW,
+            files=[
+                ManifestFile(
+                    name=name,
+                    segment_id="bench",
+                    part=1,
+                    rows=rows,
+                    bytes=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                )
             ],
-            "segments": {"bench": {"name": "Bench", "parts": 1}},
-        }
-        dlz.put(manifest_name(kind), json.dumps(manifest).encode())
+            segments={"bench": ManifestSegment(name="Bench", parts=1)},
+        )
+        dlz.put(manifest_name(kind), manifest.to_bytes())
     con.close()
 
 

@@ -304,3 +304,28 @@ def test_a_delivery_to_an_unknown_list_is_a_404_and_bad_rates_a_400(settings):
     assert response.status_code == 404 and "no list 'nope'" in body(response)["detail"]
     response = call(campaign_deliveries, "POST", "campaign/deliveries", {}, {"listId": "x", "openRate": 2})
     assert response.status_code == 400 and body(response)["errors"][0]["field"] == "openRate"
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ({"version": 2}, "manifest version 2 is not one this reader knows (it reads 1)"),
+        ({"syncType": "sideways"}, "syncType"),
+        ({"files": None}, "files"),
+    ],
+    ids=["unknown-version", "bad-sync-type", "no-files"],
+)
+def test_a_manifest_this_campaign_cannot_read_fails_its_load_naming_why(
+    settings, account, crm, recipients, change, detail
+):
+    assert put_destination().status_code == 200
+    segment_job(settings, T1)
+    run = Activation.from_settings(settings).run("gold-email", now=T1)
+    blobs = dlz(settings, account)
+    manifest = json.loads(blobs.get(run.source))
+    blobs.put(run.source, json.dumps({**manifest, **change}).encode())
+    fire_blob_trigger(campaign_audience_load, blobs, run.source)
+    [load] = [Job.model_validate(j) for j in body(call(audience_loads, "GET", "audience-loads", {}))]
+    assert load.status is JobStatus.FAILED and load.source == run.source
+    assert run.source in load.errors[0].message and detail in load.errors[0].message
+    assert recipients.lists.list() == []

@@ -21,6 +21,7 @@ from pydantic.alias_generators import to_camel
 from shared.activation.destinations import Destination, DestinationStore, ExportMode, Frequency, check_guardrails
 from shared.activation.export import Members, SegmentCounts, build_rows, install_transforms, write_files
 from shared.activation.governance import PolicyStore, check_governance
+from shared.activation.manifest import ExportManifest, ManifestFile, ManifestSegment
 from shared.activation.targets import TargetMappingStore
 from shared.engine import connect
 from shared.errors import Conflict, ValidationError
@@ -332,50 +333,45 @@ class Activation:
         staged: list[tuple[Any, Staged]],
         counts: dict[str, SegmentCounts],
         skipped: dict[str, str],
-    ) -> dict[str, Any]:
+    ) -> ExportManifest:
         names = {s.id: s.name for s in self.segments.list()}
-        return {
-            "runId": job.id,
-            "destinationId": d.id,
-            "destinationName": d.name,
-            "campaignInstance": d.campaign_instance,
-            "targetMapping": d.target_mapping,
-            "syncType": d.sync_type.value,
-            "exportMode": d.export_mode.value,
-            "format": d.format.value,
-            "csv": d.csv.model_dump(by_alias=True) if d.format.value == "csv" else None,
-            "identity": d.identity.target,
-            "statusColumn": d.status_column,
-            "columns": d.columns(),
-            "createdAt": now.isoformat(),
-            "files": [
-                {
-                    "name": s.name,
-                    "segmentId": w.segment_id,
-                    "part": w.part,
-                    "rows": w.rows,
-                    "bytes": s.size,
-                    "sha256": s.sha256,
-                }
+        return ExportManifest(
+            run_id=job.id,
+            destination_id=d.id,
+            destination_name=d.name,
+            campaign_instance=d.campaign_instance,
+            target_mapping=d.target_mapping,
+            sync_type=d.sync_type,
+            export_mode=d.export_mode,
+            format=d.format,
+            csv=d.csv if d.format.value == "csv" else None,
+            identity=d.identity.target,
+            status_column=d.status_column,
+            columns=d.columns(),
+            created_at=now,
+            files=[
+                ManifestFile(
+                    name=s.name, segment_id=w.segment_id, part=w.part, rows=w.rows, bytes=s.size, sha256=s.sha256
+                )
                 for w, s in staged
             ],
-            "segments": {
-                sid: {
-                    "name": names.get(sid, sid),
-                    "parts": sum(1 for w, _ in staged if w.segment_id == sid),
-                    "activated": c.activated,
-                    "received": c.received,
-                    "excluded": c.excluded,
-                }
+            segments={
+                sid: ManifestSegment(
+                    name=names.get(sid, sid),
+                    parts=sum(1 for w, _ in staged if w.segment_id == sid),
+                    activated=c.activated,
+                    received=c.received,
+                    excluded=c.excluded,
+                )
                 for sid, c in counts.items()
             },
-            "skipped": skipped,
-            "rows": sum(w.rows for w, _ in staged),
-            "bytes": sum(s.size for _, s in staged),
-        }
+            skipped=skipped,
+            rows=sum(w.rows for w, _ in staged),
+            bytes=sum(s.size for _, s in staged),
+        )
 
     def _publish(
-        self, files: list[Staged], manifest_name: str, manifest: dict[str, Any], *, run_id: str, now: dt.datetime
+        self, files: list[Staged], manifest_name: str, manifest: ExportManifest, *, run_id: str, now: dt.datetime
     ) -> None:
         """Commit every file, then the manifest. If anything fails, the files committed so far are deleted:
         a reader never finds files without their manifest, and staged blocks are never seen. Each file's
@@ -386,7 +382,7 @@ class Activation:
             for f in files:
                 self.dlz.commit(f, metadata={"manifest": manifest_name, "runId": run_id, **exported})
                 committed.append(f.name)
-            self.dlz.put(manifest_name, json.dumps(manifest, indent=2).encode(), metadata=exported)
+            self.dlz.put(manifest_name, manifest.to_bytes(), metadata=exported)
         except Exception:
             for name in committed:
                 try:

@@ -9,10 +9,11 @@ import gzip
 import hashlib
 import io
 from pathlib import Path
-from typing import Any
 
 import duckdb
 
+from shared.activation.destinations import CsvOptions
+from shared.activation.manifest import ExportManifest, ManifestFile
 from shared.engine import scalar
 from shared.errors import ValidationError
 from shared.ingestion.paths import quote_ident, quote_literal
@@ -20,49 +21,49 @@ from shared.ingestion.paths import quote_ident, quote_literal
 _DELIMITERS = ",;|\t"
 
 
-def check_checksum(path: Path, entry: dict[str, Any]) -> None:
+def check_checksum(path: Path, entry: ManifestFile) -> None:
     """The file must be byte for byte the one the manifest describes (size and SHA-256)."""
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as fh:
         while chunk := fh.read(8 * 1024 * 1024):
             digest.update(chunk)
             size += len(chunk)
-    name = entry["name"]
-    if size != entry["bytes"]:
+    name = entry.name
+    if size != entry.bytes:
         raise ValidationError(
-            f"{name}: the file has {size} bytes but its manifest says {entry['bytes']}; "
+            f"{name}: the file has {size} bytes but its manifest says {entry.bytes}; "
             "it was truncated or replaced, so it is not loaded"
         )
-    if digest.hexdigest() != entry["sha256"]:
+    if digest.hexdigest() != entry.sha256:
         raise ValidationError(
-            f"{name}: its SHA-256 is {digest.hexdigest()} but its manifest says {entry['sha256']}; "
+            f"{name}: its SHA-256 is {digest.hexdigest()} but its manifest says {entry.sha256}; "
             "it was changed after export, so it is not loaded"
         )
 
 
 def read_export(
-    con: duckdb.DuckDBPyConnection, path: Path, manifest: dict[str, Any], entry: dict[str, Any], *, allowed: set[str]
+    con: duckdb.DuckDBPyConnection, path: Path, manifest: ExportManifest, entry: ManifestFile, *, allowed: set[str]
 ) -> None:
     """Fill the temp table `incoming` (every column VARCHAR, plus `_row`, the 1-based data row) from the file,
     after checking its columns against the manifest and the target mapping and its row count."""
-    name = entry["name"]
-    columns: list[str] = manifest["columns"]
+    name = entry.name
+    columns = manifest.columns
     unknown = [c for c in columns if c not in allowed]
     if unknown:
         raise ValidationError(
-            f"{name}: columns {unknown} are not columns of target mapping {manifest['targetMapping']!r}; "
+            f"{name}: columns {unknown} are not columns of target mapping {manifest.target_mapping!r}; "
             "map them to its columns in the destination"
         )
-    fmt = manifest["format"]
+    fmt = manifest.format.value
     typed = "{" + ", ".join(f"{quote_literal(c)}: 'VARCHAR'" for c in columns) + "}"
     if fmt == "csv":
-        opts = manifest["csv"]
+        opts = manifest.csv or CsvOptions()
         _check_header(path, name, columns, opts)
         source = (
             f"read_csv({quote_literal(str(path))}, header = true, auto_detect = false, columns = {typed}, "
-            f"delim = {quote_literal(opts['delimiter'])}, quote = {quote_literal(opts['quote'])}, "
-            f"escape = {quote_literal(opts['escape'])}, nullstr = {quote_literal(opts['nullValue'])}, "
-            f"compression = {quote_literal('gzip' if opts['gzip'] else 'none')}, strict_mode = true)"
+            f"delim = {quote_literal(opts.delimiter)}, quote = {quote_literal(opts.quote)}, "
+            f"escape = {quote_literal(opts.escape)}, nullstr = {quote_literal(opts.null_value)}, "
+            f"compression = {quote_literal('gzip' if opts.gzip else 'none')}, strict_mode = true)"
         )
     elif fmt == "json":
         keys = _json_keys(con, path, name)
@@ -82,19 +83,19 @@ def read_export(
     except duckdb.Error as exc:
         raise ValidationError(f"{name}: cannot be read as {fmt}: {str(exc).splitlines()[0]}") from exc
     rows = scalar(con, "SELECT count(*) FROM incoming")
-    if rows != entry["rows"]:
-        raise ValidationError(f"{name}: the file has {rows} rows but its manifest says {entry['rows']}")
+    if rows != entry.rows:
+        raise ValidationError(f"{name}: the file has {rows} rows but its manifest says {entry.rows}")
 
 
-def _check_header(path: Path, name: str, columns: list[str], opts: dict[str, Any]) -> None:
-    opener = gzip.open if opts["gzip"] else open
+def _check_header(path: Path, name: str, columns: list[str], opts: CsvOptions) -> None:
+    opener = gzip.open if opts.gzip else open
     try:
         with opener(path, "rb") as raw:
             text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-            quote, escape = opts["quote"], opts["escape"]
+            quote, escape = opts.quote, opts.escape
             reader = csv.reader(
                 text,
-                delimiter=opts["delimiter"],
+                delimiter=opts.delimiter,
                 quotechar=quote,
                 doublequote=escape == quote,
                 escapechar=None if escape == quote else escape,
@@ -106,9 +107,9 @@ def _check_header(path: Path, name: str, columns: list[str], opts: dict[str, Any
         raise ValidationError(f"{name}: the file is empty; a CSV export always has a header row")
     if header != columns:
         hint = ""
-        others = [d for d in _DELIMITERS if d != opts["delimiter"] and len(header) == 1 and d in header[0]]
+        others = [d for d in _DELIMITERS if d != opts.delimiter and len(header) == 1 and d in header[0]]
         if others:
-            hint = f" (it looks delimited by {others[0]!r}, the manifest says {opts['delimiter']!r})"
+            hint = f" (it looks delimited by {others[0]!r}, the manifest says {opts.delimiter!r})"
         raise ValidationError(f"{name}: the header is {header} but its manifest says {columns}{hint}")
 
 

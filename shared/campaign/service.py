@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,7 +16,9 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from shared.activation.destinations import ExportMode, SyncType
 from shared.activation.export import install_transforms
+from shared.activation.manifest import ExportManifest, ManifestFile
 from shared.activation.targets import TargetMapping, TargetMappingStore
 from shared.campaign import recipients as rcp
 from shared.campaign.deliveries import (
@@ -213,33 +214,54 @@ class Campaign:
         itself if its manifest is there (files are committed before their manifest, so usually the
         manifest's trigger loads it). Either way each file is loaded once."""
         if is_manifest(name):
-            manifest = json.loads(self.dlz.get(name))
-            return [self._load_once(name, manifest, entry, now) for entry in manifest["files"]]
+            try:
+                manifest = ExportManifest.read(self.dlz.get(name), name=name)
+            except ValidationError as exc:  # nothing to retry: the load fails, visibly, with the reason
+                return [self._refuse(name, etag, exc, now)]
+            return [self._load_once(name, manifest, entry, now) for entry in manifest.files]
         props = self.dlz.properties(name)
         manifest_name = (props.metadata or {}).get("manifest")
         if not manifest_name:
             log.info("%s has no manifest in its metadata; not an export file, ignored", name)
             return []
         try:
-            manifest = json.loads(self.dlz.get(manifest_name))
+            manifest = ExportManifest.read(self.dlz.get(manifest_name), name=manifest_name)
         except NotFound:
             log.info("%s waits for its manifest %s", name, manifest_name)
             return []
-        entry = next((f for f in manifest["files"] if f["name"] == name), None)
+        entry = manifest.file(name)
         if entry is None:
             log.warning("%s is not listed in its manifest %s; ignored", name, manifest_name)
             return []
         return [self._load_once(manifest_name, manifest, entry, now, etag=etag or props.etag)]
 
+    def _refuse(self, name: str, etag: str | None, exc: ValidationError, now: dt.datetime) -> Job:
+        """A manifest this Campaign cannot read: one FAILED audience load naming it and why."""
+        job = Job(
+            id=load_id(name, etag or self.dlz.etag(name)),
+            type=JobType.AUDIENCE_LOAD,
+            source=name,
+            created=now,
+            started=now,
+        )
+        claim = self.jobs.claim(job)
+        if not claim.ours:
+            return claim.job
+
+        def refused() -> tuple[dict[str, Any], dict[str, Any]]:
+            raise exc
+
+        return self.jobs.run(claim.job, now, refused)
+
     def _load_once(
         self,
         manifest_name: str,
-        manifest: dict[str, Any],
-        entry: dict[str, Any],
+        manifest: ExportManifest,
+        entry: ManifestFile,
         now: dt.datetime,
         etag: str | None = None,
     ) -> Job:
-        name = entry["name"]
+        name = entry.name
         try:
             etag = etag or self.dlz.etag(name)
         except NotFound:
@@ -248,11 +270,11 @@ class Campaign:
             id=load_id(name, etag),
             type=JobType.AUDIENCE_LOAD,
             status=JobStatus.PROCESSING,
-            subject=f"{manifest['destinationId']}/{entry['segmentId']}",
+            subject=f"{manifest.destination_id}/{entry.segment_id}",
             source=name,
             created=now,
             started=now,
-            links={"manifest": f"{self.settings.dlz_container}/{manifest_name}", "exportRun": manifest["runId"]},
+            links={"manifest": f"{self.settings.dlz_container}/{manifest_name}", "exportRun": manifest.run_id},
         )
         claim = self.jobs.claim(job)
         if not claim.ours:
@@ -261,13 +283,13 @@ class Campaign:
         job = claim.job
         return self.jobs.run(job, now, lambda: (self._load(job, manifest, entry, now), {}))
 
-    def _load(self, job: Job, manifest: dict[str, Any], entry: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
-        name = entry["name"]
-        mapping = self.targets.get(manifest["targetMapping"])
+    def _load(self, job: Job, manifest: ExportManifest, entry: ManifestFile, now: dt.datetime) -> dict[str, Any]:
+        name = entry.name
+        mapping = self.targets.get(manifest.target_mapping)
         phases = Laps()
         with self._session("load-") as (con, work), ThreadPoolExecutor(max_workers=1) as pool:
             # The snapshots the load will read are fetched while the file downloads and is checked.
-            prefetch = pool.submit(self._prefetch, None if manifest["syncType"] == "profile" else entry["segmentId"])
+            prefetch = pool.submit(self._prefetch, None if manifest.sync_type is SyncType.PROFILE else entry.segment_id)
             try:
                 path = self.dlz.download(name, work / "file")
             except NotFound as exc:
@@ -275,13 +297,13 @@ class Campaign:
             phases.lap("download")
             check_checksum(path, entry)
             phases.lap("checksum")
-            allowed = set(mapping.columns) | {manifest.get("statusColumn") or ""}
+            allowed = set(mapping.columns) | {manifest.status_column or ""}
             read_export(con, path, manifest, entry, allowed=allowed)
             prefetch.result()
             phases.lap("read")
 
             def sync() -> dict[str, Any]:
-                if manifest["syncType"] == "profile":
+                if manifest.sync_type is SyncType.PROFILE:
                     return self._profile_sync(con, job, manifest, mapping, work, now)
                 return self._audience_sync(con, job, manifest, entry, work, now)
 
@@ -295,12 +317,12 @@ class Campaign:
             if record is not None:
                 store.local(record)
 
-    def _match(self, con: duckdb.DuckDBPyConnection, manifest: dict[str, Any], current: SnapshotRecord | None) -> None:
+    def _match(self, con: duckdb.DuckDBPyConnection, manifest: ExportManifest, current: SnapshotRecord | None) -> None:
         """`matched`: each row of `incoming` with its recipient and, when it is rejected, the reason."""
         source = rcp.source_of(self.recipients.local(current) if current else None)
-        ident = manifest["identity"]
+        ident = manifest.identity
         key = quote_ident(ident) if ident in rcp.columns_of(con, source) else "NULL::VARCHAR"
-        status = quote_ident(manifest["statusColumn"]) if manifest.get("statusColumn") else "'realized'"
+        status = quote_ident(manifest.status_column) if manifest.status_column else "'realized'"
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE matched AS
             WITH r AS (SELECT {key} AS k, min(id) AS id FROM {source} WHERE {key} IS NOT NULL GROUP BY 1),
@@ -322,20 +344,21 @@ class Campaign:
         self,
         con: duckdb.DuckDBPyConnection,
         job: Job,
-        manifest: dict[str, Any],
-        entry: dict[str, Any],
+        manifest: ExportManifest,
+        entry: ManifestFile,
         work: Path,
         now: dt.datetime,
     ) -> dict[str, Any]:
         """Realized and existing members added (or kept), exited ones removed; a full export's run replaces
         the list once all of its parts for the segment are loaded."""
-        segment = entry["segmentId"]
-        info = manifest.get("segments", {}).get(segment, {})
+        segment = entry.segment_id
+        info = manifest.segments.get(segment)
         current = self.lists.find(segment)
         self._match(con, manifest, self.recipients.find(rcp.RECIPIENTS_ID))
-        run = manifest["runId"]
-        loaded = sorted({*(current.parts_loaded if current and current.run_id == run else []), entry["part"]})
-        replace = manifest["exportMode"] == "full" and set(loaded) >= set(range(1, info.get("parts", 1) + 1))
+        run = manifest.run_id
+        loaded = sorted({*(current.parts_loaded if current and current.run_id == run else []), entry.part})
+        parts = info.parts if info else 1
+        replace = manifest.export_mode is ExportMode.FULL and set(loaded) >= set(range(1, parts + 1))
         ts = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
         con.execute(f"CREATE OR REPLACE TEMP TABLE cur AS SELECT * FROM {self._list_source(current)}")
         con.execute(
@@ -370,11 +393,11 @@ class Campaign:
         con.execute(f"COPY next TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)")
         record = SnapshotRecord(
             id=segment,
-            name=f"{LIST_FOLDER} / {info.get('name', segment)}",
+            name=f"{LIST_FOLDER} / {info.name if info else segment}",
             count=count,
             updated=now,
             segment_id=segment,
-            destination_id=manifest["destinationId"],
+            destination_id=manifest.destination_id,
             run_id=run,
             parts_loaded=loaded,
             last_load=job.id,
@@ -383,11 +406,11 @@ class Campaign:
         rejected = self._rejected(con)
         return {
             "syncType": "audience",
-            "destination": manifest["destinationId"],
+            "destination": manifest.destination_id,
             "segment": segment,
             "list": segment,
             "listName": record.name,
-            "rowsRead": entry["rows"],
+            "rowsRead": entry.rows,
             "added": added,
             "updated": updated,
             "removed": removed + replaced,
@@ -401,7 +424,7 @@ class Campaign:
         self,
         con: duckdb.DuckDBPyConnection,
         job: Job,
-        manifest: dict[str, Any],
+        manifest: ExportManifest,
         mapping: TargetMapping,
         work: Path,
         now: dt.datetime,
@@ -410,8 +433,8 @@ class Campaign:
         unknown recipients are rejected and counted, never created; flags are only ever set."""
         current = self.recipients.find(rcp.RECIPIENTS_ID)
         self._match(con, manifest, current)
-        skip = {manifest["identity"], manifest.get("statusColumn"), mapping.key, *rcp.PROTECTED}
-        attrs = [c for c in manifest["columns"] if c not in skip]
+        skip = {manifest.identity, manifest.status_column, mapping.key, *rcp.PROTECTED}
+        attrs = [c for c in manifest.columns if c not in skip]
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE upd AS
             SELECT m.recipientId{"".join(f", i.{quote_ident(a)}" for a in attrs)}
@@ -424,7 +447,7 @@ class Campaign:
         rejected = self._rejected(con)
         metrics = {
             "syncType": "profile",
-            "destination": manifest["destinationId"],
+            "destination": manifest.destination_id,
             "rowsRead": len(con.execute("SELECT 1 FROM incoming").fetchall()),
             "updated": updated,
             "ignoredExits": ignored,

@@ -301,3 +301,13 @@ def test_a_running_job_that_is_cancelled_publishes_nothing(settings, account, cr
     done = runner.run_queued({"jobId": job.id, "now": DAY1.isoformat(), "segments": None})
     assert done.status is JobStatus.CANCELLED
     assert MembershipStore.from_settings(settings, account).current("ca") is None
+
+
+def test_a_malformed_queue_message_is_refused_naming_its_fields(settings):
+    from shared.activation import Activation
+    from shared.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="not a SegmentJobMessage: jobId: Field required"):
+        SegmentJobRunner.from_settings(settings).run_queued({"now": NOW.isoformat()})
+    with pytest.raises(ValidationError, match="not a ExportRunMessage: now: Input should be a valid datetime"):
+        Activation.from_settings(settings).run_queued({"jobId": "x", "destination": "d", "now": "soon"})

@@ -5,7 +5,6 @@ segment. A run's files become visible together, with the manifest last, or not a
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import tempfile
 import time
@@ -31,6 +30,7 @@ from shared.segmentation.memberships import PROFILES, MembershipStore
 from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, ModelTable, StorageAccount
 from shared.storage.blobs import Staged
+from shared.storage.messages import QueueMessage
 from shared.timing import Laps
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,14 @@ class ExportState(BaseModel):
     snapshot: str
     run_id: str
     exported_at: dt.datetime
+
+
+class ExportRunMessage(QueueMessage):
+    """An on-demand export run on `EXPORT_RUNS_QUEUE`."""
+
+    job_id: str
+    destination: str
+    now: dt.datetime
 
 
 def run_id_for(
@@ -174,18 +182,19 @@ class Activation:
             job = self.jobs.create(job)
         except Conflict:
             return self.jobs.get(JobType.EXPORT, job.id)
-        self.queue.send_message(json.dumps({"jobId": job.id, "destination": d.id, "now": now.isoformat()}))
+        ExportRunMessage(job_id=job.id, destination=d.id, now=now).send(self.queue)
         return job
 
-    def run_queued(self, message: dict[str, Any]) -> Job:
+    def run_queued(self, message: ExportRunMessage | dict[str, Any]) -> Job:
         """Run a queued export once: a redelivered message finds it claimed or done and does nothing, unless
         the worker that claimed it died (its lease ended): then this one runs it again from the start."""
-        queued = self.jobs.get(JobType.EXPORT, message["jobId"])
-        now = dt.datetime.fromisoformat(message["now"])
+        message = ExportRunMessage.of(message)
+        queued = self.jobs.get(JobType.EXPORT, message.job_id)
+        now = message.now
         claim = self.jobs.claim(queued.model_copy(update={"started": now}))
         if not claim.ours:
             return claim.job
-        return self._run(claim.job, self.destinations.get(message["destination"]), now)
+        return self._run(claim.job, self.destinations.get(message.destination), now)
 
     def cleanup(self, *, now: dt.datetime) -> list[str]:
         """Delete DLZ files exported longer ago than the retention period (a blob we did not write counts from

@@ -31,6 +31,7 @@ from shared.errors import NotFound, ValidationError
 from shared.monitoring.alerts import ALERT_TYPES, Alert, AlertRules
 from shared.settings import Settings
 from shared.storage import EntityTable, ModelTable, StorageAccount
+from shared.storage.messages import QueueMessage
 
 log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 10
@@ -48,6 +49,15 @@ class SubscriptionRequest(_Model):
         ["*"], min_length=1, max_length=100, description="Alert types to receive, or `*` for all."
     )
     description: str = Field("", max_length=1000)
+
+
+class DeliveryMessage(QueueMessage):
+    """One delivery of one alert to one subscription on `ALERT_DELIVERIES_QUEUE`, and its attempt number."""
+
+    subscription_id: str
+    event: dict[str, Any]
+    attempt: int = 1
+    first_attempt: dt.datetime | None = None
 
 
 class Subscription(SubscriptionRequest):
@@ -224,19 +234,20 @@ class Webhooks:
         event: dict[str, Any],
         *,
         attempt: int = 1,
-        first: str | None = None,
+        first: dt.datetime | None = None,
         delay: float = 0,
     ) -> None:
-        message = {"subscriptionId": subscription_id, "event": event, "attempt": attempt, "firstAttempt": first}
-        self.queue.send_message(json.dumps(message), visibility_timeout=int(delay) or None)
+        message = DeliveryMessage(subscription_id=subscription_id, event=event, attempt=attempt, first_attempt=first)
+        message.send(self.queue, delay=delay)
 
-    def deliver(self, message: dict[str, Any], *, now: dt.datetime) -> Attempt | None:
+    def deliver(self, message: DeliveryMessage | dict[str, Any], *, now: dt.datetime) -> Attempt | None:
         """One attempt of one queued delivery (the queue trigger's work)."""
-        sub = self.subscriptions.find(message["subscriptionId"])
+        message = DeliveryMessage.of(message)
+        sub = self.subscriptions.find(message.subscription_id)
         if sub is None or not sub.enabled:
             return None
-        event, n = message["event"], message["attempt"]
-        first = dt.datetime.fromisoformat(message["firstAttempt"]) if message.get("firstAttempt") else now
+        event, n = message.event, message.attempt
+        first = message.first_attempt or now
         attempt = Attempt(
             subscription_id=sub.id,
             message_id=event["id"],
@@ -278,7 +289,7 @@ class Webhooks:
                 )
                 return attempt
             attempt = attempt.model_copy(update={"outcome": "retry"})
-            self._enqueue(sub.id, event, attempt=n + 1, first=first.isoformat(), delay=delay)
+            self._enqueue(sub.id, event, attempt=n + 1, first=first, delay=delay)
         self._log(attempt)
         return attempt
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import tempfile
 import time
@@ -23,8 +22,17 @@ from shared.segmentation.memberships import MembershipStore, membership_sql, wri
 from shared.segmentation.streaming import streaming_eligible
 from shared.settings import Settings
 from shared.storage import StorageAccount
+from shared.storage.messages import QueueMessage
 
 log = logging.getLogger(__name__)
+
+
+class SegmentJobMessage(QueueMessage):
+    """An on-demand segment job on `SEGMENT_JOBS_QUEUE`: which job, as of when, which segments (all if none)."""
+
+    job_id: str
+    now: dt.datetime
+    segments: list[str] | None = None
 
 
 def segment_job_id(now: dt.datetime, segment_ids: list[str] | None) -> str:
@@ -79,22 +87,22 @@ class SegmentJobRunner:
             job = self.jobs.create(job)
         except Conflict:
             return self.jobs.get(JobType.SEGMENT, job.id)  # the same request again: the same job
-        message = {"jobId": job.id, "now": now.isoformat(), "segments": segment_ids}
-        self.queue.send_message(json.dumps(message))
+        SegmentJobMessage(job_id=job.id, now=now, segments=segment_ids).send(self.queue)
         return job
 
-    def run_queued(self, message: dict) -> Job:
+    def run_queued(self, message: SegmentJobMessage | dict) -> Job:
         """Run a queued job once: a redelivered message finds it claimed or done and does nothing, unless
         the worker that claimed it died (its lease ended): then this one runs it again."""
-        queued = self.jobs.get(JobType.SEGMENT, message["jobId"])
-        now = dt.datetime.fromisoformat(message["now"])
+        message = SegmentJobMessage.of(message)
+        queued = self.jobs.get(JobType.SEGMENT, message.job_id)
+        now = message.now
         claim = self.jobs.claim(queued.model_copy(update={"started": now}))
         if not claim.ours:
             log.info("segment job %s is %s; nothing to do", queued.id, claim.job.status.value)
             return claim.job
         job = claim.job
         definitions = self.segments.trees()
-        chosen = message.get("segments") or sorted(definitions)
+        chosen = message.segments or sorted(definitions)
         return self._guarded(
             job, now, lambda job, started: self._evaluate(job, now, chosen, definitions, started, since=None)
         )

@@ -251,6 +251,7 @@ class JobStore:
     def create(self, job: Job) -> Job:
         """Insert a new record; `Conflict` if another worker created it first."""
         stored = self.table.insert(job.to_entity())
+        self._index(job)
         job = job.model_copy(update={"etag": stored["etag"]})
         if job.status is JobStatus.PROCESSING:
             self._notify(job)
@@ -262,6 +263,7 @@ class JobStore:
             stored = self.table.upsert(job.to_entity())
         else:
             stored = self.table.update(job.to_entity(), etag=job.etag)
+        self._index(job)
         job = job.model_copy(update={"etag": stored["etag"]})
         if job.status.terminal or job.status is JobStatus.PROCESSING:
             self._notify(job)
@@ -390,6 +392,9 @@ class JobStore:
             return Job.from_entity(entity)
         raise NotFound(f"no job {job_id!r}; GET /api/jobs lists them")
 
+    def _index(self, job: Job) -> None:
+        self.table.upsert(index_entity(job))
+
     def page(
         self,
         *,
@@ -400,35 +405,62 @@ class JobStore:
         limit: int = 50,
         token: str | None = None,
     ) -> JobPage:
-        """Jobs matching the filters, newest first (by creation time, then type and id), `limit` at a time.
-        The token is the last job of the previous page: a job created meanwhile does not shift the pages."""
-        clauses, params = [], {}
+        """Jobs matching the filters, newest first (by creation time, then type and id), `limit` at a time,
+        read from the index: a page reads about `limit` index entries and `limit` jobs. The token is the last
+        job of the previous page: a job created meanwhile does not shift the pages."""
+        clauses, params = ["PartitionKey eq @pk"], {"pk": INDEX}
         if types:
             # The SDK finds @names between spaces, so the parentheses stand apart.
-            clauses.append("( " + " or ".join(f"PartitionKey eq @t{i}" for i in range(len(types))) + " )")
+            clauses.append("( " + " or ".join(f"type eq @t{i}" for i in range(len(types))) + " )")
             params.update({f"t{i}": t.value for i, t in enumerate(types)})
         if status:
             clauses.append("status eq @status")
             params["status"] = status.value
-        if since:
-            clauses.append("created ge @since")
-            params["since"] = since
-        if until:
-            clauses.append("created lt @until")
-            params["until"] = until
-        rows = self.table.all(" and ".join(clauses) or None, parameters=params or None)
-        jobs = sorted((Job.from_entity(e) for e in rows), key=_newest_key, reverse=True)
+        if since:  # created >= since: the inverted time is at most since's
+            clauses.append("RowKey lt @since")
+            params["since"] = f"{_inverted(since) + 1:0{_KEY_DIGITS}d}"
+        if until:  # created < until: the inverted time is above until's
+            clauses.append("RowKey ge @until")
+            params["until"] = f"{_inverted(until) + 1:0{_KEY_DIGITS}d}"
         after = decode_token(token)
         if after is not None:
-            if not (isinstance(after, list) and len(after) == 3 and all(isinstance(a, str) for a in after)):
+            if not isinstance(after, str) or not after[:_KEY_DIGITS].isdigit():
                 raise ValidationError("continuationToken is not one this service issued")
-            jobs = [j for j in jobs if _newest_key(j) < (dt.datetime.fromisoformat(after[0]), after[1], after[2])]
-        items = jobs[:limit]
-        more = len(jobs) > limit
-        last = items[-1] if items else None
-        next_token = encode_token([last.created.isoformat(), last.type.value, last.id]) if more and last else None
-        return JobPage(items=items, continuation_token=next_token)
+            clauses.append("RowKey gt @after")
+            params["after"] = after
+        keys: list[dict[str, Any]] = []
+        continuation = None
+        while len(keys) <= limit:
+            found = self.table.query(
+                " and ".join(clauses),
+                parameters=params,
+                page_size=limit + 1 - len(keys),
+                continuation_token=continuation,
+            )
+            keys += found.items
+            continuation = found.continuation_token
+            if continuation is None:
+                break
+        entries = keys[:limit]
+        items = [self.get(JobType(e["type"]), e["RowKey"].split("_", 2)[2]) for e in entries]
+        more = len(keys) > limit
+        return JobPage(items=items, continuation_token=encode_token(entries[-1]["RowKey"]) if more else None)
 
 
-def _newest_key(job: Job) -> tuple[dt.datetime, str, str]:
-    return (job.created, job.type.value, job.id)
+INDEX = "newest"  # the partition of the jobs table that lists every job newest first
+_KEY_DIGITS = 17
+
+
+def index_entity(job: Job) -> dict[str, Any]:
+    """The job's entry in the newest-first index (one partition, keyed by inverted creation time), with what
+    listings filter on, so a page of jobs costs a page of reads however long the history."""
+    return {"PartitionKey": INDEX, "RowKey": _newest_key(job), "type": job.type.value, "status": job.status.value}
+
+
+def _inverted(at: dt.datetime) -> int:
+    """Microseconds before year 5000: smaller for later times, so keys sort newest first."""
+    return 95_617_584_000_000_000 - int(at.timestamp() * 1_000_000)
+
+
+def _newest_key(job: Job) -> str:
+    return f"{_inverted(job.created):0{_KEY_DIGITS}d}_{job.type.value}_{job.id}"

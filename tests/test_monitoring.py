@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 
 from functions.monitoring import health, jobs
-from shared.jobs import Job, JobStatus, JobStore, JobType
+from shared.jobs import Job, JobStatus, JobStore, JobType, index_entity
+from shared.storage import EntityTable
 from tests.conftest import NOW
 from tests.test_http import body, call
 
@@ -71,3 +72,48 @@ def test_bad_job_queries_are_problems_that_say_what_to_fix(store, route, params,
     response = call(jobs, "GET", route, params)
     assert response.status_code == status and response.mimetype == "application/problem+json"
     assert detail in body(response)["detail"]
+
+
+class CountingTable(EntityTable):
+    """The jobs table, counting the entities it reads (real storage underneath)."""
+
+    read = 0
+
+    def query(self, *args, **kwargs):
+        page = super().query(*args, **kwargs)
+        self.read += len(page.items)
+        return page
+
+    def get(self, *args, **kwargs):
+        self.read += 1
+        return super().get(*args, **kwargs)
+
+    def all(self, *args, **kwargs):
+        for entity in super().all(*args, **kwargs):
+            self.read += 1
+            yield entity
+
+
+def test_a_page_of_a_long_history_reads_a_page_of_entities(settings, account):
+    store = JobStore.from_settings(settings, account)
+    kinds = list(JobType)
+    history = [
+        Job(
+            id=f"j{i:05d}",
+            type=kinds[i % len(kinds)],
+            status=JobStatus.SUCCEEDED,
+            created=NOW + dt.timedelta(minutes=i),
+        )
+        for i in range(5_000)
+    ]
+    store.table.upsert_many([job.to_entity() for job in history] + [index_entity(job) for job in history])
+    counting = CountingTable(store.table.client)
+    reader = JobStore(counting)
+
+    first = reader.page(limit=50)
+    assert [j.id for j in first.items] == [f"j{i:05d}" for i in range(4_999, 4_949, -1)]
+    assert counting.read <= 2 * 51
+    counting.read = 0
+    second = reader.page(limit=50, token=first.continuation_token, types=[JobType.EXPORT])
+    assert len(second.items) == 50 and all(j.type is JobType.EXPORT for j in second.items)
+    assert second.items[0].created < first.items[-1].created and counting.read <= 2 * 51

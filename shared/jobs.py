@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.errors import BridgeError, Conflict, NotFound, ValidationError, clipped
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
-from shared.storage.tables import decode_token, encode_token
+from shared.storage.tables import NEWEST_FIRST_DIGITS, decode_token, encode_token, newer_than_bound, newest_first
 from shared.timing import pause
 
 INTERNAL = "internal"  # the code of an unexpected failure: raised again to the host, whose retry runs the job again
@@ -416,15 +416,15 @@ class JobStore:
         if status:
             clauses.append("status eq @status")
             params["status"] = status.value
-        if since:  # created >= since: the inverted time is at most since's
+        if since:  # created >= since
             clauses.append("RowKey lt @since")
-            params["since"] = f"{_inverted(since) + 1:0{_KEY_DIGITS}d}"
-        if until:  # created < until: the inverted time is above until's
+            params["since"] = newer_than_bound(since)
+        if until:  # created < until
             clauses.append("RowKey ge @until")
-            params["until"] = f"{_inverted(until) + 1:0{_KEY_DIGITS}d}"
+            params["until"] = newer_than_bound(until)
         after = decode_token(token)
         if after is not None:
-            if not isinstance(after, str) or not after[:_KEY_DIGITS].isdigit():
+            if not isinstance(after, str) or not after[:NEWEST_FIRST_DIGITS].isdigit():
                 raise ValidationError("continuationToken is not one this service issued")
             clauses.append("RowKey gt @after")
             params["after"] = after
@@ -448,7 +448,6 @@ class JobStore:
 
 
 INDEX = "newest"  # the partition of the jobs table that lists every job newest first
-_KEY_DIGITS = 17
 
 
 def index_entity(job: Job) -> dict[str, Any]:
@@ -457,10 +456,5 @@ def index_entity(job: Job) -> dict[str, Any]:
     return {"PartitionKey": INDEX, "RowKey": _newest_key(job), "type": job.type.value, "status": job.status.value}
 
 
-def _inverted(at: dt.datetime) -> int:
-    """Microseconds before year 5000: smaller for later times, so keys sort newest first."""
-    return 95_617_584_000_000_000 - int(at.timestamp() * 1_000_000)
-
-
 def _newest_key(job: Job) -> str:
-    return f"{_inverted(job.created):0{_KEY_DIGITS}d}_{job.type.value}_{job.id}"
+    return f"{newest_first(job.created)}_{job.type.value}_{job.id}"

@@ -18,6 +18,7 @@ from shared.errors import Conflict
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
+from shared.storage.tables import newer_than_bound, newest_first
 
 log = logging.getLogger(__name__)
 AlertListener = Callable[[Settings, StorageAccount, "Alert"], object]
@@ -73,18 +74,35 @@ class AlertStore:
             self.table.insert({"PartitionKey": "alert", "RowKey": alert.id, "definition": alert.model_dump_json()})
         except Conflict:
             return False
+        key = f"{newest_first(alert.created)}_{alert.id}"
+        self.table.upsert({"PartitionKey": INDEX, "RowKey": key, "type": alert.type, "id": alert.id})
         return True
 
     def list(
         self, *, types: list[str] | None = None, since: dt.datetime | None = None, limit: int = 100
     ) -> list[Alert]:
-        """Newest first."""
-        alerts = [
-            Alert.model_validate_json(e["definition"])
-            for e in self.table.all("PartitionKey eq @pk", parameters={"pk": "alert"})
-        ]
-        alerts = [a for a in alerts if (not types or a.type in types) and (since is None or a.created >= since)]
-        return sorted(alerts, key=lambda a: (a.created, a.id), reverse=True)[:limit]
+        """Newest first, read from the index: about `limit` index entries and `limit` alerts."""
+        clauses, params = ["PartitionKey eq @pk"], {"pk": INDEX}
+        if types:
+            clauses.append("( " + " or ".join(f"type eq @t{i}" for i in range(len(types))) + " )")
+            params.update({f"t{i}": t for i, t in enumerate(types)})
+        if since:
+            clauses.append("RowKey lt @since")
+            params["since"] = newer_than_bound(since)
+        keys: list[dict[str, Any]] = []
+        continuation = None
+        while len(keys) < limit:
+            page = self.table.query(
+                " and ".join(clauses), parameters=params, page_size=limit - len(keys), continuation_token=continuation
+            )
+            keys += page.items
+            continuation = page.continuation_token
+            if continuation is None:
+                break
+        return [Alert.model_validate_json(self.table.get("alert", k["id"])["definition"]) for k in keys[:limit]]
+
+
+INDEX = "newest"  # the partition of the alerts table that lists every alert newest first
 
 
 class AlertRules:
@@ -186,11 +204,8 @@ class AlertRules:
         return out
 
     def _size_changes(self, job: Job, at: dt.datetime) -> list[Alert | None]:
-        earlier = [
-            j
-            for j in self.jobs.list(JobType.SEGMENT, status=JobStatus.SUCCEEDED)
-            if j.created < job.created and j.id != job.id
-        ]
+        # The segment job before this one: one read of the newest-first index, however long the history.
+        earlier = self.jobs.page(types=[JobType.SEGMENT], status=JobStatus.SUCCEEDED, until=job.created, limit=1).items
         if not earlier:
             return []
         sizes = _sizes(job)

@@ -255,3 +255,18 @@ def _plain(entity: Any) -> dict[str, Any]:
     out = dict(entity)
     out["etag"] = entity.metadata.get("etag")
     return out
+
+
+NEWEST_FIRST_DIGITS = 17
+
+
+def newest_first(at: dt.datetime) -> str:
+    """A RowKey prefix that sorts later times first (microseconds before the year 5000, zero-padded), for the
+    index partitions that list jobs and alerts newest first a page at a time."""
+    return f"{95_617_584_000_000_000 - int(at.timestamp() * 1_000_000):0{NEWEST_FIRST_DIGITS}d}"
+
+
+def newer_than_bound(at: dt.datetime) -> str:
+    """The smallest newest-first prefix of anything created strictly before `at`: keys below it are at `at` or
+    later (`RowKey lt` it), keys from it on are earlier (`RowKey ge` it)."""
+    return f"{int(newest_first(at)) + 1:0{NEWEST_FIRST_DIGITS}d}"

@@ -428,19 +428,7 @@ class JobStore:
                 raise ValidationError("continuationToken is not one this service issued")
             clauses.append("RowKey gt @after")
             params["after"] = after
-        keys: list[dict[str, Any]] = []
-        continuation = None
-        while len(keys) <= limit:
-            found = self.table.query(
-                " and ".join(clauses),
-                parameters=params,
-                page_size=limit + 1 - len(keys),
-                continuation_token=continuation,
-            )
-            keys += found.items
-            continuation = found.continuation_token
-            if continuation is None:
-                break
+        keys = self.table.first(" and ".join(clauses), parameters=params, count=limit + 1)
         entries = keys[:limit]
         items = [self.get(JobType(e["type"]), e["RowKey"].split("_", 2)[2]) for e in entries]
         more = len(keys) > limit

@@ -89,17 +89,8 @@ class AlertStore:
         if since:
             clauses.append("RowKey lt @since")
             params["since"] = newer_than_bound(since)
-        keys: list[dict[str, Any]] = []
-        continuation = None
-        while len(keys) < limit:
-            page = self.table.query(
-                " and ".join(clauses), parameters=params, page_size=limit - len(keys), continuation_token=continuation
-            )
-            keys += page.items
-            continuation = page.continuation_token
-            if continuation is None:
-                break
-        return [Alert.model_validate_json(self.table.get("alert", k["id"])["definition"]) for k in keys[:limit]]
+        keys = self.table.first(" and ".join(clauses), parameters=params, count=limit)
+        return [Alert.model_validate_json(self.table.get("alert", k["id"])["definition"]) for k in keys]
 
 
 INDEX = "newest"  # the partition of the alerts table that lists every alert newest first

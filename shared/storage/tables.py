@@ -245,6 +245,19 @@ class EntityTable:
         items = [_plain(e) for e in next(pages, [])]
         return Page(items=items, continuation_token=encode_token(pages.continuation_token))
 
+    def first(self, filter: str, *, parameters: dict[str, Any], count: int) -> list[dict[str, Any]]:
+        """The first `count` entities matching, in key order, reading no more than that (a server page may
+        hold fewer, so it follows continuation tokens until it has them or there are no more)."""
+        found: list[dict[str, Any]] = []
+        token = None
+        while len(found) < count:
+            page = self.query(filter, parameters=parameters, page_size=count - len(found), continuation_token=token)
+            found += page.items
+            token = page.continuation_token
+            if token is None:
+                break
+        return found
+
     def all(self, filter: str | None = None, *, parameters: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         source = self.client.query_entities(filter, parameters=parameters) if filter else self.client.list_entities()
         for e in source:

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SIZE ?=
 PORT ?= 7071
 
-.PHONY: setup test test-next-year demo serve lint format bench bench-setup clean
+.PHONY: setup test test-fast test-next-year demo serve lint format bench bench-setup clean
 
 setup: $(VENV)/.ready node_modules/.ready .worker/.ready
 
@@ -25,6 +25,10 @@ node_modules/.ready: package.json package-lock.json
 
 test: setup
 	$(PY) -m pytest
+
+# The tests that need neither Azurite nor a browser (pytest marker `fast`): seconds, for the edit loop.
+test-fast: setup
+	$(PY) -m pytest -m fast
 
 # The suite again with this machine's clock a year ahead (libfaketime, for Azurite and subprocesses too):
 # a test that depends on today's date fails here, not next week.

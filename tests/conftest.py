@@ -20,6 +20,16 @@ from shared.storage import BlobStore, StorageAccount
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test `azurite` when it uses the session's Azurite, `fast` when it needs neither it nor a
+    browser: `make test-fast` runs the fast ones in seconds."""
+    for item in items:
+        if "azurite" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.azurite)
+        elif not (item.get_closest_marker("browser") or item.get_closest_marker("azurite")):
+            item.add_marker(pytest.mark.fast)
+
+
 @pytest.fixture(autouse=True)
 def clock() -> Iterator[time_machine.Traveller]:
     """The clock the trigger adapters read (`functions.utc_now`) starts at NOW in every test and ticks from

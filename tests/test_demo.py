@@ -16,6 +16,7 @@ import time_machine
 from tests.helpers import get_json, serving
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.azurite  # the demo starts an Azurite of its own
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
@@ -60,6 +61,7 @@ def test_the_demos_day_1_is_yesterday_and_day_2_is_today(demo):
     assert today - dt.timedelta(minutes=10) < created[-1] <= today
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian's chromium; .ci/run installs it)")
 def test_the_dashboard_shows_the_demo_in_a_real_browser_without_console_errors(demo, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev requirement")

@@ -11,10 +11,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import get_json, serving
 from tests.test_activation import destination
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.azurite  # make serve starts an Azurite of its own
 
 
 def test_serve_answers_health_openapi_jobs_and_404s(tmp_path):

@@ -100,8 +100,8 @@ def main() -> None:
         # The floor starts from the same snapshots, already on local disk.
         store = MembershipStore.from_settings(settings, StorageAccount.from_settings(settings))
         (work / "snapshots").mkdir()
-        snapshots = {sid: store.current(sid)["snapshot"] for sid in segments()}
-        store.download({"profiles": store.current_profiles()["snapshot"], **snapshots}, work / "snapshots")
+        snapshots = {sid: store.current(sid).snapshot for sid in segments()}
+        store.download({"profiles": store.current_profiles().snapshot, **snapshots}, work / "snapshots")
         floor = run_stage("bench.export", "floor", "--work", str(work))
         ours = run_stage("bench.export", "ours", "--work", str(work))
     finally:

@@ -56,7 +56,7 @@ def test_a_segment_job_whose_worker_died_is_run_again_by_the_retry_for_the_same_
     assert (done.id, done.attempt, done.metrics["segmentedProfileCounter"]) == (job_id, 2, {"all": 4, "gold": 3})
     assert done.lease_until is None and done.errors == []
     assert (
-        MembershipStore.from_settings(settings, StorageAccount.from_settings(settings)).current_profiles()["jobId"]
+        MembershipStore.from_settings(settings, StorageAccount.from_settings(settings)).current_profiles().job_id
         == job_id
     )
 

@@ -72,7 +72,7 @@ def put_segment(segment_id: str, pql: str) -> func.HttpResponse:
 def members(settings, account, segment_id: str) -> dict[str, str]:
     """The current membership of a segment: profile id -> status."""
     store = MembershipStore.from_settings(settings, account)
-    table = pq.read_table(io.BytesIO(store.blobs.get(store.current(segment_id)["snapshot"])))
+    table = pq.read_table(io.BytesIO(store.blobs.get(store.current(segment_id).snapshot)))
     return {row["profileId"]: row["status"] for row in table.to_pylist()}
 
 
@@ -164,14 +164,14 @@ def test_a_failed_job_leaves_the_previous_memberships_current(settings, account,
     put_segment("ca", 'homeAddress.stateProvince = "CA"')
     runner = SegmentJobRunner.from_settings(settings)
     runner.run(now=DAY1)
-    before = MembershipStore.from_settings(settings, account).current("ca")["jobId"]
+    before = MembershipStore.from_settings(settings, account).current("ca").job_id
     # Its definition can no longer compile (stored past validation, as after a schema change): with no
     # segment left to evaluate, the job fails and publishes nothing.
     store = SegmentStore.from_settings(settings, account)
     store.records.put("ca", SegmentDefinition(id="ca", name="ca", expression={"value": "gone.field = 1"}))
     failed = runner.run(now=DAY2)
     assert failed.status is JobStatus.FAILED and "unknown field 'gone.field'" in failed.errors[0].message
-    assert MembershipStore.from_settings(settings, account).current("ca")["jobId"] == before
+    assert MembershipStore.from_settings(settings, account).current("ca").job_id == before
 
 
 def test_preview_gives_the_size_now_and_who_would_enter_and_exit(settings, crm):

@@ -151,7 +151,7 @@ class Activation:
             if d.schedule.frequency is Frequency.AFTER_SEGMENT_EVALUATION:
                 if profiles is None:
                     continue
-                run_id = run_id_for(d, now, after_job=profiles["jobId"])
+                run_id = run_id_for(d, now, after_job=profiles.job_id)
             elif d.schedule.slot(now) is None:
                 continue
             else:
@@ -249,7 +249,7 @@ class Activation:
         with tempfile.TemporaryDirectory(prefix="export-") as tmp:
             work = Path(tmp)
             # Local names: segment ids, and `_profiles`, which no segment id can be.
-            wanted = {PROFILES: profiles["snapshot"], **{sid: p["snapshot"] for sid, p in pointers.items()}}
+            wanted = {PROFILES: profiles.snapshot, **{sid: p.snapshot for sid, p in pointers.items()}}
             for sid in pointers if incremental else []:
                 state = states.find(sid)
                 if state is not None and self.memberships.blobs.exists(state.snapshot):
@@ -311,7 +311,7 @@ class Activation:
         self._save_runs(d.id, records)
         for sid, pointer in pointers.items():
             state = ExportState(
-                segment_id=sid, job_id=pointer["jobId"], snapshot=pointer["snapshot"], run_id=job.id, exported_at=now
+                segment_id=sid, job_id=pointer.job_id, snapshot=pointer.snapshot, run_id=job.id, exported_at=now
             )
             states.put(sid, state)
         received = sum(c.received for c in counts.values())
@@ -328,7 +328,7 @@ class Activation:
             "excludedRate": round(excluded / received, 6) if received else 0.0,
             "files": len(staged),
             "bytes": sum(s.size for _, s in staged),
-            "profilesJob": profiles["jobId"],
+            "profilesJob": profiles.job_id,
             "phaseSeconds": dict(phases),
         }
         links = {"manifest": f"{self.settings.dlz_container}/{d.manifest_name(now)}"}

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from shared.ingestion.paths import quote_literal
 from shared.settings import Settings
@@ -23,6 +25,26 @@ _EMPTY = (
     "SELECT NULL::VARCHAR AS profileId, NULL::VARCHAR AS status, NULL::TIMESTAMPTZ AS lastQualificationTime, "
     "NULL::TIMESTAMPTZ AS exitedAt WHERE false"
 )
+
+
+class MembershipPointer(BaseModel):
+    """Which snapshot is a segment's current membership (or, for `_profiles`, the unified profiles a job
+    evaluated): written by segment jobs, read by exports, preview and the streaming job."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    segment_id: str
+    job_id: str
+    snapshot: str = Field(description="The blob in the segments container.")
+    evaluated_at: dt.datetime
+    size: int = 0
+    realized: int = 0
+    existing: int = 0
+    exited: int = 0
+    exited_earlier: int = 0
+
+    def to_entity(self) -> dict[str, Any]:
+        return {"PartitionKey": CURRENT, "RowKey": self.segment_id, **self.model_dump(by_alias=True)}
 
 
 class MembershipStore:
@@ -45,18 +67,19 @@ class MembershipStore:
     def profiles_path(job_id: str) -> str:
         return f"{PROFILES}/job={job_id}/profiles.parquet"
 
-    def current(self, segment_id: str) -> dict[str, Any] | None:
-        return self.pointers.find(CURRENT, segment_id)
+    def current(self, segment_id: str) -> MembershipPointer | None:
+        entity = self.pointers.find(CURRENT, segment_id)
+        return MembershipPointer.model_validate(entity) if entity else None
 
-    def current_profiles(self) -> dict[str, Any] | None:
+    def current_profiles(self) -> MembershipPointer | None:
         """The unified profiles of the job that published last: what activation exports attributes from."""
-        return self.pointers.find(CURRENT, PROFILES)
+        return self.current(PROFILES)
 
-    def upload_profiles(self, job_id: str, path: Path, *, now: dt.datetime) -> dict[str, Any]:
+    def upload_profiles(self, job_id: str, path: Path, *, now: dt.datetime) -> MembershipPointer:
         """Keep the job's unified profiles beside its memberships; the pointer is published with them."""
         name = self.profiles_path(job_id)
         self.blobs.put_file(name, path)
-        return {"segmentId": PROFILES, "jobId": job_id, "snapshot": name, "evaluatedAt": now}
+        return MembershipPointer(segment_id=PROFILES, job_id=job_id, snapshot=name, evaluated_at=now)
 
     def download(self, snapshots: dict[str, str], into: Path) -> dict[str, Path]:
         """Download snapshots in parallel: {local file name: blob path} -> {local file name: local path}."""
@@ -67,7 +90,7 @@ class MembershipStore:
     def download_all_current(self, segment_ids: list[str], into: Path) -> dict[str, Path | None]:
         with ThreadPoolExecutor(max_workers=8) as pool:
             pointers = dict(zip(segment_ids, pool.map(self.current, segment_ids), strict=True))
-        found = self.download({f"{sid}-previous": p["snapshot"] for sid, p in pointers.items() if p}, into)
+        found = self.download({f"{sid}-previous": p.snapshot for sid, p in pointers.items() if p}, into)
         return {sid: found.get(f"{sid}-previous") for sid in segment_ids}
 
     def upload(self, job_id: str, files: dict[str, Path]) -> dict[str, str]:
@@ -85,10 +108,10 @@ class MembershipStore:
     def advance_watermark(self, until: dt.datetime) -> None:
         self.pointers.upsert({"PartitionKey": WATERMARK[0], "RowKey": WATERMARK[1], "ingestedUntil": until})
 
-    def publish(self, pointers: list[dict[str, Any]]) -> None:
+    def publish(self, pointers: list[MembershipPointer]) -> None:
         """Make the job's snapshots current: one transaction of up to 100 segments (Azure's batch limit)."""
         for start in range(0, len(pointers), 100):
-            chunk = [{"PartitionKey": CURRENT, "RowKey": p["segmentId"], **p} for p in pointers[start : start + 100]]
+            chunk = [p.to_entity() for p in pointers[start : start + 100]]
             self.pointers.transact([("upsert", e, {}) for e in chunk])
 
 

@@ -18,7 +18,7 @@ from shared.ingestion.paths import quote_literal
 from shared.jobs import INTERNAL, Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
-from shared.segmentation.memberships import MembershipStore, membership_sql, write_snapshots
+from shared.segmentation.memberships import MembershipPointer, MembershipStore, membership_sql, write_snapshots
 from shared.segmentation.streaming import streaming_eligible
 from shared.settings import Settings
 from shared.storage import StorageAccount
@@ -231,14 +231,17 @@ class SegmentJobRunner:
                 profiles_file = work / "profiles.parquet"
                 con.execute(f"COPY {profiles.profiles} TO {quote_literal(str(profiles_file))} (FORMAT parquet)")
                 pointers = [
-                    {
-                        "segmentId": sid,
-                        "jobId": job.id,
-                        "snapshot": paths[sid],
-                        "evaluatedAt": now,
-                        "size": counts[sid]["realized"] + counts[sid]["existing"],
-                        **counts[sid],
-                    }
+                    MembershipPointer(
+                        segment_id=sid,
+                        job_id=job.id,
+                        snapshot=paths[sid],
+                        evaluated_at=now,
+                        size=counts[sid]["realized"] + counts[sid]["existing"],
+                        realized=counts[sid]["realized"],
+                        existing=counts[sid]["existing"],
+                        exited=counts[sid]["exited"],
+                        exited_earlier=counts[sid]["exitedEarlier"],
+                    )
                     for sid in chosen
                 ]
                 pointers.append(self.memberships.upload_profiles(job.id, profiles_file, now=now))
@@ -270,7 +273,7 @@ class SegmentJobRunner:
             **({"segmentErrors": compiled.failed} if compiled.failed else {}),
             "profileStats": profiles.stats,
         }
-        links = {p["segmentId"]: f"{self.settings.segments_container}/{p['snapshot']}" for p in pointers}
+        links = {p.segment_id: f"{self.settings.segments_container}/{p.snapshot}" for p in pointers}
         job = job.model_copy(update={"links": links})
         broken = [JobError(code="segment", message=f"segment {sid}: {why}") for sid, why in compiled.failed.items()]
         return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, broken, metrics=metrics)

@@ -50,8 +50,23 @@ def _load(files: list[Path], schema: Schema, dataset_id: str, now: dt.datetime, 
     return Source(Dataset(id=dataset_id, name=dataset_id, schema_id=schema.id), schema, parquet) if parquet else None
 
 
+def _schemas(files: list[Path]) -> tuple[Schema, Schema]:
+    """The profile and event schemas records are read with: the built-in ones, extended by the fields of
+    each `--schema` file of that class (a custom field's own declaration wins)."""
+    given = [Schema.model_validate_json(f.read_text()) for f in files]
+    merged = []
+    for base in (PROFILE_SCHEMA, EVENT_SCHEMA):
+        fields = {f.path: f for f in base.fields}
+        for schema in given:
+            if schema.schema_class is base.schema_class:
+                fields.update({f.path: f for f in schema.fields})
+        merged.append(base.model_copy(update={"fields": list(fields.values())}))
+    return merged[0], merged[1]
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
     now = args.as_of
+    profile_schema, event_schema = _schemas(args.schema)
     expr = parse(args.pql)  # an invalid expression stops here, before anything is printed
     definitions = {k: parse(v) for k, v in json.loads(Path(args.segments).read_text()).items()} if args.segments else {}
     with tempfile.TemporaryDirectory(prefix="pql-") as tmp:
@@ -60,15 +75,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
         sources = [
             s
             for s in (
-                _load(args.profiles, PROFILE_SCHEMA, "profiles", now, work, con),
-                _load(args.events, EVENT_SCHEMA, "events", now, work, con),
+                _load(args.profiles, profile_schema, "profiles", now, work, con),
+                _load(args.events, event_schema, "events", now, work, con),
             )
             if s is not None
         ]
         profiles = build_profiles(
             con, sources, policy=DEFAULT_POLICY, now=now, graph_limit=Settings().identity_graph_limit
         )
-        compiled = evaluate(con, profiles, {"cli": expr}, fields=fields_of(profiles), definitions=definitions)
+        fields = fields_of(profiles, [event_schema])
+        compiled = evaluate(con, profiles, {"cli": expr}, fields=fields, definitions=definitions)
         rows = con.execute(
             f"""SELECT p.profileId, p.identities FROM {profiles.profiles} p JOIN {RESULTS} r USING (profileId)
                 WHERE r.{compiled.columns["cli"]} ORDER BY p.profileId"""
@@ -109,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--events", type=Path, action="append", default=[], help="XDM-lite event NDJSON (repeatable)")
     ev.add_argument("--as-of", required=True, type=_as_of, help="evaluation time, ISO 8601 (2026-11-22T12:00:00Z)")
     ev.add_argument("--segments", help='JSON file {"<segment id>": "<PQL>"} for inSegment')
+    ev.add_argument(
+        "--schema",
+        type=Path,
+        action="append",
+        default=[],
+        help="a schema JSON file (as PUT /api/schemas takes) whose fields extend the built-in profile or event "
+        "schema of its class (repeatable)",
+    )
     ev.set_defaults(run=evaluate_command)
     landing = areas.add_parser("landing").add_subparsers(dest="command", required=True)
     put = landing.add_parser("put", help="drop a file into the landing container for ingestion")

@@ -210,3 +210,25 @@ def test_every_example_of_the_design_parses():
         'not (inSegment("x"))',
     ]:
         parse(text)
+
+
+def test_the_cli_takes_custom_schemas_and_type_checks_against_them(tmp_path, capsys):
+    """`--schema` (repeatable) extends the built-in schemas: a custom field is known, and typed."""
+    custom = {
+        "id": "crm-extras",
+        "title": "CRM extras",
+        "class": "profile",
+        "fields": [{"path": "extras.shoeSize", "type": "integer"}, {"path": "extras.club", "type": "string"}],
+    }
+    (tmp_path / "s.json").write_text(json.dumps(custom))
+    people = [profile("ann", extras={"shoeSize": 38, "club": "gold"}), profile("bob", extras={"shoeSize": 44})]
+    (tmp_path / "p.ndjson").write_text(ndjson(*people))
+    base = ["segments", "evaluate", "--profiles", str(tmp_path / "p.ndjson"), "--as-of", NOW]
+    assert main([*base, "--pql", "extras.shoeSize > 40", "--schema", str(tmp_path / "s.json")]) == 0
+    out, _ = capsys.readouterr()
+    assert [json.loads(line)["identities"]["CRMID"] for line in out.splitlines()] == [["bob"]]
+
+    assert main([*base, "--pql", "extras.shoeSize > 40"]) == 2  # without the schema the field is unknown
+    assert "unknown field 'extras.shoeSize'" in capsys.readouterr().err
+    assert main([*base, "--pql", "extras.club > 5", "--schema", str(tmp_path / "s.json")]) == 2
+    assert "`>` compares extras.club (string) with 5 (number)" in capsys.readouterr().err

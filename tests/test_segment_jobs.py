@@ -311,3 +311,29 @@ def test_a_malformed_queue_message_is_refused_naming_its_fields(settings):
         SegmentJobRunner.from_settings(settings).run_queued({"now": NOW.isoformat()})
     with pytest.raises(ValidationError, match="not a ExportRunMessage: now: Input should be a valid datetime"):
         Activation.from_settings(settings).run_queued({"jobId": "x", "destination": "d", "now": "soon"})
+
+
+def test_any_number_of_segments_is_published_at_once_or_not_at_all(settings, account):
+    from shared.segmentation.memberships import POINTERS, MembershipPointer
+    from shared.storage import StorageAccount
+    from tests.faults import Fault, injected
+
+    store = MembershipStore.from_settings(settings, account)
+
+    def job(job_id: str, count: int) -> list[MembershipPointer]:
+        return [
+            MembershipPointer(
+                segment_id=f"s{i:03d}", job_id=job_id, snapshot=f"s{i:03d}/job={job_id}", evaluated_at=NOW
+            )
+            for i in range(count)
+        ]
+
+    store.publish(job("first", 250))  # more than a Table transaction's 100
+    assert {p.job_id for p in store.current_pointers().values()} == {"first"} and len(store.current_pointers()) == 250
+    pointers_put = lambda method, url: method == "PUT" and POINTERS in url  # noqa: E731
+    with injected(Fault(pointers_put)), pytest.raises(Exception, match="injected"):
+        MembershipStore.from_settings(settings, StorageAccount.from_settings(settings)).publish(job("second", 250))
+    assert {p.job_id for p in store.current_pointers().values()} == {"first"}  # nothing of the failed one
+    store.publish(job("third", 10))
+    current = store.current_pointers()
+    assert len(current) == 250 and current["s005"].job_id == "third" and current["s200"].job_id == "first"

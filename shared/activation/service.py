@@ -236,9 +236,10 @@ class Activation:
         incremental = d.export_mode is ExportMode.INCREMENTAL
         skipped = {sid: "the segment is not defined" for sid in d.segments if sid not in definitions}
         pointers = {}
+        current = self.memberships.current_pointers()
         for sid in d.segments:
             if sid not in skipped:
-                pointer = self.memberships.current(sid)
+                pointer = current.get(sid)
                 if pointer is None:
                     skipped[sid] = "the segment has not been evaluated yet"
                 else:

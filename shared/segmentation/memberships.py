@@ -1,24 +1,27 @@
 """Segment memberships: per segment and job, a Parquet snapshot of who is `realized` (entered in this job),
 `existing` (still in) or `exited` (left; kept for a retention period), with `lastQualificationTime`.
-A pointer per segment names the current snapshot; a job publishes all its pointers in one transaction,
-so a reader sees every segment of a job or none, and a failed job leaves the previous ones current."""
+A pointer per segment names the current snapshot. The pointers are one document, replaced in one
+ETag-guarded write, so a job publishes any number of segments at once: a reader sees every segment of a
+job or none, and a failed job leaves the previous ones current."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from shared.errors import Conflict
 from shared.ingestion.paths import quote_literal
 from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, StorageAccount
 
-CURRENT = "current"
+CURRENT = "current"  # the table partition where pointers lived before the pointer document (still read)
+POINTERS = "_current/pointers.json"  # the pointer document in the segments container
 PROFILES = "_profiles"  # the pointer to the unified profiles a job evaluated (no segment id starts with "_")
 WATERMARK = ("streaming", "watermark")
 _EMPTY = (
@@ -43,9 +46,6 @@ class MembershipPointer(BaseModel):
     exited: int = 0
     exited_earlier: int = 0
 
-    def to_entity(self) -> dict[str, Any]:
-        return {"PartitionKey": CURRENT, "RowKey": self.segment_id, **self.model_dump(by_alias=True)}
-
 
 class MembershipStore:
     def __init__(self, blobs: BlobStore, pointers: EntityTable) -> None:
@@ -67,9 +67,18 @@ class MembershipStore:
     def profiles_path(job_id: str) -> str:
         return f"{PROFILES}/job={job_id}/profiles.parquet"
 
+    def current_pointers(self) -> dict[str, MembershipPointer]:
+        """Every current pointer, by segment id (and `_profiles`)."""
+        found = self.blobs.get_versioned(POINTERS)
+        return _pointers(found[0]) if found else self._table_pointers()
+
     def current(self, segment_id: str) -> MembershipPointer | None:
-        entity = self.pointers.find(CURRENT, segment_id)
-        return MembershipPointer.model_validate(entity) if entity else None
+        return self.current_pointers().get(segment_id)
+
+    def _table_pointers(self) -> dict[str, MembershipPointer]:
+        """Pointers as stores kept them before the pointer document, until the first job publishes one."""
+        entities = self.pointers.all("PartitionKey eq @pk", parameters={"pk": CURRENT})
+        return {e["RowKey"]: MembershipPointer.model_validate(e) for e in entities}
 
     def current_profiles(self) -> MembershipPointer | None:
         """The unified profiles of the job that published last: what activation exports attributes from."""
@@ -88,8 +97,8 @@ class MembershipStore:
             return dict(zip(snapshots, paths, strict=True))
 
     def download_all_current(self, segment_ids: list[str], into: Path) -> dict[str, Path | None]:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            pointers = dict(zip(segment_ids, pool.map(self.current, segment_ids), strict=True))
+        current = self.current_pointers()
+        pointers = {sid: current.get(sid) for sid in segment_ids}
         found = self.download({f"{sid}-previous": p.snapshot for sid, p in pointers.items() if p}, into)
         return {sid: found.get(f"{sid}-previous") for sid in segment_ids}
 
@@ -109,10 +118,28 @@ class MembershipStore:
         self.pointers.upsert({"PartitionKey": WATERMARK[0], "RowKey": WATERMARK[1], "ingestedUntil": until})
 
     def publish(self, pointers: list[MembershipPointer]) -> None:
-        """Make the job's snapshots current: one transaction of up to 100 segments (Azure's batch limit)."""
-        for start in range(0, len(pointers), 100):
-            chunk = [p.to_entity() for p in pointers[start : start + 100]]
-            self.pointers.transact([("upsert", e, {}) for e in chunk])
+        """Make the job's snapshots current, all at once however many: one write of the pointer document,
+        only if nobody replaced it since it was read (a concurrent job's pointers are merged in, not lost)."""
+        for _ in range(_ATTEMPTS):
+            found = self.blobs.get_versioned(POINTERS)
+            current = _pointers(found[0]) if found else self._table_pointers()
+            current.update({p.segment_id: p for p in pointers})
+            document = (
+                "{" + ",".join(f"{json.dumps(k)}:{p.model_dump_json(by_alias=True)}" for k, p in current.items()) + "}"
+            )
+            try:
+                self.blobs.replace(POINTERS, document.encode(), etag=found[1] if found else None)
+                return
+            except Conflict:
+                continue
+        raise Conflict("segment memberships kept being published by other jobs; the job can be run again")
+
+
+def _pointers(document: bytes) -> dict[str, MembershipPointer]:
+    return {sid: MembershipPointer.model_validate(p) for sid, p in json.loads(document).items()}
+
+
+_ATTEMPTS = 8
 
 
 def membership_sql(

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobProperties, ContainerClient
 
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 
 _CONCURRENCY = 4
 _BLOCK = 8 * 1024 * 1024
@@ -47,6 +48,28 @@ class BlobStore:
                 ]
         except ResourceExistsError:
             return self.etag(name)
+
+    def get_versioned(self, name: str) -> tuple[bytes, str] | None:
+        """A blob's bytes and ETag, or None when there is no such blob."""
+        try:
+            downloader = self.container.download_blob(name)
+        except ResourceNotFoundError:
+            return None
+        return downloader.readall(), downloader.properties.etag
+
+    def replace(self, name: str, data: bytes, *, etag: str | None) -> str:
+        """Write a blob only if it is still the version read (`etag`), or, with no etag, only if there is none
+        yet; `Conflict` otherwise. Returns the new ETag."""
+        client = self.container.get_blob_client(name)
+        condition = (
+            {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+            if etag
+            else {"match_condition": MatchConditions.IfMissing}
+        )
+        try:
+            return client.upload_blob(data, overwrite=True, **condition)["etag"]
+        except (ResourceModifiedError, ResourceExistsError) as exc:
+            raise Conflict(f"blob {name!r} in {self.name!r} was changed by someone else; read it again") from exc
 
     def get(self, name: str) -> bytes:
         try:

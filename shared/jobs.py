@@ -349,21 +349,22 @@ class JobStore:
                 raise Conflict(f"{job.type.value} job {job.id} was taken over by another worker") from None
             return self.save(done.model_copy(update={"etag": latest.etag}))
 
-    def run(
+    def attempt(
         self,
         job: Job,
         now: dt.datetime,
-        work: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
+        work: Callable[[float], Job],
         *,
         on_failure: Callable[[str], object] | None = None,
     ) -> Job:
-        """Do a claimed job's work and record how it ended. `work` returns the metrics and any changes to the
-        record (links, source): SUCCEEDED. A product error (`BridgeError`) is the job's outcome: FAILED with
-        its code and message. Anything else is recorded as FAILED (internal) and raised again."""
+        """Do a claimed job's work under its lease. `work(started)` records how the job ended and returns it
+        (`started` is the `time.monotonic()` start). A product error (`BridgeError`) is the job's outcome:
+        FAILED with its code and message. Anything else is recorded as FAILED (internal) and raised again,
+        so the host retries, and the retry's claim takes the job over."""
         started = time.monotonic()
         try:
             with self.leased(job):
-                metrics, changes = work()
+                return work(started)
         except BridgeError as exc:
             if on_failure:
                 on_failure(exc.message)
@@ -373,7 +374,23 @@ class JobStore:
                 on_failure(str(exc))
             self.finish(job, JobStatus.FAILED, started, now, [JobError(code=INTERNAL, message=str(exc))])
             raise
-        return self.finish(job.model_copy(update=changes), JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
+
+    def run(
+        self,
+        job: Job,
+        now: dt.datetime,
+        work: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
+        *,
+        on_failure: Callable[[str], object] | None = None,
+    ) -> Job:
+        """`attempt` for work that returns the metrics and any changes to the record (links, source): the job
+        ends SUCCEEDED with them."""
+
+        def succeed(started: float) -> Job:
+            metrics, changes = work()
+            return self.finish(job.model_copy(update=changes), JobStatus.SUCCEEDED, started, now, [], metrics=metrics)
+
+        return self.attempt(job, now, succeed, on_failure=on_failure)
 
     def list(self, job_type: JobType, *, status: JobStatus | None = None) -> list[Job]:
         flt, params = "PartitionKey eq @pk", {"pk": job_type.value}

@@ -20,7 +20,7 @@ from functions.activation import export_run_queued
 from functions.campaign import campaign_audience_load, campaign_recipients
 from shared.activation import Activation
 from shared.campaign.service import Campaign
-from shared.jobs import JobStatus, JobStore, JobType
+from shared.jobs import JobStatus, JobType
 from shared.segmentation.memberships import MembershipStore
 from shared.segmentation.runner import SegmentJobRunner
 from shared.storage import BlobStore, StorageAccount
@@ -31,15 +31,12 @@ from tests.helpers import ndjson, profile
 from tests.test_activation import T1, dlz, exported, put_destination, segment_job, sha
 from tests.test_campaign import SEED, list_members
 from tests.test_http import call
+from tests.test_leases import jobs
 
 crm = test_activation.crm
 recipients = test_campaign.recipients
 ROOT = Path(__file__).resolve().parent.parent
 GOLD_AND_ALL = {"all": 4, "gold": 3}  # what an undisturbed job over the crm fixture gives
-
-
-def jobs(settings) -> JobStore:
-    return JobStore.from_settings(settings, StorageAccount.from_settings(settings))
 
 
 def test_a_segment_job_whose_storage_went_away_mid_run_is_run_again_after_its_lease(settings, crm, clock):

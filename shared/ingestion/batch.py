@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 from shared.engine import connect
-from shared.errors import BridgeError, NotFound, ValidationError
+from shared.errors import NotFound, ValidationError
 from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.lake import DATA_FILE, LakeStore
 from shared.ingestion.records import read_records
 from shared.ingestion.validation import validate
-from shared.jobs import INTERNAL, Job, JobError, JobStatus, JobStore, JobType
+from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.settings import Settings
 from shared.storage import BlobStore, StorageAccount
 
@@ -71,17 +71,8 @@ class BatchIngestion:
         job = self._claim(path, etag, now)
         if job is None:
             return self.jobs.get(JobType.INGESTION, batch_id_for(path, etag))
-        started = time.monotonic()
-        try:
-            with self.jobs.leased(job):
-                job = self._run(job, path, data, now)
-        except BridgeError as exc:
-            job = self.jobs.finish(
-                job, JobStatus.FAILED, started, now, errors=[JobError(code=exc.code, message=exc.message)]
-            )
-        except Exception as exc:
-            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=INTERNAL, message=str(exc))])
-            raise
+        claimed = job
+        job = self.jobs.attempt(claimed, now, lambda started: self._run(claimed, path, data, now))
         log.info("batch %s of %s: %s %s", job.id, path, job.status.value, job.metrics)
         return job
 

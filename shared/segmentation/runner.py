@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 from shared.engine import connect, scalar
-from shared.errors import BridgeError, Conflict, NotFound, ValidationError
+from shared.errors import Conflict, NotFound, ValidationError
 from shared.identity.policies import MergePolicyStore
 from shared.identity.profiles import ProfileBuilder
 from shared.ingestion.paths import quote_literal
-from shared.jobs import INTERNAL, Job, JobError, JobStatus, JobStore, JobType
+from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
 from shared.segmentation.memberships import MembershipPointer, MembershipStore, membership_sql, write_snapshots
@@ -144,15 +144,7 @@ class SegmentJobRunner:
 
     def _guarded(self, job: Job, now: dt.datetime, evaluate_job) -> Job:
         """Run the evaluation; a product error fails the job, anything else fails it and is raised for retry."""
-        started = time.monotonic()
-        try:
-            with self.jobs.leased(job):
-                return evaluate_job(job, started)
-        except BridgeError as exc:
-            return self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=exc.code, message=exc.message)])
-        except Exception as exc:
-            self.jobs.finish(job, JobStatus.FAILED, started, now, [JobError(code=INTERNAL, message=str(exc))])
-            raise
+        return self.jobs.attempt(job, now, lambda started: evaluate_job(job, started))
 
     def _evaluate(
         self,

@@ -15,6 +15,7 @@ import duckdb
 from bench.segments import NOW, _setup, segments
 from bench.stages import report, run_stage, save_results, use_azurite
 from shared.activation import Activation, Destination
+from shared.identity import ProfileStore
 from shared.ingestion.paths import quote_literal
 from shared.segmentation.memberships import MembershipStore
 from shared.segmentation.runner import SegmentJobRunner
@@ -68,7 +69,7 @@ def stage_floor(snapshots: Path, out: Path) -> dict:
             SELECT m.seg, sha256(lower(trim({email}))) AS email_lc_sha256, m.status AS segmentMembershipStatus,
                    p.person.name.firstName AS firstName, p.person.name.lastName AS lastName,
                    p.homeAddress.city AS city, p.loyalty.tier AS loyaltyTier
-            FROM ({members}) m JOIN read_parquet({quote_literal(str(snapshots / "profiles.parquet"))}) p
+            FROM ({members}) m JOIN read_parquet({quote_literal(str(snapshots / "profiles" / "*.parquet"))}) p
             USING (profileId) WHERE {email} IS NOT NULL)
         TO {quote_literal(str(out))} (FORMAT csv, HEADER true, PARTITION_BY (seg), OVERWRITE_OR_IGNORE)"""
     )
@@ -101,7 +102,10 @@ def main() -> None:
         store = MembershipStore.from_settings(settings, StorageAccount.from_settings(settings))
         (work / "snapshots").mkdir()
         snapshots = {sid: store.current(sid).snapshot for sid in segments()}
-        store.download({"profiles": store.current_profiles().snapshot, **snapshots}, work / "snapshots")
+        store.download(snapshots, work / "snapshots")
+        profiles = ProfileStore.from_settings(settings)
+        version = profiles.by_id(store.current_profiles().store_version)
+        profiles.files.fetch([s.profiles for s in version.shards if s.profiles], work / "snapshots" / "profiles")
         floor = run_stage("bench.export", "floor", "--work", str(work))
         ours = run_stage("bench.export", "ours", "--work", str(work))
     finally:

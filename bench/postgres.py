@@ -1,5 +1,5 @@
 """The PostgreSQL 15 peer of the segment benchmark: a throwaway server (initdb + pg_ctl, Unix socket only),
-the same lake data loaded with COPY, and the 50 segments as one hand-written SQL statement in PostgreSQL's
+the profile store's stitched rows loaded with COPY, and the 50 segments as one hand-written SQL statement in PostgreSQL's
 dialect. Driven with the `psql` client, so no Python driver is needed. `make bench-setup` installs the
 server from Debian's packages; without it the stage is skipped with the reason."""
 
@@ -87,39 +87,27 @@ class Server:
 
 
 TABLES = {
-    "crm": "crm text, email text, state text, gender text, birthdate date, firstname text",
-    "loy": "email text, tier text, points bigint",
-    "ev": "ecid text, crm text, ts timestamptz, eventtype text, price numeric",
+    "prof": "person text, state text, gender text, birthdate date, firstname text, tier text, points bigint",
+    "ev": "person text, ts timestamptz, eventtype text, price numeric",
 }
 
 
-def export_tables(lake: Path, out: Path) -> dict[str, Path]:
-    """The lake's columns the segments read, flattened to CSV for COPY (the same rows DuckDB's floor reads)."""
+def export_tables(stitched: str, out: Path) -> dict[str, Path]:
+    """The stitched rows the floor reads (`stitched`: CTEs `prof` and `events` over the profile store's files),
+    flattened to CSV for COPY."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-
-    def files(ds: str) -> str:
-        return quote_literal(str(lake / ds / "*.parquet"))
-
-    queries = {
-        "crm": f"""SELECT identityMap['CRMID'][1].id, lower(trim(identityMap['Email'][1].id)), homeAddress.stateProvince,
-                   person.gender, person.birthDate, person.name.firstName FROM read_parquet({files("crm")})""",
-        "loy": f"""SELECT lower(trim(identityMap['Email'][1].id)), loyalty.tier, loyalty.points
-                   FROM read_parquet({files("loyalty")})""",
-        "ev": f"""SELECT identityMap['ECID'][1].id, identityMap['CRMID'][1].id, timestamp, eventType,
-                  commerce.order.priceTotal FROM read_parquet({files("web")})""",
-    }
+    queries = {"prof": "SELECT * FROM prof", "ev": "SELECT * FROM events"}
     paths = {}
     for name, sql in queries.items():
         paths[name] = out / f"{name}.csv"
-        con.execute(f"COPY ({sql}) TO {quote_literal(str(paths[name]))} (FORMAT csv, HEADER false)")
+        con.execute(f"COPY (WITH {stitched} {sql}) TO {quote_literal(str(paths[name]))} (FORMAT csv, HEADER false)")
     con.close()
     return paths
 
 
 def segment_sql(segments: dict[str, tuple[str, str]], now: str) -> str:
-    """The fused query of the DuckDB floor, in PostgreSQL's dialect: the same joins, one GROUP BY over events,
-    and a count per segment."""
+    """The stitched floor's fused query in PostgreSQL's dialect: one GROUP BY over events, a count per segment."""
 
     def pg(sql: str) -> str:
         sql = re.sub(r"INTERVAL (\d+) DAY", r"INTERVAL '\1 days'", sql)
@@ -132,23 +120,17 @@ def segment_sql(segments: dict[str, tuple[str, str]], now: str) -> str:
         for s, (_, sql) in segments.items()
     )
     return f"""
-    WITH prof AS (
-        SELECT coalesce('crm:' || c.crm, 'email:' || l.email) AS person, state, gender, birthdate, firstname, tier, points
-        FROM crm c FULL JOIN loy l USING (email)),
-    e AS (SELECT *, TIMESTAMPTZ '{now}' AS now_ FROM ev),
-    dev AS (SELECT ecid, max(crm) AS crm FROM ev GROUP BY ecid),
-    a AS (
-        SELECT coalesce('crm:' || d.crm, 'ecid:' || e.ecid) AS person, {aggs}
-        FROM e JOIN dev d USING (ecid) WHERE ts <= now_ GROUP BY 1)
-    SELECT count(*), {counts} FROM prof FULL JOIN a USING (person)"""
+    WITH e AS (SELECT *, TIMESTAMPTZ '{now}' AS now_ FROM ev),
+    a AS (SELECT person, {aggs} FROM e WHERE ts <= now_ GROUP BY 1)
+    SELECT count(*), {counts} FROM prof LEFT JOIN a USING (person)"""
 
 
-def stage_postgres(lake: Path, segments: dict[str, tuple[str, str]], now: str) -> dict:
+def stage_postgres(stitched: str, segments: dict[str, tuple[str, str]], now: str) -> dict:
     reason = missing()
     if reason:
         return {"skipped": reason}
     with tempfile.TemporaryDirectory(prefix="bench-pg-csv-") as tmp, Server() as server:
-        paths = export_tables(lake, Path(tmp))
+        paths = export_tables(stitched, Path(tmp))
         started = time.perf_counter()
         for name, columns in TABLES.items():
             server.psql(f"CREATE UNLOGGED TABLE {name} ({columns})")

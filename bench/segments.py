@@ -1,24 +1,31 @@
 """Segment job benchmark: 50 segments (25 profile rules, 25 event windows) over N people and 20 events each,
-ingested into the lake on Azurite, evaluated by our segment job; against the floor, one hand-written fused
-DuckDB query over the same lake files as local Parquet. Both run in one `make bench-segments` run, each in
-its own process (its own time and peak RSS); the member counts of every segment must match."""
+ingested through the product on Azurite (which keeps the profile store), evaluated by our segment job
+(one query per shard); against the stitched floor, one hand-written fused DuckDB query over the store's own
+Parquet files copied to local disk, and PostgreSQL 15 running that query over the same rows. Also: a
+from-scratch rebuild (the job over it must give the same members), the last event batch into the full store
+against DuckDB's read_json, a streaming tick after 10k new events, a preview and an explain. Each stage runs
+in its own process (its own time and peak RSS); the member counts of every segment must match."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import tempfile
 import time
 from pathlib import Path
 
 import duckdb
 
+import shared.app  # noqa: F401 (the service graph: ingestion keeps the profile store)
 from bench.postgres import stage_postgres
 from bench.stages import report, run_stage, save_results, use_azurite
 from dev.sample import write_sample
-from shared.ingestion import BatchIngestion, Dataset, DatasetStore, LakeStore
+from shared.identity import ProfileStore
+from shared.ingestion import BatchIngestion, Dataset, DatasetStore
 from shared.ingestion.paths import quote_literal
 from shared.segmentation.definitions import SegmentDefinition, SegmentStore
+from shared.segmentation.insight import SegmentInsight
 from shared.segmentation.runner import SegmentJobRunner
 from shared.settings import get_settings
 from shared.storage import StorageAccount
@@ -72,9 +79,9 @@ def segments() -> dict[str, tuple[str, str]]:
     return out
 
 
-def floor_sql(lake: Path) -> str:
-    """The fused query: the generator's identities joined by hand (a device belongs to the CRM id it ever
-    logged in with; loyalty rows join CRM by email), one GROUP BY over events, every segment as a column."""
+def floor_sql(store: Path) -> str:
+    """The stitched floor: one hand-written fused query over the profile store's own Parquet files on local
+    disk (the stitching is done, as in the store): one GROUP BY over events, every segment as a column."""
     defs = segments()
     event_ids = [sid for sid, (pql, _) in defs.items() if pql.startswith("xEvent")]
     aggs = ", ".join(f"{defs[sid][1]} AS {_col(sid)}" for sid in event_ids)
@@ -84,32 +91,24 @@ def floor_sql(lake: Path) -> str:
         else f"coalesce({sql}, false) AS {_col(sid)}"
         for sid, (_, sql) in defs.items()
     )
-
-    def files(ds: str) -> str:
-        return quote_literal(str(lake / ds / "*.parquet"))
-
     now = quote_literal(NOW.isoformat())
     return f"""
-    WITH crm AS (
-        SELECT identityMap['CRMID'][1].id AS crm, lower(trim(identityMap['Email'][1].id)) AS email,
-               homeAddress.stateProvince AS state, person.gender AS gender, person.birthDate AS birthDate,
-               person.name.firstName AS firstName
-        FROM read_parquet({files("crm")})),
-    loy AS (
-        SELECT lower(trim(identityMap['Email'][1].id)) AS email, loyalty.tier AS tier, loyalty.points AS points
-        FROM read_parquet({files("loyalty")})),
-    prof AS (
-        SELECT coalesce('crm:' || c.crm, 'email:' || l.email) AS person, state, gender, birthDate, firstName, tier, points
-        FROM crm c FULL JOIN loy l USING (email)),
-    ev AS (
-        SELECT identityMap['ECID'][1].id AS ecid, identityMap['CRMID'][1].id AS crm, timestamp AS ts, eventType,
-               commerce.order.priceTotal AS price, {now}::TIMESTAMPTZ AS now_
-        FROM read_parquet({files("web")})),
-    dev AS (SELECT ecid, max(crm) AS crm FROM ev GROUP BY ecid),
-    a AS (
-        SELECT coalesce('crm:' || d.crm, 'ecid:' || e.ecid) AS person, {aggs}
-        FROM ev e JOIN dev d USING (ecid) WHERE ts <= now_ GROUP BY 1)
-    SELECT person, {conds} FROM prof FULL JOIN a USING (person)"""
+    WITH {stitched_sql(store)},
+    ev AS (SELECT *, {now}::TIMESTAMPTZ AS now_ FROM events),
+    a AS (SELECT person, {aggs} FROM ev WHERE ts <= now_ GROUP BY 1)
+    SELECT person, {conds} FROM prof LEFT JOIN a USING (person)"""
+
+
+def stitched_sql(store: Path) -> str:
+    """`prof` and `events`: the store's merged profiles and events, with the columns the segments read."""
+    return f"""prof AS (
+        SELECT profileId AS person, homeAddress.stateProvince AS state, person.gender AS gender,
+               person.birthDate AS birthDate, person.name.firstName AS firstName, loyalty.tier AS tier,
+               loyalty.points AS points
+        FROM read_parquet({quote_literal(str(store / "profiles" / "*.parquet"))})),
+    events AS (
+        SELECT profileId AS person, timestamp AS ts, eventType, commerce.order.priceTotal AS price
+        FROM read_parquet({quote_literal(str(store / "events" / "*.parquet"))}, union_by_name = true))"""
 
 
 def _col(sid: str) -> str:
@@ -119,31 +118,97 @@ def _col(sid: str) -> str:
 # Stages, each in its own process -------------------------------------------------------------------
 
 
-def stage_ours() -> dict:
-    started = time.perf_counter()
-    job = SegmentJobRunner.from_settings(get_settings()).run(now=NOW)
-    seconds = time.perf_counter() - started
+def _job_result(job, seconds: float) -> dict:
     assert job.status.value == "SUCCEEDED", job.errors
+    shards = job.metrics["shards"]
     return {
         "seconds": seconds,
         "segmentation_seconds": job.metrics["segmentationSeconds"],
-        "phases": {
-            k: v
-            for k, v in {**job.metrics, **job.metrics["profileStats"]}.items()
-            if k.endswith("Seconds") and k != "durationSeconds"
-        },
+        "phases": {k: v for k, v in job.metrics.items() if k.endswith("Seconds") and k != "durationSeconds"},
+        "shards": shards,
+        "slowest_shard_seconds": max((s["seconds"] for s in shards), default=0.0),
         "counts": job.metrics["segmentedProfileCounter"],
         "profiles": job.metrics["totalProfiles"],
     }
 
 
-def stage_floor(lake: Path) -> dict:
+def stage_ours() -> dict:
+    started = time.perf_counter()
+    job = SegmentJobRunner.from_settings(get_settings()).run(now=NOW)
+    return _job_result(job, time.perf_counter() - started)
+
+
+def stage_rebuild() -> dict:
+    """A from-scratch rebuild of the store from the lake, then the segment job over it: the same members."""
+    started = time.perf_counter()
+    ProfileStore.from_settings(get_settings()).rebuild(now=NOW)
+    rebuild = time.perf_counter() - started
+    started = time.perf_counter()
+    job = SegmentJobRunner.from_settings(get_settings()).run(now=NOW + dt.timedelta(seconds=1))
+    return {**_job_result(job, time.perf_counter() - started), "rebuild_seconds": rebuild}
+
+
+def stage_live(work: Path) -> dict:
+    """Streaming and preview over the store: a streaming tick after 10k new events, a preview of a new
+    definition, and an explain of one person, each through the product's own services."""
+    settings = get_settings()
+    runner = SegmentJobRunner.from_settings(settings)
+    runner.run_streaming(now=NOW)  # the first tick has no watermark: everyone (not timed)
+    events = work / "live" / "events.ndjson"
+    events.parent.mkdir(parents=True, exist_ok=True)
+    with open(events, "w") as out:
+        for i in range(10_000):
+            out.write(
+                json.dumps(
+                    {
+                        "_id": f"live-{i}",
+                        "timestamp": (NOW + dt.timedelta(seconds=30)).isoformat(),
+                        "eventType": "commerce.purchases",
+                        "identityMap": {"ECID": [{"id": f"live-device-{i % 2500}"}]},
+                        "commerce": {"order": {"priceTotal": 10.0}},
+                    }
+                )
+                + "\n"
+            )
+    ingestion = BatchIngestion.from_settings(settings)
+    path = "web/live-10k.ndjson"
+    etag = ingestion.landing.put(path, events.read_bytes())
+    started = time.perf_counter()
+    batch = ingestion.ingest(path, ingestion.landing.get(path), etag=etag, now=NOW + dt.timedelta(minutes=1))
+    ingest_seconds = time.perf_counter() - started
+    assert batch.status.value == "SUCCEEDED", batch.errors
+    started = time.perf_counter()
+    tick = runner.run_streaming(now=NOW + dt.timedelta(minutes=2))
+    tick_seconds = time.perf_counter() - started
+    assert tick.status.value == "SUCCEEDED", tick.errors
+    insight = SegmentInsight(runner)
+    started = time.perf_counter()
+    preview = insight.preview(
+        'homeAddress.stateProvince = "CA" and loyalty.points > 1500', now=NOW + dt.timedelta(minutes=3)
+    )
+    preview_seconds = time.perf_counter() - started
+    person = preview["samples"][0]["profileId"]
+    started = time.perf_counter()
+    insight.explain("state-CA", person, now=NOW + dt.timedelta(minutes=3))
+    explain_seconds = time.perf_counter() - started
+    return {
+        "batch_seconds": ingest_seconds,
+        "seconds": tick_seconds,
+        "tick_profiles": tick.metrics["evaluatedProfiles"],
+        "tick_shards": len(tick.metrics["shards"]),
+        "preview_seconds": preview_seconds,
+        "preview_size": preview["size"],
+        "explain_seconds": explain_seconds,
+    }
+
+
+def stage_floor(store: Path) -> dict:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{get_settings().duckdb_memory_limit}'")
     con.execute(f"SET threads = {get_settings().duckdb_threads}")
     started = time.perf_counter()
-    con.execute(f"CREATE TEMP TABLE result AS {floor_sql(lake)}")
+    con.execute(f"CREATE TEMP TABLE result AS {floor_sql(store)}")
     ids = list(segments())
     sums = con.execute(
         "SELECT count(*), " + ", ".join(f"count_if({_col(s)})" for s in ids) + " FROM result"
@@ -152,7 +217,21 @@ def stage_floor(lake: Path) -> dict:
     return {"seconds": seconds, "profiles": sums[0], "counts": dict(zip(ids, sums[1:], strict=True))}
 
 
-def _setup(people: int, work: Path) -> None:
+def stage_read_json(file: Path) -> dict:
+    """The ingestion floor for one event file: DuckDB's read_json to local Parquet."""
+    con = duckdb.connect()
+    started = time.perf_counter()
+    out = file.with_suffix(".parquet")
+    con.execute(
+        f"COPY (SELECT * FROM read_json({quote_literal(str(file))}, format = 'newline_delimited')) "
+        f"TO {quote_literal(str(out))} (FORMAT parquet)"
+    )
+    return {"seconds": time.perf_counter() - started}
+
+
+def _setup(people: int, work: Path) -> dict:
+    """Ingest the sample through the product (the profile store kept as batches arrive), save the segments,
+    and copy the store's profile and event files to local disk for the floor and PostgreSQL."""
     settings = get_settings()
     account = StorageAccount.from_settings(settings)
     datasets = DatasetStore.from_settings(settings, account)
@@ -166,19 +245,34 @@ def _setup(people: int, work: Path) -> None:
         *(("web", f) for f in sample.event_files),
     ]
     started = time.perf_counter()
-    for ds, file in files:
+    last = {}
+    for n, (ds, file) in enumerate(files):
         path = f"{ds}/{file.name}"
         etag = ingestion.landing.put(path, file.read_bytes())
-        job = ingestion.ingest(path, ingestion.landing.get(path), etag=etag, now=INGESTED)
+        batch_started = time.perf_counter()
+        job = ingestion.ingest(path, ingestion.landing.get(path), etag=etag, now=INGESTED + dt.timedelta(seconds=n))
         assert job.status.value == "SUCCEEDED", (path, job.errors)
-        file.unlink()
+        if n == len(files) - 1:  # the last event file: a batch into a store that already holds everyone
+            last = {
+                "file": str(file),
+                "events": job.metrics["rowsAccepted"],
+                "seconds": time.perf_counter() - batch_started,
+            }
+            last["store"] = job.metrics["profileStore"]
+        else:
+            file.unlink()
     print(f"ingested {len(files)} files ({sample.events_count:,} events) in {time.perf_counter() - started:.0f} s")
     store = SegmentStore.from_settings(settings, account)
     for sid, (pql, _) in segments().items():
         store.save(SegmentDefinition(id=sid, name=sid, expression={"value": pql}), now=INGESTED)
-    lake = LakeStore.from_settings(settings, account)
-    for ds in ("crm", "loyalty", "web"):
-        lake.download_dataset(ds, work / "lake" / ds)
+    profiles = ProfileStore.from_settings(settings, account)
+    version = profiles.version()
+    for kind, names in (
+        ("profiles", [s.profiles for s in version.shards if s.profiles]),
+        ("events", [e for s in version.shards for e in s.events]),
+    ):
+        profiles.files.fetch(names, work / "store" / kind)
+    return {"last_batch": last, "store": version.summary()}
 
 
 def _split_ndjson(path: Path, max_bytes: int) -> list[Path]:
@@ -203,49 +297,75 @@ def _split_ndjson(path: Path, max_bytes: int) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--people", type=int, default=100_000)
-    parser.add_argument("--stage", choices=["ours", "floor", "postgres"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--stage", choices=["ours", "floor", "postgres", "rebuild", "live", "read_json"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
         stages = {
             "ours": stage_ours,
-            "floor": lambda: stage_floor(args.work / "lake"),
-            "postgres": lambda: stage_postgres(args.work / "lake", segments(), NOW.isoformat()),
+            "floor": lambda: stage_floor(args.work / "store"),
+            "postgres": lambda: stage_postgres(stitched_sql(args.work / "store"), segments(), NOW.isoformat()),
+            "rebuild": stage_rebuild,
+            "live": lambda: stage_live(args.work),
+            "read_json": lambda: stage_read_json(args.file),
         }
         report(stages[args.stage]())
         return
     work = Path(tempfile.mkdtemp(prefix="bench-segments-"))
     azurite = use_azurite(location=work / "azurite")
     try:
-        _setup(args.people, work)
+        setup = _setup(args.people, work)
+        read_json = run_stage("bench.segments", "read_json", "--file", setup["last_batch"]["file"])
         floor = run_stage("bench.segments", "floor", "--work", str(work))
         postgres = run_stage("bench.segments", "postgres", "--work", str(work))
         ours = run_stage("bench.segments", "ours", "--work", str(work))
+        rebuilt = run_stage("bench.segments", "rebuild", "--work", str(work))
+        live = run_stage("bench.segments", "live", "--work", str(work))
     finally:
         azurite.stop()
     mismatched = {
         s: (ours["counts"][s], floor["counts"][s]) for s in segments() if ours["counts"][s] != floor["counts"][s]
     }
+    mismatched.update(
+        {f"rebuild:{s}": (rebuilt["counts"][s], ours["counts"][s])
+         for s in segments() if rebuilt["counts"][s] != ours["counts"][s]}
+    )  # fmt: skip
+    last = setup["last_batch"]
     print(f"{args.people:,} people, {args.people * 20:,} events, 50 segments; each stage in its own process")
-    print(f"{'stage':52s} {'seconds':>8s} {'ratio':>6s} {'peak RSS':>9s}")
+    print(f"{'stage':56s} {'seconds':>8s} {'ratio':>6s} {'peak RSS':>9s}")
     print(
-        f"{'floor: fused DuckDB query over local Parquet':52s} {floor['seconds']:8.2f} {1:5.2f}x {floor['peak_rss_mb']:6,d} MB"
+        f"{'stitched floor: fused DuckDB query over the store, local':56s} {floor['seconds']:8.2f} {1:5.2f}x "
+        f"{floor['peak_rss_mb']:6,d} MB"
     )
     print(
-        f"{'ours: segment job (lake on Azurite → memberships)':52s} {ours['seconds']:8.2f} "
+        f"{'ours: segment job (store on Azurite → memberships)':56s} {ours['seconds']:8.2f} "
         f"{ours['seconds'] / floor['seconds']:5.2f}x {ours['peak_rss_mb']:6,d} MB"
     )
     print(
-        f"{'  of which: evaluating the 50 segments':52s} {ours['segmentation_seconds']:8.2f} "
-        f"{ours['segmentation_seconds'] / floor['seconds']:5.2f}x"
+        f"{'  of which: evaluating the shards':56s} {ours['segmentation_seconds']:8.2f} "
+        f"{ours['segmentation_seconds'] / floor['seconds']:5.2f}x   slowest shard {ours['slowest_shard_seconds']:.2f} s "
+        f"of {len(ours['shards'])}"
     )
-    print("  phases of ours: " + ", ".join(f"{k.removesuffix('Seconds')} {v:.2f} s" for k, v in ours["phases"].items()))
+    print(
+        f"{'ingestion: last event batch into the full store':56s} {last['seconds']:8.2f} "
+        f"{last['seconds'] / read_json['seconds']:5.2f}x  vs read_json → Parquet {read_json['seconds']:.2f} s "
+        f"({last['events']:,} events)"
+    )
+    print(f"{'streaming tick after 10k new events':56s} {live['seconds']:8.2f}        {live['peak_rss_mb']:6,d} MB "
+          f"({live['tick_profiles']:,} people in {live['tick_shards']} shards)")  # fmt: skip
+    print(f"{'preview of a new definition':56s} {live['preview_seconds']:8.2f}")
+    print(f"{'explain of one person':56s} {live['explain_seconds']:8.2f}")
+    print(f"{'rebuild from the lake (then the job: same members)':56s} {rebuilt['rebuild_seconds']:8.2f}        "
+          f"{rebuilt['peak_rss_mb']:6,d} MB")  # fmt: skip
     print(f"people: ours {ours['profiles']:,}, floor {floor['profiles']:,}")
     if "skipped" in postgres:
         print(f"PostgreSQL 15: skipped: {postgres['skipped']}")
     else:
         print(
-            f"{'PostgreSQL 15: the same SQL over the same rows':52s} {postgres['seconds']:8.2f} "
+            f"{'PostgreSQL 15: the same SQL over the same stitched rows':56s} {postgres['seconds']:8.2f} "
             f"{postgres['seconds'] / floor['seconds']:5.2f}x  (loading took {postgres['load_seconds']:.1f} s; "
             f"ours is {postgres['seconds'] / ours['seconds']:.1f}x faster)"
         )
@@ -256,10 +376,20 @@ def main() -> None:
     save_results(
         "segments",
         args.people,
-        {"people": args.people, "floor": floor, "ours": ours, "postgres": postgres, "mismatched": mismatched},
+        {
+            "people": args.people,
+            "setup": setup,
+            "floor": floor,
+            "ours": ours,
+            "postgres": postgres,
+            "rebuild": rebuilt,
+            "live": live,
+            "read_json": read_json,
+            "mismatched": mismatched,
+        },
     )
     if mismatched:
-        raise SystemExit(f"member counts differ from the floor: {mismatched}")
+        raise SystemExit(f"member counts differ: {mismatched}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from shared.campaign.deliveries import DeliveryRequest
 from shared.campaign.service import Campaign, is_manifest
 from shared.engine import connect
 from shared.errors import BridgeError
-from shared.identity import MergePolicyStore, ProfileBuilder
+from shared.identity import ProfileStore
 from shared.ingestion import BatchIngestion, Dataset, DatasetStore, batch_id_for
 from shared.jobs import Job, JobStore, JobType
 from shared.monitoring.alerts import AlertRules
@@ -181,12 +181,11 @@ def main() -> None:
                 )
                 jobs.append((path, job, time.monotonic() - started))
 
-            progress.update(step, description="Stitching identities and merging profiles")
+            progress.update(step, description="Reading the profile store that ingestion kept up to date")
             with tempfile.TemporaryDirectory() as work:
                 con = connect(settings, spill_dir=work)
-                policy = MergePolicyStore.from_settings(settings, account).default()
-                result = ProfileBuilder.from_settings(settings, account).build(
-                    con, policy=policy, now=dt.datetime.now(dt.UTC), workdir=Path(work)
+                result = ProfileStore.from_settings(settings, account).open(
+                    con, now=dt.datetime.now(dt.UTC), workdir=Path(work)
                 )
                 sample_profile = con.sql(
                     """SELECT profileId, len(identities) AS ids, person.name.firstName AS first,
@@ -298,18 +297,18 @@ def main() -> None:
             console.print(f"  rejected rows of {path}: {job.links['errors']}")
 
     s = result.stats
-    profiles = Table(title=f"Unified profiles (merge policy: {result.policy.name})")
+    profiles = Table(title=f"Profile store {s['version']} (merge policy: {result.policy.name})")
     profiles.add_column("measure")
     profiles.add_column("value", justify="right")
     for label, key in [
-        ("fragments read from the lake", "fragments"),
-        ("  profile records", "profileFragments"),
-        ("  experience events", "eventFragments"),
+        ("batches applied as they were ingested", "batches"),
+        ("profile records (fragments)", "fragments"),
+        ("experience events", "events"),
         ("identities in the graph", "identities"),
         ("people (unified profiles)", "profiles"),
+        ("people merged when a batch linked them", "merges"),
         ("graph identities dropped over the limit", "identitiesDropped"),
-        ("graphs over the identity limit", "oversizeGraphs"),
-        ("graph passes", "passes"),
+        ("shards", "shards"),
     ]:
         profiles.add_row(label, f"{s[key]:,}")
     console.print(profiles)

@@ -1,18 +1,23 @@
-"""Configuration over HTTP: schemas, datasets, merge policies, and ingestion batch status."""
+"""Configuration over HTTP: schemas, datasets, merge policies, ingestion batch status, and the profile store
+(what it holds, and its rebuild as a queued job)."""
 
 from __future__ import annotations
+
+import logging
 
 import azure.functions as func
 
 from functions import utc_now
 from functions.http import answers, body_of, json_response
-from shared.identity import MergePolicy, MergePolicyStore
+from shared.identity import MergePolicy, MergePolicyStore, ProfileStore
+from shared.identity.rebuilds import ProfileRebuilds
 from shared.ingestion import Dataset, DatasetStore, Schema, SchemaStore
 from shared.jobs import JobStore, JobType
 from shared.settings import get_settings
 from shared.storage import StorageAccount
 
 bp = func.Blueprint()
+log = logging.getLogger(__name__)
 
 
 def _account() -> StorageAccount:
@@ -71,3 +76,28 @@ def merge_policies(req: func.HttpRequest) -> func.HttpResponse:
 def batches(req: func.HttpRequest) -> func.HttpResponse:
     jobs = JobStore.from_settings(get_settings(), _account())
     return json_response(jobs.get(JobType.INGESTION, req.route_params["id"]).model_dump(mode="json"))
+
+
+@bp.function_name("profiles")
+@bp.route(route="profiles", methods=["GET"])
+@answers
+def profiles(req: func.HttpRequest) -> func.HttpResponse:
+    """What the profile store holds: people, identities, fragments, events, shards and the last batch."""
+    return json_response(ProfileStore.from_settings(get_settings(), _account()).version().summary())
+
+
+@bp.function_name("profiles_rebuild")
+@bp.route(route="profiles/rebuild", methods=["POST"])
+@answers
+def profiles_rebuild(req: func.HttpRequest) -> func.HttpResponse:
+    job = ProfileRebuilds.from_settings(get_settings(), _account()).enqueue(now=utc_now())
+    response = json_response(job.model_dump(mode="json"), status=202)
+    response.headers["Location"] = f"/api/jobs/{job.id}"
+    return response
+
+
+@bp.function_name("profile_rebuild_queued")
+@bp.queue_trigger(arg_name="message", queue_name="%PROFILE_JOBS_QUEUE%", connection="AzureWebJobsStorage")
+def profile_rebuild_queued(message: func.QueueMessage) -> None:
+    job = ProfileRebuilds.from_settings(get_settings()).run_queued(message.get_json())
+    log.info("profile rebuild %s: %s %s", job.id, job.status.value, job.metrics)

@@ -111,6 +111,8 @@ OPS = [
     Op("get", "/merge-policies/{id}", "One merge policy", response=MergePolicy),
     Op("put", "/merge-policies/{id}", "Save a merge policy", request=MergePolicy, response=MergePolicy),
     Op("get", "/batches/{id}", "An ingestion batch", response=Job),
+    Op("get", "/profiles", "What the profile store holds: people, identities, fragments, events, shards, last batch"),
+    Op("post", "/profiles/rebuild", "Rebuild the profile store from the lake (a queued job)", response=Job, status=202),
     Op("get", "/segments", "Segment definitions", response=SegmentDefinition, many=True),
     Op("get", "/segments/{id}", "One segment definition", response=SegmentDefinition),
     Op(

@@ -26,11 +26,13 @@ var containers = {
   landing: 'landing'
   lake: 'lake'
   segments: 'segments'
+  profiles: 'profiles'
   dlz: 'dlz'
   campaign: 'campaign'
 }
 var queues = {
   segmentJobs: 'segment-jobs'
+  profileJobs: 'profile-jobs'
   exportRuns: 'export-runs'
   alertDeliveries: 'alert-deliveries'
 }
@@ -155,15 +157,19 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'LANDING_CONTAINER', value: containers.landing }
         { name: 'LAKE_CONTAINER', value: containers.lake }
         { name: 'SEGMENTS_CONTAINER', value: containers.segments }
+        { name: 'PROFILES_CONTAINER', value: containers.profiles }
         { name: 'DLZ_CONTAINER', value: containers.dlz }
         { name: 'CAMPAIGN_CONTAINER', value: containers.campaign }
         { name: 'TABLE_PREFIX', value: '' }
         { name: 'SEGMENT_JOBS_QUEUE', value: queues.segmentJobs }
+        { name: 'PROFILE_JOBS_QUEUE', value: queues.profileJobs }
         { name: 'EXPORT_RUNS_QUEUE', value: queues.exportRuns }
         { name: 'ALERT_DELIVERIES_QUEUE', value: queues.alertDeliveries }
         { name: 'INGESTION_MAX_FILE_BYTES', value: '268435456' }
         { name: 'INGESTION_MAX_REJECTED_RATIO', value: '0.005' }
         { name: 'IDENTITY_GRAPH_LIMIT', value: '50' }
+        { name: 'PROFILE_SHARDS', value: '8' }
+        { name: 'PROFILE_VERSION_RETENTION_HOURS', value: '168' }
         { name: 'SEGMENT_SCHEDULE', value: '0 0 2 * * *' }
         { name: 'STREAMING_SCHEDULE', value: '0 */5 * * * *' }
         { name: 'SEGMENT_EXITED_RETENTION_DAYS', value: '30' }

@@ -4,7 +4,9 @@
   validation, stitching, merge (default policy) and segment compiler on local files, without storage.
 - `python -m shared.cli landing put FILE --dataset D` drops a file into the landing container of the storage
   account that `AzureWebJobsStorage` names (Azurite's default when unset), where the ingestion blob trigger
-  picks it up."""
+  picks it up.
+- `python -m shared.cli profiles rebuild` rebuilds the profile store from the lake (after a merge-policy or
+  schema change, or to recover) and prints what it holds."""
 
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from pathlib import Path
 from shared.engine import connect
 from shared.errors import BridgeError
 from shared.identity.policies import DEFAULT_POLICY
-from shared.identity.profiles import Source, build_profiles
-from shared.ingestion.datasets import Dataset
+from shared.identity.store import ProfileStore, StoreFiles, StoreVersion, replay
+from shared.ingestion.batch import AcceptedBatch
 from shared.ingestion.records import read_records
 from shared.ingestion.schemas import EVENT_SCHEMA, PROFILE_SCHEMA, Schema
 from shared.ingestion.validation import validate
@@ -37,17 +39,18 @@ def _as_of(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def _load(files: list[Path], schema: Schema, dataset_id: str, now: dt.datetime, work: Path, con) -> Source | None:
-    parquet = []
+def _load(files: list[Path], schema: Schema, dataset_id: str, now: dt.datetime, work: Path, con) -> list[AcceptedBatch]:
+    batches = []
     for n, file in enumerate(files):
         records = read_records(file.read_bytes(), file_name=file.name, schema=schema, con=con)
         checked = validate(con, records, schema)
         for row, field, reason in checked.first_errors(20):
             print(f"{file}: row {row}{', field ' + field if field else ''}: {reason} (row skipped)", file=sys.stderr)
         out = work / f"{dataset_id}-{n}.parquet"
-        checked.write_accepted(out, batch_id=f"{dataset_id}-{n:04d}", ingested_at=now)
-        parquet.append(out)
-    return Source(Dataset(id=dataset_id, name=dataset_id, schema_id=schema.id), schema, parquet) if parquet else None
+        batch_id = f"{dataset_id}-{n:04d}"
+        checked.write_accepted(out, batch_id=batch_id, ingested_at=now)
+        batches.append(AcceptedBatch(dataset_id, schema, out, batch_id, now))
+    return batches
 
 
 def _schemas(files: list[Path]) -> tuple[Schema, Schema]:
@@ -72,17 +75,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="pql-") as tmp:
         work = Path(tmp)
         con = connect(Settings(), spill_dir=tmp)
-        sources = [
-            s
-            for s in (
-                _load(args.profiles, profile_schema, "profiles", now, work, con),
-                _load(args.events, event_schema, "events", now, work, con),
-            )
-            if s is not None
-        ]
-        profiles = build_profiles(
-            con, sources, policy=DEFAULT_POLICY, now=now, graph_limit=Settings().identity_graph_limit
+        batches = _load(args.profiles, profile_schema, "profiles", now, work, con) + _load(
+            args.events, event_schema, "events", now, work, con
         )
+        # A small profile store in the temporary folder, built the way ingestion builds the real one.
+        store = ProfileStore(settings=Settings(), files=StoreFiles(folder=work / "store"))
+        empty = StoreVersion.empty(
+            shards=1, policy=DEFAULT_POLICY, graph_limit=Settings().identity_graph_limit, now=now
+        )
+        version = replay(Settings(), batches, empty, store.files, work / "out", now=now)
+        profiles = store.open(con, now=now, workdir=work / "cache", version=version)
         fields = fields_of(profiles, [event_schema])
         compiled = evaluate(con, profiles, {"cli": expr}, fields=fields, definitions=definitions)
         rows = con.execute(
@@ -115,6 +117,14 @@ def landing_put(args: argparse.Namespace) -> int:
     return 0
 
 
+def profiles_rebuild(args: argparse.Namespace) -> int:
+    """Rebuild the profile store of the configured storage account from its lake, as of now."""
+    now = args.as_of or dt.datetime.now(dt.UTC)
+    version = ProfileStore.from_settings(get_settings()).rebuild(now=now)
+    print(json.dumps(version.summary(), default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.cli", description="Audience Bridge from the command line")
     areas = parser.add_subparsers(dest="area", required=True)
@@ -140,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     put.add_argument("--dataset", required=True, help="the dataset it belongs to (created beforehand)")
     put.add_argument("--name", help="the blob's name under the dataset folder (default: the file's name)")
     put.set_defaults(run=landing_put)
+    profiles = areas.add_parser("profiles").add_subparsers(dest="command", required=True)
+    rebuild = profiles.add_parser("rebuild", help="rebuild the profile store from the lake")
+    rebuild.add_argument("--as-of", type=_as_of, help="the rebuild's time, ISO 8601 (default: now)")
+    rebuild.set_defaults(run=profiles_rebuild)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

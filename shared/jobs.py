@@ -42,6 +42,7 @@ class JobType(StrEnum):
     EXPORT = "export"
     AUDIENCE_LOAD = "audience-load"
     FEEDBACK = "feedback"
+    PROFILE_REBUILD = "profile-rebuild"
 
 
 class JobStatus(StrEnum):

@@ -73,6 +73,29 @@ class Settings(BaseSettings):
         gt=1,
         validation_alias=AliasChoices("IDENTITY_GRAPH_LIMIT", "identity_graph_limit"),
     )
+    profiles_container: str = Field(
+        "profiles",
+        validation_alias=AliasChoices("PROFILES_CONTAINER", "profiles_container"),
+        description="Blob container of the profile store: its versions, identity graph and person-keyed shards.",
+    )
+    profile_shards: int = Field(
+        8,
+        gt=0,
+        le=1024,
+        validation_alias=AliasChoices("PROFILE_SHARDS", "profile_shards"),
+        description="Shards of the profile store (by a hash of the person key); a change takes effect at the next rebuild.",
+    )
+    profile_jobs_queue: str = Field(
+        "profile-jobs",
+        validation_alias=AliasChoices("PROFILE_JOBS_QUEUE", "profile_jobs_queue"),
+        description="Queue of profile store rebuilds (POST /api/profiles/rebuild answers at once; a queue trigger runs it).",
+    )
+    profile_version_retention_hours: int = Field(
+        168,
+        gt=0,
+        validation_alias=AliasChoices("PROFILE_VERSION_RETENTION_HOURS", "profile_version_retention_hours"),
+        description="How long replaced store versions stay listed, so a job re-run as of an earlier time reads the store as it was.",
+    )
     segment_schedule: str = Field(
         "0 0 2 * * *",
         validation_alias=AliasChoices("SEGMENT_SCHEDULE", "segment_schedule"),

@@ -57,11 +57,13 @@ def settings(azurite: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings
         "LANDING_CONTAINER": f"landing-{tag}",
         "LAKE_CONTAINER": f"lake-{tag}",
         "SEGMENTS_CONTAINER": f"segments-{tag}",
+        "PROFILES_CONTAINER": f"profiles-{tag}",
         "DLZ_CONTAINER": f"dlz-{tag}",
         "CAMPAIGN_CONTAINER": f"campaign-{tag}",
         "TABLE_PREFIX": f"t{tag}",
         "ALERT_DELIVERIES_QUEUE": f"alerts-{tag}",
         "SEGMENT_JOBS_QUEUE": f"segment-jobs-{tag}",
+        "PROFILE_JOBS_QUEUE": f"profile-jobs-{tag}",
         "EXPORT_RUNS_QUEUE": f"export-runs-{tag}",
         "DUCKDB_MEMORY_LIMIT": "512MB",
     }

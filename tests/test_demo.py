@@ -39,7 +39,7 @@ def demo(tmp_path_factory) -> tuple[Path, str]:
 def test_the_demo_runs_end_to_end_and_prints_its_summary(demo):
     _, out = demo
     assert "Ingestion batches" in out and "SUCCEEDED" in out
-    assert "Unified profiles" in out and "Segment job" in out and "vip-ca" in out
+    assert "Profile store" in out and "Segment job" in out and "vip-ca" in out
     assert "Export run exp-campaign-email-" in out and "SUCCEEDED" in out
     assert "refused destination third-party (governance)" in out and "refused destination too-often (guardrail)" in out
     assert "audience load jobs" in out and "AEP audiences / Gold and platinum members" in out

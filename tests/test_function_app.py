@@ -45,6 +45,8 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
         ("snapshot_retention", "SNAPSHOT_RETENTION_SCHEDULE"),
     ):
         assert functions[name]["type"] == "timerTrigger" and functions[name]["schedule"] == f"%{setting}%"
+    assert functions["profile_rebuild_queued"]["type"] == "queueTrigger"
+    assert functions["profile_rebuild_queued"]["queueName"] == "%PROFILE_JOBS_QUEUE%"
     assert functions["export_run_queued"]["type"] == "queueTrigger"
     assert functions["export_run_queued"]["queueName"] == "%EXPORT_RUNS_QUEUE%"
     assert functions["export_run_queued"]["connection"] == "AzureWebJobsStorage"
@@ -62,6 +64,8 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
         "datasets": "datasets/{id?}",
         "merge_policies": "merge-policies/{id?}",
         "batches": "batches/{id}",
+        "profiles": "profiles",
+        "profiles_rebuild": "profiles/rebuild",
         "segments": "segments/{id?}",
         "segment_jobs": "segment-jobs/{id?}",
         "segment_preview": "segments-preview",

@@ -1,4 +1,4 @@
-"""The identity graph puts fragments in the same person exactly when a chain of shared identities joins them."""
+"""The identity graph puts records in the same person exactly when a chain of shared identities joins them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import duckdb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.identity.graph import build_identity_graph
+from shared.identity.graph import GRAPH_COLUMNS, stitch
+from shared.identity.profiles import normalized_id
 
 NAMESPACES = ["ECID", "Email", "CRMID"]
 fragment = st.lists(st.tuples(st.sampled_from(NAMESPACES), st.integers(0, 12)), min_size=1, max_size=4)
@@ -40,14 +41,27 @@ def test_people_are_the_connected_components_of_shared_identities(fragments):
         for rid, ids in enumerate(fragments, start=1)
         for i, (ns, n) in enumerate(ids)
     ]
-    con.execute("CREATE TEMP TABLE fragments AS SELECT range + 1 AS rid FROM range(?)", [len(fragments)])
-    con.execute(
-        "CREATE TEMP TABLE identity_rows (rid BIGINT, ns VARCHAR, id VARCHAR, is_primary BOOLEAN, _ingestedAt TIMESTAMPTZ)"
+    con.execute("CREATE TEMP TABLE identity_rows (rid BIGINT, ns VARCHAR, id VARCHAR, is_primary BOOLEAN)")
+    con.executemany("INSERT INTO identity_rows VALUES (?, ?, ?, ?)", rows)
+    empty = (
+        "(SELECT "
+        + ", ".join(f"NULL::{c.split()[1]} AS {c.split()[0]}" for c in GRAPH_COLUMNS.split(", "))
+        + " WHERE false)"
     )
-    con.executemany("INSERT INTO identity_rows VALUES (?, ?, ?, ?, TIMESTAMPTZ '2026-11-20 00:00:00+00')", rows)
-    build_identity_graph(con, stitching=True, limit=1000)
-    got: dict[int, set[int]] = {}
-    for rid, person in con.execute("SELECT rid, person FROM fragment_people").fetchall():
+    stitched = stitch(
+        con,
+        identities=f"""SELECT DISTINCT rid, ns, {normalized_id("ns", "id")} AS id,
+                              TIMESTAMPTZ '2026-11-20 00:00:00+00' AS _ingestedAt FROM identity_rows""",
+        records=len(fragments),
+        graph=empty,
+        batch_id="b1",
+        limit=1000,
+    )
+    assert stitched.new_people == len(
+        {p for p in con.execute(f"SELECT profileId FROM {stitched.record_people}").fetchall()}
+    )
+    got: dict[str, set[int]] = {}
+    for rid, person in con.execute(f"SELECT rid, profileId FROM {stitched.record_people}").fetchall():
         got.setdefault(person, set()).add(rid)
     # Emails differ only by case and spaces here ('  X3' vs 'x3'), so they must still join.
     expected = union_find_people([[(ns, n) for ns, n in ids] for ids in fragments])

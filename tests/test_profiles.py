@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.engine import connect
-from shared.identity import MergeMethod, MergePolicy, MergePolicyStore, ProfileBuilder
+from shared.identity import MergeMethod, MergePolicy, MergePolicyStore, ProfileStore
 from shared.settings import get_settings
 from tests.conftest import NOW
 from tests.helpers import create_dataset, event, ndjson, profile
@@ -23,18 +23,14 @@ def build(settings, tmp_path: Path):
     def run(policy: MergePolicy | None = None, now: dt.datetime = LATER):
         settings = get_settings()  # as the function would read them, after any test's own settings
         con = connect(settings, spill_dir=str(tmp_path))
-        policy = policy or MergePolicyStore.from_settings(settings, _account(settings)).default()
-        result = ProfileBuilder.from_settings(settings).build(con, policy=policy, now=now, workdir=tmp_path / "lake")
+        store = ProfileStore.from_settings(settings)
+        if policy is not None:  # the store is merged by one policy: another one needs a rebuild
+            store.rebuild(policy=policy, now=now)
+        result = store.open(con, now=now, workdir=tmp_path / "store")
         rows = result.profiles_relation().to_arrow_table().to_pylist()
         return result, rows
 
     return run
-
-
-def _account(settings):
-    from shared.storage import StorageAccount
-
-    return StorageAccount.from_settings(settings)
 
 
 def by_identity(rows: list[dict], ns: str, value: str) -> dict:
@@ -141,28 +137,6 @@ def test_the_default_policy_is_stored_once_and_can_be_changed(settings, account)
     assert store.default().id == "crm-first"
     store.save(MergePolicy(id="default", name="back"), make_default=True)
     assert store.default().name == "back"
-
-
-def test_an_identity_graph_over_the_limit_keeps_its_most_recent_identities(settings, landing_zone, build, monkeypatch):
-    from shared.settings import get_settings
-
-    monkeypatch.setenv("IDENTITY_GRAPH_LIMIT", "5")
-    get_settings.cache_clear()
-    create_dataset(settings, "web", schema_id="xdm-experienceevent")
-    # One CRM id seen with 6 devices, each device in a later batch: 7 identities in one graph.
-    for i in range(6):
-        landing_zone.ingest_at(
-            f"web/{i}.ndjson",
-            ndjson(event(f"e-{i}", "2026-11-20T10:00:00Z", "x", ECID=f"dev-{i}", CRMID="c-1")),
-            now=T1 + dt.timedelta(minutes=i),
-        )
-    result, rows = build()
-    assert result.stats["oversizeGraphs"] == 1 and result.stats["identitiesDropped"] == 2
-    biggest = max(rows, key=lambda r: len(r["identities"]))
-    assert len(biggest["identities"]) == 5
-    kept = {i["id"] for i in biggest["identities"]}
-    assert "dev-0" not in kept and "dev-5" in kept and "c-1" in kept
-    assert result.stats["fragmentsUnlinked"] == 0  # every event still has its CRM id
 
 
 def test_no_data_gives_no_profiles(build, settings):

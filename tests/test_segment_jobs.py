@@ -22,7 +22,7 @@ from functions.segmentation import (
     segments,
 )
 from shared.engine import connect
-from shared.identity import DEFAULT_POLICY, ProfileBuilder
+from shared.identity import ProfileStore
 from shared.jobs import JobStatus
 from shared.segmentation.definitions import SegmentDefinition, SegmentStore
 from shared.segmentation.memberships import MembershipStore
@@ -221,10 +221,10 @@ def test_explain_shows_each_condition_with_its_values_and_events(settings, crm):
 
 
 def _profile_id_of(settings, crm_id: str) -> str:
-    """The profile id of the person with this CRM id, from a fresh profile build."""
+    """The profile id of the person with this CRM id, from the profile store."""
     with tempfile.TemporaryDirectory() as tmp:
         con = connect(settings, spill_dir=tmp)
-        ProfileBuilder.from_settings(settings).build(con, policy=DEFAULT_POLICY, now=DAY2, workdir=Path(tmp))
+        ProfileStore.from_settings(settings).open(con, now=DAY2, workdir=Path(tmp))
         rows = con.execute(
             "SELECT profileId FROM unified_profiles WHERE list_contains(identities, {'namespace': 'CRMID', 'id': $id})",
             {"id": crm_id},

@@ -100,10 +100,11 @@ def _identity_sql(d: Destination) -> tuple[str, str]:
 
 
 def build_rows(
-    con: duckdb.DuckDBPyConnection, d: Destination, members: list[Members], profiles: Path, *, split_rows: int
+    con: duckdb.DuckDBPyConnection, d: Destination, members: list[Members], profiles: str, *, split_rows: int
 ) -> dict[str, SegmentCounts]:
     """Fill `export_rows`: every member of every segment with its exported columns, `_reason` (why it is
-    excluded, NULL when exported) and `_part` (its file). Returns the counts per segment."""
+        excluded, NULL when exported) and `_part` (its file), with attributes from `profiles` (a relation of
+    merged profiles). Returns the counts per segment."""
     union = " UNION ALL ".join(f"({members_sql(m, i)})" for i, m in enumerate(members))
     raw, exported = _identity_sql(d)
     ident = quote_ident(d.identity.target)
@@ -129,7 +130,7 @@ def build_rows(
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE export_rows AS
         WITH p AS (
-            SELECT p.profileId, {raw} AS _raw{attrs} FROM read_parquet({quote_literal(str(profiles))}) p
+            SELECT p.profileId, {raw} AS _raw{attrs} FROM {profiles} p
         ), t AS (SELECT *, {exported} AS {ident} FROM p),
         j AS (
             SELECT m.seg, m.profileId, m.qualifiedAt{status}, t.* EXCLUDE (profileId)

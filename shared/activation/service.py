@@ -24,9 +24,10 @@ from shared.activation.manifest import ExportManifest, ManifestFile, ManifestSeg
 from shared.activation.targets import TargetMappingStore
 from shared.engine import connect
 from shared.errors import Conflict, ValidationError
+from shared.identity.store import ProfileStore
 from shared.jobs import Job, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore, catalog_fields
-from shared.segmentation.memberships import PROFILES, MembershipStore
+from shared.segmentation.memberships import MembershipStore
 from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, ModelTable, StorageAccount
 from shared.storage.blobs import Staged
@@ -97,6 +98,7 @@ class Activation:
         self.policies = PolicyStore.from_settings(settings, account)
         self.segments = SegmentStore.from_settings(settings, account)
         self.memberships = MembershipStore.from_settings(settings, account)
+        self.profiles = ProfileStore.from_settings(settings, account)
         self.jobs = JobStore.from_settings(settings, account)
         self.runs_table = EntityTable(account.table(settings.table_name("dataflowruns")))
         self.state_table = EntityTable(account.table(settings.table_name("exportstate")))
@@ -250,13 +252,17 @@ class Activation:
         with tempfile.TemporaryDirectory(prefix="export-") as tmp:
             work = Path(tmp)
             # Local names: segment ids, and `_profiles`, which no segment id can be.
-            wanted = {PROFILES: profiles.snapshot, **{sid: p.snapshot for sid, p in pointers.items()}}
+            wanted = {sid: p.snapshot for sid, p in pointers.items()}
             for sid in pointers if incremental else []:
                 state = states.find(sid)
                 if state is not None and self.memberships.blobs.exists(state.snapshot):
                     wanted[f"{sid}-previous"] = state.snapshot
             local = self.memberships.download(wanted, work)
-            profiles_file = local[PROFILES]
+            if profiles.store_version is None:
+                raise ValidationError(
+                    "the memberships were published before the profile store; run a segment job first"
+                )
+            profiles_sql = self.profiles.profiles_sql(self.profiles.by_id(profiles.store_version), work / "profiles")
             members = [Members(sid, local[sid], local.get(f"{sid}-previous"), incremental) for sid in pointers]
             lap("download")
             staged: list[tuple[Any, Staged]] = []
@@ -273,7 +279,7 @@ class Activation:
 
                     try:
                         install_transforms(con, country_code=self.settings.export_phone_country_code)
-                        counts = build_rows(con, d, members, profiles_file, split_rows=self.settings.export_split_rows)
+                        counts = build_rows(con, d, members, profiles_sql, split_rows=self.settings.export_split_rows)
                         lap("rows")
                         write_files(con, d, members, work / "files", on_file=upload)
                         lap("write")

@@ -1,7 +1,12 @@
-"""The identity graph: fragments (profile records and events) that share any identity are one person.
-Connected components are found in DuckDB by label propagation with pointer jumping, a few set-based
-passes rather than a loop over rows. A graph over the limit (Adobe: 50 identities) keeps its most
-recently seen identities; fragments left with none are not part of any profile and are counted."""
+"""The identity graph, maintained one batch at a time: each identity (namespace and normalized id) belongs to
+one person. A batch's records are stitched to the people their identities already name, and the people a
+record links are merged; only the batch's identities are looked up. A person's key stays: a new person is
+keyed by a digest of its smallest identity, and a merge keeps the smallest key of the people it joins
+(the others resolve to it through the batch's aliases). A graph over the limit (Adobe: 50 identities) keeps
+its most recently seen identities; records stay with the person they were stitched to.
+
+Connected components of the batch's small graph are found in DuckDB by label propagation with pointer
+jumping: a few set-based passes rather than a loop over rows."""
 
 from __future__ import annotations
 
@@ -10,93 +15,140 @@ from dataclasses import dataclass
 import duckdb
 
 from shared.engine import scalar
+from shared.ingestion.paths import quote_literal
 
 MAX_PASSES = 200
+GRAPH_COLUMNS = "ns VARCHAR, id VARCHAR, profileId VARCHAR, lastSeen TIMESTAMPTZ"
 
 
-@dataclass
-class GraphStats:
-    identities: int
-    people: int
-    oversize_graphs: int
+@dataclass(frozen=True)
+class Stitched:
+    """What stitching one batch gave: DuckDB tables (handles, by name) and counts."""
+
+    record_people: str  # (rid, profileId): the person of each of the batch's records that has an identity
+    aliases: str  # (absorbed, profileId): people merged into another by this batch
+    graph_rows: str  # (ns, id, profileId, lastSeen): the new rows of every person the batch touched
+    changed: str  # (profileId): people whose identities changed (new, merged or dropped)
+    touched: str  # (profileId): every person the batch named, the absorbed ones too
+    new_people: int
+    merges: int
     identities_dropped: int
-    fragments_unlinked: int
-    passes: int
+    records_unlinked: int
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "newPeople": self.new_people,
+            "merges": self.merges,
+            "identitiesDropped": self.identities_dropped,
+            "recordsUnlinked": self.records_unlinked,
+        }
 
 
-def normalized_id(ns: str, raw: str) -> str:
-    """SQL for an identity value as it is compared: emails trimmed and lowercased, others trimmed."""
-    return f"CASE WHEN {ns} = 'Email' THEN lower(trim({raw})) ELSE trim({raw}) END"
-
-
-def build_identity_graph(con: duckdb.DuckDBPyConnection, *, stitching: bool, limit: int) -> GraphStats:
-    """From `identity_rows(rid, _ingestedAt, ns, id, is_primary)` build
-    `identities(node, ns, id, lastSeen)`, `fragment_people(rid, person)` and `people(person, profileId)`.
-    Identities are grouped by a 64-bit hash of (namespace, normalized id), not by string keys (two of five
-    million identities colliding has odds of about one in a million)."""
-    primary_only = (
-        "QUALIFY row_number() OVER (PARTITION BY rid ORDER BY coalesce(is_primary, false) DESC, ns, nid) = 1"
-        if not stitching  # without stitching a fragment is known by its primary identity alone
-        else ""
-    )
-    # Views, not tables: at millions of events these rows are read twice and never held in memory.
+def stitch(
+    con: duckdb.DuckDBPyConnection, *, identities: str, records: int, graph: str, batch_id: str, limit: int
+) -> Stitched:
+    """Stitch a batch, given `identities(rid, ns, id)` (the batch's records and their normalized identities)
+    and `graph(ns, id, profileId, lastSeen)` (the graph before it). `records` is how many records the batch has.
+    The batch's time is each record's `lastSeen` there: `identities` also carries `_ingestedAt`."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE batch_identities AS SELECT * FROM ({identities})")
+    # The only lookup into the graph: the batch's distinct identities, joined with it.
     con.execute(
-        f"""CREATE OR REPLACE TEMP VIEW fragment_ids AS
-        SELECT rid, ns, nid, hash(ns, nid) AS h, _ingestedAt FROM (
-            SELECT rid, _ingestedAt, ns, {normalized_id("ns", "id")} AS nid, is_primary FROM identity_rows
-        ) WHERE nid IS NOT NULL AND nid <> '' {primary_only}"""
-    )
-    # Dense node numbers (DuckDB aggregates small dense keys far faster), CRMIDs first: hubs with the
-    # smallest labels let labels settle in fewer passes.
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE identities AS
-        SELECT row_number() OVER (ORDER BY ns, h) AS node, * FROM (
-            SELECT h, any_value(ns) AS ns, any_value(nid) AS id, max(_ingestedAt) AS lastSeen
-            FROM fragment_ids GROUP BY h)"""
+        f"""CREATE OR REPLACE TEMP TABLE known AS
+        SELECT g.ns, g.id, g.profileId FROM (SELECT DISTINCT ns, id FROM batch_identities) b
+        JOIN {graph} g USING (ns, id)"""
     )
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE edges AS SELECT DISTINCT f.rid, i.node FROM fragment_ids f JOIN identities i USING (h)"
+        """CREATE OR REPLACE TEMP TABLE nodes AS
+        SELECT row_number() OVER (ORDER BY ns, id) AS node, ns, id, lastSeen
+        FROM (SELECT ns, id, max(_ingestedAt) AS lastSeen FROM batch_identities GROUP BY ns, id)"""
     )
-    linked = scalar(con, "SELECT count(DISTINCT rid) FROM edges")
-    passes = _components(con)
-    oversize = scalar(
-        con, f"SELECT count(*) FROM (SELECT label FROM labels GROUP BY label HAVING count(*) > {int(limit)})"
+    # Records and known people are both groups of identities: people get negative group numbers.
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE edges AS
+        SELECT DISTINCT b.rid, n.node FROM batch_identities b JOIN nodes n USING (ns, id)
+        UNION ALL
+        SELECT -dense_rank() OVER (ORDER BY k.profileId) AS rid, n.node FROM known k JOIN nodes n USING (ns, id)"""
     )
-    dropped = 0
-    if oversize:
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE dropped_nodes AS
-            SELECT node FROM (
-                SELECT l.node, row_number() OVER (PARTITION BY l.label ORDER BY i.lastSeen DESC, i.ns, i.id) AS keep_rank
-                FROM labels l JOIN identities i USING (node)
-                WHERE l.label IN (SELECT label FROM labels GROUP BY label HAVING count(*) > {int(limit)})
-            ) WHERE keep_rank > {int(limit)}"""
+    components(con)
+    # Each component's person: the smallest known person it joins, or a new one named by its smallest identity
+    # (salted by the batch when that name is taken, e.g. by a person that once held the identity).
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE component_people AS
+        WITH c AS (
+            SELECT l.label, min(k.profileId) AS known_person, count(DISTINCT k.profileId) AS joined,
+                   'p' || left(md5(min(n.ns || ':' || n.id)), 23) AS fresh,
+                   'p' || left(md5(min(n.ns || ':' || n.id) || '@' || {quote_literal(batch_id)}), 23) AS salted
+            FROM labels l JOIN nodes n USING (node) LEFT JOIN known k USING (ns, id) GROUP BY l.label
         )
-        dropped = scalar(con, "SELECT count(*) FROM dropped_nodes")
-        con.execute("DELETE FROM edges WHERE node IN (SELECT node FROM dropped_nodes)")
-        con.execute("DELETE FROM identities WHERE node IN (SELECT node FROM dropped_nodes)")
-        passes += _components(con)
-    # Once the labels settle, each fragment's label from the last pass is its person.
-    con.execute("CREATE OR REPLACE TEMP TABLE fragment_people AS SELECT rid, label AS person FROM fragment_labels")
-    # The profile id is a digest of the person's smallest identity: stable while that identity stays.
+        SELECT label, joined,
+               coalesce(known_person,
+                        CASE WHEN fresh IN (SELECT profileId FROM {graph}) THEN salted ELSE fresh END) AS profileId
+        FROM c"""
+    )
     con.execute(
-        """CREATE OR REPLACE TEMP TABLE people AS
-        SELECT l.label AS person, 'p' || left(md5(min(i.ns || ':' || i.id)), 23) AS profileId
-        FROM labels l JOIN identities i USING (node) GROUP BY l.label"""
+        """CREATE OR REPLACE TEMP TABLE record_people AS
+        SELECT f.rid, c.profileId FROM fragment_labels f JOIN component_people c USING (label) WHERE f.rid >= 0"""
     )
-    return GraphStats(
-        identities=scalar(con, "SELECT count(*) FROM identities"),
-        people=scalar(con, "SELECT count(*) FROM people"),
-        oversize_graphs=int(oversize),
-        identities_dropped=int(dropped),
-        fragments_unlinked=linked - scalar(con, "SELECT count(*) FROM fragment_people"),
-        passes=passes,
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE aliases AS
+        SELECT DISTINCT k.profileId AS absorbed, c.profileId
+        FROM known k JOIN nodes n USING (ns, id) JOIN labels l USING (node) JOIN component_people c USING (label)
+        WHERE k.profileId <> c.profileId"""
+    )
+    _regraph(con, graph, limit)
+    return Stitched(
+        record_people="record_people",
+        aliases="aliases",
+        graph_rows="graph_rows",
+        changed="changed_people",
+        touched="touched_people",
+        new_people=scalar(con, "SELECT count(*) FROM component_people WHERE joined = 0"),
+        merges=scalar(con, "SELECT count(*) FROM aliases"),
+        identities_dropped=scalar(con, "SELECT count(*) FROM dropped"),
+        records_unlinked=records - scalar(con, "SELECT count(DISTINCT rid) FROM record_people"),
     )
 
 
-def _components(con: duckdb.DuckDBPyConnection) -> int:
+def _regraph(con: duckdb.DuckDBPyConnection, graph: str, limit: int) -> None:
+    """`graph_rows`: the whole new graph of every person the batch touched (their old identities, those of
+    the people merged into them and the batch's), cut to the `limit` most recently seen; `dropped`: the cut."""
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE touched_people AS
+        SELECT profileId FROM component_people UNION SELECT absorbed FROM aliases"""
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE candidate_rows AS
+        SELECT ns, id, profileId, max(lastSeen) AS lastSeen FROM (
+            SELECT g.ns, g.id, coalesce(a.profileId, g.profileId) AS profileId, g.lastSeen
+            FROM {graph} g LEFT JOIN aliases a ON a.absorbed = g.profileId
+            WHERE g.profileId IN (SELECT profileId FROM touched_people)
+            UNION ALL
+            SELECT n.ns, n.id, c.profileId, n.lastSeen
+            FROM nodes n JOIN labels l USING (node) JOIN component_people c USING (label)
+        ) GROUP BY ns, id, profileId"""
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE ranked_rows AS
+        SELECT *, row_number() OVER (PARTITION BY profileId ORDER BY lastSeen DESC, ns, id) AS keep_rank
+        FROM candidate_rows"""
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE dropped AS SELECT * FROM ranked_rows WHERE keep_rank > {int(limit)}")
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE graph_rows AS
+        SELECT ns, id, profileId, lastSeen FROM ranked_rows WHERE keep_rank <= {int(limit)}"""
+    )
+    # A person's identities changed when the batch brought a new one, merged people or cut some.
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE changed_people AS
+        SELECT c.profileId FROM nodes n JOIN labels l USING (node) JOIN component_people c USING (label)
+        WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.ns = n.ns AND k.id = n.id AND k.profileId = c.profileId)
+        UNION SELECT profileId FROM aliases UNION SELECT absorbed FROM aliases UNION SELECT profileId FROM dropped"""
+    )
+
+
+def components(con: duckdb.DuckDBPyConnection) -> int:
     """Label every node of `edges(rid, node)` with the smallest node of its component: `labels(node, label)`,
-    and every fragment with its component's label: `fragment_labels(rid, label)`."""
+    and every group of nodes with its component's label: `fragment_labels(rid, label)`. Returns the passes."""
     con.execute("CREATE OR REPLACE TEMP TABLE labels AS SELECT DISTINCT node, node AS label FROM edges")
     con.execute("CREATE OR REPLACE TEMP TABLE fragment_labels (rid BIGINT, label BIGINT)")
     for n in range(1, MAX_PASSES + 1):

@@ -1,33 +1,38 @@
-"""Unified profiles: the lake's fragments, stitched by the identity graph and merged by a merge policy
-as of `now`, become one row per person (`unified_profiles`) and person-keyed events (`profile_events`).
-Everything stays in DuckDB; this is the input of segment evaluation."""
+"""Unified profiles as DuckDB relations, and the SQL that makes them. Segment evaluation, preview and explain
+read `unified_profiles` (one merged row per person) and `profile_events` (every event with its person's
+profile id); the profile store writes them with the SQL here: the identities a record carries, a record's
+attributes as a person-keyed fragment, and the merge of a person's fragments by a merge policy."""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import duckdb
 
-from shared.engine import scalar
-from shared.identity.graph import build_identity_graph
 from shared.identity.policies import MergeMethod, MergePolicy
-from shared.ingestion.datasets import Dataset, DatasetStore
-from shared.ingestion.lake import LakeStore
 from shared.ingestion.paths import column_ref, nest, quote_ident, quote_literal
-from shared.ingestion.schemas import Schema, SchemaClass
-from shared.settings import Settings
-from shared.storage import StorageAccount
-from shared.timing import Laps
+from shared.ingestion.schemas import Schema
 
 PROFILES = "unified_profiles"
 EVENTS = "profile_events"
+# The columns a person-keyed fragment carries besides its attributes (flat, named by dotted path).
+FRAGMENT_KEYS = {
+    "profileId": "VARCHAR",
+    "ds": "VARCHAR",
+    "_batchId": "VARCHAR",
+    "_row": "BIGINT",
+    "_ingestedAt": "TIMESTAMPTZ",
+}
+EMPTY_EVENTS = (
+    "SELECT NULL::VARCHAR AS profileId, NULL::VARCHAR AS _id, NULL::TIMESTAMPTZ AS timestamp, "
+    "NULL::VARCHAR AS eventType, NULL::TIMESTAMPTZ AS _ingestedAt WHERE false"
+)
 
 
 @dataclass
 class UnifiedProfiles:
-    """Names of the DuckDB tables that hold the result, and what building them found."""
+    """Names of the DuckDB relations that hold the profiles a job reads, and what the store says of them."""
 
     con: duckdb.DuckDBPyConnection
     policy: MergePolicy
@@ -44,166 +49,72 @@ class UnifiedProfiles:
         return self.con.table(self.events)
 
 
-@dataclass
-class _View:
-    dataset: Dataset
-    schema: Schema
-    view: str
+def profile_leaves(schemas: list[Schema], known: dict[str, str] | None = None) -> dict[str, str]:
+    """The union schema: every attribute path of every profile schema, with its DuckDB type (the first
+    declaration of a path wins, so a store's leaves only ever grow)."""
+    leaves = dict(known or {})
+    for schema in schemas:
+        for f in schema.fields:
+            leaves.setdefault(f.path, f.duckdb_type)
+    return leaves
 
 
-class ProfileBuilder:
-    def __init__(self, *, settings: Settings, lake: LakeStore, datasets: DatasetStore) -> None:
-        self.settings = settings
-        self.lake = lake
-        self.datasets = datasets
-
-    @classmethod
-    def from_settings(cls, settings: Settings, account: StorageAccount | None = None) -> ProfileBuilder:
-        account = account or StorageAccount.from_settings(settings)
-        return cls(
-            settings=settings,
-            lake=LakeStore.from_settings(settings, account),
-            datasets=DatasetStore.from_settings(settings, account),
-        )
-
-    def build(
-        self, con: duckdb.DuckDBPyConnection, *, policy: MergePolicy, now: dt.datetime, workdir: Path
-    ) -> UnifiedProfiles:
-        """Unified profiles from every dataset in the lake, as of `now`."""
-        sources = [
-            Source(dataset, schema, files)
-            for dataset, schema in self.datasets.with_schemas()
-            if (files := self.lake.download_dataset(dataset.id, workdir / dataset.id))
-        ]
-        return build_profiles(con, sources, policy=policy, now=now, graph_limit=self.settings.identity_graph_limit)
+def normalized_id(ns: str, raw: str) -> str:
+    """SQL for an identity value as it is compared: emails trimmed and lowercased, others trimmed."""
+    return f"CASE WHEN {ns} = 'Email' THEN lower(trim({raw})) ELSE trim({raw}) END"
 
 
-@dataclass
-class Source:
-    """One dataset's validated batches as local Parquet files."""
-
-    dataset: Dataset
-    schema: Schema
-    files: list[Path]
-
-
-def build_profiles(
-    con: duckdb.DuckDBPyConnection, sources: list[Source], *, policy: MergePolicy, now: dt.datetime, graph_limit: int
-) -> UnifiedProfiles:
-    """Stitch and merge the sources' fragments as of `now` into `unified_profiles` and `profile_events`."""
-    timings = Laps()
-    lap = timings.lap
-    views = _register(con, sources, now)
-    leaves = _profile_leaves([s.schema for s in views if s.schema.schema_class is SchemaClass.PROFILE])
-    _fragments(con, views, leaves)
-    lap("fragmentsSeconds")
-    graph = build_identity_graph(con, stitching=policy.identity_stitching, limit=graph_limit)
-    lap("identityGraphSeconds")
-    _merge(con, policy, leaves)
-    lap("mergeSeconds")
-    _events(con, [s for s in views if s.schema.schema_class is SchemaClass.EXPERIENCE_EVENT])
-    lap("eventsSeconds")
-    events = (
-        " + ".join(
-            f"(SELECT count(*) FROM {v.view})" for v in views if v.schema.schema_class is SchemaClass.EXPERIENCE_EVENT
-        )
-        or "0"
-    )
-    profile_fragments = scalar(con, "SELECT count(*) FROM fragments")
-    event_fragments = scalar(con, f"SELECT {events}")
-    stats = {
-        **timings,
-        "fragments": profile_fragments + event_fragments,
-        "profileFragments": profile_fragments,
-        "eventFragments": event_fragments,
-        "profiles": scalar(con, f"SELECT count(*) FROM {PROFILES}"),
-        **{_camel(k): v for k, v in asdict(graph).items()},
-    }
-    return UnifiedProfiles(con=con, policy=policy, now=now, stats=stats, leaves=leaves)
-
-
-def _register(con: duckdb.DuckDBPyConnection, sources: list[Source], now: dt.datetime) -> list[_View]:
-    """A view per source, each row with `rid`: its batch's offset plus its row, one BIGINT that names the
-    record everywhere (identities, people, events) without numbering rows in one thread."""
-    views, distinct = [], []
-    for i, source in enumerate(sources):
-        paths = "[" + ", ".join(quote_literal(str(p)) for p in source.files) + "]"
-        # Only what was ingested by `now` counts, so a run as of a past time sees the lake as it was.
-        con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW raw_{i} AS
-            SELECT * FROM read_parquet({paths}, union_by_name = true)
-            WHERE _ingestedAt <= {quote_literal(now.isoformat())}::TIMESTAMPTZ"""
-        )
-        distinct.append(f"SELECT {i} AS src, _batchId, max(_row) AS rows FROM raw_{i} GROUP BY _batchId")
-    # Each batch's rows are numbered after the highest row of the batches before it: dense fragment ids.
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE batch_keys AS "
-        "SELECT src, _batchId, coalesce(sum(rows) OVER (ORDER BY src, _batchId ROWS BETWEEN UNBOUNDED PRECEDING "
-        "AND 1 PRECEDING), 0) AS offset FROM ("
-        + (" UNION ALL ".join(distinct) or "SELECT 0 AS src, NULL::VARCHAR AS _batchId, 0 AS rows WHERE false")
-        + ")"
-    )
-    for i, source in enumerate(sources):
-        view = f"src_{i}"
-        con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW {view} AS
-            SELECT k.offset + r._row AS rid, r.* FROM raw_{i} r
-            JOIN batch_keys k ON k.src = {i} AND k._batchId = r._batchId"""
-        )
-        views.append(_View(source.dataset, source.schema, view))
-    return views
-
-
-def _fragments(con: duckdb.DuckDBPyConnection, sources: list[_View], leaves: dict[str, str]) -> None:
-    """`fragments`: one row per profile record with its flattened attributes, and `identity_rows` (a view):
-    one row per identity a record of any dataset carries (identityMap entries and identity fields)."""
-    selects, identities = [], []
-    for s in sources:
-        is_profile = s.schema.schema_class is SchemaClass.PROFILE
-        own = {f.path for f in s.schema.fields}
-        attrs = "".join(
-            f", {column_ref(p) if is_profile and p in own else f'NULL::{t}'} AS {quote_ident(p)}"
-            for p, t in leaves.items()
-        )
-        if is_profile:  # events need no attributes merged: they are reached through their views
-            selects.append(
-                f"""SELECT rid, {quote_literal(s.dataset.id)} AS ds, 'profile' AS cls,
-                       _batchId, _row, _ingestedAt{attrs}
-                FROM {s.view}"""
+def identities_sql(view: str, schema: Schema, *, stitching: bool) -> str:
+    """`(rid, ns, id)`: each identity a record of `view` carries (identityMap entries and identity fields),
+    normalized; without stitching, only each record's primary identity (or its first)."""
+    rows = [
+        f"""SELECT _row AS rid, ns, x.id AS id, x."primary" AS is_primary FROM (
+                SELECT _row, e.key AS ns, unnest(e.value) AS x FROM (
+                    SELECT _row, unnest(map_entries(identityMap)) AS e FROM {view}))"""
+    ]
+    for f in schema.fields:
+        if f.identity:
+            rows.append(
+                f"""SELECT _row AS rid, {quote_literal(f.identity.value)} AS ns, {column_ref(f.path)} AS id,
+                       false AS is_primary FROM {view} WHERE {column_ref(f.path)} IS NOT NULL"""
             )
-        identities.append(
-            f"""SELECT rid, _ingestedAt, ns, x.id AS id, x."primary" AS is_primary FROM (
-                    SELECT rid, _ingestedAt, e.key AS ns, unnest(e.value) AS x FROM (
-                        SELECT rid, _ingestedAt, unnest(map_entries(identityMap)) AS e FROM {s.view}))"""
-        )
-        for f in s.schema.fields:
-            if f.identity:
-                identities.append(
-                    f"""SELECT rid, _ingestedAt, {quote_literal(f.identity.value)} AS ns, {column_ref(f.path)} AS id,
-                           false AS is_primary FROM {s.view} WHERE {column_ref(f.path)} IS NOT NULL"""
-                )
-    if not selects:
-        selects.append(
-            "SELECT NULL::BIGINT AS rid, NULL::VARCHAR AS ds, NULL::VARCHAR AS cls, NULL::VARCHAR AS _batchId, "
-            "NULL::BIGINT AS _row, NULL::TIMESTAMPTZ AS _ingestedAt"
-            + "".join(f", NULL::{t} AS {quote_ident(p)}" for p, t in leaves.items())
-            + " WHERE false"
-        )
-        identities.append(
-            "SELECT NULL::BIGINT AS rid, NULL::TIMESTAMPTZ AS _ingestedAt, NULL::VARCHAR AS ns, NULL::VARCHAR AS id, "
-            "NULL::BOOLEAN AS is_primary WHERE false"
-        )
-    con.execute("CREATE OR REPLACE TEMP TABLE fragments AS " + " UNION ALL ".join(selects))
-    con.execute("CREATE OR REPLACE TEMP VIEW identity_rows AS " + " UNION ALL ".join(identities))
+    primary_only = (
+        "QUALIFY row_number() OVER (PARTITION BY rid ORDER BY coalesce(is_primary, false) DESC, ns, id) = 1"
+        if not stitching  # without stitching a fragment is known by its primary identity alone
+        else ""
+    )
+    return f"""SELECT DISTINCT rid, ns, id FROM (
+        SELECT rid, ns, {normalized_id("ns", "id")} AS id, is_primary FROM ({" UNION ALL ".join(rows)})
+        WHERE id IS NOT NULL AND trim(id) <> '' {primary_only})"""
 
 
-def _merge(con: duckdb.DuckDBPyConnection, policy: MergePolicy, leaves: dict[str, str]) -> None:
+def fragment_sql(view: str, schema: Schema, dataset_id: str, person: str) -> str:
+    """A profile batch's records as fragments: `person` (an expression of `view`) as profileId, the record's
+    key columns, and each attribute of the schema flat, named by its dotted path."""
+    attrs = "".join(f", {column_ref(f.path)} AS {quote_ident(f.path)}" for f in schema.fields)
+    return f"""SELECT {person} AS profileId, {quote_literal(dataset_id)} AS ds, _batchId, _row, _ingestedAt{attrs}
+        FROM {view}"""
+
+
+def complete_fragments(con: duckdb.DuckDBPyConnection, files_sql: str, leaves: dict[str, str]) -> str:
+    """SQL over fragment files with every leaf of the union schema, NULL where no file has it."""
+    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {files_sql}").fetchall()}
+    cols = [
+        f"{quote_ident(k)}" if k in present else f"NULL::{t} AS {quote_ident(k)}"
+        for k, t in {**FRAGMENT_KEYS, **leaves}.items()
+    ]
+    return f"(SELECT {', '.join(cols)} FROM {files_sql})"
+
+
+def merge_sql(*, fragments: str, identities: str, people: str, policy: MergePolicy, leaves: dict[str, str]) -> str:
+    """One merged row per person of `people(profileId)`: its identities (`identities(profileId, ns, id)`),
+    each attribute from its fragments chosen by the merge policy, and when it was last updated."""
     order = "struct_pack(t := f._ingestedAt, b := f._batchId, r := f._row)"
-    where = "f.cls = 'profile'"
+    where = "true"
     if policy.method is MergeMethod.DATASET_PRECEDENCE:
         rank = " ".join(f"WHEN {quote_literal(d)} THEN {i}" for i, d in enumerate(policy.dataset_order))
         order = f"struct_pack(p := -(CASE f.ds {rank} END), t := f._ingestedAt, b := f._batchId, r := f._row)"
-        where += " AND f.ds IN (" + ", ".join(quote_literal(d) for d in policy.dataset_order) + ")"
+        where = "f.ds IN (" + ", ".join(quote_literal(d) for d in policy.dataset_order) + ")"
     picks = "".join(
         f", arg_max(f.{quote_ident(p)}, {order}) FILTER (WHERE f.{quote_ident(p)} IS NOT NULL) AS {quote_ident(p)}"
         for p in leaves
@@ -211,48 +122,14 @@ def _merge(con: duckdb.DuckDBPyConnection, policy: MergePolicy, leaves: dict[str
     nested = "".join(
         f", {expr} AS {quote_ident(name)}" for name, expr in nest({p: f"m.{quote_ident(p)}" for p in leaves})
     )
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {PROFILES} AS
+    return f"""
         WITH merged AS (
-            SELECT fp.person, max(f._ingestedAt) AS lastUpdated{picks}
-            FROM fragments f JOIN fragment_people fp USING (rid)
-            WHERE {where}
-            GROUP BY fp.person
+            SELECT f.profileId, max(f._ingestedAt) AS lastUpdated{picks}
+            FROM {fragments} f WHERE {where} AND f.profileId IN (SELECT profileId FROM {people})
+            GROUP BY f.profileId
         ), idents AS (
-            SELECT l.label AS person, list({{'namespace': i.ns, 'id': i.id}} ORDER BY i.ns, i.id) AS identities
-            FROM labels l JOIN identities i USING (node) GROUP BY l.label
+            SELECT profileId, list({{'namespace': ns, 'id': id}} ORDER BY ns, id) AS identities
+            FROM {identities} WHERE profileId IN (SELECT profileId FROM {people}) GROUP BY profileId
         )
-        SELECT p.profileId, idents.identities{nested}, m.lastUpdated AS _lastUpdated
-        FROM people p JOIN idents USING (person) LEFT JOIN merged m USING (person)"""
-    )
-
-
-def _events(con: duckdb.DuckDBPyConnection, sources: list[_View]) -> None:
-    """`profile_events`: every event with its person's profile id, as a view: segment evaluation reads it
-    once, inside its single aggregation, so it is never copied."""
-    selects = [
-        f"""SELECT pe.profileId, s.* FROM {s.view} s
-            JOIN fragment_people fp ON fp.rid = s.rid
-            JOIN people pe ON pe.person = fp.person"""
-        for s in sources
-    ]
-    if not selects:
-        selects = [
-            "SELECT NULL::VARCHAR AS profileId, NULL::BIGINT AS rid, NULL::VARCHAR AS _id, "
-            "NULL::TIMESTAMPTZ AS timestamp, NULL::VARCHAR AS eventType WHERE false"
-        ]
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS " + " UNION ALL BY NAME ".join(selects))
-
-
-def _profile_leaves(schemas: list[Schema]) -> dict[str, str]:
-    """The union schema: every attribute path of every profile schema, with its DuckDB type."""
-    leaves: dict[str, str] = {}
-    for schema in schemas:
-        for f in schema.fields:
-            leaves.setdefault(f.path, f.duckdb_type)
-    return leaves
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(w.title() for w in rest)
+        SELECT i.profileId, i.identities{nested}, m.lastUpdated AS _lastUpdated
+        FROM idents i LEFT JOIN merged m USING (profileId)"""

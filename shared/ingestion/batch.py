@@ -8,6 +8,8 @@ import hashlib
 import logging
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from shared.engine import connect
@@ -15,6 +17,7 @@ from shared.errors import NotFound, ValidationError
 from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.lake import DATA_FILE, LakeStore
 from shared.ingestion.records import read_records
+from shared.ingestion.schemas import Schema
 from shared.ingestion.validation import validate
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.settings import Settings
@@ -23,6 +26,23 @@ from shared.storage import BlobStore, StorageAccount
 log = logging.getLogger(__name__)
 
 # A failure of this code means "try again": the platform retries the trigger and the batch is re-claimed.
+
+
+@dataclass(frozen=True)
+class AcceptedBatch:
+    """A batch validated into the lake, as a local Parquet file: what the profile store applies."""
+
+    dataset_id: str
+    schema: Schema
+    file: Path
+    batch_id: str
+    ingested_at: dt.datetime
+
+
+# What runs on each accepted batch before its job succeeds (the profile store, registered by `shared.app`):
+# made per ingestion from (settings, account), it returns metrics for the job; if it fails, the batch is retried.
+BatchListenerFactory = Callable[[Settings, StorageAccount], Callable[[AcceptedBatch, dt.datetime], dict]]
+_LISTENERS: list[BatchListenerFactory] = []
 
 
 def batch_id_for(path: str, etag: str) -> str:
@@ -47,7 +67,9 @@ class BatchIngestion:
         lake: LakeStore,
         datasets: DatasetStore,
         jobs: JobStore,
+        listeners: list[Callable[[AcceptedBatch, dt.datetime], dict]] | None = None,
     ) -> None:
+        self.listeners = listeners or []
         self.settings = settings
         self.landing = landing
         self.lake = lake
@@ -63,7 +85,14 @@ class BatchIngestion:
             lake=LakeStore.from_settings(settings, account),
             datasets=DatasetStore.from_settings(settings, account),
             jobs=JobStore.from_settings(settings, account),
+            listeners=[factory(settings, account) for factory in _LISTENERS],
         )
+
+    @staticmethod
+    def on_accepted(factory: BatchListenerFactory) -> None:
+        """Have every ingestion made from settings hand each accepted batch to `factory(settings, account)`."""
+        if factory not in _LISTENERS:
+            _LISTENERS.append(factory)
 
     def ingest(self, path: str, data: bytes, *, now: dt.datetime, etag: str | None = None) -> Job:
         """Ingest the landed file at `path` (relative to the landing container) as of `now`."""
@@ -149,6 +178,9 @@ class BatchIngestion:
                 checked.write_accepted(Path(tmp) / DATA_FILE, batch_id=job.id, ingested_at=now)
                 self.lake.write_batch(dataset_id, job.id, Path(tmp) / DATA_FILE)
                 links["data"] = f"{self.lake.blobs.name}/{self.lake.data_path(dataset_id, job.id)}"
+                accepted = AcceptedBatch(dataset_id, schema, Path(tmp) / DATA_FILE, job.id, now)
+                for listener in self.listeners:
+                    metrics.update(listener(accepted, now))
                 metrics["partial"] = checked.rejected > 0
                 job = job.model_copy(update={"metrics": metrics, "links": links})
                 return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, errors, errors_total=checked.rejected)

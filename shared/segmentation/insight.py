@@ -5,12 +5,14 @@ exit compared with the current membership), and an explanation of why one person
 from __future__ import annotations
 
 import datetime as dt
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from shared.engine import connect
 from shared.errors import NotFound
+from shared.identity.store import shard_of
 from shared.ingestion.paths import quote_literal
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
 from shared.segmentation.pql import ast, parse
@@ -64,7 +66,7 @@ class SegmentInsight:
         definition = self.runner.segments.get(segment_id)
         text, tree = definition.expression.value, definition.tree()
         with tempfile.TemporaryDirectory(prefix="explain-") as tmp:
-            con, profiles = self._profiles(tmp, now)
+            con, profiles = self._profiles(tmp, now, shard_of_profile=profile_id)
             con.execute(
                 f"CREATE TEMP TABLE one_profile AS SELECT * FROM {profiles.profiles} WHERE profileId = $pid",
                 {"pid": profile_id},
@@ -105,10 +107,23 @@ class SegmentInsight:
             "conditions": conditions,
         }
 
-    def _profiles(self, tmp: str, now: dt.datetime):
+    def _profiles(self, tmp: str, now: dt.datetime, *, shard_of_profile: str | None = None):
+        """The store as of `now` (only the shard a profile id falls in, when one is given)."""
+        store = self.runner.store
+        version = store.version(now)
+        shards = None
+        if shard_of_profile is not None:
+            if not re.fullmatch(r"p[0-9a-f]{8,}", shard_of_profile):
+                raise NotFound(f"no profile {shard_of_profile!r}: profile ids look like p3f2a…")
+            shards = [shard_of(shard_of_profile, len(version.shards))]
         con = connect(self.runner.settings, spill_dir=tmp)
-        profiles = self.runner.profiles.build(
-            con, policy=self.runner.policies.default(), now=now, workdir=Path(tmp) / "lake"
+        profiles = store.open(
+            con,
+            now=now,
+            workdir=Path(tmp) / "store",
+            shards=shards,
+            version=version,
+            policy=self.runner.policies.default(),
         )
         return con, profiles
 

@@ -22,7 +22,7 @@ from shared.storage import BlobStore, EntityTable, StorageAccount
 
 CURRENT = "current"  # the table partition where pointers lived before the pointer document (still read)
 POINTERS = "_current/pointers.json"  # the pointer document in the segments container
-PROFILES = "_profiles"  # the pointer to the unified profiles a job evaluated (no segment id starts with "_")
+PROFILES = "_profiles"  # the pointer to the profile store version a job evaluated (no segment id starts with "_")
 WATERMARK = ("streaming", "watermark")
 _EMPTY = (
     "SELECT NULL::VARCHAR AS profileId, NULL::VARCHAR AS status, NULL::TIMESTAMPTZ AS lastQualificationTime, "
@@ -31,7 +31,7 @@ _EMPTY = (
 
 
 class MembershipPointer(BaseModel):
-    """Which snapshot is a segment's current membership (or, for `_profiles`, the unified profiles a job
+    """Which snapshot is a segment's current membership (or, for `_profiles`, the profile store version a job
     evaluated): written by segment jobs, read by exports, preview and the streaming job."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
@@ -45,6 +45,7 @@ class MembershipPointer(BaseModel):
     existing: int = 0
     exited: int = 0
     exited_earlier: int = 0
+    store_version: str | None = Field(None, description="The profile store version the job read.")
 
 
 class MembershipStore:
@@ -63,10 +64,6 @@ class MembershipStore:
     def snapshot_path(segment_id: str, job_id: str) -> str:
         return f"{segment_id}/job={job_id}/memberships.parquet"
 
-    @staticmethod
-    def profiles_path(job_id: str) -> str:
-        return f"{PROFILES}/job={job_id}/profiles.parquet"
-
     def current_pointers(self) -> dict[str, MembershipPointer]:
         """Every current pointer, by segment id (and `_profiles`)."""
         found = self.blobs.get_versioned(POINTERS)
@@ -81,14 +78,8 @@ class MembershipStore:
         return {e["RowKey"]: MembershipPointer.model_validate(e) for e in entities}
 
     def current_profiles(self) -> MembershipPointer | None:
-        """The unified profiles of the job that published last: what activation exports attributes from."""
+        """The profile store version of the job that published last: what activation exports attributes from."""
         return self.current(PROFILES)
-
-    def upload_profiles(self, job_id: str, path: Path, *, now: dt.datetime) -> MembershipPointer:
-        """Keep the job's unified profiles beside its memberships; the pointer is published with them."""
-        name = self.profiles_path(job_id)
-        self.blobs.put_file(name, path)
-        return MembershipPointer(segment_id=PROFILES, job_id=job_id, snapshot=name, evaluated_at=now)
 
     def download(self, snapshots: dict[str, str], into: Path) -> dict[str, Path]:
         """Download snapshots in parallel: {local file name: blob path} -> {local file name: local path}."""

@@ -1,5 +1,5 @@
-"""Segment jobs: evaluate segments over the unified profiles as of `now`, write memberships, publish them.
-One job, one pass: every segment of the job is one query with one GROUP BY over the events."""
+"""Segment jobs: evaluate segments over the profile store as of `now`, write memberships, publish them.
+Each shard of the store is one query: every segment of the job, with one GROUP BY over that shard's events."""
 
 from __future__ import annotations
 
@@ -8,17 +8,24 @@ import hashlib
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from shared.engine import connect, scalar
 from shared.errors import Conflict, NotFound, ValidationError
 from shared.identity.policies import MergePolicyStore
-from shared.identity.profiles import ProfileBuilder
-from shared.ingestion.paths import quote_literal
+from shared.identity.store import ProfileStore, StoreVersion, shard_sql
+from shared.ingestion.paths import quote_ident, quote_literal
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
-from shared.segmentation.memberships import MembershipPointer, MembershipStore, membership_sql, write_snapshots
+from shared.segmentation.memberships import (
+    PROFILES,
+    MembershipPointer,
+    MembershipStore,
+    membership_sql,
+    write_snapshots,
+)
 from shared.segmentation.streaming import streaming_eligible
 from shared.settings import Settings
 from shared.storage import StorageAccount
@@ -48,7 +55,7 @@ class SegmentJobRunner:
         self.segments = SegmentStore.from_settings(settings, account)
         self.memberships = MembershipStore.from_settings(settings, account)
         self.jobs = JobStore.from_settings(settings, account)
-        self.profiles = ProfileBuilder.from_settings(settings, account)
+        self.store = ProfileStore.from_settings(settings, account)
         self.policies = MergePolicyStore.from_settings(settings, account)
         self.queue = account.queue(settings.segment_jobs_queue)
 
@@ -161,86 +168,34 @@ class SegmentJobRunner:
             raise NotFound(f"no segments {missing}")
         if not chosen:
             return self.jobs.finish(
-                job,
-                JobStatus.SUCCEEDED,
-                started,
-                now,
-                [],
-                metrics={"segments": 0, "totalProfiles": 0},
+                job, JobStatus.SUCCEEDED, started, now, [], metrics={"segments": 0, "totalProfiles": 0}
             )
+        version = self.store.version(now)
         with tempfile.TemporaryDirectory(prefix="segment-job-") as tmp:
             work = Path(tmp)
             con = connect(self.settings, spill_dir=tmp)
             try:
-                lake_started = time.monotonic()
-                profiles = self.profiles.build(con, policy=self.policies.default(), now=now, workdir=work / "lake")
-                profile_seconds = time.monotonic() - lake_started
-                people = None
-                if since is not None:
-                    # The people with a fragment ingested after the watermark: the only ones whose rules can change.
-                    con.execute(
-                        """CREATE OR REPLACE TEMP TABLE touched AS
-                        SELECT DISTINCT pe.profileId FROM fragments f JOIN fragment_people fp USING (rid)
-                        JOIN people pe USING (person) WHERE f._ingestedAt > $since""",
-                        {"since": since},
-                    )
-                    people = "SELECT profileId FROM touched"
-                evaluated = time.monotonic()
-                compiled = evaluate(
-                    con,
-                    profiles,
-                    {sid: definitions[sid] for sid in chosen},
-                    fields=fields_of(profiles, self.segments.event_schemas()),
-                    definitions=definitions,
-                    people=people,
-                    isolate=True,
-                )
-                # A definition that no longer compiles (its schema changed) fails alone: the others publish.
-                # If none is left, the job fails and the previous memberships stay current.
-                chosen = [sid for sid in chosen if sid not in compiled.failed]
+                people = self._touched(con, version, since, work) if since is not None else None
+                evaluated = self._evaluate_shards(con, version, now, chosen, definitions, work, people=people)
+                chosen = [sid for sid in chosen if sid not in evaluated.failed]
                 if not chosen:
                     raise ValidationError(
                         "no segment could be evaluated: "
-                        + "; ".join(f"segment {sid}: {why}" for sid, why in compiled.failed.items())
+                        + "; ".join(f"segment {sid}: {why}" for sid, why in evaluated.failed.items())
                     )
-                segmentation_seconds = time.monotonic() - evaluated
                 memberships_started = time.monotonic()
-                retention = dt.timedelta(days=self.settings.segment_exited_retention_days)
-                previous = self.memberships.download_all_current(chosen, work)
-                parts = {
-                    sid: membership_sql(
-                        segment_id=sid,
-                        qualified_sql=f"SELECT profileId FROM {RESULTS} WHERE {compiled.columns[sid]}",
-                        previous=previous[sid],
-                        now=now,
-                        retention=retention,
-                        scope_sql=people,
-                    )
-                    for sid in chosen
-                }
-                files, counts = write_snapshots(con, parts, out=work / "memberships", now=now)
-                paths = self.memberships.upload(job.id, files)
-                profiles_file = work / "profiles.parquet"
-                con.execute(f"COPY {profiles.profiles} TO {quote_literal(str(profiles_file))} (FORMAT parquet)")
-                pointers = [
+                pointers, counts = self._write_memberships(con, job, now, chosen, evaluated.columns, work, people)
+                pointers.append(
                     MembershipPointer(
-                        segment_id=sid,
+                        segment_id=PROFILES,
                         job_id=job.id,
-                        snapshot=paths[sid],
+                        snapshot=version.id,
                         evaluated_at=now,
-                        size=counts[sid]["realized"] + counts[sid]["existing"],
-                        realized=counts[sid]["realized"],
-                        existing=counts[sid]["existing"],
-                        exited=counts[sid]["exited"],
-                        exited_earlier=counts[sid]["exitedEarlier"],
+                        store_version=version.id,
                     )
-                    for sid in chosen
-                ]
-                pointers.append(self.memberships.upload_profiles(job.id, profiles_file, now=now))
+                )
                 membership_seconds = time.monotonic() - memberships_started
-                total = scalar(con, f"SELECT count(*) FROM {profiles.profiles}")
-                evaluated_people = scalar(con, "SELECT count(*) FROM touched") if people else total
-                seen_until = scalar(con, "SELECT max(_ingestedAt) FROM fragments")
+                evaluated_people = scalar(con, "SELECT count(*) FROM touched") if people else version.people
             finally:
                 con.close()
         current = self.jobs.get(JobType.SEGMENT, job.id)
@@ -251,21 +206,128 @@ class SegmentJobRunner:
             return self.jobs.finish(current, JobStatus.CANCELLED, started, now, [])
         job = job.model_copy(update={"etag": current.etag})
         self.memberships.publish(pointers)
-        if since is not None and seen_until is not None and seen_until > since:
-            self.memberships.advance_watermark(seen_until)
+        if since is not None and version.as_of is not None and version.as_of > since:
+            self.memberships.advance_watermark(version.as_of)
         metrics = {
             "segments": len(chosen),
-            "totalProfiles": total,
+            "totalProfiles": version.people,
             "evaluatedProfiles": evaluated_people,
-            "profileSeconds": round(profile_seconds, 3),
-            "segmentationSeconds": round(segmentation_seconds, 3),
+            "profileStoreVersion": version.id,
+            "segmentationSeconds": round(evaluated.seconds, 3),
             "membershipSeconds": round(membership_seconds, 3),
+            "shards": evaluated.shards,
             "segmentedProfileCounter": {sid: c["realized"] + c["existing"] for sid, c in counts.items()},
             "segmentedProfileByStatusCounter": counts,
-            **({"segmentErrors": compiled.failed} if compiled.failed else {}),
-            "profileStats": profiles.stats,
+            **({"segmentErrors": evaluated.failed} if evaluated.failed else {}),
         }
-        links = {p.segment_id: f"{self.settings.segments_container}/{p.snapshot}" for p in pointers}
+        links = {p.segment_id: f"{self.settings.segments_container}/{p.snapshot}" for p in pointers[:-1]}
         job = job.model_copy(update={"links": links})
-        broken = [JobError(code="segment", message=f"segment {sid}: {why}") for sid, why in compiled.failed.items()]
+        broken = [JobError(code="segment", message=f"segment {sid}: {why}") for sid, why in evaluated.failed.items()]
         return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, broken, metrics=metrics)
+
+    def _touched(self, con, version: StoreVersion, since: dt.datetime, work: Path) -> str:
+        """`touched(profileId)`: the people the store's batches touched after the watermark, the only ones
+        whose rules can have changed; returns a query of them."""
+        files = self.store.touched_since(version, since, work / "touched")
+        source = (
+            "SELECT DISTINCT profileId FROM read_parquet([" + ", ".join(quote_literal(str(f)) for f in files) + "])"
+            if files
+            else "SELECT NULL::VARCHAR AS profileId WHERE false"
+        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {source}")
+        return "SELECT profileId FROM touched"
+
+    def _evaluate_shards(
+        self,
+        con,
+        version: StoreVersion,
+        now: dt.datetime,
+        chosen: list[str],
+        definitions: dict,
+        work: Path,
+        *,
+        people: str | None,
+    ) -> Evaluated:
+        """Evaluate the segments shard by shard into `job_results(profileId, <column per segment>)`: one query
+        per shard, over that shard's profiles and events. A streaming job opens only the touched people's shards."""
+        shards = range(len(version.shards))
+        if people is not None:
+            hit = {
+                r[0]
+                for r in con.execute(
+                    f"SELECT DISTINCT {shard_sql('profileId', len(version.shards))} FROM touched"
+                ).fetchall()
+            }
+            shards = [s for s in shards if s in hit]
+        result = Evaluated(columns={}, failed={}, shards=[], seconds=0.0)
+        result.columns = {sid: quote_ident(sid) for sid in chosen}
+        columns = "".join(f", {c} BOOLEAN" for c in result.columns.values())
+        con.execute(f"CREATE OR REPLACE TEMP TABLE job_results (profileId VARCHAR{columns})")
+        policy = self.policies.default()
+        for shard in shards:
+            shard_started = time.monotonic()
+            profiles = self.store.open(
+                con, now=now, workdir=work / "store", shards=[shard], version=version, policy=policy
+            )
+            compiled = evaluate(
+                con,
+                profiles,
+                {sid: definitions[sid] for sid in chosen if sid not in result.failed},
+                fields=fields_of(profiles, self.segments.event_schemas()),
+                definitions=definitions,
+                people=people,
+                isolate=True,
+            )
+            result.failed.update(compiled.failed)
+            # Columns are named by segment in `job_results`, whatever a shard's compiler called them.
+            select = ", ".join(f"{col} AS {quote_ident(sid)}" for sid, col in compiled.columns.items())
+            con.execute(
+                f"INSERT INTO job_results BY NAME SELECT profileId{', ' + select if select else ''} FROM {RESULTS}"
+            )
+            seconds = time.monotonic() - shard_started
+            result.seconds += seconds
+            result.shards.append({"shard": shard, "profiles": profiles.stats["profiles"], "seconds": round(seconds, 3)})
+        return result
+
+    def _write_memberships(self, con, job: Job, now, chosen, columns, work: Path, people: str | None):
+        """Each segment's new memberships against its current ones, uploaded; their pointers and counts."""
+        retention = dt.timedelta(days=self.settings.segment_exited_retention_days)
+        previous = self.memberships.download_all_current(chosen, work)
+        parts = {
+            sid: membership_sql(
+                segment_id=sid,
+                qualified_sql=f"SELECT profileId FROM job_results WHERE {columns[sid]}",
+                previous=previous[sid],
+                now=now,
+                retention=retention,
+                scope_sql=people,
+            )
+            for sid in chosen
+        }
+        files, counts = write_snapshots(con, parts, out=work / "memberships", now=now)
+        paths = self.memberships.upload(job.id, files)
+        pointers = [
+            MembershipPointer(
+                segment_id=sid,
+                job_id=job.id,
+                snapshot=paths[sid],
+                evaluated_at=now,
+                size=counts[sid]["realized"] + counts[sid]["existing"],
+                realized=counts[sid]["realized"],
+                existing=counts[sid]["existing"],
+                exited=counts[sid]["exited"],
+                exited_earlier=counts[sid]["exitedEarlier"],
+            )
+            for sid in chosen
+        ]
+        return pointers, counts
+
+
+@dataclass
+class Evaluated:
+    """What evaluating a job's shards gave: each segment's column in `job_results`, the segments that failed."""
+
+    columns: dict[str, str]
+    failed: dict[str, str]
+    shards: list[dict]
+    seconds: float

@@ -1,0 +1,614 @@
+"""The profile store: identities stitched once, as batches arrive, into person-keyed shards that segment jobs,
+preview, explain and exports read without touching the identity graph.
+
+A store version is a manifest (`StoreVersion`) naming immutable Parquet files: the identity graph, and per
+shard the person-keyed fragments (profile records), events and merged profiles. A person's rows all live in
+the shard of their key (`shard_of`). Applying a batch writes new files and then replaces the pointer document
+(`current.json`) only if nobody replaced it since it was read (ETag), retrying on a new read otherwise: two
+batches at once never lose a link, a failed batch leaves the store as it was, and a batch already applied
+is a no-op. Earlier versions stay listed for PROFILE_VERSION_RETENTION_HOURS, so a job as of an earlier
+`now` reads the store as it was then. A rebuild replays the lake's batches, in the order the store applied
+them, through the same code, so it gives exactly the store incremental updates give."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import duckdb
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from shared.engine import connect, scalar
+from shared.errors import Conflict, ValidationError
+from shared.identity.graph import GRAPH_COLUMNS, stitch
+from shared.identity.policies import MergePolicy, MergePolicyStore
+from shared.identity.profiles import (
+    EMPTY_EVENTS,
+    EVENTS,
+    FRAGMENT_KEYS,
+    PROFILES,
+    UnifiedProfiles,
+    complete_fragments,
+    fragment_sql,
+    identities_sql,
+    merge_sql,
+    profile_leaves,
+)
+from shared.ingestion.batch import AcceptedBatch
+from shared.ingestion.datasets import DatasetStore
+from shared.ingestion.lake import LakeStore
+from shared.ingestion.paths import quote_ident, quote_literal
+from shared.ingestion.schemas import SchemaClass
+from shared.settings import Settings
+from shared.storage import BlobStore, StorageAccount
+
+log = logging.getLogger(__name__)
+
+POINTER = "current.json"
+MAX_DELTAS = 24  # a shard's delta files of one kind past this are compacted into one by the next batch
+_ATTEMPTS = 8
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class ShardFiles(_Model):
+    fragments: list[str] = Field(default_factory=list)
+    events: list[str] = Field(default_factory=list)
+    profiles: str | None = None
+
+
+class AppliedBatch(_Model):
+    batch_id: str
+    dataset_id: str
+    ingested_at: dt.datetime
+    touched: str = Field(description="The people the batch touched (a Parquet file of profile ids).")
+    counts: dict[str, int] = Field(default_factory=dict)
+
+
+class StoreVersion(_Model):
+    """One immutable version of the store: every file it is made of, and what it holds."""
+
+    id: str
+    created: dt.datetime
+    as_of: dt.datetime | None = Field(None, description="When the newest batch it holds was ingested.")
+    policy: MergePolicy
+    graph_limit: int
+    graph: str | None = None
+    shards: list[ShardFiles]
+    leaves: dict[str, str] = Field(default_factory=dict, description="The union profile schema.")
+    batches: list[AppliedBatch] = Field(default_factory=list, description="In the order they were applied.")
+    people: int = 0
+    identities: int = 0
+    fragments: int = 0
+    events: int = 0
+
+    @classmethod
+    def empty(cls, *, shards: int, policy: MergePolicy, graph_limit: int, now: dt.datetime) -> StoreVersion:
+        return cls(
+            id=_version_id(now),
+            created=now,
+            policy=policy,
+            graph_limit=graph_limit,
+            shards=[ShardFiles() for _ in range(shards)],
+        )
+
+    def applied(self, batch_id: str) -> bool:
+        return any(b.batch_id == batch_id for b in self.batches)
+
+    def summary(self) -> dict:
+        last = self.batches[-1] if self.batches else None
+        return {
+            "version": self.id,
+            "asOf": self.as_of,
+            "people": self.people,
+            "identities": self.identities,
+            "fragments": self.fragments,
+            "events": self.events,
+            "shards": len(self.shards),
+            "batches": len(self.batches),
+            "merges": sum(b.counts.get("merges", 0) for b in self.batches),
+            "identitiesDropped": sum(b.counts.get("identitiesDropped", 0) for b in self.batches),
+            "lastBatch": last.model_dump(by_alias=True, exclude={"touched"}) if last else None,
+            "mergePolicy": self.policy.id,
+        }
+
+
+class VersionRef(_Model):
+    id: str
+    as_of: dt.datetime | None
+    created: dt.datetime
+
+
+class StorePointer(_Model):
+    current: StoreVersion
+    history: list[VersionRef] = Field(default_factory=list, description="Earlier versions, newest first.")
+
+
+def shard_sql(column: str, shards: int) -> str:
+    """The shard of a person key, in SQL: the key's first 32 bits (hex digits of a digest) modulo the shards."""
+    return f"(('0x' || substr({column}, 2, 8))::BIGINT % {int(shards)})"
+
+
+def shard_of(profile_id: str, shards: int) -> int:
+    return int(profile_id[1:9], 16) % shards
+
+
+class StoreFiles:
+    """Where a store's files live: a blob container, or (for the CLI and a rebuild's staging) a folder."""
+
+    def __init__(self, *, blobs: BlobStore | None = None, folder: Path | None = None) -> None:
+        self.blobs, self.folder = blobs, folder
+
+    def fetch(self, names: Iterable[str], into: Path) -> list[Path]:
+        names = list(dict.fromkeys(names))
+        if self.blobs is None:
+            return [self.folder / n for n in names]
+        into.mkdir(parents=True, exist_ok=True)
+
+        def one(name: str) -> Path:
+            local = into / name.replace("/", "__")
+            return local if local.exists() else self.blobs.download(name, local)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(one, names))
+
+    def put(self, files: dict[str, Path]) -> None:
+        if self.blobs is None:
+            for name, path in files.items():
+                target = self.folder / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if path != target:
+                    target.write_bytes(path.read_bytes())
+            return
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda n: self.blobs.put_file(n, files[n], overwrite=False), files))
+
+    def pointer(self) -> tuple[bytes, str | None] | None:
+        if self.blobs is None:
+            path = self.folder / POINTER
+            return (path.read_bytes(), None) if path.exists() else None
+        return self.blobs.get_versioned(POINTER)
+
+    def replace_pointer(self, data: bytes, etag: str | None) -> None:
+        if self.blobs is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / POINTER).write_bytes(data)
+            return
+        self.blobs.replace(POINTER, data, etag=etag)
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        if self.blobs is None:
+            (self.folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.folder / name).write_bytes(data)
+        else:
+            self.blobs.put(name, data)
+
+    def get_bytes(self, name: str) -> bytes:
+        return (self.folder / name).read_bytes() if self.blobs is None else self.blobs.get(name)
+
+
+class ProfileStore:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        files: StoreFiles,
+        policies: MergePolicyStore | None = None,
+        datasets: DatasetStore | None = None,
+        lake: LakeStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.files = files
+        self.policies = policies
+        self.datasets = datasets
+        self.lake = lake
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount | None = None) -> ProfileStore:
+        account = account or StorageAccount.from_settings(settings)
+        return cls(
+            settings=settings,
+            files=StoreFiles(blobs=BlobStore(account.container(settings.profiles_container))),
+            policies=MergePolicyStore.from_settings(settings, account),
+            datasets=DatasetStore.from_settings(settings, account),
+            lake=LakeStore.from_settings(settings, account),
+        )
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    def _pointer(self) -> tuple[StorePointer | None, str | None]:
+        found = self.files.pointer()
+        return (StorePointer.model_validate_json(found[0]), found[1]) if found else (None, None)
+
+    def _empty(self, now: dt.datetime, policy: MergePolicy | None = None) -> StoreVersion:
+        return StoreVersion.empty(
+            shards=self.settings.profile_shards,
+            policy=policy or (self.policies.default() if self.policies else MergePolicy(id="default", name="Default")),
+            graph_limit=self.settings.identity_graph_limit,
+            now=now,
+        )
+
+    def version(self, now: dt.datetime | None = None) -> StoreVersion:
+        """The store as of `now`: the newest version whose batches were all ingested by then (the current
+        one without `now`); an empty store if there is none."""
+        pointer, _ = self._pointer()
+        if pointer is None:
+            return self._empty(now or dt.datetime(1970, 1, 1, tzinfo=dt.UTC))
+        current = pointer.current
+        if now is None or current.as_of is None or current.as_of <= now:
+            return current
+        for ref in pointer.history:
+            if ref.as_of is not None and ref.as_of <= now:
+                return StoreVersion.model_validate_json(self.files.get_bytes(_version_path(ref.id)))
+        return self._empty(now, current.policy).model_copy(update={"shards": [ShardFiles() for _ in current.shards]})
+
+    def open(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        now: dt.datetime,
+        workdir: Path,
+        shards: Iterable[int] | None = None,
+        version: StoreVersion | None = None,
+        policy: MergePolicy | None = None,
+    ) -> UnifiedProfiles:
+        """Make `unified_profiles` and `profile_events` the store's (of the given shards; all by default) as of
+        `now`. With `policy`, refuse a store merged by another one: it must be rebuilt first."""
+        version = version or self.version(now)
+        if policy is not None and policy != version.policy and version.batches:
+            raise ValidationError(
+                f"the profile store was merged with merge policy {version.policy.id!r}, not {policy.id!r}: "
+                "rebuild it (POST /api/profiles/rebuild or python -m shared.cli profiles rebuild)"
+            )
+        chosen = [version.shards[s] for s in (range(len(version.shards)) if shards is None else shards)]
+        profile_files = self.files.fetch([s.profiles for s in chosen if s.profiles], workdir)
+        event_files = self.files.fetch([e for s in chosen for e in s.events], workdir)
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {PROFILES} AS "
+            + (_read(profile_files) if profile_files else _empty_profiles(version.leaves, version.policy))
+        )
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS " + (_read(event_files) if event_files else EMPTY_EVENTS))
+        stats = {"profiles": scalar(con, f"SELECT count(*) FROM {PROFILES}"), **version.summary()}
+        stats.pop("lastBatch")
+        return UnifiedProfiles(con=con, policy=version.policy, now=now, stats=stats, leaves=dict(version.leaves))
+
+    def by_id(self, version_id: str) -> StoreVersion:
+        """A version by its id: the current one, or one kept since it was replaced."""
+        pointer, _ = self._pointer()
+        if pointer is not None and pointer.current.id == version_id:
+            return pointer.current
+        return StoreVersion.model_validate_json(self.files.get_bytes(_version_path(version_id)))
+
+    def profiles_sql(self, version: StoreVersion, workdir: Path) -> str:
+        """A relation (SQL) of every merged profile of `version`, its files copied to `workdir`."""
+        files = self.files.fetch([s.profiles for s in version.shards if s.profiles], workdir)
+        return f"({_read(files) if files else _empty_profiles(version.leaves, version.policy)})"
+
+    def touched_since(self, version: StoreVersion, since: dt.datetime, workdir: Path) -> list[Path]:
+        """The files naming the people touched by batches ingested after `since`."""
+        return self.files.fetch([b.touched for b in version.batches if b.ingested_at > since], workdir)
+
+    # -- writing ------------------------------------------------------------------------------------------
+
+    def apply(self, batch: AcceptedBatch, *, now: dt.datetime) -> dict[str, int]:
+        """Apply a validated batch; returns what it changed (new people, merges, dropped identities). A batch
+        already applied changes nothing. Concurrent batches each retry on the version the other published."""
+        for _ in range(_ATTEMPTS):
+            pointer, etag = self._pointer()
+            version = pointer.current if pointer else self._empty(now)
+            if version.applied(batch.batch_id):
+                return next(b.counts for b in version.batches if b.batch_id == batch.batch_id)
+            with tempfile.TemporaryDirectory(prefix="profile-store-") as tmp:
+                con = connect(self.settings, spill_dir=tmp)
+                try:
+                    new, written = apply_batch(con, version, batch, self.files, Path(tmp), now=now)
+                finally:
+                    con.close()
+                self.files.put(written)
+            try:
+                self._publish(new, pointer, etag, now)
+            except Conflict:
+                log.info("profile store moved on while batch %s was applied; applying it again", batch.batch_id)
+                continue
+            return new.batches[-1].counts
+        raise Conflict(f"the profile store kept changing while batch {batch.batch_id} was applied; retry the batch")
+
+    def _publish(self, new: StoreVersion, pointer: StorePointer | None, etag: str | None, now: dt.datetime) -> None:
+        history = []
+        if pointer is not None:
+            self.files.put_bytes(
+                _version_path(pointer.current.id), pointer.current.model_dump_json(by_alias=True).encode()
+            )
+            oldest = now - dt.timedelta(hours=self.settings.profile_version_retention_hours)
+            earlier = [VersionRef(id=pointer.current.id, as_of=pointer.current.as_of, created=pointer.current.created)]
+            history = [r for r in earlier + pointer.history if r.created >= oldest]
+        document = StorePointer(current=new, history=history).model_dump_json(by_alias=True)
+        self.files.replace_pointer(document.encode(), etag)
+
+    def lake_batches(self, workdir: Path) -> Iterable[AcceptedBatch]:
+        """Every batch in the lake, downloaded, with its dataset's schema."""
+        for dataset, schema in self.datasets.with_schemas():
+            for name, path in zip(
+                self.lake.batch_files(dataset.id),
+                self.lake.download_dataset(dataset.id, workdir / dataset.id),
+                strict=True,
+            ):
+                batch_id = name.split("/batch=", 1)[1].split("/", 1)[0]
+                with duckdb.connect() as con:
+                    ingested = con.execute(
+                        f"SELECT min(_ingestedAt) FROM read_parquet({quote_literal(str(path))})"
+                    ).fetchall()[0][0]
+                yield AcceptedBatch(dataset.id, schema, path, batch_id, ingested)
+
+    def rebuild(self, *, now: dt.datetime, policy: MergePolicy | None = None) -> StoreVersion:
+        """Replay every lake batch into a new store (the order the store applied them, then any it has not seen
+        by ingestion time), under `policy` (the default merge policy if none), and make it current."""
+        policy = policy or self.policies.default()
+        with tempfile.TemporaryDirectory(prefix="profile-rebuild-") as tmp:
+            work = Path(tmp)
+            staging = StoreFiles(folder=work / "store")
+            pointer, etag = self._pointer()
+            order = {b.batch_id: i for i, b in enumerate(pointer.current.batches)} if pointer else {}
+            batches = sorted(
+                self.lake_batches(work / "lake"),
+                key=lambda b: (order.get(b.batch_id, len(order)), b.ingested_at, b.batch_id),
+            )
+            version = replay(self.settings, batches, self._empty(now, policy), staging, work / "out", now=now)
+            self.files.put({name: staging.folder / name for name in _files_of(version)})
+            self._publish(version, pointer, etag, now)
+        return version
+
+
+def replay(
+    settings: Settings,
+    batches: Iterable[AcceptedBatch],
+    version: StoreVersion,
+    files: StoreFiles,
+    out: Path,
+    *,
+    now: dt.datetime,
+) -> StoreVersion:
+    """Apply batches one after another to `version`, its files kept in `files` (a folder): a rebuild's
+    staging, or the CLI's small store."""
+    with tempfile.TemporaryDirectory(prefix="profile-replay-") as tmp:
+        con = connect(settings, spill_dir=tmp)
+        try:
+            for n, batch in enumerate(batches):
+                version, written = apply_batch(con, version, batch, files, out / f"{n:06d}", now=now)
+                files.put(written)
+        finally:
+            con.close()
+    return version.model_copy(update={"id": _version_id(now), "created": now})
+
+
+def _version_path(version_id: str) -> str:
+    return f"versions/{version_id}.json"
+
+
+def _version_id(now: dt.datetime) -> str:
+    return f"v{now.astimezone(dt.UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
+
+
+def _files_of(version: StoreVersion) -> list[str]:
+    names = [version.graph] if version.graph else []
+    names += [b.touched for b in version.batches]
+    for s in version.shards:
+        names += s.fragments + s.events + ([s.profiles] if s.profiles else [])
+    return names
+
+
+def _read(paths: list[Path]) -> str:
+    return "SELECT * FROM read_parquet([" + ", ".join(quote_literal(str(p)) for p in paths) + "], union_by_name = true)"
+
+
+def _empty_fragments(leaves: dict[str, str]) -> str:
+    return (
+        "(SELECT "
+        + ", ".join(f"NULL::{t} AS {quote_ident(k)}" for k, t in {**FRAGMENT_KEYS, **leaves}.items())
+        + " WHERE false)"
+    )
+
+
+_EMPTY_GRAPH = (
+    "(SELECT "
+    + ", ".join(f"NULL::{t} AS {c}" for c, t in (x.split() for x in GRAPH_COLUMNS.split(", ")))
+    + " WHERE false)"
+)
+_EMPTY_IDENTITIES = "(SELECT NULL::VARCHAR AS profileId, NULL::VARCHAR AS ns, NULL::VARCHAR AS id WHERE false)"
+
+
+def _empty_profiles(leaves: dict[str, str], policy: MergePolicy) -> str:
+    return merge_sql(
+        fragments=_empty_fragments(leaves),
+        identities=_EMPTY_IDENTITIES,
+        people=_EMPTY_IDENTITIES,
+        policy=policy,
+        leaves=leaves,
+    )
+
+
+def apply_batch(
+    con: duckdb.DuckDBPyConnection,
+    version: StoreVersion,
+    batch: AcceptedBatch,
+    files: StoreFiles,
+    out: Path,
+    *,
+    now: dt.datetime,
+) -> tuple[StoreVersion, dict[str, Path]]:
+    """The next version: `version` with `batch` applied. Returns it and the new files it names (to upload)."""
+    uid = secrets.token_hex(6)
+    n = len(version.shards)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = [s.model_copy(deep=True) for s in version.shards]
+    written: dict[str, Path] = {}
+
+    def local(names: Iterable[str]) -> list[Path]:
+        """Local copies of store files: this batch's own new ones, or fetched."""
+        names = list(names)
+        fetched = iter(files.fetch([n for n in names if n not in written], out / "cache"))
+        return [written[n] if n in written else next(fetched) for n in names]
+
+    con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM read_parquet({quote_literal(str(batch.file))})")
+    records = scalar(con, "SELECT count(*) FROM batch")
+    graph = f"({_read(local([version.graph]))})" if version.graph else _EMPTY_GRAPH
+    at = f"{quote_literal(batch.ingested_at.isoformat())}::TIMESTAMPTZ"
+    identities = identities_sql("batch", batch.schema, stitching=version.policy.identity_stitching)
+    stitched = stitch(
+        con,
+        identities=f"SELECT *, {at} AS _ingestedAt FROM ({identities})",
+        records=records,
+        graph=graph,
+        batch_id=batch.batch_id,
+        limit=version.graph_limit,
+    )
+    graph_name = f"graph/{uid}.parquet"
+    written[graph_name] = out / f"graph-{uid}.parquet"
+    con.execute(
+        f"""COPY (SELECT * FROM (
+                SELECT ns, id, profileId, lastSeen FROM {graph} WHERE profileId NOT IN (SELECT profileId FROM {stitched.touched})
+                UNION ALL SELECT * FROM {stitched.graph_rows}) ORDER BY profileId, ns, id)
+            TO {quote_literal(str(written[graph_name]))} (FORMAT parquet, COMPRESSION zstd)"""
+    )
+    new_graph = f"read_parquet({quote_literal(str(written[graph_name]))})"
+
+    def write_by_shard(sql: str, kind: str, tag: str) -> dict[int, str]:
+        """Write rows (with `profileId`) into one file per shard they fall in; returns the names by shard."""
+        folder = out / f"{kind}-{tag}-{uid}"
+        con.execute(
+            f"""COPY (SELECT *, {shard_sql("profileId", n)} AS _shard FROM ({sql}) ORDER BY profileId)
+                TO {quote_literal(str(folder))} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (_shard))"""
+        )
+        names = {}
+        for part in sorted(folder.glob("_shard=*/*.parquet")):
+            shard = int(part.parent.name.split("=", 1)[1])
+            name = f"s{shard:04d}/{kind}-{uid}-{tag}-{part.stem}.parquet"
+            written[name] = part
+            names.setdefault(shard, []).append(name)
+        return names
+
+    # Merged people's rows move to the shard of the person they joined, under that person's key.
+    aliases = dict(con.execute(f"SELECT absorbed, profileId FROM {stitched.aliases}").fetchall())
+    for s in sorted({shard_of(a, n) for a in aliases}):
+        for kind in ("fragments", "events"):
+            existing = getattr(shards[s], kind)
+            if not existing:
+                continue
+            source = f"({_read(local(existing))})"
+            kept = write_by_shard(
+                f"SELECT * FROM {source} WHERE profileId NOT IN (SELECT absorbed FROM {stitched.aliases})",
+                kind,
+                f"kept{s}",
+            )
+            setattr(shards[s], kind, kept.get(s, []))
+            moved = write_by_shard(
+                f"""SELECT src.* REPLACE (a.profileId AS profileId) FROM {source} src
+                    JOIN {stitched.aliases} a ON src.profileId = a.absorbed""",
+                kind,
+                f"moved{s}",
+            )
+            for target, names in moved.items():
+                getattr(shards[target], kind).extend(names)
+
+    is_profile = batch.schema.schema_class is SchemaClass.PROFILE
+    con.execute(
+        f"""CREATE OR REPLACE TEMP VIEW batch_people AS
+        SELECT b.*, rp.profileId AS _person FROM batch b JOIN {stitched.record_people} rp ON rp.rid = b._row"""
+    )
+    rows_sql = (
+        fragment_sql("batch_people", batch.schema, batch.dataset_id, person="_person")
+        if is_profile
+        else "SELECT _person AS profileId, * EXCLUDE (_person) FROM batch_people"
+    )
+    kind = "fragments" if is_profile else "events"
+    added_rows = scalar(con, "SELECT count(*) FROM batch_people")
+    for shard, names in write_by_shard(rows_sql, kind, "batch").items():
+        getattr(shards[shard], kind).extend(names)
+    for s, files_of_shard in enumerate(shards):  # keep the number of files a reader opens bounded
+        for k in ("fragments", "events"):
+            if len(getattr(files_of_shard, k)) > MAX_DELTAS:
+                compacted = write_by_shard(_read(local(getattr(files_of_shard, k))), k, f"compact{s}")
+                setattr(files_of_shard, k, compacted.get(s, []))
+
+    leaves = profile_leaves([batch.schema] if is_profile else [], version.leaves)
+    everyone = leaves != version.leaves  # the union schema grew: every profile gets the new columns
+    people = (
+        f"(SELECT DISTINCT profileId FROM {new_graph})"
+        if everyone
+        else f"""(SELECT profileId FROM {stitched.changed}
+                  {"UNION SELECT DISTINCT _person FROM batch_people" if is_profile else ""})"""
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE remerged AS SELECT * FROM {people}")
+    involved = sorted(
+        {r[0] for r in con.execute(f"SELECT DISTINCT {shard_sql('profileId', n)} FROM remerged").fetchall()}
+        | {shard_of(a, n) for a in aliases}
+    )
+    if involved:
+        fragment_files = local(f for s in involved for f in shards[s].fragments)
+        fragments = (
+            complete_fragments(con, f"({_read(fragment_files)})", leaves)
+            if fragment_files
+            else _empty_fragments(leaves)
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE merged_people AS "
+            + merge_sql(
+                fragments=fragments,
+                identities=f"(SELECT profileId, ns, id FROM {new_graph})",
+                people="remerged",
+                policy=version.policy,
+                leaves=leaves,
+            )
+        )
+        old = [shards[s].profiles for s in involved if shards[s].profiles and not everyone]
+        kept = (
+            f"""SELECT * FROM ({_read(local(old))}) WHERE profileId NOT IN (SELECT profileId FROM remerged)
+                AND profileId NOT IN (SELECT absorbed FROM {stitched.aliases}) UNION ALL BY NAME """
+            if old
+            else ""
+        )
+        rewritten = write_by_shard(kept + "SELECT * FROM merged_people", "profiles", "merged")
+        for s in involved:
+            assert len(rewritten.get(s, [])) <= 1, f"shard {s}: more than one profiles file"
+            shards[s].profiles = rewritten.get(s, [None])[0]
+
+    touched_name = f"batches/{batch.batch_id}-{uid}.parquet"
+    written[touched_name] = out / f"touched-{uid}.parquet"
+    con.execute(
+        f"COPY (SELECT profileId FROM {stitched.touched} ORDER BY profileId) TO {quote_literal(str(written[touched_name]))} (FORMAT parquet)"
+    )
+    counts = {**stitched.counts(), "rows": added_rows}
+    people_count, identity_count = con.execute(
+        f"SELECT count(DISTINCT profileId), count(*) FROM {new_graph}"
+    ).fetchall()[0]
+    applied = AppliedBatch(
+        batch_id=batch.batch_id,
+        dataset_id=batch.dataset_id,
+        ingested_at=batch.ingested_at,
+        touched=touched_name,
+        counts=counts,
+    )
+    new = version.model_copy(
+        update={
+            "id": _version_id(now),
+            "created": now,
+            "as_of": max(filter(None, [version.as_of, batch.ingested_at])),
+            "graph": graph_name,
+            "shards": shards,
+            "leaves": leaves,
+            "batches": [*version.batches, applied],
+            "people": people_count,
+            "identities": identity_count,
+            "fragments": version.fragments + (added_rows if is_profile else 0),
+            "events": version.events + (0 if is_profile else added_rows),
+        }
+    )
+    return new, written

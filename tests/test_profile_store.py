@@ -1,0 +1,321 @@
+"""The profile store: identities stitched once as batches arrive, person-keyed shards, atomic versions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import tempfile
+import threading
+from pathlib import Path
+
+import duckdb
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from shared.engine import connect
+from shared.identity import DEFAULT_POLICY, ProfileStore, StoreVersion
+from shared.identity.store import StoreFiles, replay, shard_of
+from shared.ingestion.batch import AcceptedBatch
+from shared.ingestion.records import read_records
+from shared.ingestion.schemas import EVENT_SCHEMA, PROFILE_SCHEMA
+from shared.ingestion.validation import validate
+from shared.settings import Settings, get_settings
+from tests.conftest import NOW, Landing
+from tests.helpers import create_dataset, event, ndjson, profile
+
+pytestmark = []
+
+
+def _key(ns: str, value: str) -> str:
+    """The key a person first seen with this single identity gets."""
+    return "p" + hashlib.md5(f"{ns}:{value}".encode()).hexdigest()[:23]
+
+
+def _contents(store: ProfileStore, version: StoreVersion, work: Path) -> dict:
+    """What a version holds, independent of its file names: graph, profiles and events by shard."""
+    con = duckdb.connect()
+    files = store.files
+    out = {"graph": [], "shards": []}
+    if version.graph:
+        (g,) = files.fetch([version.graph], work)
+        out["graph"] = con.execute(f"SELECT ns, id, profileId FROM '{g}' ORDER BY ALL").fetchall()
+    for shard in version.shards:
+        entry = {}
+        if shard.profiles:
+            (p,) = files.fetch([shard.profiles], work)
+            entry["profiles"] = con.execute(f"SELECT * FROM '{p}' ORDER BY profileId").fetchall()
+        if shard.events:
+            paths = files.fetch(shard.events, work)
+            entry["events"] = con.execute(
+                "SELECT profileId, _id FROM read_parquet([" + ", ".join(f"'{p}'" for p in paths) + "]) ORDER BY ALL"
+            ).fetchall()
+        out["shards"].append(entry)
+    return out
+
+
+def test_ingestion_keeps_the_store_and_a_rebuild_gives_the_same_store(settings, landing_zone, account, tmp_path):
+    create_dataset(settings, "crm")
+    create_dataset(settings, "web", schema_id="xdm-experienceevent")
+    landing_zone.ingest_at("crm/a.ndjson", ndjson(profile("c-1", "ann@example.com", loyalty={"tier": "gold"})), now=NOW)
+    landing_zone.ingest_at(
+        "web/a.ndjson",
+        ndjson(
+            event("e-1", "2026-11-20T10:00:00Z", "commerce.purchases", ECID="d-1", CRMID="c-1"),
+            event("e-2", "2026-11-20T10:00:00Z", "commerce.purchases", ECID="d-2"),
+        ),
+        now=NOW + dt.timedelta(minutes=1),
+    )
+    job = landing_zone.ingest_at(
+        "crm/b.ndjson",
+        ndjson(profile("c-2", ecid="d-2", loyalty={"tier": "silver"}), profile("c-3", loyalty={"tier": "bronze"})),
+        now=NOW + dt.timedelta(minutes=2),
+    )
+    assert job.metrics["profileStore"]["newPeople"] == 1  # c-3; c-2 joins the person device d-2 already was
+    store = ProfileStore.from_settings(settings, account)
+    incremental = store.version()
+    assert (incremental.people, incremental.identities, incremental.events) == (3, 6, 2)
+    rebuilt = store.rebuild(now=NOW + dt.timedelta(hours=1))
+    assert rebuilt.id != incremental.id
+    assert _contents(store, rebuilt, tmp_path / "b") == _contents(store, incremental, tmp_path / "a")
+    # The version before the rebuild is kept: a job as of an earlier time reads the store as it was.
+    assert store.version(NOW + dt.timedelta(minutes=1, seconds=30)).people == 2
+
+
+def test_a_redelivered_batch_changes_nothing(settings, landing_zone, account):
+    create_dataset(settings, "crm")
+    landing_zone.ingest_at("crm/a.ndjson", ndjson(profile("c-1", "ann@example.com")), now=NOW)
+    store = ProfileStore.from_settings(settings, account)
+    before = store.version()
+    batch = before.batches[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        lake_file = Path(tmp) / "data.parquet"
+        store.lake.blobs.download(store.lake.data_path("crm", batch.batch_id), lake_file)
+        again = AcceptedBatch("crm", PROFILE_SCHEMA, lake_file, batch.batch_id, batch.ingested_at)
+        assert store.apply(again, now=NOW) == batch.counts
+    assert store.version().id == before.id
+
+
+def test_people_merged_across_shards_move_to_the_shard_of_the_surviving_key(settings, landing_zone, account):
+    shards = settings.profile_shards
+    # Two CRM ids whose people start in different shards.
+    a = "c-1"
+    b = next(
+        f"c-{i}"
+        for i in range(2, 500)
+        if shard_of(_key("CRMID", f"c-{i}"), shards) != shard_of(_key("CRMID", a), shards)
+    )
+    create_dataset(settings, "crm")
+    create_dataset(settings, "web", schema_id="xdm-experienceevent")
+    landing_zone.ingest_at("crm/a.ndjson", ndjson(profile(a, loyalty={"tier": "gold"}), profile(b)), now=NOW)
+    landing_zone.ingest_at(
+        "web/a.ndjson",
+        ndjson(
+            event("e-a", "2026-11-20T10:00:00Z", "web.pageViews", CRMID=a),
+            event("e-b", "2026-11-20T10:00:00Z", "web.pageViews", CRMID=b),
+        ),
+        now=NOW + dt.timedelta(minutes=1),
+    )
+    job = landing_zone.ingest_at(
+        "web/link.ndjson",
+        ndjson(
+            {**event("e-ab", "2026-11-20T11:00:00Z", "web.pageViews"), "identityMap": {"CRMID": [{"id": a}, {"id": b}]}}
+        ),
+        now=NOW + dt.timedelta(minutes=2),
+    )
+    assert job.metrics["profileStore"]["merges"] == 1
+    survivor, absorbed = sorted([_key("CRMID", a), _key("CRMID", b)])
+    store = ProfileStore.from_settings(settings, account)
+    version = store.version()
+    with tempfile.TemporaryDirectory() as tmp:
+        contents = _contents(store, version, Path(tmp))
+    home = contents["shards"][shard_of(survivor, shards)]
+    assert [row[0] for row in home["profiles"]].count(survivor) == 1
+    assert sorted(e for p, e in home["events"] if p == survivor) == ["e-a", "e-ab", "e-b"]
+    everywhere = [row for s in contents["shards"] for row in s.get("profiles", []) + s.get("events", [])]
+    assert all(row[0] != absorbed for row in everywhere)
+    (merged,) = [row for row in home["profiles"] if row[0] == survivor]
+    assert {i["id"] for i in merged[1]} == {a, b}
+    assert any(isinstance(v, dict) and v.get("tier") == "gold" for v in merged)  # its loyalty, merged
+
+
+def test_the_graph_limit_keeps_the_most_recently_seen_identities_of_the_people_a_batch_touches(
+    settings, landing, account, monkeypatch
+):
+    monkeypatch.setenv("IDENTITY_GRAPH_LIMIT", "3")
+    get_settings.cache_clear()
+    landing_zone = Landing(get_settings(), landing)
+    create_dataset(settings, "web", schema_id="xdm-experienceevent")
+    for minute, device in enumerate(["d-1", "d-2", "d-3", "d-4"]):
+        job = landing_zone.ingest_at(
+            f"web/{device}.ndjson",
+            ndjson(event(f"e-{device}", "2026-11-20T10:00:00Z", "web.pageViews", CRMID="c-1", ECID=device)),
+            now=NOW + dt.timedelta(minutes=minute),
+        )
+    assert job.metrics["profileStore"]["identitiesDropped"] == 1
+    store = ProfileStore.from_settings(get_settings(), account)
+    assert store.version().summary()["identitiesDropped"] == 2
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = _contents(store, store.version(), Path(tmp))["graph"]
+    assert [(ns, i) for ns, i, _ in graph] == [("CRMID", "c-1"), ("ECID", "d-3"), ("ECID", "d-4")]
+    # The events stay with the person they were stitched to; a dropped device is a new person next time.
+    job = landing_zone.ingest_at(
+        "web/again.ndjson",
+        ndjson(event("e-again", "2026-11-20T12:00:00Z", "web.pageViews", ECID="d-1")),
+        now=NOW + dt.timedelta(minutes=9),
+    )
+    assert job.metrics["profileStore"]["newPeople"] == 1
+    assert store.version().events == 5
+
+
+def test_two_batches_at_once_lose_no_link(settings, landing_zone, account):
+    """The second batch to publish finds the store moved on, and applies itself again on the new version."""
+    create_dataset(settings, "crm")
+    create_dataset(settings, "web", schema_id="xdm-experienceevent")
+    landing_zone.ingest_at("crm/a.ndjson", ndjson(profile("c-1"), profile("c-2")), now=NOW)
+    entered = threading.Barrier(2, timeout=60)
+    first_two = iter(range(2))
+    real_put = StoreFiles.put
+
+    def put(self, files):  # both batches have computed their versions before either publishes
+        real_put(self, files)
+        if (
+            self.blobs is not None
+            and any(n.startswith("batches/") for n in files)
+            and next(first_two, None) is not None
+        ):
+            entered.wait()
+
+    StoreFiles.put = put
+    try:
+        results = {}
+        threads = [
+            threading.Thread(
+                target=lambda n=n, body=body: results.setdefault(
+                    n, landing_zone.ingest_at(f"web/{n}.ndjson", body, now=NOW + dt.timedelta(minutes=1))
+                )
+            )
+            for n, body in [
+                ("x", ndjson(event("e-x", "2026-11-20T10:00:00Z", "web.pageViews", CRMID="c-1", ECID="d-9"))),
+                ("y", ndjson(event("e-y", "2026-11-20T10:00:00Z", "web.pageViews", CRMID="c-2", ECID="d-9"))),
+            ]
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        StoreFiles.put = real_put
+    assert {j.status.value for j in results.values()} == {"SUCCEEDED"}
+    version = ProfileStore.from_settings(settings, account).version()
+    assert len(version.batches) == 3
+    assert version.people == 1  # d-9 links c-1 and c-2, whichever batch published first
+    assert sum(b.counts["merges"] for b in version.batches) == 1
+
+
+# -- the store's semantics against an independent model, over random batches -------------------------------
+
+PEOPLE = [f"c-{i}" for i in range(6)]
+record = st.fixed_dictionaries(
+    {
+        "crm": st.sampled_from(PEOPLE),
+        "device": st.none() | st.sampled_from([f"d-{i}" for i in range(6)]),
+        "tier": st.none() | st.sampled_from(["gold", "silver", "bronze"]),
+        "event": st.booleans(),
+    }
+)
+
+
+def _batches(records: list[dict], cuts: list[int], work: Path, con) -> list[AcceptedBatch]:
+    """Records cut into batches, each validated into a lake file; batch n is ingested at minute n."""
+    bounds = sorted({0, len(records), *(c % (len(records) + 1) for c in cuts)})
+    out = []
+    for _n, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        chunk = records[lo:hi]
+        for kind, schema in (("events", EVENT_SCHEMA), ("profiles", PROFILE_SCHEMA)):
+            rows = [r for r in chunk if r["event"] == (kind == "events")]
+            if not rows:
+                continue
+            lines = [
+                event(
+                    f"e-{lo}-{i}",
+                    "2026-11-20T10:00:00Z",
+                    "web.pageViews",
+                    CRMID=r["crm"],
+                    **({"ECID": r["device"]} if r["device"] else {}),
+                )
+                if kind == "events"
+                else profile(r["crm"], ecid=r["device"], **({"loyalty": {"tier": r["tier"]}} if r["tier"] else {}))
+                for i, r in enumerate(rows)
+            ]
+            data = ndjson(*lines).encode()
+            checked = validate(con, read_records(data, file_name=f"{kind}.ndjson", schema=schema, con=con), schema)
+            at = NOW + dt.timedelta(minutes=len(out))
+            path = work / f"{len(out):03d}-{kind}.parquet"
+            checked.write_accepted(path, batch_id=f"b{len(out):03d}", ingested_at=at)
+            out.append(AcceptedBatch(kind, schema, path, f"b{len(out):03d}", at))
+    return out
+
+
+def _model(batches_records: list[list[dict]]) -> tuple[set[frozenset[str]], dict[frozenset[str], str | None]]:
+    """People as union-find over identities (no limit reached), and each one's latest non-null tier."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for rows in batches_records:
+        for r in rows:
+            ids = [f"CRMID:{r['crm']}"] + ([f"ECID:{r['device']}"] if r["device"] else [])
+            for i in ids[1:]:
+                parent[find(i)] = find(ids[0])
+            find(ids[0])
+    groups: dict[str, set[str]] = {}
+    for x in parent:
+        groups.setdefault(find(x), set()).add(x)
+    people = {frozenset(g) for g in groups.values()}
+    tiers: dict[frozenset[str], str | None] = {p: None for p in people}
+    for rows in batches_records:
+        for r in rows:
+            if not r["event"] and r["tier"]:
+                tiers[next(p for p in people if f"CRMID:{r['crm']}" in p)] = r["tier"]
+    return people, tiers
+
+
+@hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(record, min_size=1, max_size=14), cuts=st.lists(st.integers(0, 20), max_size=4))
+def test_stores_built_batch_by_batch_stitch_and_merge_like_the_whole_lake_at_once(records, cuts):
+    settings = Settings(profile_shards=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        con = connect(settings, spill_dir=tmp)
+        batches = _batches(records, cuts, work, con)
+        store = ProfileStore(settings=settings, files=StoreFiles(folder=work / "store"))
+        empty = StoreVersion.empty(shards=3, policy=DEFAULT_POLICY, graph_limit=50, now=NOW)
+        version = replay(settings, batches, empty, store.files, work / "out", now=NOW)
+        profiles = store.open(con, now=NOW, workdir=work / "cache", version=version)
+        rows = con.execute(
+            f"SELECT profileId, identities, json_extract_string(to_json(p), '$.loyalty.tier') FROM {profiles.profiles} p"
+        ).fetchall()
+        events = dict(con.execute(f"SELECT profileId, count(*) FROM {profiles.events} GROUP BY ALL").fetchall())
+        con.close()
+    # Batches in application order, with their records (the cut order: events before profiles per chunk).
+    by_batch = []
+    bounds = sorted({0, len(records), *(c % (len(records) + 1) for c in cuts)})
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        for is_event in (True, False):
+            chunk = [r for r in records[lo:hi] if r["event"] == is_event]
+            if chunk:
+                by_batch.append(chunk)
+    people, tiers = _model(by_batch)
+    stored = {frozenset(f"{i['namespace']}:{i['id']}" for i in ids): (pid, tier) for pid, ids, tier in rows}
+    assert set(stored) == people
+    assert {p: t for p, (_, t) in stored.items()} == tiers
+    expected_events = {
+        p: sum(1 for rows_ in by_batch for r in rows_ if r["event"] and f"CRMID:{r['crm']}" in p) for p in people
+    }
+    assert {p: events.get(pid, 0) for p, (pid, _) in stored.items()} == expected_events
+    assert json.dumps(version.summary(), default=str)  # the summary serializes

@@ -108,7 +108,8 @@ def stitched_sql(store: Path) -> str:
         FROM read_parquet({quote_literal(str(store / "profiles" / "*.parquet"))})),
     events AS (
         SELECT profileId AS person, timestamp AS ts, eventType, commerce.order.priceTotal AS price
-        FROM read_parquet({quote_literal(str(store / "events" / "*.parquet"))}, union_by_name = true))"""
+        FROM read_parquet({quote_literal(str(store / "events" / "*.parquet"))}, union_by_name = true)
+        WHERE profileId NOT IN (SELECT profileId FROM read_parquet({quote_literal(str(store / "removed" / "*.parquet"))})))"""
 
 
 def _col(sid: str) -> str:
@@ -144,7 +145,8 @@ def stage_rebuild() -> dict:
     ProfileStore.from_settings(get_settings()).rebuild(now=NOW)
     rebuild = time.perf_counter() - started
     started = time.perf_counter()
-    job = SegmentJobRunner.from_settings(get_settings()).run(now=NOW + dt.timedelta(seconds=1))
+    # The same time as the job it is compared with; naming the segments makes it another job (another id).
+    job = SegmentJobRunner.from_settings(get_settings()).run(now=NOW, segment_ids=sorted(segments()))
     return {**_job_result(job, time.perf_counter() - started), "rebuild_seconds": rebuild}
 
 
@@ -270,8 +272,12 @@ def _setup(people: int, work: Path) -> dict:
     for kind, names in (
         ("profiles", [s.profiles for s in version.shards if s.profiles]),
         ("events", [e for s in version.shards for e in s.events]),
+        ("removed", [s.removed for s in version.shards if s.removed]),  # people merged away, not yet compacted
     ):
         profiles.files.fetch(names, work / "store" / kind)
+    duckdb.execute(
+        f"COPY (SELECT NULL::VARCHAR AS profileId WHERE false) TO {quote_literal(str(work / 'store' / 'removed' / 'none.parquet'))}"
+    )
     return {"last_batch": last, "store": version.summary()}
 
 

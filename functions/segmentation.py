@@ -75,7 +75,17 @@ def segment_jobs(req: func.HttpRequest) -> func.HttpResponse:
 def segment_job_queued(message: func.QueueMessage) -> None:
     job = SegmentJobRunner.from_settings(get_settings()).run_queued(message.get_json())
     log.info("queued segment job %s: %s", job.id, job.status.value)
-    _activate(job, utc_now())
+    if job.status.terminal:  # nothing to fan out; otherwise the shard that finishes last activates
+        _activate(job, utc_now())
+
+
+@bp.function_name("segment_shard_queued")
+@bp.queue_trigger(arg_name="message", queue_name="%SEGMENT_SHARDS_QUEUE%", connection="AzureWebJobsStorage")
+def segment_shard_queued(message: func.QueueMessage) -> None:
+    job = SegmentJobRunner.from_settings(get_settings()).run_shard(message.get_json())
+    if job is not None:  # this shard finished last and published the job
+        log.info("segment job %s: %s %s", job.id, job.status.value, job.metrics.get("segmentedProfileCounter"))
+        _activate(job, utc_now())
 
 
 @bp.function_name("segments")

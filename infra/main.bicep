@@ -32,6 +32,7 @@ var containers = {
 }
 var queues = {
   segmentJobs: 'segment-jobs'
+  segmentShards: 'segment-shards'
   profileJobs: 'profile-jobs'
   exportRuns: 'export-runs'
   alertDeliveries: 'alert-deliveries'
@@ -162,6 +163,8 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'CAMPAIGN_CONTAINER', value: containers.campaign }
         { name: 'TABLE_PREFIX', value: '' }
         { name: 'SEGMENT_JOBS_QUEUE', value: queues.segmentJobs }
+        { name: 'SEGMENT_SHARDS_QUEUE', value: queues.segmentShards }
+        { name: 'SEGMENT_SHARD_TIMEOUT_SECONDS', value: '1800' }
         { name: 'PROFILE_JOBS_QUEUE', value: queues.profileJobs }
         { name: 'EXPORT_RUNS_QUEUE', value: queues.exportRuns }
         { name: 'ALERT_DELIVERIES_QUEUE', value: queues.alertDeliveries }

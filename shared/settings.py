@@ -111,6 +111,17 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SEGMENT_JOBS_QUEUE", "segment_jobs_queue"),
         description="Queue of on-demand segment jobs (HTTP answers at once; a queue trigger runs the job).",
     )
+    segment_shards_queue: str = Field(
+        "segment-shards",
+        validation_alias=AliasChoices("SEGMENT_SHARDS_QUEUE", "segment_shards_queue"),
+        description="Queue of the shard tasks of queued segment jobs: one per profile store shard, spread over instances.",
+    )
+    segment_shard_timeout_seconds: int = Field(
+        1800,
+        gt=0,
+        validation_alias=AliasChoices("SEGMENT_SHARD_TIMEOUT_SECONDS", "segment_shard_timeout_seconds"),
+        description="How long a fanned-out segment job waits for its shards before the monitor fails it as stuck.",
+    )
     segment_exited_retention_days: int = Field(
         30, gt=0, validation_alias=AliasChoices("SEGMENT_EXITED_RETENTION_DAYS", "segment_exited_retention_days")
     )

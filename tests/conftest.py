@@ -64,6 +64,7 @@ def settings(azurite: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings
         "ALERT_DELIVERIES_QUEUE": f"alerts-{tag}",
         "SEGMENT_JOBS_QUEUE": f"segment-jobs-{tag}",
         "PROFILE_JOBS_QUEUE": f"profile-jobs-{tag}",
+        "SEGMENT_SHARDS_QUEUE": f"segment-shards-{tag}",
         "EXPORT_RUNS_QUEUE": f"export-runs-{tag}",
         "DUCKDB_MEMORY_LIMIT": "512MB",
     }

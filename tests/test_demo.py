@@ -80,12 +80,17 @@ def test_the_dashboard_shows_the_demo_in_a_real_browser_without_console_errors(d
             page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
             tiles = {
                 el.get_attribute("data-status"): int(el.inner_text().split()[0].replace(",", ""))
-                for el in page.query_selector_all(".tile")
+                for el in page.query_selector_all("#tiles .tile")
             }
             expected: dict[str, int] = {}
             for j in jobs:
                 expected[j["status"]] = expected.get(j["status"], 0) + 1
             assert tiles == expected
+            store = {
+                el.get_attribute("data-store"): int(el.inner_text().split()[0].replace(",", ""))
+                for el in page.query_selector_all("#store .tile[data-store]")
+            }
+            assert store["people"] > 0 and store["events"] > 0 and store["shards"] > 0
             rows = page.query_selector_all("#lists tr")[1:]
             shown = {
                 r.query_selector_all("td")[0].inner_text(): r.query_selector_all("td")[1].inner_text() for r in rows

@@ -45,6 +45,8 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
         ("snapshot_retention", "SNAPSHOT_RETENTION_SCHEDULE"),
     ):
         assert functions[name]["type"] == "timerTrigger" and functions[name]["schedule"] == f"%{setting}%"
+    assert functions["segment_shard_queued"]["type"] == "queueTrigger"
+    assert functions["segment_shard_queued"]["queueName"] == "%SEGMENT_SHARDS_QUEUE%"
     assert functions["profile_rebuild_queued"]["type"] == "queueTrigger"
     assert functions["profile_rebuild_queued"]["queueName"] == "%PROFILE_JOBS_QUEUE%"
     assert functions["export_run_queued"]["type"] == "queueTrigger"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from shared.engine import connect
 from shared.identity import DEFAULT_POLICY, ProfileStore, StoreVersion
-from shared.identity.store import StoreFiles, replay, shard_of
+from shared.identity.store import StoreFiles, replay, rows_sql_of, shard_of
 from shared.ingestion.batch import AcceptedBatch
 from shared.ingestion.records import read_records
 from shared.ingestion.schemas import EVENT_SCHEMA, PROFILE_SCHEMA
@@ -47,10 +47,8 @@ def _contents(store: ProfileStore, version: StoreVersion, work: Path) -> dict:
             (p,) = files.fetch([shard.profiles], work)
             entry["profiles"] = con.execute(f"SELECT * FROM '{p}' ORDER BY profileId").fetchall()
         if shard.events:
-            paths = files.fetch(shard.events, work)
-            entry["events"] = con.execute(
-                "SELECT profileId, _id FROM read_parquet([" + ", ".join(f"'{p}'" for p in paths) + "]) ORDER BY ALL"
-            ).fetchall()
+            rows = rows_sql_of(shard.events, shard.removed, lambda names: files.fetch(names, work))
+            entry["events"] = con.execute(f"SELECT profileId, _id FROM {rows} ORDER BY ALL").fetchall()
         out["shards"].append(entry)
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import tempfile
 from pathlib import Path
 
@@ -13,12 +14,14 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from dev.host import deliver_queue_messages
+from functions.monitoring import monitor
 from functions.segmentation import (
     segment_explain,
     segment_job_daily,
     segment_job_queued,
     segment_jobs,
     segment_preview,
+    segment_shard_queued,
     segments,
 )
 from shared.engine import connect
@@ -147,15 +150,22 @@ def test_an_on_demand_job_is_queued_over_http_and_run_by_the_queue_trigger_once(
     assert job["status"] == "QUEUED" and response.headers["Location"] == f"/api/segment-jobs/{job['id']}"
     queue = account.queue(settings.segment_jobs_queue)
     assert deliver_queue_messages(segment_job_queued, queue) == 1
+    # The job fans out: one task per shard of the profile store; the last to finish publishes.
+    planned = body(call(segment_jobs, "GET", f"segment-jobs/{job['id']}", {"id": job["id"]}))
+    assert planned["status"] == "PROCESSING" and planned["metrics"]["shardsPlanned"] == settings.profile_shards
+    shards = account.queue(settings.segment_shards_queue)
+    task = shards.peek_messages()[0].content
+    assert deliver_queue_messages(segment_shard_queued, shards) == settings.profile_shards
     done = body(call(segment_jobs, "GET", f"segment-jobs/{job['id']}", {"id": job["id"]}))
     assert done["status"] == "SUCCEEDED" and done["metrics"]["segmentedProfileCounter"] == {"ny": 1}
-    # A redelivered message finds the job done and runs nothing.
+    assert [s["shard"] for s in done["metrics"]["shards"]] == list(range(settings.profile_shards))
+    assert {"profiles", "evaluated", "seconds", "duckdbMemoryMB"} <= set(done["metrics"]["shards"][0])
+    # Redelivered messages find the job and the shard done, and run nothing.
+    runner = SegmentJobRunner.from_settings(settings)
+    assert runner.run_shard(json.loads(task)) is None
     message = {"jobId": job["id"], "now": job["created"], "segments": ["ny"]}
-    again = SegmentJobRunner.from_settings(settings).run_queued(message)
-    assert (
-        again.status is JobStatus.SUCCEEDED
-        and again.metrics == SegmentJobRunner.from_settings(settings).jobs.get(again.type, again.id).metrics
-    )
+    again = runner.run_queued(message)
+    assert again.status is JobStatus.SUCCEEDED and again.metrics == runner.jobs.get(again.type, again.id).metrics
     unknown = call(segment_jobs, "POST", "segment-jobs", body={"segments": ["nope"]})
     assert unknown.status_code == 404
 
@@ -298,7 +308,13 @@ def test_a_running_job_that_is_cancelled_publishes_nothing(settings, account, cr
         return paths
 
     monkeypatch.setattr(runner.memberships, "upload", cancel_while_running)
-    done = runner.run_queued({"jobId": job.id, "now": DAY1.isoformat(), "segments": None})
+    assert (
+        runner.run_queued({"jobId": job.id, "now": DAY1.isoformat(), "segments": None}).status is JobStatus.PROCESSING
+    )
+    ends = [
+        runner.run_shard(json.loads(m.content)) for m in account.queue(settings.segment_shards_queue).receive_messages()
+    ]
+    [done] = [j for j in ends if j is not None]  # the shard that finished last
     assert done.status is JobStatus.CANCELLED
     assert MembershipStore.from_settings(settings, account).current("ca") is None
 
@@ -337,3 +353,29 @@ def test_any_number_of_segments_is_published_at_once_or_not_at_all(settings, acc
     store.publish(job("third", 10))
     current = store.current_pointers()
     assert len(current) == 250 and current["s005"].job_id == "third" and current["s200"].job_id == "first"
+
+
+def test_a_shard_that_keeps_failing_fails_the_job_and_the_previous_memberships_stay(settings, account, crm, clock):
+    put_segment("ca", 'homeAddress.stateProvince = "CA"')
+    runner = SegmentJobRunner.from_settings(settings)
+    before = runner.run(now=DAY1)
+    # One shard's merged profiles vanish from storage: its task fails on every delivery (the host retries it,
+    # then moves it to the poison queue), so the job's shards never all finish.
+    store = ProfileStore.from_settings(settings, account)
+    broken = next(s for s in store.version().shards if s.profiles)
+    store.files.blobs.delete(broken.profiles)
+    job = runner.enqueue(now=DAY2)
+    runner.run_queued({"jobId": job.id, "now": DAY2.isoformat(), "segments": None})
+    for message in account.queue(settings.segment_shards_queue).receive_messages():
+        try:
+            runner.run_shard(json.loads(message.content))
+        except Exception:  # noqa: BLE001 - the host would retry it, and then poison it
+            continue
+    assert runner.jobs.get(job.type, job.id).status is JobStatus.PROCESSING
+    # Past the shard timeout (and one lease), the monitor fails the job as stuck.
+    stuck = dt.timedelta(seconds=settings.segment_shard_timeout_seconds + 2 * settings.job_lease_seconds)
+    clock.move_to(dt.datetime.now(dt.UTC) + stuck)
+    monitor.build().get_user_function()(TimerRequest(past_due=False))
+    failed = runner.jobs.get(job.type, job.id)
+    assert failed.status is JobStatus.FAILED and failed.errors[0].code == "abandoned"
+    assert MembershipStore.from_settings(settings, account).current("ca").job_id == before.id

@@ -45,11 +45,19 @@ class Stitched:
 
 
 def stitch(
-    con: duckdb.DuckDBPyConnection, *, identities: str, records: int, graph: str, batch_id: str, limit: int
+    con: duckdb.DuckDBPyConnection,
+    *,
+    identities: str,
+    records: int,
+    graph: str,
+    batch_id: str,
+    limit: int,
+    retired: str | None = None,
 ) -> Stitched:
     """Stitch a batch, given `identities(rid, ns, id)` (the batch's records and their normalized identities)
     and `graph(ns, id, profileId, lastSeen)` (the graph before it). `records` is how many records the batch has.
-    The batch's time is each record's `lastSeen` there: `identities` also carries `_ingestedAt`."""
+    The batch's time is each record's `lastSeen` there: `identities` also carries `_ingestedAt`. `retired`
+    (profileId) names keys of people merged away, which a new person must not take either."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE batch_identities AS SELECT * FROM ({identities})")
     # The only lookup into the graph: the batch's distinct identities, joined with it.
     con.execute(
@@ -70,6 +78,7 @@ def stitch(
         SELECT -dense_rank() OVER (ORDER BY k.profileId) AS rid, n.node FROM known k JOIN nodes n USING (ns, id)"""
     )
     components(con)
+    taken = f" UNION ALL SELECT profileId FROM {retired}" if retired else ""
     # Each component's person: the smallest known person it joins, or a new one named by its smallest identity
     # (salted by the batch when that name is taken, e.g. by a person that once held the identity).
     con.execute(
@@ -82,7 +91,7 @@ def stitch(
         )
         SELECT label, joined,
                coalesce(known_person,
-                        CASE WHEN fresh IN (SELECT profileId FROM {graph}) THEN salted ELSE fresh END) AS profileId
+                        CASE WHEN fresh IN (SELECT profileId FROM {graph}{taken}) THEN salted ELSE fresh END) AS profileId
         FROM c"""
     )
     con.execute(

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import secrets
 import tempfile
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +48,7 @@ from shared.ingestion.paths import quote_ident, quote_literal
 from shared.ingestion.schemas import SchemaClass
 from shared.settings import Settings
 from shared.storage import BlobStore, StorageAccount
+from shared.timing import Laps
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class ShardFiles(_Model):
     fragments: list[str] = Field(default_factory=list)
     events: list[str] = Field(default_factory=list)
     profiles: str | None = None
+    removed: str | None = Field(None, description="People merged away since the shard was last compacted.")
 
 
 class AppliedBatch(_Model):
@@ -70,7 +73,9 @@ class AppliedBatch(_Model):
     dataset_id: str
     ingested_at: dt.datetime
     touched: str = Field(description="The people the batch touched (a Parquet file of profile ids).")
-    counts: dict[str, int] = Field(default_factory=dict)
+    counts: dict[str, float] = Field(
+        default_factory=dict, description="What the batch changed, and its phases in seconds."
+    )
 
 
 class StoreVersion(_Model):
@@ -270,12 +275,23 @@ class ProfileStore:
             )
         chosen = [version.shards[s] for s in (range(len(version.shards)) if shards is None else shards)]
         profile_files = self.files.fetch([s.profiles for s in chosen if s.profiles], workdir)
-        event_files = self.files.fetch([e for s in chosen for e in s.events], workdir)
+        # Every file the chosen shards need, fetched at once (in parallel), then read shard by shard.
+        self.files.fetch(
+            [n for s in chosen for n in [*s.events, *([s.removed] if s.removed and s.events else [])]], workdir
+        )
+
+        def local(names: list[str]) -> list[Path]:
+            return self.files.fetch(names, workdir)
+
+        events = [rows_sql_of(s.events, s.removed, local) for s in chosen if s.events]
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW {PROFILES} AS "
             + (_read(profile_files) if profile_files else _empty_profiles(version.leaves, version.policy))
         )
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS " + (_read(event_files) if event_files else EMPTY_EVENTS))
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS "
+            + (" UNION ALL BY NAME ".join(f"SELECT * FROM {e}" for e in events) if events else EMPTY_EVENTS)
+        )
         stats = {"profiles": scalar(con, f"SELECT count(*) FROM {PROFILES}"), **version.summary()}
         stats.pop("lastBatch")
         return UnifiedProfiles(con=con, policy=version.policy, now=now, stats=stats, leaves=dict(version.leaves))
@@ -298,7 +314,7 @@ class ProfileStore:
 
     # -- writing ------------------------------------------------------------------------------------------
 
-    def apply(self, batch: AcceptedBatch, *, now: dt.datetime) -> dict[str, int]:
+    def apply(self, batch: AcceptedBatch, *, now: dt.datetime) -> dict[str, float]:
         """Apply a validated batch; returns what it changed (new people, merges, dropped identities). A batch
         already applied changes nothing. Concurrent batches each retry on the version the other published."""
         for _ in range(_ATTEMPTS):
@@ -312,13 +328,14 @@ class ProfileStore:
                     new, written = apply_batch(con, version, batch, self.files, Path(tmp), now=now)
                 finally:
                     con.close()
+                uploaded = time.monotonic()
                 self.files.put(written)
             try:
                 self._publish(new, pointer, etag, now)
             except Conflict:
                 log.info("profile store moved on while batch %s was applied; applying it again", batch.batch_id)
                 continue
-            return new.batches[-1].counts
+            return {**new.batches[-1].counts, "uploadSeconds": round(time.monotonic() - uploaded, 3)}
         raise Conflict(f"the profile store kept changing while batch {batch.batch_id} was applied; retry the batch")
 
     def _publish(self, new: StoreVersion, pointer: StorePointer | None, etag: str | None, now: dt.datetime) -> None:
@@ -389,6 +406,14 @@ def replay(
     return version.model_copy(update={"id": _version_id(now), "created": now})
 
 
+def rows_sql_of(names: list[str], removed: str | None, local) -> str:
+    """SQL of the rows of a shard's files (fetched with `local`), skipping the people listed as removed."""
+    rows = f"({_read(local(names))})"
+    if removed is None:
+        return rows
+    return f"(SELECT * FROM {rows} WHERE profileId NOT IN (SELECT profileId FROM ({_read(local([removed]))})))"
+
+
 def _version_path(version_id: str) -> str:
     return f"versions/{version_id}.json"
 
@@ -401,7 +426,7 @@ def _files_of(version: StoreVersion) -> list[str]:
     names = [version.graph] if version.graph else []
     names += [b.touched for b in version.batches]
     for s in version.shards:
-        names += s.fragments + s.events + ([s.profiles] if s.profiles else [])
+        names += s.fragments + s.events + [f for f in (s.profiles, s.removed) if f]
     return names
 
 
@@ -446,6 +471,7 @@ def apply_batch(
 ) -> tuple[StoreVersion, dict[str, Path]]:
     """The next version: `version` with `batch` applied. Returns it and the new files it names (to upload)."""
     uid = secrets.token_hex(6)
+    laps = Laps()
     n = len(version.shards)
     out.mkdir(parents=True, exist_ok=True)
     shards = [s.model_copy(deep=True) for s in version.shards]
@@ -456,6 +482,10 @@ def apply_batch(
         names = list(names)
         fetched = iter(files.fetch([n for n in names if n not in written], out / "cache"))
         return [written[n] if n in written else next(fetched) for n in names]
+
+    def shard_rows(s: int, kind: str) -> str:
+        """A shard's rows of one kind (as they are now in this batch's work), without the removed people."""
+        return rows_sql_of(getattr(shards[s], kind), shards[s].removed, local)
 
     con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM read_parquet({quote_literal(str(batch.file))})")
     records = scalar(con, "SELECT count(*) FROM batch")
@@ -469,7 +499,9 @@ def apply_batch(
         graph=graph,
         batch_id=batch.batch_id,
         limit=version.graph_limit,
+        retired=f"({_read(local(removed))})" if (removed := [x.removed for x in shards if x.removed]) else None,
     )
+    laps.lap("stitchSeconds")
     graph_name = f"graph/{uid}.parquet"
     written[graph_name] = out / f"graph-{uid}.parquet"
     con.execute(
@@ -495,29 +527,34 @@ def apply_batch(
             names.setdefault(shard, []).append(name)
         return names
 
-    # Merged people's rows move to the shard of the person they joined, under that person's key.
+    laps.lap("graphSeconds")
+    # Merged people's rows are copied to the shard of the person they joined, under that person's key; in
+    # their old shard the absorbed keys are listed as removed (readers skip them) until the shard is compacted.
     aliases = dict(con.execute(f"SELECT absorbed, profileId FROM {stitched.aliases}").fetchall())
     for s in sorted({shard_of(a, n) for a in aliases}):
         for kind in ("fragments", "events"):
             existing = getattr(shards[s], kind)
             if not existing:
                 continue
-            source = f"({_read(local(existing))})"
-            kept = write_by_shard(
-                f"SELECT * FROM {source} WHERE profileId NOT IN (SELECT absorbed FROM {stitched.aliases})",
-                kind,
-                f"kept{s}",
-            )
-            setattr(shards[s], kind, kept.get(s, []))
             moved = write_by_shard(
-                f"""SELECT src.* REPLACE (a.profileId AS profileId) FROM {source} src
+                f"""SELECT src.* REPLACE (a.profileId AS profileId) FROM {shard_rows(s, kind)} src
                     JOIN {stitched.aliases} a ON src.profileId = a.absorbed""",
                 kind,
                 f"moved{s}",
             )
             for target, names in moved.items():
                 getattr(shards[target], kind).extend(names)
-
+        removed = f"s{s:04d}/removed-{uid}.parquet"
+        written[removed] = out / f"removed-{s}-{uid}.parquet"
+        previous = (
+            f"SELECT profileId FROM ({_read(local([shards[s].removed]))}) UNION ALL " if shards[s].removed else ""
+        )
+        con.execute(
+            f"""COPY ({previous}SELECT absorbed AS profileId FROM {stitched.aliases} WHERE {shard_sql("absorbed", n)} = {s})
+                TO {quote_literal(str(written[removed]))} (FORMAT parquet)"""
+        )
+        shards[s].removed = removed
+    laps.lap("moveSeconds")
     is_profile = batch.schema.schema_class is SchemaClass.PROFILE
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW batch_people AS
@@ -533,11 +570,14 @@ def apply_batch(
     for shard, names in write_by_shard(rows_sql, kind, "batch").items():
         getattr(shards[shard], kind).extend(names)
     for s, files_of_shard in enumerate(shards):  # keep the number of files a reader opens bounded
-        for k in ("fragments", "events"):
-            if len(getattr(files_of_shard, k)) > MAX_DELTAS:
-                compacted = write_by_shard(_read(local(getattr(files_of_shard, k))), k, f"compact{s}")
-                setattr(files_of_shard, k, compacted.get(s, []))
+        if max(len(files_of_shard.fragments), len(files_of_shard.events)) > MAX_DELTAS:
+            for k in ("fragments", "events"):
+                if getattr(files_of_shard, k):
+                    compacted = write_by_shard(f"SELECT * FROM {shard_rows(s, k)}", k, f"compact{s}")
+                    setattr(files_of_shard, k, compacted.get(s, []))
+            files_of_shard.removed = None
 
+    laps.lap("rowsSeconds")
     leaves = profile_leaves([batch.schema] if is_profile else [], version.leaves)
     everyone = leaves != version.leaves  # the union schema grew: every profile gets the new columns
     people = (
@@ -552,12 +592,9 @@ def apply_batch(
         | {shard_of(a, n) for a in aliases}
     )
     if involved:
-        fragment_files = local(f for s in involved for f in shards[s].fragments)
-        fragments = (
-            complete_fragments(con, f"({_read(fragment_files)})", leaves)
-            if fragment_files
-            else _empty_fragments(leaves)
-        )
+        with_fragments = [s for s in involved if shards[s].fragments]
+        rows = " UNION ALL BY NAME ".join(f"(SELECT * FROM {shard_rows(s, 'fragments')})" for s in with_fragments)
+        fragments = complete_fragments(con, f"({rows})", leaves) if with_fragments else _empty_fragments(leaves)
         con.execute(
             "CREATE OR REPLACE TEMP TABLE merged_people AS "
             + merge_sql(
@@ -580,12 +617,13 @@ def apply_batch(
             assert len(rewritten.get(s, [])) <= 1, f"shard {s}: more than one profiles file"
             shards[s].profiles = rewritten.get(s, [None])[0]
 
+    laps.lap("mergeSeconds")
     touched_name = f"batches/{batch.batch_id}-{uid}.parquet"
     written[touched_name] = out / f"touched-{uid}.parquet"
     con.execute(
         f"COPY (SELECT profileId FROM {stitched.touched} ORDER BY profileId) TO {quote_literal(str(written[touched_name]))} (FORMAT parquet)"
     )
-    counts = {**stitched.counts(), "rows": added_rows}
+    counts = {**stitched.counts(), "rows": added_rows, **laps}
     people_count, identity_count = con.execute(
         f"SELECT count(DISTINCT profileId), count(*) FROM {new_graph}"
     ).fetchall()[0]

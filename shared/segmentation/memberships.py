@@ -170,11 +170,13 @@ def write_snapshots(
     con: duckdb.DuckDBPyConnection, parts: dict[str, str], *, out: Path, now: dt.datetime
 ) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
     """Write every segment's memberships in one pass (a Parquet file per segment) and count them by status."""
+    # One statement per segment: a single UNION ALL of them all would hold every part's join tables at once.
+    for n, sql in enumerate(parts.values()):
+        con.execute(
+            ("CREATE OR REPLACE TEMP TABLE new_memberships AS " if n == 0 else "INSERT INTO new_memberships ") + sql
+        )
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE new_memberships AS " + " UNION ALL ".join(f"({sql})" for sql in parts.values())
-    )
-    con.execute(
-        f"""COPY (SELECT * FROM new_memberships ORDER BY segment, profileId)
+        f"""COPY new_memberships
             TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (segment), OVERWRITE_OR_IGNORE)"""
     )
     at = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"

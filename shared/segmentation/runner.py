@@ -8,11 +8,12 @@ import hashlib
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
+
 from shared.engine import connect, scalar
-from shared.errors import Conflict, NotFound, ValidationError
+from shared.errors import BridgeError, Conflict, NotFound, ValidationError
 from shared.identity.policies import MergePolicyStore
 from shared.identity.store import ProfileStore, StoreVersion, shard_sql
 from shared.ingestion.paths import quote_ident, quote_literal
@@ -25,6 +26,15 @@ from shared.segmentation.memberships import (
     MembershipStore,
     membership_sql,
     write_snapshots,
+)
+from shared.segmentation.shards import (
+    ShardPlan,
+    ShardRecords,
+    ShardResult,
+    ShardStatus,
+    ShardTask,
+    loads,
+    shard_rows,
 )
 from shared.segmentation.streaming import streaming_eligible
 from shared.settings import Settings
@@ -58,6 +68,8 @@ class SegmentJobRunner:
         self.store = ProfileStore.from_settings(settings, account)
         self.policies = MergePolicyStore.from_settings(settings, account)
         self.queue = account.queue(settings.segment_jobs_queue)
+        self.shard_queue = account.queue(settings.segment_shards_queue)
+        self.shard_records = ShardRecords.from_settings(settings, account)
 
     @classmethod
     def from_settings(cls, settings: Settings, account: StorageAccount | None = None) -> SegmentJobRunner:
@@ -110,9 +122,87 @@ class SegmentJobRunner:
         job = claim.job
         definitions = self.segments.trees()
         chosen = message.segments or sorted(definitions)
-        return self._guarded(
-            job, now, lambda job, started: self._evaluate(job, now, chosen, definitions, started, since=None)
-        )
+        return self._guarded(job, now, lambda job, started: self._fan_out(job, now, chosen, definitions, started))
+
+    def _fan_out(self, job: Job, now: dt.datetime, chosen: list[str], definitions: dict, started: float) -> Job:
+        """Plan the job and put one task per shard on the shards queue; the last shard to finish publishes.
+        The job's lease then covers its shards until SEGMENT_SHARD_TIMEOUT_SECONDS: a shard still unfinished
+        by then is stuck, and the monitor fails the job (the previous memberships stay current)."""
+        plan = self._plan(job, now, chosen, definitions, since=None)
+        if not plan.shards:
+            return self._publish(job, plan, [], started)
+        self.shard_records.create(plan, planned_at=self.jobs.clock())
+        for shard in plan.shards:
+            ShardTask(plan=plan, shard=shard).send(self.shard_queue)
+        deadline = self.jobs.clock() + dt.timedelta(seconds=self.settings.segment_shard_timeout_seconds)
+        for _ in range(5):  # the lease renewal may write the record meanwhile: read it again
+            current = self.jobs.get(JobType.SEGMENT, job.id)
+            metrics = {"shardsPlanned": len(plan.shards), "profileStoreVersion": plan.store_version}
+            try:
+                return self.jobs.save(current.model_copy(update={"lease_until": deadline, "metrics": metrics}))
+            except Conflict:
+                continue
+        raise Conflict(f"segment job {job.id} kept changing while its shards were planned")
+
+    def run_shard(self, message: ShardTask | dict) -> Job | None:
+        """Evaluate one shard of a planned job, once: a redelivered task finds its shard finished and only
+        checks the fan-in. Returns the job when this task published it (or failed or cancelled it)."""
+        task = ShardTask.of(message)
+        plan = task.plan
+        record = self.shard_records.get(plan, task.shard)
+        if record["status"] == ShardStatus.QUEUED.value:
+            job = self.jobs.get(JobType.SEGMENT, plan.job_id)
+            if job.attempt != plan.attempt or job.status.terminal:
+                log.info(
+                    "segment job %s moved on; shard %d of attempt %d is not needed", job.id, task.shard, plan.attempt
+                )
+                return None
+            if job.status is JobStatus.CANCELLING:
+                self.shard_records.finish(record, ShardStatus.CANCELLED)
+            else:
+                with tempfile.TemporaryDirectory(prefix="segment-shard-task-") as tmp:
+                    try:
+                        result = self.evaluate_shard(plan, task.shard, Path(tmp))
+                    except BridgeError as exc:
+                        self.shard_records.finish(record, ShardStatus.FAILED, error=exc.message[:2000])
+                    else:
+                        name = f"_shards/job={plan.job_id}/attempt={plan.attempt}/shard={task.shard:04d}.parquet"
+                        self.memberships.blobs.put_file(name, result.path)
+                        self.shard_records.finish(
+                            record, ShardStatus.DONE, result=name, metrics=result.metrics, failed=result.failed
+                        )
+        return self._fan_in(plan)
+
+    def _fan_in(self, plan: ShardPlan) -> Job | None:
+        """When every shard has finished, the one worker that claims the fan-in publishes the job."""
+        records = self.shard_records.all(plan)
+        shards = shard_rows(records)
+        if "_plan" not in records or any(r["status"] == ShardStatus.QUEUED.value for r in shards):
+            return None
+        if not self.shard_records.claim_fan_in(plan):
+            return None
+        job = self.jobs.get(JobType.SEGMENT, plan.job_id)
+        if job.attempt != plan.attempt or job.status.terminal:
+            return None
+        elapsed = (self.jobs.clock() - records["_plan"]["plannedAt"]).total_seconds()
+        started = time.monotonic() - max(elapsed, 0.0)
+        if job.status is JobStatus.CANCELLING:
+            return self.jobs.finish(job, JobStatus.CANCELLED, started, plan.now, [])
+        failures = [r for r in shards if r["status"] == ShardStatus.FAILED.value]
+        if failures:
+            errors = [JobError(code="shard", message=f"shard {int(r['RowKey'])}: {r.get('error')}") for r in failures]
+            return self.jobs.finish(job, JobStatus.FAILED, started, plan.now, errors)
+        with tempfile.TemporaryDirectory(prefix="segment-fan-in-") as tmp:
+            results = [
+                ShardResult(
+                    shard=int(r["RowKey"]),
+                    path=self.memberships.blobs.download(r["result"], Path(tmp) / f"{r['RowKey']}.parquet"),
+                    failed=loads(r.get("failed")),
+                    metrics=loads(r.get("metrics")),
+                )
+                for r in shards
+            ]
+            return self.jobs.attempt(job, plan.now, lambda _: self._publish(job, plan, results, started))
 
     def cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once; a running one is CANCELLING until it stops before publishing."""
@@ -163,71 +253,190 @@ class SegmentJobRunner:
         *,
         since: dt.datetime | None,
     ) -> Job:
+        """Run every shard of the job here, one after another, then publish (the timers' and the CLI's way)."""
+        plan = self._plan(job, now, chosen, definitions, since=since)
+        if not plan.shards:
+            return self._publish(job, plan, [], started)
+        with tempfile.TemporaryDirectory(prefix="segment-job-") as tmp:
+            results = [self.evaluate_shard(plan, shard, Path(tmp)) for shard in plan.shards]
+            return self._publish(job, plan, results, started)
+
+    def _plan(
+        self, job: Job, now: dt.datetime, chosen: list[str], definitions: dict, *, since: dt.datetime | None
+    ) -> ShardPlan:
+        """What a job evaluates: which segments, over which store version, in which shards (a streaming job:
+        only the shards of the people touched since the watermark)."""
         missing = sorted(set(chosen) - set(definitions))
         if missing:
             raise NotFound(f"no segments {missing}")
-        if not chosen:
-            return self.jobs.finish(
-                job, JobStatus.SUCCEEDED, started, now, [], metrics={"segments": 0, "totalProfiles": 0}
-            )
         version = self.store.version(now)
-        with tempfile.TemporaryDirectory(prefix="segment-job-") as tmp:
+        policy = self.policies.default()
+        if policy != version.policy and version.batches:
+            raise ValidationError(
+                f"the profile store was merged with merge policy {version.policy.id!r}, not {policy.id!r}: "
+                "rebuild it (POST /api/profiles/rebuild or python -m shared.cli profiles rebuild)"
+            )
+        shards = list(range(len(version.shards))) if chosen else []
+        if since is not None and chosen:
+            with tempfile.TemporaryDirectory(prefix="segment-plan-") as tmp, duckdb.connect() as con:
+                files = self.store.touched_since(version, since, Path(tmp))
+                hit = (
+                    {
+                        r[0]
+                        for r in con.execute(
+                            f"SELECT DISTINCT {shard_sql('profileId', len(version.shards))} FROM read_parquet("
+                            + "["
+                            + ", ".join(quote_literal(str(f)) for f in files)
+                            + "])"
+                        ).fetchall()
+                    }
+                    if files
+                    else set()
+                )
+            shards = [s for s in shards if s in hit]
+        return ShardPlan(
+            job_id=job.id,
+            attempt=job.attempt,
+            now=now,
+            segments=chosen,
+            store_version=version.id,
+            shards=shards,
+            since=since,
+        )
+
+    def evaluate_shard(self, plan: ShardPlan, shard: int, work: Path) -> ShardResult:
+        """One shard of a job, in its own DuckDB connection (as its own invocation would be): the segments
+        over that shard's profiles and events (a streaming job: its touched people only), written as
+        `(profileId, <one boolean column per segment>)` to a local Parquet file."""
+        started = time.monotonic()
+        version = self.store.by_id(plan.store_version)
+        definitions = self.segments.trees()
+        out = work / f"shard-{shard:04d}.parquet"
+        with tempfile.TemporaryDirectory(prefix=f"segment-shard-{shard}-") as tmp:
+            con = connect(self.settings, spill_dir=tmp)
+            try:
+                profiles = self.store.open(
+                    con, now=plan.now, workdir=Path(tmp) / "store", shards=[shard], version=version
+                )
+                people = None
+                if plan.since is not None:
+                    files = self.store.touched_since(version, plan.since, Path(tmp) / "touched")
+                    source = "[" + ", ".join(quote_literal(str(f)) for f in files) + "]"
+                    con.execute(
+                        "CREATE OR REPLACE TEMP TABLE touched AS "
+                        + (
+                            f"SELECT DISTINCT profileId FROM read_parquet({source})"
+                            if files
+                            else "SELECT NULL::VARCHAR AS profileId WHERE false"
+                        )
+                    )
+                    people = "SELECT profileId FROM touched"
+                compiled = evaluate(
+                    con,
+                    profiles,
+                    {sid: definitions[sid] for sid in plan.segments if sid in definitions},
+                    fields=fields_of(profiles, self.segments.event_schemas()),
+                    definitions=definitions,
+                    people=people,
+                    isolate=True,
+                )
+                # Columns are named by segment, whatever the shard's compiler called them.
+                select = "".join(f", {col} AS {quote_ident(sid)}" for sid, col in compiled.columns.items())
+                con.execute(
+                    f"COPY (SELECT profileId{select} FROM {RESULTS}) TO {quote_literal(str(out))} (FORMAT parquet)"
+                )
+                rows = scalar(con, f"SELECT count(*) FROM {RESULTS}")
+                peak = scalar(con, "SELECT max(memory_usage_bytes) FROM duckdb_memory()") or 0
+            finally:
+                con.close()
+        return ShardResult(
+            shard=shard,
+            path=out,
+            failed=compiled.failed,
+            metrics={
+                "shard": shard,
+                "profiles": profiles.stats["profiles"],
+                "evaluated": rows,
+                "seconds": round(time.monotonic() - started, 3),
+                "duckdbMemoryMB": round(peak / 2**20, 1),
+            },
+        )
+
+    def _publish(self, job: Job, plan: ShardPlan, results: list[ShardResult], started: float) -> Job:
+        """Fan-in: every shard's results become each segment's new memberships, published all at once (or,
+        when the job was cancelled meanwhile or taken over, nothing is published)."""
+        if not plan.segments:
+            return self.jobs.finish(
+                job, JobStatus.SUCCEEDED, started, plan.now, [], metrics={"segments": 0, "totalProfiles": 0}
+            )
+        failed: dict[str, str] = {}
+        for r in results:
+            failed.update(r.failed)
+        chosen = [sid for sid in plan.segments if sid not in failed]
+        if plan.segments and not chosen:
+            raise ValidationError(
+                "no segment could be evaluated: " + "; ".join(f"segment {sid}: {why}" for sid, why in failed.items())
+            )
+        version = self.store.by_id(plan.store_version) if plan.shards else self.store.version(plan.now)
+        now = plan.now
+        memberships_started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="segment-publish-") as tmp:
             work = Path(tmp)
             con = connect(self.settings, spill_dir=tmp)
             try:
-                people = self._touched(con, version, since, work) if since is not None else None
-                evaluated = self._evaluate_shards(con, version, now, chosen, definitions, work, people=people)
-                chosen = [sid for sid in chosen if sid not in evaluated.failed]
-                if not chosen:
-                    raise ValidationError(
-                        "no segment could be evaluated: "
-                        + "; ".join(f"segment {sid}: {why}" for sid, why in evaluated.failed.items())
+                columns = "".join(f", {quote_ident(sid)} BOOLEAN" for sid in chosen)
+                con.execute(f"CREATE TEMP TABLE job_results (profileId VARCHAR{columns})")
+                for r in results:
+                    con.execute(
+                        f"INSERT INTO job_results BY NAME SELECT * FROM read_parquet({quote_literal(str(r.path))})"
                     )
-                memberships_started = time.monotonic()
-                pointers, counts = self._write_memberships(con, job, now, chosen, evaluated.columns, work, people)
-                pointers.append(
-                    MembershipPointer(
-                        segment_id=PROFILES,
-                        job_id=job.id,
-                        snapshot=version.id,
-                        evaluated_at=now,
-                        store_version=version.id,
-                    )
+                people = None
+                if plan.since is not None:
+                    # Everyone touched is in scope, the people merged away too (they leave every segment).
+                    self._touched_into(con, version, plan.since, work)
+                    people = "SELECT profileId FROM touched"
+                pointers, counts = self._write_memberships(
+                    con, job, now, chosen, {sid: quote_ident(sid) for sid in chosen}, work, people
                 )
-                membership_seconds = time.monotonic() - memberships_started
-                evaluated_people = scalar(con, "SELECT count(*) FROM touched") if people else version.people
+                evaluated_people = scalar(con, "SELECT count(*) FROM job_results")
             finally:
                 con.close()
+        membership_seconds = time.monotonic() - memberships_started
+        pointers.append(
+            MembershipPointer(
+                segment_id=PROFILES, job_id=job.id, snapshot=version.id, evaluated_at=now, store_version=version.id
+            )
+        )
         current = self.jobs.get(JobType.SEGMENT, job.id)
-        if current.attempt != job.attempt:
-            raise Conflict(f"segment job {job.id} was taken over by another worker; its run publishes")
+        if current.attempt != job.attempt or current.status.terminal:
+            raise Conflict(f"segment job {job.id} was taken over or ended meanwhile; this run does not publish")
         if current.status is JobStatus.CANCELLING:
             # Cancelled while running: nothing is published, the previous memberships stay current.
             return self.jobs.finish(current, JobStatus.CANCELLED, started, now, [])
-        job = job.model_copy(update={"etag": current.etag})
+        job = current
         self.memberships.publish(pointers)
-        if since is not None and version.as_of is not None and version.as_of > since:
+        if plan.since is not None and version.as_of is not None and version.as_of > plan.since:
             self.memberships.advance_watermark(version.as_of)
+        shards = sorted((r.metrics for r in results), key=lambda m: m["shard"])
         metrics = {
             "segments": len(chosen),
             "totalProfiles": version.people,
             "evaluatedProfiles": evaluated_people,
             "profileStoreVersion": version.id,
-            "segmentationSeconds": round(evaluated.seconds, 3),
+            "segmentationSeconds": round(sum(m["seconds"] for m in shards), 3),
             "membershipSeconds": round(membership_seconds, 3),
-            "shards": evaluated.shards,
+            "shards": shards,
             "segmentedProfileCounter": {sid: c["realized"] + c["existing"] for sid, c in counts.items()},
             "segmentedProfileByStatusCounter": counts,
-            **({"segmentErrors": evaluated.failed} if evaluated.failed else {}),
+            **({"segmentErrors": failed} if failed else {}),
         }
         links = {p.segment_id: f"{self.settings.segments_container}/{p.snapshot}" for p in pointers[:-1]}
         job = job.model_copy(update={"links": links})
-        broken = [JobError(code="segment", message=f"segment {sid}: {why}") for sid, why in evaluated.failed.items()]
+        broken = [JobError(code="segment", message=f"segment {sid}: {why}") for sid, why in failed.items()]
         return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, broken, metrics=metrics)
 
-    def _touched(self, con, version: StoreVersion, since: dt.datetime, work: Path) -> str:
-        """`touched(profileId)`: the people the store's batches touched after the watermark, the only ones
-        whose rules can have changed; returns a query of them."""
+    def _touched_into(self, con, version: StoreVersion, since: dt.datetime, work: Path) -> None:
+        """`touched(profileId)`: the people the store's batches touched after the watermark."""
         files = self.store.touched_since(version, since, work / "touched")
         source = (
             "SELECT DISTINCT profileId FROM read_parquet([" + ", ".join(quote_literal(str(f)) for f in files) + "])"
@@ -235,59 +444,6 @@ class SegmentJobRunner:
             else "SELECT NULL::VARCHAR AS profileId WHERE false"
         )
         con.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {source}")
-        return "SELECT profileId FROM touched"
-
-    def _evaluate_shards(
-        self,
-        con,
-        version: StoreVersion,
-        now: dt.datetime,
-        chosen: list[str],
-        definitions: dict,
-        work: Path,
-        *,
-        people: str | None,
-    ) -> Evaluated:
-        """Evaluate the segments shard by shard into `job_results(profileId, <column per segment>)`: one query
-        per shard, over that shard's profiles and events. A streaming job opens only the touched people's shards."""
-        shards = range(len(version.shards))
-        if people is not None:
-            hit = {
-                r[0]
-                for r in con.execute(
-                    f"SELECT DISTINCT {shard_sql('profileId', len(version.shards))} FROM touched"
-                ).fetchall()
-            }
-            shards = [s for s in shards if s in hit]
-        result = Evaluated(columns={}, failed={}, shards=[], seconds=0.0)
-        result.columns = {sid: quote_ident(sid) for sid in chosen}
-        columns = "".join(f", {c} BOOLEAN" for c in result.columns.values())
-        con.execute(f"CREATE OR REPLACE TEMP TABLE job_results (profileId VARCHAR{columns})")
-        policy = self.policies.default()
-        for shard in shards:
-            shard_started = time.monotonic()
-            profiles = self.store.open(
-                con, now=now, workdir=work / "store", shards=[shard], version=version, policy=policy
-            )
-            compiled = evaluate(
-                con,
-                profiles,
-                {sid: definitions[sid] for sid in chosen if sid not in result.failed},
-                fields=fields_of(profiles, self.segments.event_schemas()),
-                definitions=definitions,
-                people=people,
-                isolate=True,
-            )
-            result.failed.update(compiled.failed)
-            # Columns are named by segment in `job_results`, whatever a shard's compiler called them.
-            select = ", ".join(f"{col} AS {quote_ident(sid)}" for sid, col in compiled.columns.items())
-            con.execute(
-                f"INSERT INTO job_results BY NAME SELECT profileId{', ' + select if select else ''} FROM {RESULTS}"
-            )
-            seconds = time.monotonic() - shard_started
-            result.seconds += seconds
-            result.shards.append({"shard": shard, "profiles": profiles.stats["profiles"], "seconds": round(seconds, 3)})
-        return result
 
     def _write_memberships(self, con, job: Job, now, chosen, columns, work: Path, people: str | None):
         """Each segment's new memberships against its current ones, uploaded; their pointers and counts."""
@@ -321,13 +477,3 @@ class SegmentJobRunner:
             for sid in chosen
         ]
         return pointers, counts
-
-
-@dataclass
-class Evaluated:
-    """What evaluating a job's shards gave: each segment's column in `job_results`, the segments that failed."""
-
-    columns: dict[str, str]
-    failed: dict[str, str]
-    shards: list[dict]
-    seconds: float

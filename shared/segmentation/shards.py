@@ -1,0 +1,120 @@
+"""Segment jobs fanned out by shard. A job's plan (`ShardPlan`: segments, store version, shards) becomes one
+task per shard on `SEGMENT_SHARDS_QUEUE`, which the Functions platform spreads over instances. Each shard's
+record in Table storage says whether it is QUEUED, DONE (with its results file), FAILED or CANCELLED; the
+records are written with ETags, so a redelivered task finds its shard finished and changes nothing. The task
+that finishes last wins the fan-in marker (an insert: one winner) and publishes every segment at once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from shared.errors import Conflict
+from shared.settings import Settings
+from shared.storage import EntityTable, StorageAccount
+from shared.storage.messages import QueueMessage
+
+PLAN_ROW = "_plan"
+FAN_IN_ROW = "_fanin"
+
+
+class ShardPlan(QueueMessage):
+    """What a job evaluates, which every shard task carries: its segments, over which store version."""
+
+    job_id: str
+    attempt: int
+    now: dt.datetime
+    segments: list[str]
+    store_version: str
+    shards: list[int]
+    since: dt.datetime | None = None
+
+
+class ShardTask(QueueMessage):
+    """One shard of a planned job, on `SEGMENT_SHARDS_QUEUE`."""
+
+    plan: ShardPlan
+    shard: int
+
+
+@dataclass
+class ShardResult:
+    """One evaluated shard: its results file `(profileId, <boolean per segment>)`, the segments that failed
+    in it, and its metrics (rows, seconds, memory)."""
+
+    shard: int
+    path: Path
+    failed: dict[str, str]
+    metrics: dict[str, Any]
+
+
+class ShardStatus(StrEnum):
+    QUEUED = "QUEUED"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class ShardRecords:
+    """One Table partition per job attempt: a row per shard, the plan's row, and the fan-in marker."""
+
+    def __init__(self, table: EntityTable) -> None:
+        self.table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings, account: StorageAccount) -> ShardRecords:
+        return cls(EntityTable(account.table(settings.table_name("segmentshards"))))
+
+    @staticmethod
+    def partition(plan: ShardPlan) -> str:
+        return f"{plan.job_id}.{plan.attempt}"
+
+    def create(self, plan: ShardPlan, *, planned_at: dt.datetime) -> None:
+        """Every shard QUEUED, in transactions of at most 100 (Azure's limit), the plan's row last: until it
+        exists, no fan-in can begin."""
+        pk = self.partition(plan)
+        rows = [{"PartitionKey": pk, "RowKey": f"{s:04d}", "status": ShardStatus.QUEUED.value} for s in plan.shards]
+        for start in range(0, len(rows), 100):
+            self.table.transact([("upsert", row, {}) for row in rows[start : start + 100]])
+        self.table.upsert({"PartitionKey": pk, "RowKey": PLAN_ROW, "plannedAt": planned_at, "shards": len(rows)})
+
+    def get(self, plan: ShardPlan, shard: int) -> dict[str, Any]:
+        return self.table.get(self.partition(plan), f"{shard:04d}")
+
+    def finish(self, record: dict[str, Any], status: ShardStatus, **fields: Any) -> bool:
+        """Record how a shard ended, if it is still as read; False when another worker finished it first."""
+        entity = {
+            "PartitionKey": record["PartitionKey"],
+            "RowKey": record["RowKey"],
+            "status": status.value,
+            **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in fields.items()},
+        }
+        try:
+            self.table.update(entity, etag=record["etag"])
+        except Conflict:
+            return False
+        return True
+
+    def all(self, plan: ShardPlan) -> dict[str, dict[str, Any]]:
+        rows = self.table.all("PartitionKey eq @pk", parameters={"pk": self.partition(plan)})
+        return {r["RowKey"]: r for r in rows}
+
+    def claim_fan_in(self, plan: ShardPlan) -> bool:
+        """The one worker that inserts the marker publishes; everyone else stops."""
+        try:
+            self.table.insert({"PartitionKey": self.partition(plan), "RowKey": FAN_IN_ROW})
+        except Conflict:
+            return False
+        return True
+
+
+def shard_rows(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for key, r in sorted(records.items()) if not key.startswith("_")]
+
+
+def loads(value: str | None) -> dict:
+    return json.loads(value) if value else {}

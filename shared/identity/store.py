@@ -591,31 +591,40 @@ def apply_batch(
         {r[0] for r in con.execute(f"SELECT DISTINCT {shard_sql('profileId', n)} FROM remerged").fetchall()}
         | {shard_of(a, n) for a in aliases}
     )
-    if involved:
-        with_fragments = [s for s in involved if shards[s].fragments]
-        rows = " UNION ALL BY NAME ".join(f"(SELECT * FROM {shard_rows(s, 'fragments')})" for s in with_fragments)
-        fragments = complete_fragments(con, f"({rows})", leaves) if with_fragments else _empty_fragments(leaves)
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE merged_people AS "
-            + merge_sql(
-                fragments=fragments,
-                identities=f"(SELECT profileId, ns, id FROM {new_graph})",
-                people="remerged",
-                policy=version.policy,
-                leaves=leaves,
-            )
+    # Shard by shard, so memory follows a shard, not the store: the changed people merged again, beside the
+    # shard's other profiles as they were.
+    for s in involved:
+        fragments = (
+            complete_fragments(con, shard_rows(s, "fragments"), leaves)
+            if shards[s].fragments
+            else _empty_fragments(leaves)
         )
-        old = [shards[s].profiles for s in involved if shards[s].profiles and not everyone]
+        in_shard = f"{shard_sql('profileId', n)} = {s}"
+        merged = merge_sql(
+            fragments=fragments,
+            identities=f"(SELECT profileId, ns, id FROM {new_graph} WHERE {in_shard})",
+            people=f"(SELECT profileId FROM remerged WHERE {in_shard})",
+            policy=version.policy,
+            leaves=leaves,
+        )
         kept = (
-            f"""SELECT * FROM ({_read(local(old))}) WHERE profileId NOT IN (SELECT profileId FROM remerged)
+            f"""SELECT * FROM ({_read(local([shards[s].profiles]))})
+                WHERE profileId NOT IN (SELECT profileId FROM remerged)
                 AND profileId NOT IN (SELECT absorbed FROM {stitched.aliases}) UNION ALL BY NAME """
-            if old
+            if shards[s].profiles and not everyone
             else ""
         )
-        rewritten = write_by_shard(kept + "SELECT * FROM merged_people", "profiles", "merged")
-        for s in involved:
-            assert len(rewritten.get(s, [])) <= 1, f"shard {s}: more than one profiles file"
-            shards[s].profiles = rewritten.get(s, [None])[0]
+        name = f"s{s:04d}/profiles-{uid}.parquet"
+        written[name] = out / f"profiles-{s}-{uid}.parquet"
+        count = con.execute(
+            f"COPY (SELECT * FROM ({kept}SELECT * FROM ({merged})) ORDER BY profileId) "
+            f"TO {quote_literal(str(written[name]))} (FORMAT parquet, COMPRESSION zstd)"
+        ).fetchall()[0][0]
+        if count:
+            shards[s].profiles = name
+        else:
+            del written[name]
+            shards[s].profiles = None
 
     laps.lap("mergeSeconds")
     touched_name = f"batches/{batch.batch_id}-{uid}.parquet"

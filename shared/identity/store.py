@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable
@@ -166,12 +167,12 @@ class StoreFiles:
             return list(pool.map(one, names))
 
     def put(self, files: dict[str, Path]) -> None:
-        if self.blobs is None:
+        if self.blobs is None:  # a folder: the new files are moved in (they are the caller's temporary files)
             for name, path in files.items():
                 target = self.folder / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if path != target:
-                    target.write_bytes(path.read_bytes())
+                    shutil.move(path, target)
             return
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda n: self.blobs.put_file(n, files[n], overwrite=False), files))
@@ -399,8 +400,13 @@ def replay(
         con = connect(settings, spill_dir=tmp)
         try:
             for n, batch in enumerate(batches):
+                before = set(_files_of(version))
                 version, written = apply_batch(con, version, batch, files, out / f"{n:06d}", now=now)
                 files.put(written)
+                # Nobody else reads a replay's folder: what the new version no longer names can go at once.
+                for name in before - set(_files_of(version)):
+                    (files.folder / name).unlink(missing_ok=True)
+                shutil.rmtree(out / f"{n:06d}", ignore_errors=True)
         finally:
             con.close()
     return version.model_copy(update={"id": _version_id(now), "created": now})

@@ -106,6 +106,14 @@ class StoreVersion(_Model):
             shards=[ShardFiles() for _ in range(shards)],
         )
 
+    def check_policy(self, policy: MergePolicy) -> None:
+        """Refuse a store merged by another policy than `policy` (the default now): it must be rebuilt."""
+        if policy != self.policy and self.batches:
+            raise ValidationError(
+                f"the profile store was merged with merge policy {self.policy.id!r}, not {policy.id!r}: "
+                "rebuild it (POST /api/profiles/rebuild or python -m shared.cli profiles rebuild)"
+            )
+
     def applied(self, batch_id: str) -> bool:
         return any(b.batch_id == batch_id for b in self.batches)
 
@@ -269,11 +277,8 @@ class ProfileStore:
         """Make `unified_profiles` and `profile_events` the store's (of the given shards; all by default) as of
         `now`. With `policy`, refuse a store merged by another one: it must be rebuilt first."""
         version = version or self.version(now)
-        if policy is not None and policy != version.policy and version.batches:
-            raise ValidationError(
-                f"the profile store was merged with merge policy {version.policy.id!r}, not {policy.id!r}: "
-                "rebuild it (POST /api/profiles/rebuild or python -m shared.cli profiles rebuild)"
-            )
+        if policy is not None:
+            version.check_policy(policy)
         chosen = [version.shards[s] for s in (range(len(version.shards)) if shards is None else shards)]
         profile_files = self.files.fetch([s.profiles for s in chosen if s.profiles], workdir)
         # Every file the chosen shards need, fetched at once (in parallel), then read shard by shard.
@@ -309,9 +314,13 @@ class ProfileStore:
         files = self.files.fetch([s.profiles for s in version.shards if s.profiles], workdir)
         return f"({_read(files) if files else _empty_profiles(version.leaves, version.policy)})"
 
-    def touched_since(self, version: StoreVersion, since: dt.datetime, workdir: Path) -> list[Path]:
-        """The files naming the people touched by batches ingested after `since`."""
-        return self.files.fetch([b.touched for b in version.batches if b.ingested_at > since], workdir)
+    def touched_since(self, version: StoreVersion, since: dt.datetime, workdir: Path) -> str:
+        """SQL of the people (`profileId`) touched by the batches ingested after `since`, their files fetched
+        to `workdir`: the people merged away too, who must leave every segment."""
+        files = self.files.fetch([b.touched for b in version.batches if b.ingested_at > since], workdir)
+        if not files:
+            return "SELECT NULL::VARCHAR AS profileId WHERE false"
+        return f"SELECT DISTINCT profileId FROM ({_read(files)})"
 
     # -- writing ------------------------------------------------------------------------------------------
 

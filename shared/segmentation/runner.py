@@ -15,7 +15,7 @@ import duckdb
 from shared.engine import connect, scalar
 from shared.errors import BridgeError, Conflict, NotFound, ValidationError
 from shared.identity.policies import MergePolicyStore
-from shared.identity.store import ProfileStore, StoreVersion, shard_sql
+from shared.identity.store import ProfileStore, shard_sql
 from shared.ingestion.paths import quote_ident, quote_literal
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
@@ -270,29 +270,15 @@ class SegmentJobRunner:
         if missing:
             raise NotFound(f"no segments {missing}")
         version = self.store.version(now)
-        policy = self.policies.default()
-        if policy != version.policy and version.batches:
-            raise ValidationError(
-                f"the profile store was merged with merge policy {version.policy.id!r}, not {policy.id!r}: "
-                "rebuild it (POST /api/profiles/rebuild or python -m shared.cli profiles rebuild)"
-            )
+        version.check_policy(self.policies.default())
         shards = list(range(len(version.shards))) if chosen else []
         if since is not None and chosen:
             with tempfile.TemporaryDirectory(prefix="segment-plan-") as tmp, duckdb.connect() as con:
-                files = self.store.touched_since(version, since, Path(tmp))
-                hit = (
-                    {
-                        r[0]
-                        for r in con.execute(
-                            f"SELECT DISTINCT {shard_sql('profileId', len(version.shards))} FROM read_parquet("
-                            + "["
-                            + ", ".join(quote_literal(str(f)) for f in files)
-                            + "])"
-                        ).fetchall()
-                    }
-                    if files
-                    else set()
-                )
+                touched = self.store.touched_since(version, since, Path(tmp))
+                in_shards = con.execute(
+                    f"SELECT DISTINCT {shard_sql('profileId', len(version.shards))} FROM ({touched})"
+                ).fetchall()
+            hit = {r[0] for r in in_shards}
             shards = [s for s in shards if s in hit]
         return ShardPlan(
             job_id=job.id,
@@ -320,16 +306,8 @@ class SegmentJobRunner:
                 )
                 people = None
                 if plan.since is not None:
-                    files = self.store.touched_since(version, plan.since, Path(tmp) / "touched")
-                    source = "[" + ", ".join(quote_literal(str(f)) for f in files) + "]"
-                    con.execute(
-                        "CREATE OR REPLACE TEMP TABLE touched AS "
-                        + (
-                            f"SELECT DISTINCT profileId FROM read_parquet({source})"
-                            if files
-                            else "SELECT NULL::VARCHAR AS profileId WHERE false"
-                        )
-                    )
+                    touched = self.store.touched_since(version, plan.since, Path(tmp) / "touched")
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched}")
                     people = "SELECT profileId FROM touched"
                 compiled = evaluate(
                     con,
@@ -393,7 +371,8 @@ class SegmentJobRunner:
                 people = None
                 if plan.since is not None:
                     # Everyone touched is in scope, the people merged away too (they leave every segment).
-                    self._touched_into(con, version, plan.since, work)
+                    touched = self.store.touched_since(version, plan.since, work / "touched")
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched}")
                     people = "SELECT profileId FROM touched"
                 pointers, counts = self._write_memberships(
                     con, job, now, chosen, {sid: quote_ident(sid) for sid in chosen}, work, people
@@ -434,16 +413,6 @@ class SegmentJobRunner:
         job = job.model_copy(update={"links": links})
         broken = [JobError(code="segment", message=f"segment {sid}: {why}") for sid, why in failed.items()]
         return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, broken, metrics=metrics)
-
-    def _touched_into(self, con, version: StoreVersion, since: dt.datetime, work: Path) -> None:
-        """`touched(profileId)`: the people the store's batches touched after the watermark."""
-        files = self.store.touched_since(version, since, work / "touched")
-        source = (
-            "SELECT DISTINCT profileId FROM read_parquet([" + ", ".join(quote_literal(str(f)) for f in files) + "])"
-            if files
-            else "SELECT NULL::VARCHAR AS profileId WHERE false"
-        )
-        con.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {source}")
 
     def _write_memberships(self, con, job: Job, now, chosen, columns, work: Path, people: str | None):
         """Each segment's new memberships against its current ones, uploaded; their pointers and counts."""

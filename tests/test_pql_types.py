@@ -56,6 +56,27 @@ ILL_TYPED = [
         "`>` compares xEvent[…].max(timestamp) (time) with 5 (number)",
     ),
     ('exists E from xEvent where (E.commerce.order.priceTotal = "x")', "commerce.order.priceTotal (number)"),
+    # The rest of the language: arithmetic, if, functions, arrays, regular expressions, quantifiers
+    ('loyalty.points + "x" > 1', 'line 1, column 16: `+` needs numbers, but "x" is a string'),
+    ("loyalty.tier * 2 > 1", "`*` needs numbers, but loyalty.tier is a string"),
+    ("-loyalty.tier < 0", "`-` needs a number, but loyalty.tier is a string"),
+    ('if(loyalty.points > 1, 1, "a") = 1', '`if` gives 1 (number) or "a" (string): both must have one type'),
+    ("loyalty.tier.getYear() = 2020", "`getYear` needs a date or time, but loyalty.tier is a string"),
+    ('person.birthDate.getMonth() = "June"', '`=` compares person.birthDate.getMonth() (number) with "June"'),
+    ("currentYear() = person.birthDate", "`=` compares currentYear() (number) with person.birthDate (date)"),
+    (
+        "xEvent[productListItems.SKU.includes(5)].count() > 0",
+        "`includes` compares productListItems.SKU (string) with 5 (number)",
+    ),
+    ('loyalty.tier.includes("a")', "`includes` needs a list, but loyalty.tier is a string"),
+    ('person.birthDate.matches("19")', "`matches` needs a string, but person.birthDate is a date"),
+    ('loyalty.tier.matches("(?=gold)")', "do not support lookaround"),
+    ('loyalty.tier.regexGroup("(a)", 2) = "a"', "`regexGroup` takes a group number from 0 to 1"),
+    ('loyalty.tier.matches("(")', "is invalid"),
+    ("loyalty.points", "loyalty.points is a number, not a condition"),
+    ("exists I from loyalty.tier where I = 1", "needs an array, but loyalty.tier is a string"),
+    ("(sum X.eventType over X from xEvent) > 1", "`sum` needs a number, but X.eventType is a string"),
+    ("let S = (loyalty.tier) in (S > 2)", "`>` compares S (string) with 2 (number)"),
 ]
 
 

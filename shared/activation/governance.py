@@ -90,7 +90,7 @@ def labelled_uses(
         tree = definitions[sid]
         pending.extend(ast.segment_references(tree))
         paths = {n.dotted for n in ast.walk(tree) if isinstance(n, ast.Path)}
-        reads_events = any(isinstance(n, ast.EventFilter | ast.Exists | ast.Chain) for n in ast.walk(tree))
+        reads_events = bool(ast.event_conditions(tree))
         for dataset, schema in datasets:
             is_events = schema.schema_class is SchemaClass.EXPERIENCE_EVENT
             read = [f.path for f in schema.fields if any(_names(p, f.path) for p in paths)]

@@ -10,6 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import sqlglot
+from sqlglot import exp
+
 from shared.engine import connect
 from shared.errors import NotFound
 from shared.identity.store import shard_of
@@ -83,9 +86,9 @@ class SegmentInsight:
             nodes = list(_conditions(tree))
             selects, extras = [], {}
             for i, node in enumerate(nodes):
-                selects.append(f"{compiler.condition(node, Scope('profile'))} AS c{i}")
+                selects.append(exp.alias_(compiler.condition(node, Scope()), f"c{i}"))
                 for j, (label, sql) in enumerate(_details(compiler, node)):
-                    selects.append(f"{sql} AS d{i}_{j}")
+                    selects.append(exp.alias_(sql, f"d{i}_{j}"))
                     extras[f"d{i}_{j}"] = (i, label)
             sql = compiler.query(selects, profiles="one_profile", events="one_events")
             cursor = con.execute(sql, compiler.params)
@@ -138,24 +141,29 @@ def _conditions(node: ast.Expr):
         yield from _conditions(node.item)
 
 
-def _details(compiler: Compiler, node: ast.Expr) -> list[tuple[str, str]]:
+def _details(compiler: Compiler, node: ast.Expr) -> list[tuple[str, exp.Expression]]:
     """The values that decide a leaf condition: its field values, aggregate values and matching events."""
-    out: list[tuple[str, str]] = []
-    profile = Scope("profile")
+    out: list[tuple[str, exp.Expression]] = []
+    profile = Scope()
     operands = [getattr(node, name) for name in ("left", "right", "subject") if hasattr(node, name)]
     for operand in operands:
         if isinstance(operand, ast.Path):
             out.append((f"value of {operand.dotted}", compiler.operand(operand, profile)))
-        elif isinstance(operand, ast.Aggregate):
+        elif isinstance(operand, ast.Aggregate | ast.Fold | ast.Arithmetic | ast.Call | ast.If):
             out.append(("value", compiler.operand(operand, profile)))
-            out.append(("events", _matching_events(compiler, operand.events.condition, None)))
-    if isinstance(node, ast.Exists):
-        out.append(("events", _matching_events(compiler, node.condition, node.alias)))
+            if isinstance(operand, ast.Aggregate):
+                out.append(("events", _matching_events(compiler, operand.events.condition, None)))
+    if isinstance(node, ast.Quantifier) and node.iterations[0].source is None:
+        first = node.iterations[0]
+        out.append(("events", _matching_events(compiler, first.condition, first.alias)))
     return out
 
 
-def _matching_events(compiler: Compiler, condition: ast.Expr | None, alias: str | None) -> str:
-    where = compiler.condition(condition, Scope("event", alias=alias)) if condition else "true"
-    return compiler.aggregate(
-        f"list({{'_id': e._id, 'timestamp': e.timestamp, 'eventType': e.eventType}} ORDER BY e.timestamp) FILTER (WHERE {where})"
-    )
+_EVENT_SUMMARY = sqlglot.parse_one(
+    "list({'_id': e._id, 'timestamp': e.timestamp, 'eventType': e.eventType} ORDER BY e.timestamp)", read="duckdb"
+)
+
+
+def _matching_events(compiler: Compiler, condition: ast.Expr | None, alias: str | None) -> exp.Expression:
+    where = compiler.condition(condition, Scope("event", alias=alias)) if condition else exp.true()
+    return compiler.aggregate(exp.Filter(this=_EVENT_SUMMARY.copy(), expression=exp.Where(this=where)))

@@ -15,18 +15,20 @@ _SPANS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400, "weeks": 60
 def streaming_eligible(
     tree: ast.Expr, definitions: Mapping[str, ast.Expr], _seen: frozenset[str] = frozenset()
 ) -> bool:
-    event_conditions = [n for n in ast.walk(tree) if isinstance(n, ast.Aggregate | ast.Exists | ast.Chain)]
+    event_conditions = ast.event_conditions(tree)
     for ref in ast.segment_references(tree):
         target = definitions.get(ref)
         if target is None or ref in _seen or not streaming_eligible(target, definitions, _seen | {ref}):
             return False
-        event_conditions += [n for n in ast.walk(target) if isinstance(n, ast.Aggregate | ast.Exists | ast.Chain)]
+        event_conditions += ast.event_conditions(target)
     if not event_conditions:
         return True
-    if len(event_conditions) > 1 or isinstance(event_conditions[0], ast.Chain):
-        return False
     node = event_conditions[0]
-    condition = node.events.condition if isinstance(node, ast.Aggregate) else node.condition
+    if len(event_conditions) > 1 or isinstance(node, ast.Chain):
+        return False
+    if isinstance(node, ast.Quantifier) and node.kind == "forall":  # every event, not one recent enough
+        return False
+    condition = node.events.condition if isinstance(node, ast.Aggregate) else node.iterations[0].condition
     return condition is not None and _within_a_day(condition)
 
 

@@ -148,11 +148,78 @@ class Not(Node):
 
 
 @dataclass(frozen=True)
-class Exists(Node):
-    """`exists E from xEvent where (condition)`."""
+class Iteration(Node):
+    """`E from xEvent where (condition)` or `I from E.productListItems: condition`: a variable over the person's
+    events or over an array, with an optional condition."""
 
     alias: str
+    source: Operand | None  # None: the person's events (xEvent)
+    condition: Expr | None = None
+
+
+@dataclass(frozen=True)
+class Quantifier(Node):
+    """`exists …` / `forall …` over one iteration, or nested ones (`E from xEvent where …, I from
+    E.productListItems where …`): some (every) item satisfies its condition and the nested quantifier."""
+
+    kind: str  # exists | forall
+    iterations: tuple[Iteration, ...]
+
+
+@dataclass(frozen=True)
+class Fold(Node):
+    """`sum X.commerce.order.priceTotal over X from xEvent where …` (also avg/average, min, max, count): a value
+    aggregated over the items the iterations select."""
+
+    function: str  # sum | avg | min | max | count
+    value: Operand
+    iterations: tuple[Iteration, ...]
+
+
+@dataclass(frozen=True)
+class Arithmetic(Node):
+    left: Operand
+    op: str  # + - * / %
+    right: Operand
+
+
+@dataclass(frozen=True)
+class Negate(Node):
+    item: Operand
+
+
+@dataclass(frozen=True)
+class If(Node):
+    """`if(condition, a, b)`."""
+
     condition: Expr
+    then: Operand
+    otherwise: Operand
+
+
+@dataclass(frozen=True)
+class Let(Node):
+    """`let S = (…) in (…)`: names for values, used in the body."""
+
+    bindings: tuple[tuple[str, Operand], ...]
+    body: Expr
+
+
+@dataclass(frozen=True)
+class Call(Node):
+    """`target.name(args)`: the array, set, date and regular-expression functions (`includes`, `intersects`,
+    `distinct`, `count`, `sum`, `getYear`, `matches`, `regexGroup`, …)."""
+
+    target: Operand
+    name: str
+    args: tuple[Operand, ...] = ()
+
+
+@dataclass(frozen=True)
+class Function(Node):
+    """`currentYear()`, `currentMonth()`, `currentDayOfMonth()`."""
+
+    name: str
 
 
 @dataclass(frozen=True)
@@ -174,7 +241,7 @@ class Chain(Node):
     steps: tuple[ChainStep, ...]
 
 
-Operand = Literal | ListLiteral | Path | Aggregate
+Operand = Literal | ListLiteral | Path | Aggregate | Arithmetic | Negate | If | Let | Call | Function | Fold
 Expr = (
     Compare
     | InList
@@ -185,7 +252,7 @@ Expr = (
     | And
     | Or
     | Not
-    | Exists
+    | Quantifier
     | InSegment
     | Chain
     | Occurs
@@ -206,3 +273,13 @@ def walk(node: object):
 def segment_references(node: Expr) -> set[str]:
     """The segments an expression names with inSegment."""
     return {n.segment_id for n in walk(node) if isinstance(n, InSegment)}
+
+
+def event_conditions(node: Expr) -> list[Node]:
+    """The parts of an expression that read the person's events (`xEvent[…]`, exists/forall/folds over
+    xEvent, CHAIN)."""
+    return [
+        n
+        for n in walk(node)
+        if isinstance(n, Aggregate | Chain) or isinstance(n, Quantifier | Fold) and n.iterations[0].source is None
+    ]

@@ -33,7 +33,14 @@ STRING_FUNCTIONS = {
     "equals": ("equals", False),
     "notEqualTo": ("equals", True),
 }
-AGGREGATES = {"count", "sum", "avg", "min", "max"}
+AGGREGATES = {"count", "sum", "avg", "average", "min", "max"}
+# Methods on values (arrays, lists, dates, strings) beyond the string tests: the compiler types them.
+METHODS = {
+    "includes", "intersects", "intersection", "subsetOf", "supersetOf", "distinct",
+    "count", "sum", "avg", "average", "min", "max",
+    "getYear", "getMonth", "getDayOfMonth", "matches", "regexGroup",
+}  # fmt: skip
+FUNCTIONS = {"currentYear", "currentMonth", "currentDayOfMonth"}
 _READABLE = {
     "COMPARATOR": "a comparison (=, !=, <, <=, >, >=)",
     "NAME": "a field name",
@@ -52,6 +59,11 @@ _READABLE = {
     "COLON": ":",
     "BANG": "!",
     "XEVENT": "xEvent",
+    "ADD_OP": "+ or -",
+    "MUL_OP": "*, / or %",
+    "ITER_SEP": ",",
+    "FOLD": "sum, avg, min, max or count",
+    "MINUS": "-",
     "$END": "the end of the expression",
 }
 
@@ -182,9 +194,15 @@ def _pos(meta_or_token) -> dict:
     return pos
 
 
+_VALUES = (
+    ast.Path, ast.Literal, ast.Call, ast.If, ast.Let, ast.Function, ast.Arithmetic, ast.Negate, ast.Fold
+)  # fmt: skip
+
+
 def _as_condition(node) -> ast.Expr:
-    if isinstance(node, ast.Path | ast.Literal):
-        return ast.BooleanValue(node, line=node.line, column=node.column)
+    """A value used where a condition is expected: the compiler checks that it is a boolean."""
+    if isinstance(node, _VALUES):
+        return ast.BooleanValue(node, line=node.line, column=node.column, start=node.start, end=node.end)
     if isinstance(node, ast.Aggregate | ast.ListLiteral | ast.EventFilter):
         raise PqlError(
             "a number or list is not a condition; compare it with something", line=node.line, column=node.column
@@ -196,6 +214,9 @@ def _literal_value(node) -> object:
     if not isinstance(node, ast.Literal):
         raise PqlError("expected a literal value here", line=node.line, column=node.column)
     return node.value
+
+
+_XEVENT = "xEvent"
 
 
 @v_args(meta=True)
@@ -222,12 +243,69 @@ class _ToAst(Transformer):
     def not_in(self, meta, items):
         return ast.InList(items[0], items[1], negated=True, **_pos(meta))
 
-    def like(self, meta, items):
-        return ast.Like(items[0], json.loads(items[1]), **_pos(meta))
+    def let_(self, meta, items):
+        *bindings, body = items
+        names = [name for name, _ in bindings]
+        if len(set(names)) != len(names):
+            raise PqlError(f"let names {sorted({n for n in names if names.count(n) > 1})} twice", **_pos(meta))
+        return ast.Let(tuple(bindings), body, **_pos(meta))
+
+    def binding(self, meta, items):
+        name, sign, value = items
+        if str(sign) != "=":
+            raise PqlError(f"let {name} takes `=`, not `{sign}`", **_pos(sign))
+        return (str(name), value)
 
     def exists(self, meta, items):
-        alias, _xevent, condition = items
-        return ast.Exists(str(alias), _as_condition(condition), **_pos(meta))
+        return ast.Quantifier("exists", items[0], **_pos(meta))
+
+    def forall(self, meta, items):
+        return ast.Quantifier("forall", items[0], **_pos(meta))
+
+    def iterations(self, meta, items):
+        return tuple(i for i in items if isinstance(i, ast.Iteration))
+
+    def iteration(self, meta, items):
+        name, source, *conditions = items
+        condition = next((c for c in conditions if c is not None), None)
+        source = None if source == _XEVENT else source
+        if condition is not None:
+            condition = _as_condition(condition)
+        return ast.Iteration(str(name), source, condition, **_pos(meta))
+
+    def xevent(self, meta, items):
+        return _XEVENT
+
+    def fold(self, meta, items):
+        function, value, iterations = items
+        name = str(function).lower()
+        return ast.Fold("avg" if name == "average" else name, value, iterations, **_pos(meta))
+
+    def if_(self, meta, items):
+        condition, then, otherwise = items
+        return ast.If(_as_condition(condition), then, otherwise, **_pos(meta))
+
+    def arithmetic(self, meta, items):
+        left, op, right = items
+        return ast.Arithmetic(left, str(op), right, **{**_pos(meta), "line": op.line, "column": op.column})
+
+    def negate(self, meta, items):
+        (item,) = items
+        if isinstance(item, ast.Literal) and isinstance(item.value, int | float) and not isinstance(item.value, bool):
+            return ast.Literal(-item.value, **_pos(meta))
+        return ast.Negate(item, **_pos(meta))
+
+    def function(self, meta, items):
+        token, args = items
+        if str(token) not in FUNCTIONS:
+            known = ", ".join(sorted(FUNCTIONS))
+            raise PqlError(f"unknown function {str(token)!r}; the functions are {known}", **_pos(token))
+        if args:
+            raise PqlError(f"{token}() takes no argument", **_pos(token))
+        return ast.Function(str(token), **_pos(meta))
+
+    def like(self, meta, items):
+        return ast.Like(items[0], json.loads(items[1]), **_pos(meta))
 
     def chain(self, meta, items):
         _xevent, order_by, *steps = items
@@ -272,9 +350,7 @@ class _ToAst(Transformer):
                 return ast.Aggregate("count", target, **_pos(meta))
             if len(args) != 1 or not isinstance(args[0], ast.Path):
                 raise PqlError(f"{name}() takes one event field, such as {name}(commerce.order.priceTotal)", **where)
-            return ast.Aggregate(name, target, args[0], **_pos(meta))
-        if not isinstance(target, ast.Path):
-            raise PqlError(f"{name}() applies to a field", **where)
+            return ast.Aggregate("avg" if name == "average" else name, target, args[0], **_pos(meta))
         if name in ("isNull", "isNotNull"):
             if args:
                 raise PqlError(f"{name}() takes no argument", **where)
@@ -290,6 +366,8 @@ class _ToAst(Transformer):
                     raise PqlError(f"the second argument of {name}() is true or false (case-sensitive)", **where)
                 case = flag.value
             return ast.StringTest(target, function, args[0].value, case, negated, **_pos(meta))
+        if name in METHODS:
+            return ast.Call(target, name, tuple(args), **{**_pos(meta), "line": token.line, "column": token.column})
         raise PqlError(f"unknown function {name!r}", **where)
 
     # Literals ------------------------------------------------------------------------------------
@@ -309,6 +387,9 @@ class _ToAst(Transformer):
 
     def false(self, meta, items):
         return ast.Literal(False, **_pos(meta))
+
+    def negative_number(self, meta, items):
+        return self.negate(meta, [self.number(meta, items)])
 
     def list(self, meta, items):
         return ast.ListLiteral(tuple(i for i in items if i is not None), **_pos(meta))
@@ -355,14 +436,11 @@ class _ToAst(Transformer):
     def occurs_relative(self, meta, items):
         return {"form": "relative", "direction": str(items[0]).lower(), "anchor": _anchor(items[1])}
 
-    def occurs_on(self, meta, items):
-        return {"form": "on", "anchor": _anchor(items[0])}
+    def occurs_on(self, meta, items):  # `occurs on today`, `occurs today`, `occurs this month`
+        return {"form": "on", "anchor": _anchor(items[-1])}
 
     def occurs_between(self, meta, items):
         return {"form": "between", "anchor": _anchor(items[0]), "until": _anchor(items[1])}
-
-    def occurs_in(self, meta, items):
-        return {"form": "in", "anchor": ast.Anchor("period", period=_period(items[0]), **_pos(items[0]))}
 
 
 def _anchor(node) -> ast.Anchor:

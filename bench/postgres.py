@@ -1,12 +1,12 @@
 """The PostgreSQL 15 peer of the segment benchmark: a throwaway server (initdb + pg_ctl, Unix socket only),
-the profile store's stitched rows loaded with COPY, and the 50 segments as one hand-written SQL statement in PostgreSQL's
-dialect. Driven with the `psql` client, so no Python driver is needed. `make bench-setup` installs the
+the profile store's stitched rows loaded with COPY, and the 50 segments as one statement compiled from their PQL
+by the product's compiler, in PostgreSQL's dialect (the same sqlglot trees the job runs on DuckDB). Driven with the `psql` client, so no Python driver is needed. `make bench-setup` installs the
 server from Debian's packages; without it the stage is skipped with the reason."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -15,7 +15,13 @@ from pathlib import Path
 
 import duckdb
 
+from shared.identity.profiles import profile_leaves
 from shared.ingestion.paths import quote_literal
+from shared.ingestion.schemas import PROFILE_SCHEMA
+from shared.segmentation.evaluation import event_fields
+from shared.segmentation.pql import parse
+from shared.segmentation.pql.compiler import Compiler, Fields
+from shared.segmentation.pql.dialects import postgres
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -106,26 +112,34 @@ def export_tables(stitched: str, out: Path) -> dict[str, Path]:
     return paths
 
 
-def segment_sql(segments: dict[str, tuple[str, str]], now: str) -> str:
-    """The stitched floor's fused query in PostgreSQL's dialect: one GROUP BY over events, a count per segment."""
+# Where each field the segments read lives in the flat tables (`TABLES`).
+LAYOUT = {
+    "profileId": "person",
+    "homeAddress.stateProvince": "state",
+    "person.gender": "gender",
+    "person.birthDate": "birthdate",
+    "person.name.firstName": "firstname",
+    "loyalty.tier": "tier",
+    "loyalty.points": "points",
+    "timestamp": "ts",
+    "eventType": "eventtype",
+    "commerce.order.priceTotal": "price",
+}
 
-    def pg(sql: str) -> str:
-        sql = re.sub(r"INTERVAL (\d+) DAY", r"INTERVAL '\1 days'", sql)
-        return sql.replace("eventType", "eventtype").replace("firstName", "firstname").replace("birthDate", "birthdate")
 
-    events = [sid for sid, (pql, _) in segments.items() if pql.startswith("xEvent")]
-    aggs = ", ".join(f'{pg(segments[s][1])} AS "{s}"' for s in events)
-    counts = ", ".join(
-        f'count(*) FILTER (WHERE coalesce(a."{s}", false))' if s in events else f"count(*) FILTER (WHERE {pg(sql)})"
-        for s, (_, sql) in segments.items()
+def segment_sql(segments: dict[str, str], now: dt.datetime) -> str:
+    """The segments' PQL compiled for PostgreSQL over the flat tables: one GROUP BY over events, a count per
+    segment."""
+    fields = Fields(profile=dict(profile_leaves([PROFILE_SCHEMA])), event=event_fields())
+    compiler = Compiler(fields, now, dialect=postgres(LAYOUT))
+    compiled = compiler.compile_segments(
+        {sid: parse(pql) for sid, pql in segments.items()}, profiles="prof", events="ev"
     )
-    return f"""
-    WITH e AS (SELECT *, TIMESTAMPTZ '{now}' AS now_ FROM ev),
-    a AS (SELECT person, {aggs} FROM e WHERE ts <= now_ GROUP BY 1)
-    SELECT count(*), {counts} FROM prof LEFT JOIN a USING (person)"""
+    counts = ", ".join(f'count(*) FILTER (WHERE r."{compiled.columns[sid]}")' for sid in segments)
+    return f"SET TIME ZONE 'UTC'; SELECT count(*), {counts} FROM ({compiled.sql}) AS r"
 
 
-def stage_postgres(stitched: str, segments: dict[str, tuple[str, str]], now: str) -> dict:
+def stage_postgres(stitched: str, segments: dict[str, str], now: dt.datetime) -> dict:
     reason = missing()
     if reason:
         return {"skipped": reason}
@@ -138,7 +152,7 @@ def stage_postgres(stitched: str, segments: dict[str, tuple[str, str]], now: str
         server.psql("ANALYZE")
         load = time.perf_counter() - started
         started = time.perf_counter()
-        row = server.psql(segment_sql(segments, now)).strip().split("|")
+        row = server.psql(segment_sql(segments, now)).strip().splitlines()[-1].split("|")  # after SET
         seconds = time.perf_counter() - started
     values = [int(v) for v in row]
     return {

@@ -313,7 +313,9 @@ def main() -> None:
         stages = {
             "ours": stage_ours,
             "floor": lambda: stage_floor(args.work / "store"),
-            "postgres": lambda: stage_postgres(stitched_sql(args.work / "store"), segments(), NOW.isoformat()),
+            "postgres": lambda: stage_postgres(
+                stitched_sql(args.work / "store"), {sid: pql for sid, (pql, _) in segments().items()}, NOW
+            ),
             "rebuild": stage_rebuild,
             "live": lambda: stage_live(args.work),
             "read_json": lambda: stage_read_json(args.file),
@@ -339,6 +341,11 @@ def main() -> None:
         {f"rebuild:{s}": (rebuilt["counts"][s], ours["counts"][s])
          for s in segments() if rebuilt["counts"][s] != ours["counts"][s]}
     )  # fmt: skip
+    if "counts" in postgres:  # PostgreSQL runs the same definitions, compiled to its dialect
+        mismatched.update(
+            {f"postgres:{s}": (postgres["counts"][s], ours["counts"][s])
+             for s in segments() if postgres["counts"][s] != ours["counts"][s]}
+        )  # fmt: skip
     last = setup["last_batch"]
     print(f"{args.people:,} people, {args.people * 20:,} events, 50 segments; each stage in its own process")
     print(f"{'stage':56s} {'seconds':>8s} {'ratio':>6s} {'peak RSS':>9s}")

@@ -16,11 +16,11 @@ def test_sizes_read_as_people():
         people_of("big")
 
 
-def test_the_postgres_sql_counts_every_segment_in_postgres_dialect():
-    sql = segment_sql(segments(), NOW.isoformat())
-    assert "INTERVAL '7 days'" in sql and "INTERVAL 7 DAY" not in sql
-    assert sql.count("count(*) FILTER (WHERE") >= len(segments())
-    assert "eventType" not in sql and "firstName" not in sql
+def test_the_postgres_sql_is_compiled_from_the_segments_pql():
+    sql = segment_sql({sid: pql for sid, (pql, _) in segments().items()}, NOW)
+    assert sql.count('count(*) FILTER (WHERE r."s') == len(segments())
+    assert "INTERVAL '604800 SECOND'" in sql and "$" not in sql  # a 7-day window; values inlined for psql
+    assert '"eventtype"' in sql and "eventType" not in sql and '"firstname"' in sql  # the flat tables' columns
 
 
 def test_the_report_says_which_targets_are_met_and_which_were_skipped():

@@ -162,6 +162,7 @@ EXAMPLES = [
     ("(person.age + 5) * 2 = 80", {"joe"}),  # (35 + 5) * 2
     ("-person.age < -36", {"ann"}),
     ("person.age - 3 - 2 = 30", {"joe"}),  # left to right: (35 - 3) - 2
+    ("(person.age - 50) % 7 = -3", {"ann", "jo"}),  # the remainder keeps the dividend's sign: -10, -17
     # String functions
     ('person.name.firstName.matches("(?i)^jo")', {"joe", "jo"}),
     ('person.name.firstName.matches("^jo")', {"jo"}),

@@ -230,6 +230,23 @@ def test_explain_shows_each_condition_with_its_values_and_events(settings, crm):
     assert [e["_id"] for e in purchases["events"]] == ["e1", "e2"]
 
 
+def test_explain_answers_for_the_rest_of_the_language(settings, crm):
+    purchases = '(count X over X from xEvent where X.eventType = "commerce.purchases")'
+    put_segment("twice", f'{purchases} * 2 >= 4 and exists E from xEvent : (E.eventType = "commerce.purchases")')
+    request = func.HttpRequest(
+        method="GET",
+        url="http://localhost/api/segments/twice/explain",
+        body=b"",
+        route_params={"id": "twice"},
+        params={"profile": _profile_id_of(settings, "bob")},
+    )
+    explained = body(segment_explain.build().get_user_function()(request))
+    whole, doubled, exists = explained["conditions"]
+    assert explained["qualifies"] is True and whole["held"] is True
+    assert doubled["held"] is True and doubled["value"] == 4  # bob's two purchases, doubled
+    assert exists["held"] is True and [e["_id"] for e in exists["events"]] == ["e1", "e2"]
+
+
 def _profile_id_of(settings, crm_id: str) -> str:
     """The profile id of the person with this CRM id, from the profile store."""
     with tempfile.TemporaryDirectory() as tmp:

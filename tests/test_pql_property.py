@@ -1,5 +1,5 @@
 """A property: random well-typed PQL (arithmetic, if, comparisons, in/notIn, string tests, null tests, boolean
-fields, and/or/not) over random profiles with nulls gives, compiled to SQL and run on DuckDB, exactly the people
+fields, exists/forall/count/sum/includes over an array of objects, and/or/not) over random profiles with nulls gives, compiled to SQL and run on DuckDB, exactly the people
 a small independent Python evaluator of the documented semantics selects."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from shared.segmentation.pql import parse
 from shared.segmentation.pql.compiler import Compiler, Fields
 
-FIELDS = Fields(profile={"n1": "BIGINT", "n2": "BIGINT", "s": "VARCHAR", "flag": "BOOLEAN"}, event={})
+TAGS = 'STRUCT("k" VARCHAR, "v" BIGINT)[]'
+FIELDS = Fields(profile={"n1": "BIGINT", "n2": "BIGINT", "s": "VARCHAR", "flag": "BOOLEAN", "tags": TAGS}, event={})
 NOW = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
 
 # An expression is a (PQL text, evaluator) pair; an evaluator maps a profile to a value (None for null).
@@ -91,7 +92,35 @@ def _starts(prefix: str, case: bool):
     return f's.startsWith("{prefix}", {str(case).lower()})', run
 
 
+def _tags_exist(n: int):
+    return f"exists T from tags where T.v > {n}", lambda p: any(
+        t["v"] is not None and t["v"] > n for t in p["tags"] or []
+    )
+
+
+def _tags_all(key: str):
+    return f'forall T from tags : T.k = "{key}"', lambda p: all(t["k"] == key for t in p["tags"] or [])
+
+
+def _tags_count(n: int):
+    return f"tags.count() > {n}", lambda p: len(p["tags"] or []) > n
+
+
+def _tags_sum(n: int):
+    # A sum skips nulls, and a missing or empty array sums to 0.
+    return f"tags.sum(v) >= {n}", lambda p: sum(t["v"] for t in p["tags"] or [] if t["v"] is not None) >= n
+
+
+def _tags_include(key: str):
+    return f'tags.k.includes("{key}")', lambda p: any(t["k"] == key for t in p["tags"] or [])
+
+
 leaf_conditions = st.one_of(
+    st.integers(-2, 4).map(_tags_exist),
+    st.sampled_from(["a", "b"]).map(_tags_all),
+    st.integers(0, 2).map(_tags_count),
+    st.integers(-3, 6).map(_tags_sum),
+    st.sampled_from(["a", "b"]).map(_tags_include),
     st.tuples(st.sampled_from(list(OPS)), numbers, numbers).map(lambda t: _compare(*t)),
     st.tuples(st.booleans(), st.lists(st.sampled_from(["a", "b", "ab", "B"]), min_size=1, max_size=3)).map(
         lambda t: _in(*t)
@@ -134,6 +163,18 @@ profiles = st.lists(
             "n2": st.one_of(st.none(), st.integers(-4, 10)),
             "s": st.one_of(st.none(), st.sampled_from(["a", "ab", "B", "ba", ""])),
             "flag": st.one_of(st.none(), st.booleans()),
+            "tags": st.one_of(
+                st.none(),
+                st.lists(
+                    st.fixed_dictionaries(
+                        {
+                            "k": st.one_of(st.none(), st.sampled_from(["a", "b"])),
+                            "v": st.one_of(st.none(), st.integers(-2, 5)),
+                        }
+                    ),
+                    max_size=3,
+                ),
+            ),
         }
     ),
     min_size=1,
@@ -147,10 +188,12 @@ def test_compiled_pql_agrees_with_an_independent_evaluator(people, condition):
     text, model = condition
     compiled = Compiler(FIELDS, NOW).compile_segments({"x": parse(text)})
     con = duckdb.connect()
-    con.execute("CREATE TABLE unified_profiles (profileId VARCHAR, n1 BIGINT, n2 BIGINT, s VARCHAR, flag BOOLEAN)")
+    con.execute(
+        f"CREATE TABLE unified_profiles (profileId VARCHAR, n1 BIGINT, n2 BIGINT, s VARCHAR, flag BOOLEAN, tags {TAGS})"
+    )
     con.executemany(
-        "INSERT INTO unified_profiles VALUES (?, ?, ?, ?, ?)",
-        [(f"p{i}", p["n1"], p["n2"], p["s"], p["flag"]) for i, p in enumerate(people)],
+        "INSERT INTO unified_profiles VALUES (?, ?, ?, ?, ?, ?)",
+        [(f"p{i}", p["n1"], p["n2"], p["s"], p["flag"], p["tags"]) for i, p in enumerate(people)],
     )
     rows = con.execute(compiled.sql, compiled.params).fetchall()
     ours = {pid for pid, held in rows if held}

@@ -205,25 +205,31 @@ class Compiler:
                 failed[segment_id] = exc.message
                 continue
             columns[segment_id] = f"s{len(selects)}"
-            selects.append(exp.alias_(condition, columns[segment_id]))
+            selects.append(exp.alias_(condition, columns[segment_id], copy=False))
         return CompiledSegments(self.query(selects, profiles=profiles, events=events), self.params, columns, failed)
 
     def query(self, selects: list[exp.Expression], *, profiles: str, events: str) -> str:
         """One row per person of `profiles`: the given columns, over ONE aggregation of `events`."""
         person = self.dialect.column("p", ("profileId",))
-        tree = exp.select(exp.alias_(person, "profileId"), *selects).from_(exp.to_table(profiles).as_("p"))
+        tree = exp.select(exp.alias_(person, "profileId", copy=False), *selects, copy=False).from_(
+            exp.to_table(profiles).as_("p", copy=False), copy=False
+        )
         if self.aggregates:
             # Events after `now` are never inside a window: they are left out once, here.
             event_person = self.dialect.column("e", ("profileId",))
+            aggregates = [exp.alias_(agg, name, copy=False) for agg, name in self.aggregates.items()]
             per_person = (
-                exp.select(exp.alias_(event_person, "profileId"))
-                .select(*(exp.alias_(agg, name) for agg, name in self.aggregates.items()))
-                .from_(exp.to_table(events).as_("e"))
-                .where(exp.LTE(this=self.dialect.column("e", ("timestamp",)), expression=self.param(self.now)))
-                .group_by(event_person)
+                exp.select(exp.alias_(event_person.copy(), "profileId", copy=False), *aggregates, copy=False)
+                .from_(exp.to_table(events).as_("e", copy=False), copy=False)
+                .where(
+                    exp.LTE(this=self.dialect.column("e", ("timestamp",)), expression=self.param(self.now)),
+                    copy=False,
+                )
+                .group_by(event_person, copy=False)
             )
-            tree = tree.with_("a", as_=per_person).join(
-                "a", on=exp.EQ(this=person, expression=exp.column("profileId", table="a")), join_type="left"
+            on = exp.EQ(this=person.copy(), expression=exp.column("profileId", table="a"))
+            tree = tree.with_("a", as_=per_person, copy=False).join(
+                exp.to_table("a"), on=on, join_type="left", copy=False
             )
         used = {p.name for p in tree.find_all(exp.Placeholder)}
         for key, name in [(k, n) for k, n in self._bound.items() if n not in used]:  # only type-checked
@@ -242,13 +248,13 @@ class Compiler:
         return method(node, scope)
 
     def _and(self, node: ast.And, scope: Scope) -> exp.Expression:
-        return exp.paren(exp.and_(*(self.condition(i, scope) for i in node.items)), copy=False)
+        return exp.paren(_all(*(self.condition(i, scope) for i in node.items)), copy=False)
 
     def _or(self, node: ast.Or, scope: Scope) -> exp.Expression:
-        return exp.paren(exp.or_(*(self.condition(i, scope) for i in node.items)), copy=False)
+        return exp.paren(_any(*(self.condition(i, scope) for i in node.items)), copy=False)
 
     def _not(self, node: ast.Not, scope: Scope) -> exp.Expression:
-        return exp.not_(self.condition(node.item, scope))
+        return _neg(self.condition(node.item, scope))
 
     def _compare(self, node: ast.Compare, scope: Scope) -> exp.Expression:
         left, right = self.value(node.left, scope), self.value(node.right, scope)
@@ -274,10 +280,10 @@ class Compiler:
         contains = exp.ArrayContains(this=values.sql, expression=subject.sql)
         if node.negated:  # notIn also requires that neither side is null
             return exp.paren(
-                exp.and_(
-                    exp.not_(exp.Is(this=subject.sql, expression=exp.null())),
-                    exp.not_(exp.Is(this=values.sql, expression=exp.null())),
-                    exp.not_(_two_valued(contains)),
+                _all(
+                    _neg(exp.Is(this=subject.sql, expression=exp.null())),
+                    _neg(exp.Is(this=values.sql, expression=exp.null())),
+                    _neg(_two_valued(contains)),
                 ),
                 copy=False,
             )
@@ -298,11 +304,11 @@ class Compiler:
             "contains": exp.Contains,
             "equals": exp.EQ,
         }[node.function](this=subject, expression=value)
-        return _two_valued(exp.not_(test) if node.negated else test)
+        return _two_valued(_neg(test) if node.negated else test)
 
     def _nulltest(self, node: ast.NullTest, scope: Scope) -> exp.Expression:
         test = exp.Is(this=self.value(node.subject, scope).sql, expression=exp.null())
-        return exp.paren(test if node.is_null else exp.not_(test), copy=False)
+        return exp.paren(test if node.is_null else _neg(test), copy=False)
 
     def _booleanvalue(self, node: ast.BooleanValue, scope: Scope) -> exp.Expression:
         value = self.value(node.value, scope)
@@ -337,8 +343,8 @@ class Compiler:
                 return exp.TimestampTrunc(this=value, unit=exp.var("DAY"))
 
             test = {
-                "<=": exp.and_(side, near(this=x, expression=edge)),
-                "<": exp.and_(side, strict_near(this=x, expression=edge)),
+                "<=": _all(side, near(this=x, expression=edge)),
+                "<": _all(side, strict_near(this=x, expression=edge)),
                 ">=": far(this=x, expression=edge),
                 ">": strict_far(this=x, expression=edge),
                 "=": exp.EQ(this=day(x), expression=day(edge)),
@@ -353,7 +359,7 @@ class Compiler:
                 test = exp.GTE(this=x, expression=self.param(end))
         else:  # on / in a period: [start, end); between A and B, both included
             until = end if node.form != "between" else self._anchor_range(node.until)[1]
-            test = exp.and_(exp.GTE(this=x, expression=self.param(start)), exp.LT(this=x, expression=self.param(until)))
+            test = _all(exp.GTE(this=x, expression=self.param(start)), exp.LT(this=x, expression=self.param(until)))
         return _two_valued(test)
 
     def _quantifier(self, node: ast.Quantifier, scope: Scope) -> exp.Expression:
@@ -364,13 +370,13 @@ class Compiler:
         events = Scope("event", first.alias, self._event_names(scope, node))
         held = self._iteration_condition(first, events)
         if len(node.iterations) > 1:
-            held = exp.and_(held, self._over_array(node.kind, node.iterations[1:], events))
+            held = _all(held, self._over_array(node.kind, node.iterations[1:], events))
         # A person without events has no aggregate row: none exists, so `not (exists …)` holds for them, and
         # every one of their (no) events satisfies a forall.
         if node.kind == "exists":
             count = self.aggregate(_count_where(held))
             return exp.GT(this=exp.Coalesce(this=count, expressions=[exp.Literal.number(0)]), expression=_ZERO)
-        count = self.aggregate(_count_where(exp.not_(held)))
+        count = self.aggregate(_count_where(_neg(held)))
         return exp.EQ(this=exp.Coalesce(this=count, expressions=[exp.Literal.number(0)]), expression=_ZERO)
 
     def _over_array(self, kind: str, iterations: tuple[ast.Iteration, ...], scope: Scope) -> exp.Expression:
@@ -380,9 +386,9 @@ class Compiler:
         inner = scope.bind(**{iteration.alias: item})
         held = self._iteration_condition(iteration, inner)
         if len(iterations) > 1:
-            held = exp.and_(held, self._over_array(kind, iterations[1:], inner))
+            held = _all(held, self._over_array(kind, iterations[1:], inner))
         if kind == "forall":
-            held = exp.not_(held)
+            held = _neg(held)
         matching = exp.ArraySize(this=exp.ArrayFilter(this=array, expression=_lambda(item.sql, held)))
         count = exp.Coalesce(this=matching, expressions=[exp.Literal.number(0)])
         return exp.GT(this=count, expression=_ZERO) if kind == "exists" else exp.EQ(this=count, expression=_ZERO)
@@ -419,7 +425,7 @@ class Compiler:
                     direction="before",
                     anchor=ast.Anchor("now"),
                 )
-                condition = exp.and_(condition, self._occurs(window, Scope("event")))
+                condition = _all(condition, self._occurs(window, Scope("event")))
             times = self.aggregate(
                 exp.Filter(
                     this=exp.ArrayAgg(this=self.dialect.column("e", ("timestamp",))),
@@ -432,7 +438,7 @@ class Compiler:
                     this=times, expression=_lambda(t, exp.GT(this=exp.column(t), expression=previous))
                 )
             previous = exp.ArrayMin(this=times)
-        return exp.paren(exp.not_(exp.Is(this=previous, expression=exp.null())), copy=False)
+        return exp.paren(_neg(exp.Is(this=previous, expression=exp.null())), copy=False)
 
     # Values ------------------------------------------------------------------------------------
 
@@ -837,6 +843,20 @@ class Compiler:
 _ZERO = exp.Literal.number(0)
 
 
+# The builders, without sqlglot's defensive copies (the trees are built once, here): a 50-segment job
+# compiled in 40 ms with them.
+def _all(*conditions: exp.Expression) -> exp.Expression:
+    return exp.and_(*conditions, copy=False)
+
+
+def _any(*conditions: exp.Expression) -> exp.Expression:
+    return exp.or_(*conditions, copy=False)
+
+
+def _neg(condition: exp.Expression) -> exp.Expression:
+    return exp.not_(condition, copy=False)
+
+
 def _two_valued(condition: exp.Expression) -> exp.Expression:
     """A condition that is false, never null, when a value it reads is null."""
     return exp.Coalesce(this=condition, expressions=[exp.false()])
@@ -857,7 +877,7 @@ def _lambda(variable: exp.Expression, body: exp.Expression) -> exp.Lambda:
 
 def _non_null_count(values: exp.Expression) -> exp.Expression:
     v = exp.to_identifier("_n")
-    keep = exp.not_(exp.Is(this=exp.column(v), expression=exp.null()))
+    keep = _neg(exp.Is(this=exp.column(v), expression=exp.null()))
     return exp.ArraySize(this=exp.ArrayFilter(this=values, expression=_lambda(v, keep)))
 
 

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from shared.ingestion import LakeStore
+from shared.ingestion.schemas import FieldType, Schema, SchemaClass, SchemaField, SchemaStore
 from shared.jobs import JobStatus
 from tests.helpers import create_dataset, event, ndjson, profile
 
@@ -52,6 +53,30 @@ def test_ndjson_rows_land_in_the_lake_as_typed_nested_parquet(settings, landing_
     assert dict(rows[0]["identityMap"])["CRMID"] == [{"id": "c-1", "primary": True}]
     assert rows[0]["_batchId"] == job.id and rows[0]["_row"] == 1
     assert job.links["data"].endswith(f"crm/batch={job.id}/data.parquet")
+
+
+def test_arrays_of_values_are_typed_and_a_wrong_member_names_the_array(settings, account, landing_zone, lake):
+    custom = Schema(
+        id="tastes",
+        title="Tastes",
+        schema_class=SchemaClass.PROFILE,
+        fields=[
+            SchemaField(path="person.favoriteColors", type=FieldType.ARRAY, item_type=FieldType.STRING),
+            SchemaField(path="person.luckyNumbers", type=FieldType.ARRAY, item_type=FieldType.INTEGER),
+        ],
+    )
+    SchemaStore.from_settings(settings, account).save(custom)
+    create_dataset(settings, "tastes", schema_id="tastes")
+    good = [profile(f"c-{i}", person={"favoriteColors": ["red", "blue"], "luckyNumbers": [7, i]}) for i in range(300)]
+    bad = profile("c-bad", person={"favoriteColors": ["red", 5]})
+    job = landing_zone.ingest("tastes/t.ndjson", ndjson(good[0], bad, *good[1:]))
+    assert job.metrics["rowsAccepted"] == 300 and job.metrics["rowsRejected"] == 1
+    assert lake_rows(lake, "tastes")[0]["person"] == {"favoriteColors": ["red", "blue"], "luckyNumbers": [7, 0]}
+    [error] = errors_file(lake, job)
+    assert (error["row"], error["field"]) == ("2", "person.favoriteColors[]")
+    assert error["reason"].startswith("expected string in every item, found [5]")
+    with pytest.raises(ValueError, match="either its items"):
+        SchemaField(path="x", type=FieldType.ARRAY)
 
 
 def test_numeric_strings_in_numeric_fields_are_numbers_but_booleans_are_not(settings, landing_zone, lake):

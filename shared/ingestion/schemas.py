@@ -45,6 +45,9 @@ _DUCKDB_TYPES = {
 }
 
 
+SCALAR_ITEM_TYPES = (FieldType.STRING, FieldType.INTEGER, FieldType.NUMBER, FieldType.BOOLEAN)
+
+
 class SchemaClass(StrEnum):
     PROFILE = "profile"
     EXPERIENCE_EVENT = "experienceevent"
@@ -69,15 +72,26 @@ class SchemaField(BaseModel):
     required: bool = False
     identity: Namespace | None = Field(None, description="The field holds an identity of this namespace.")
     enum: list[str] | None = None
-    items: list[ItemField] | None = Field(None, description="For arrays: the fields of each item (an object).")
+    items: list[ItemField] | None = Field(None, description="For arrays of objects: the fields of each item.")
+    item_type: FieldType | None = Field(
+        None,
+        alias="itemType",
+        description="For arrays of values (`favoriteColors`): string, integer, number or boolean.",
+    )
     description: str = ""
+    model_config = {"populate_by_name": True}
 
     @model_validator(mode="after")
     def _consistent(self) -> SchemaField:
-        if self.type is FieldType.ARRAY and not self.items:
-            raise ValueError(f"array field {self.path!r} must declare its items")
-        if self.type is not FieldType.ARRAY and self.items:
+        if self.type is FieldType.ARRAY and bool(self.items) == bool(self.item_type):
+            raise ValueError(
+                f"array field {self.path!r} must declare either its items (objects) or its itemType (values)"
+            )
+        if self.type is not FieldType.ARRAY and (self.items or self.item_type):
             raise ValueError(f"field {self.path!r} declares items but is a {self.type.value}")
+        if self.item_type and self.item_type not in SCALAR_ITEM_TYPES:
+            allowed = ", ".join(t.value for t in SCALAR_ITEM_TYPES)
+            raise ValueError(f"array field {self.path!r}: itemType is one of {allowed}")
         if self.identity and self.type is not FieldType.STRING:
             raise ValueError(f"identity field {self.path!r} must be a string, not {self.type.value}")
         if self.enum and self.type is not FieldType.STRING:
@@ -86,6 +100,8 @@ class SchemaField(BaseModel):
 
     @property
     def duckdb_type(self) -> str:
+        if self.item_type:
+            return f"{self.item_type.duckdb}[]"
         if self.type is FieldType.ARRAY:
             inner = ", ".join(f'"{i.name}" {i.type.duckdb}' for i in self.items or [])
             return f"STRUCT({inner})[]"

@@ -27,6 +27,13 @@ _JSON_TYPES = {
     FieldType.DATETIME: ("VARCHAR",),
     FieldType.ARRAY: ("ARRAY",),
 }
+# The JSON types the values of an array of values may have (no strings for numbers: they are cast as a list).
+_VALUE_ITEM_TYPES = {
+    FieldType.STRING: ("VARCHAR",),
+    FieldType.INTEGER: ("BIGINT", "UBIGINT"),
+    FieldType.NUMBER: ("BIGINT", "UBIGINT", "DOUBLE"),
+    FieldType.BOOLEAN: ("BOOLEAN",),
+}
 _NAMES = {
     FieldType.DATETIME: "date-time (ISO 8601)",
     FieldType.DATE: "date (YYYY-MM-DD)",
@@ -134,18 +141,17 @@ class SchemaChecks:
                     f"{present} AND {t} = 'VARCHAR' AND {text} NOT IN {_sql_list(f.enum)}",
                 )
             )
-        for item in f.items or []:
-            item_types = _sql_list(_JSON_TYPES[item.type])
+        members = [(f"{f.path}[].{item.name}", item.name, _JSON_TYPES[item.type], item.type) for item in f.items or []]
+        if f.item_type:
+            members.append((f"{f.path}[]", "", _VALUE_ITEM_TYPES[f.item_type], f.item_type))
+        for where, name, allowed, kind in members:
             bad = (
-                f"list_filter({self.item_column(i, item.name)}, "
-                f"lambda e: {json_kind('e')} NOT IN {item_types} AND {json_kind('e')} <> 'NULL')"
+                f"list_filter({self.item_column(i, name)}, "
+                f"lambda e: {json_kind('e')} NOT IN {_sql_list(allowed)} AND {json_kind('e')} <> 'NULL')"
             )
             out.append(
                 (
-                    _problem(
-                        f"{f.path}[].{item.name}",
-                        f"'expected {item.type.value} in every item, found ' || left({bad}::VARCHAR, 60)",
-                    ),
+                    _problem(where, f"'expected {kind.value} in every item, found ' || left({bad}::VARCHAR, 60)"),
                     f"{present} AND {t} = 'ARRAY' AND len({bad}) > 0",
                 )
             )
@@ -217,12 +223,14 @@ class SchemaChecks:
             ("im_ids", f"CASE WHEN {obj} THEN json_extract({m}, '$.*[*].id') END"),
         ]
         for i, f in enumerate(self.fields, start=1):
-            for item in f.items or []:
-                path = quote_literal(f"$[*].{quote_ident(item.name)}")
+            members = [(item.name, f"$[*].{quote_ident(item.name)}") for item in f.items or []]
+            if f.item_type:
+                members.append(("", "$[*]"))
+            for name, path in members:
                 cols.append(
                     (
-                        self.item_column(i, item.name),
-                        f"CASE WHEN {json_kind(f'v[{i}]')} = 'ARRAY' THEN json_extract(v[{i}], {path}) END",
+                        self.item_column(i, name),
+                        f"CASE WHEN {json_kind(f'v[{i}]')} = 'ARRAY' THEN json_extract(v[{i}], {quote_literal(path)}) END",
                     )
                 )
         return cols

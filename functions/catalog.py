@@ -1,5 +1,5 @@
 """Configuration over HTTP: schemas, datasets, merge policies, ingestion batch status, and the profile store
-(what it holds, and its rebuild as a queued job)."""
+(what it holds, its rebuild as a queued job, and the retention timer that deletes files no version names)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from shared.identity import MergePolicy, MergePolicyStore, ProfileStore
 from shared.identity.rebuilds import ProfileRebuilds
 from shared.ingestion import Dataset, DatasetStore, Schema, SchemaStore
 from shared.jobs import JobStore, JobType
+from shared.segmentation.memberships import MembershipStore
 from shared.settings import get_settings
 from shared.storage import StorageAccount
 
@@ -101,3 +102,15 @@ def profiles_rebuild(req: func.HttpRequest) -> func.HttpResponse:
 def profile_rebuild_queued(message: func.QueueMessage) -> None:
     job = ProfileRebuilds.from_settings(get_settings()).run_queued(message.get_json())
     log.info("profile rebuild %s: %s %s", job.id, job.status.value, job.metrics)
+
+
+@bp.function_name("profile_store_retention")
+@bp.timer_trigger(arg_name="timer", schedule="%PROFILE_RETENTION_SCHEDULE%", run_on_startup=False)
+def profile_store_retention(timer: func.TimerRequest) -> None:
+    """Delete the store's files that no kept version names: the current memberships' version is kept too,
+    since exports read the profiles the memberships were computed from."""
+    settings, account = get_settings(), _account()
+    computed_from = MembershipStore.from_settings(settings, account).current_profiles()
+    keep = [computed_from.store_version] if computed_from and computed_from.store_version else []
+    deleted = ProfileStore.from_settings(settings, account).expire(now=utc_now(), keep=keep)
+    log.info("deleted %d profile store files no kept version names", len(deleted))

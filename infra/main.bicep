@@ -173,6 +173,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'IDENTITY_GRAPH_LIMIT', value: '50' }
         { name: 'PROFILE_SHARDS', value: '8' }
         { name: 'PROFILE_VERSION_RETENTION_HOURS', value: '168' }
+        { name: 'PROFILE_RETENTION_SCHEDULE', value: '0 45 3 * * *' }
         { name: 'SEGMENT_SCHEDULE', value: '0 0 2 * * *' }
         { name: 'STREAMING_SCHEDULE', value: '0 */5 * * * *' }
         { name: 'SEGMENT_EXITED_RETENTION_DAYS', value: '30' }

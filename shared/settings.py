@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PROFILE_VERSION_RETENTION_HOURS", "profile_version_retention_hours"),
         description="How long replaced store versions stay listed, so a job re-run as of an earlier time reads the store as it was.",
     )
+    profile_retention_schedule: str = Field(
+        "0 45 3 * * *",
+        validation_alias=AliasChoices("PROFILE_RETENTION_SCHEDULE", "profile_retention_schedule"),
+        description="NCRONTAB schedule of the timer that deletes profile store files no kept version names.",
+    )
     segment_schedule: str = Field(
         "0 0 2 * * *",
         validation_alias=AliasChoices("SEGMENT_SCHEDULE", "segment_schedule"),

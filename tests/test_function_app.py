@@ -43,6 +43,7 @@ def test_the_host_indexes_every_function_with_its_trigger_path_and_connection():
         ("export_runs", "EXPORT_SCHEDULE"),
         ("dlz_retention", "DLZ_RETENTION_SCHEDULE"),
         ("snapshot_retention", "SNAPSHOT_RETENTION_SCHEDULE"),
+        ("profile_store_retention", "PROFILE_RETENTION_SCHEDULE"),
     ):
         assert functions[name]["type"] == "timerTrigger" and functions[name]["schedule"] == f"%{setting}%"
     assert functions["segment_shard_queued"]["type"] == "queueTrigger"

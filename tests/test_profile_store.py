@@ -317,3 +317,46 @@ def test_stores_built_batch_by_batch_stitch_and_merge_like_the_whole_lake_at_onc
     }
     assert {p: events.get(pid, 0) for p, (pid, _) in stored.items()} == expected_events
     assert json.dumps(version.summary(), default=str)  # the summary serializes
+
+
+def test_the_retention_timer_deletes_files_no_kept_version_names(settings, landing_zone, account, clock):
+    from azure.functions.timer import TimerRequest
+
+    from functions.catalog import profile_store_retention
+    from shared.segmentation.runner import SegmentJobRunner
+    from tests.test_segment_jobs import put_segment
+
+    def retention() -> None:
+        profile_store_retention.build().get_user_function()(TimerRequest(past_due=False))
+
+    create_dataset(settings, "crm")
+    put_segment("everyone", "true")
+    store = ProfileStore.from_settings(settings, account)
+    landing_zone.ingest_at("crm/a.ndjson", ndjson(profile("c-1", "ann@example.com")), now=NOW)
+    first = store.version()
+    SegmentJobRunner.from_settings(settings).run(now=NOW + dt.timedelta(minutes=30))  # computed from `first`
+    landing_zone.ingest_at("crm/b.ndjson", ndjson(profile("c-2", "bob@example.com")), now=NOW + dt.timedelta(hours=1))
+    second = store.version()
+    assert first.graph != second.graph  # the graph is rewritten: `first`'s file is named by `first` alone
+    with tempfile.TemporaryDirectory() as tmp:  # a batch that failed after writing its files, before publishing
+        orphan = Path(tmp) / "orphan.parquet"
+        duckdb.sql(f"COPY (SELECT 1 AS x) TO '{orphan}' (FORMAT parquet)")
+        store.files.put({"shards/0000/orphan.parquet": orphan}, written_at=NOW)
+
+    retention()  # within the retention: nothing goes
+    assert store.files.blobs.exists(first.graph) and store.files.blobs.exists("shards/0000/orphan.parquet")
+
+    later = NOW + dt.timedelta(hours=settings.profile_version_retention_hours + 2)
+    clock.move_to(later)
+    retention()  # `first` is past the retention, but the current memberships were computed from it
+    assert store.files.blobs.exists(first.graph) and store.by_id(first.id).id == first.id
+    assert not store.files.blobs.exists("shards/0000/orphan.parquet")
+
+    job = SegmentJobRunner.from_settings(settings).run(now=later)
+    assert job.metrics["profileStoreVersion"] == second.id
+    retention()
+    assert not store.files.blobs.exists(first.graph)
+    with tempfile.TemporaryDirectory() as tmp:  # the current version is whole
+        con = connect(settings, spill_dir=tmp)
+        profiles = store.open(con, now=later, workdir=Path(tmp))
+        assert profiles.stats["people"] == 2

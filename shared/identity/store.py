@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from shared.engine import connect, scalar
-from shared.errors import Conflict, ValidationError
+from shared.errors import Conflict, NotFound, ValidationError
 from shared.identity.graph import GRAPH_COLUMNS, stitch
 from shared.identity.policies import MergePolicy, MergePolicyStore
 from shared.identity.profiles import (
@@ -174,7 +174,7 @@ class StoreFiles:
         with ThreadPoolExecutor(max_workers=8) as pool:
             return list(pool.map(one, names))
 
-    def put(self, files: dict[str, Path]) -> None:
+    def put(self, files: dict[str, Path], *, written_at: dt.datetime | None = None) -> None:
         if self.blobs is None:  # a folder: the new files are moved in (they are the caller's temporary files)
             for name, path in files.items():
                 target = self.folder / name
@@ -182,8 +182,9 @@ class StoreFiles:
                 if path != target:
                     shutil.move(path, target)
             return
+        metadata = _written(written_at)
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda n: self.blobs.put_file(n, files[n], overwrite=False), files))
+            list(pool.map(lambda n: self.blobs.put_file(n, files[n], overwrite=False, metadata=metadata), files))
 
     def pointer(self) -> tuple[bytes, str | None] | None:
         if self.blobs is None:
@@ -198,12 +199,26 @@ class StoreFiles:
             return
         self.blobs.replace(POINTER, data, etag=etag)
 
-    def put_bytes(self, name: str, data: bytes) -> None:
+    def put_bytes(self, name: str, data: bytes, *, written_at: dt.datetime | None = None) -> None:
         if self.blobs is None:
             (self.folder / name).parent.mkdir(parents=True, exist_ok=True)
             (self.folder / name).write_bytes(data)
         else:
-            self.blobs.put(name, data)
+            self.blobs.put(name, data, metadata=_written(written_at))
+
+    def delete_unnamed(self, named: set[str], *, written_before: dt.datetime) -> list[str]:
+        """Delete the files not in `named` that were written before `written_before` (by the time the writer
+        recorded, else the blob's last modification); a folder's files are its only reader's and stay."""
+        if self.blobs is None:
+            return []
+        deleted = []
+        for blob in self.blobs.listing(metadata=True):
+            recorded = (blob.metadata or {}).get("writtenAt")
+            written = dt.datetime.fromisoformat(recorded) if recorded else blob.last_modified
+            if blob.name not in named and written < written_before:
+                self.blobs.delete(blob.name)
+                deleted.append(blob.name)
+        return deleted
 
     def get_bytes(self, name: str) -> bytes:
         return (self.folder / name).read_bytes() if self.blobs is None else self.blobs.get(name)
@@ -339,7 +354,7 @@ class ProfileStore:
                 finally:
                     con.close()
                 uploaded = time.monotonic()
-                self.files.put(written)
+                self.files.put(written, written_at=now)
             try:
                 self._publish(new, pointer, etag, now)
             except Conflict:
@@ -352,7 +367,9 @@ class ProfileStore:
         history = []
         if pointer is not None:
             self.files.put_bytes(
-                _version_path(pointer.current.id), pointer.current.model_dump_json(by_alias=True).encode()
+                _version_path(pointer.current.id),
+                pointer.current.model_dump_json(by_alias=True).encode(),
+                written_at=now,
             )
             oldest = now - dt.timedelta(hours=self.settings.profile_version_retention_hours)
             earlier = [VersionRef(id=pointer.current.id, as_of=pointer.current.as_of, created=pointer.current.created)]
@@ -389,9 +406,29 @@ class ProfileStore:
                 key=lambda b: (order.get(b.batch_id, len(order)), b.ingested_at, b.batch_id),
             )
             version = replay(self.settings, batches, self._empty(now, policy), staging, work / "out", now=now)
-            self.files.put({name: staging.folder / name for name in _files_of(version)})
+            self.files.put({name: staging.folder / name for name in _files_of(version)}, written_at=now)
             self._publish(version, pointer, etag, now)
         return version
+
+    def expire(self, *, now: dt.datetime, keep: Iterable[str] = ()) -> list[str]:
+        """Delete the store's files that no kept version names, once they are older than
+        PROFILE_VERSION_RETENTION_HOURS: the files of versions replaced longer ago, and those of applies that
+        failed before publishing. Kept: the current version, those it replaced within the retention, and
+        `keep` (versions still read, such as the one the current memberships were computed from)."""
+        pointer, _ = self._pointer()
+        if pointer is None:
+            return []
+        retention = dt.timedelta(hours=self.settings.profile_version_retention_hours)
+        listed = [r.id for r in pointer.history if r.created >= now - retention]  # as `_publish` lists them
+        versions = [pointer.current]
+        for version_id in dict.fromkeys([*listed, *keep]):
+            try:
+                versions.append(self.by_id(version_id))
+            except (NotFound, FileNotFoundError):
+                log.info("profile store version %s is gone; nothing of it to keep", version_id)
+        named = {POINTER, *(_version_path(v.id) for v in versions)}
+        named.update(name for v in versions for name in _files_of(v))
+        return self.files.delete_unnamed(named, written_before=now - retention)
 
 
 def replay(
@@ -427,6 +464,10 @@ def rows_sql_of(names: list[str], removed: str | None, local) -> str:
     if removed is None:
         return rows
     return f"(SELECT * FROM {rows} WHERE profileId NOT IN (SELECT profileId FROM ({_read(local([removed]))})))"
+
+
+def _written(at: dt.datetime | None) -> dict[str, str] | None:
+    return {"writtenAt": at.astimezone(dt.UTC).isoformat()} if at else None
 
 
 def _version_path(version_id: str) -> str:

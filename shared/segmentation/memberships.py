@@ -169,38 +169,27 @@ def membership_sql(
 def write_snapshots(
     con: duckdb.DuckDBPyConnection, parts: dict[str, str], *, out: Path, now: dt.datetime
 ) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
-    """Write every segment's memberships in one pass (a Parquet file per segment) and count them by status."""
-    # One statement per segment: a single UNION ALL of them all would hold every part's join tables at once.
-    for n, sql in enumerate(parts.values()):
-        con.execute(
-            ("CREATE OR REPLACE TEMP TABLE new_memberships AS " if n == 0 else "INSERT INTO new_memberships ") + sql
-        )
-    con.execute(
-        f"""COPY new_memberships
-            TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (segment), OVERWRITE_OR_IGNORE)"""
-    )
+    """Write every segment's memberships (a Parquet file per segment, straight from its statement) and count
+    them by status. One statement per segment: a single one over all segments would hold every segment's join
+    at once, and writing one table partitioned by segment took longer than the joins themselves."""
+    out.mkdir(parents=True, exist_ok=True)
     at = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
     entered = f"status = 'realized' AND lastQualificationTime = {at}"
-    rows = con.execute(
-        f"""SELECT segment,
-                   count(*) FILTER (WHERE {entered}),
-                   count(*) FILTER (WHERE status <> 'exited' AND NOT ({entered})),
-                   count(*) FILTER (WHERE status = 'exited' AND exitedAt = {at}),
-                   count(*) FILTER (WHERE status = 'exited' AND exitedAt < {at})
-            FROM new_memberships GROUP BY segment"""
-    ).fetchall()
-    counts = {sid: {"realized": 0, "existing": 0, "exited": 0, "exitedEarlier": 0} for sid in parts}
-    for sid, realized, existing, exited, earlier in rows:
+    files: dict[str, Path] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for n, (sid, sql) in enumerate(parts.items()):
+        target = out / f"{n:05d}.parquet"
+        con.execute(
+            f"""COPY (SELECT profileId, status, lastQualificationTime, exitedAt FROM ({sql}))
+                TO {quote_literal(str(target))} (FORMAT parquet, COMPRESSION zstd)"""
+        )
+        realized, existing, exited, earlier = con.execute(
+            f"""SELECT count(*) FILTER (WHERE {entered}),
+                       count(*) FILTER (WHERE status <> 'exited' AND NOT ({entered})),
+                       count(*) FILTER (WHERE status = 'exited' AND exitedAt = {at}),
+                       count(*) FILTER (WHERE status = 'exited' AND exitedAt < {at})
+                FROM read_parquet({quote_literal(str(target))})"""
+        ).fetchall()[0]
+        files[sid] = target
         counts[sid] = {"realized": realized, "existing": existing, "exited": exited, "exitedEarlier": earlier}
-    files = {}
-    for sid in parts:
-        written = sorted((out / f"segment={sid}").glob("*.parquet"))
-        if len(written) != 1:  # an empty segment writes no partition: write its empty snapshot
-            target = out / f"{sid}.parquet"
-            con.execute(
-                f"""COPY (SELECT profileId, status, lastQualificationTime, exitedAt FROM new_memberships
-                    WHERE segment = {quote_literal(sid)}) TO {quote_literal(str(target))} (FORMAT parquet)"""
-            )
-            written = [target]
-        files[sid] = written[0]
     return files, counts

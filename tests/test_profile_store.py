@@ -176,8 +176,8 @@ def test_two_batches_at_once_lose_no_link(settings, landing_zone, account):
     first_two = iter(range(2))
     real_put = StoreFiles.put
 
-    def put(self, files):  # both batches have computed their versions before either publishes
-        real_put(self, files)
+    def put(self, files, **kw):  # both batches have computed their versions before either publishes
+        real_put(self, files, **kw)
         if (
             self.blobs is not None
             and any(n.startswith("batches/") for n in files)

@@ -40,6 +40,7 @@ from shared.segmentation.streaming import streaming_eligible
 from shared.settings import Settings
 from shared.storage import StorageAccount
 from shared.storage.messages import QueueMessage
+from shared.timing import Laps
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +295,7 @@ class SegmentJobRunner:
         """One shard of a job, in its own DuckDB connection (as its own invocation would be): the segments
         over that shard's profiles and events (a streaming job: its touched people only), written as
         `(profileId, <one boolean column per segment>)` to a local Parquet file."""
-        started = time.monotonic()
+        started, laps = time.monotonic(), Laps()
         version = self.store.by_id(plan.store_version)
         definitions = self.segments.trees()
         out = work / f"shard-{shard:04d}.parquet"
@@ -304,6 +305,7 @@ class SegmentJobRunner:
                 profiles = self.store.open(
                     con, now=plan.now, workdir=Path(tmp) / "store", shards=[shard], version=version
                 )
+                laps.lap("loadSeconds")
                 people = None
                 if plan.since is not None:
                     touched = self.store.touched_since(version, plan.since, Path(tmp) / "touched")
@@ -318,6 +320,7 @@ class SegmentJobRunner:
                     people=people,
                     isolate=True,
                 )
+                laps.lap("evaluateSeconds")
                 # Columns are named by segment, whatever the shard's compiler called them.
                 select = "".join(f", {col} AS {quote_ident(sid)}" for sid, col in compiled.columns.items())
                 con.execute(
@@ -325,6 +328,7 @@ class SegmentJobRunner:
                 )
                 rows = scalar(con, f"SELECT count(*) FROM {RESULTS}")
                 peak = scalar(con, "SELECT max(memory_usage_bytes) FROM duckdb_memory()") or 0
+                laps.lap("writeSeconds")
             finally:
                 con.close()
         return ShardResult(
@@ -336,6 +340,7 @@ class SegmentJobRunner:
                 "profiles": profiles.stats["profiles"],
                 "evaluated": rows,
                 "seconds": round(time.monotonic() - started, 3),
+                **laps,
                 "duckdbMemoryMB": round(peak / 2**20, 1),
             },
         )

@@ -95,8 +95,10 @@ MAX_SPAN = {"seconds": 6_311_390_400, "minutes": 105_189_840, "hours": 1_753_164
 MAX_SPAN |= {"weeks": 10_435, "months": 2_400, "years": 200}
 
 
+@lru_cache(maxsize=4096)
 def parse(text: str) -> ast.Expr:
-    """Parse PQL text (`{"type": "PQL", "format": "pql/text", "value": ...}`'s value) into a tree."""
+    """Parse PQL text (`{"type": "PQL", "format": "pql/text", "value": ...}`'s value) into a tree. Trees are
+    immutable, so a text parsed once (a job's shards each read every definition) is not parsed again."""
     if not text or not text.strip():
         raise PqlError("the expression is empty", line=1, column=1)
     _check_bounds(text)

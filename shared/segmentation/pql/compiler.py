@@ -236,9 +236,6 @@ class Compiler:
             del self.params[name], self._bound[key]
         return self.dialect.sql(tree)
 
-    def sql(self, tree: exp.Expression) -> str:
-        return self.dialect.sql(tree)
-
     # Conditions: two-valued booleans -----------------------------------------------------------
 
     def condition(self, node: ast.Expr, scope: Scope) -> exp.Expression:
@@ -366,8 +363,7 @@ class Compiler:
         first = node.iterations[0]
         if first.source is not None:  # over an array of the profile (or of the event)
             return _two_valued(self._over_array(node.kind, node.iterations, scope))
-        self._require_profile_scope(node, scope, node.kind)
-        events = Scope("event", first.alias, self._event_names(scope, node))
+        events = self._events_scope(node, scope, node.kind, first.alias)
         held = self._iteration_condition(first, events)
         if len(node.iterations) > 1:
             held = _all(held, self._over_array(node.kind, node.iterations[1:], events))
@@ -472,8 +468,7 @@ class Compiler:
 
     def _value_aggregate(self, node: ast.Aggregate, scope: Scope) -> V:
         """`xEvent[…].count()`, `.sum(path)`, `.avg`, `.min`, `.max`."""
-        self._require_profile_scope(node, scope, f"xEvent[...].{node.function}()")
-        events = Scope("event", names=self._event_names(scope, node))
+        events = self._events_scope(node, scope, f"xEvent[...].{node.function}()")
         where = self.condition(node.events.condition, events) if node.events.condition else _TRUE
         if node.function == "count":
             return V(_zero_if_null(self.aggregate(_count_where(where))), NUMBER)
@@ -539,8 +534,7 @@ class Compiler:
         if first.source is not None:
             values, kind = self._collect(node.iterations, node.value, scope, node)
             return self._list_aggregate(node.function, V(values, list_of(kind)), node)
-        self._require_profile_scope(node, scope, f"{node.function} … over xEvent")
-        events = Scope("event", first.alias, self._event_names(scope, node))
+        events = self._events_scope(node, scope, f"{node.function} … over xEvent", first.alias)
         where = self._iteration_condition(first, events)
         if len(node.iterations) == 1:
             if node.function == "count":
@@ -748,19 +742,18 @@ class Compiler:
     def _iteration_condition(self, iteration: ast.Iteration, scope: Scope) -> exp.Expression:
         return self.condition(iteration.condition, scope) if iteration.condition is not None else _TRUE
 
-    def _event_names(self, scope: Scope, node: ast.Node) -> dict[str, V]:
-        """The let values an event condition may use: those that read no profile field (the events'
-        aggregate cannot see the profile row)."""
-        return {
+    def _events_scope(self, node: ast.Node, scope: Scope, what: str, alias: str | None = None) -> Scope:
+        """The scope of a condition over the person's events (only from the profile's), with the let values
+        that read no profile field: the events' aggregate cannot see the profile row."""
+        self._require_profile_scope(node, scope, what)
+        names = {
             name: value
             for name, value in scope.names.items()
             if not any(c.table == "p" for c in value.sql.find_all(exp.Column))
         }
+        return Scope("event", alias, names)
 
     # Types -------------------------------------------------------------------------------------
-
-    def type_of(self, node: ast.Node, scope: Scope) -> Type:
-        return self.value(node, scope).type
 
     def _check_comparable(self, what: str, left: ast.Node, lv: V, right: ast.Node, rv: V, *, at: ast.Node) -> None:
         """Refuse comparing values of different types, save PQL's coercions of numeric and date strings."""

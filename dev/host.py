@@ -27,7 +27,7 @@ from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 from croniter import croniter
 
-from shared.settings import get_settings
+from shared.settings import env_name, get_settings
 from shared.storage import BlobStore, StorageAccount
 
 log = logging.getLogger("host")
@@ -82,8 +82,8 @@ def resolve(value: str) -> str:
 
 def _default(name: str) -> str:
     settings = get_settings()
-    for field_name, f in type(settings).model_fields.items():
-        if f.validation_alias and name in f.validation_alias.choices:
+    for field_name in type(settings).model_fields:
+        if env_name(field_name) == name:
             return str(getattr(settings, field_name))
     raise KeyError(f"setting {name} is not defined")
 

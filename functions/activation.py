@@ -8,9 +8,10 @@ import logging
 import azure.functions as func
 
 from functions import utc_now
-from functions.http import answers, body_of, json_response
-from shared.activation import Activation, Destination, GovernancePolicy
+from functions.http import Op, answers, json_response, read
+from shared.activation import Activation, DataflowRun, Destination, GovernancePolicy
 from shared.activation.targets import TargetMapping
+from shared.jobs import Job
 from shared.settings import get_settings
 
 bp = func.Blueprint()
@@ -44,13 +45,23 @@ def dlz_retention(timer: func.TimerRequest) -> None:
 
 @bp.function_name("destinations")
 @bp.route(route="destinations/{id?}", methods=["GET", "PUT", "DELETE"])
-@answers
+@answers(
+    Op("get", "/destinations", "Campaign destinations (dataflows)", response=list[Destination]),
+    Op("get", "/destinations/{id}", "One destination", response=Destination),
+    Op(
+        "put",
+        "/destinations/{id}",
+        "Save a destination (guardrails 400, governance 422)",
+        request=Destination,
+        response=Destination,
+    ),
+    Op("delete", "/destinations/{id}", "Delete a destination", status=204),
+)
 def destinations(req: func.HttpRequest) -> func.HttpResponse:
     activation = _activation()
     destination_id = req.route_params.get("id")
     if req.method == "PUT" and destination_id:
-        destination = Destination.model_validate({**body_of(req), "id": destination_id})
-        return json_response(activation.save(destination, now=utc_now()))
+        return json_response(activation.save(read(req, Destination, id=destination_id), now=utc_now()))
     if req.method == "DELETE" and destination_id:
         activation.delete(destination_id)
         return func.HttpResponse(status_code=204)
@@ -61,29 +72,43 @@ def destinations(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("destination_run")
 @bp.route(route="destinations/{id}/run", methods=["POST"])
-@answers
+@answers(
+    Op(
+        "post",
+        "/destinations/{id}/run",
+        "Export now: the QUEUED export job",
+        response=Job,
+        status=202,
+        location=True,
+    )
+)
 def destination_run(req: func.HttpRequest) -> func.HttpResponse:
     job = _activation().enqueue(req.route_params["id"], now=utc_now())
-    response = json_response(job.model_dump(mode="json"), status=202)
-    response.headers["Location"] = f"/api/dataflows/{req.route_params['id']}/runs"
-    return response
+    return json_response(job, status=202, location=f"/api/dataflows/{req.route_params['id']}/runs")
 
 
 @bp.function_name("dataflow_runs")
 @bp.route(route="dataflows/{id}/runs", methods=["GET"])
-@answers
+@answers(
+    Op("get", "/dataflows/{id}/runs", "A destination's runs per segment, newest first", response=list[DataflowRun])
+)
 def dataflow_runs(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(_activation().runs(req.route_params["id"]))
 
 
 @bp.function_name("governance_policies")
 @bp.route(route="policies/{id?}", methods=["GET", "PUT", "DELETE"])
-@answers
+@answers(
+    Op("get", "/policies", "Governance policies", response=list[GovernancePolicy]),
+    Op("get", "/policies/{id}", "One policy", response=GovernancePolicy),
+    Op("put", "/policies/{id}", "Save a policy", request=GovernancePolicy, response=GovernancePolicy),
+    Op("delete", "/policies/{id}", "Delete a policy", status=204),
+)
 def governance_policies(req: func.HttpRequest) -> func.HttpResponse:
     store = _activation().policies
     policy_id = req.route_params.get("id")
     if req.method == "PUT" and policy_id:
-        return json_response(store.put(GovernancePolicy.model_validate({**body_of(req), "id": policy_id})))
+        return json_response(store.put(read(req, GovernancePolicy, id=policy_id)))
     if req.method == "DELETE" and policy_id:
         store.delete(policy_id)
         return func.HttpResponse(status_code=204)
@@ -94,12 +119,16 @@ def governance_policies(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("target_mappings")
 @bp.route(route="target-mappings/{id?}", methods=["GET", "PUT"])
-@answers
+@answers(
+    Op("get", "/target-mappings", "Campaign target mappings", response=list[TargetMapping]),
+    Op("get", "/target-mappings/{id}", "One target mapping", response=TargetMapping),
+    Op("put", "/target-mappings/{id}", "Save a target mapping", request=TargetMapping, response=TargetMapping),
+)
 def target_mappings(req: func.HttpRequest) -> func.HttpResponse:
     store = _activation().targets
     mapping_id = req.route_params.get("id")
     if req.method == "PUT" and mapping_id:
-        return json_response(store.put(TargetMapping.model_validate({**body_of(req), "id": mapping_id})))
+        return json_response(store.put(read(req, TargetMapping, id=mapping_id)))
     if mapping_id:
         return json_response(store.get(mapping_id))
     return json_response(store.list())

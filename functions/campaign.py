@@ -8,15 +8,16 @@ import tempfile
 from pathlib import Path
 
 import azure.functions as func
+from pydantic.alias_generators import to_camel
 
 from functions import blob_source, utc_now
-from functions.http import answers, body_of, json_response, query_int
-from shared.campaign.deliveries import DeliveryRequest
+from functions.http import Op, answers, json_response, query_int, read
+from shared.campaign.deliveries import Delivery, DeliveryRequest
 from shared.campaign.recipients import RECIPIENTS_ID
 from shared.campaign.service import Campaign
-from shared.campaign.snapshots import RestoreRequest, Snapshots
+from shared.campaign.snapshots import RestoreRequest, SnapshotRecord, Snapshots, SnapshotVersion
 from shared.errors import NotFound, ValidationError
-from shared.jobs import JobType
+from shared.jobs import Job, JobType
 from shared.settings import get_settings
 
 bp = func.Blueprint()
@@ -38,16 +39,27 @@ def campaign_audience_load(blob: func.InputStream) -> None:
 
 @bp.function_name("audience_loads")
 @bp.route(route="audience-loads", methods=["GET"])
-@answers
+@answers(
+    Op(
+        "get",
+        "/audience-loads",
+        "Campaign audience load jobs, newest first",
+        response=list[Job],
+        query={"limit": "at most 1000 (100)"},
+    )
+)
 def audience_loads(req: func.HttpRequest) -> func.HttpResponse:
     """Campaign's Administration > Audit > Audience load jobs, newest first."""
     jobs = _campaign().jobs.list(JobType.AUDIENCE_LOAD)
-    return json_response([j.model_dump(mode="json") for j in jobs[: query_int(req, "limit", 100, low=0)]])
+    return json_response(jobs[: query_int(req, "limit", 100, low=0)])
 
 
 @bp.function_name("campaign_lists")
 @bp.route(route="campaign/lists/{id?}", methods=["GET"])
-@answers
+@answers(
+    Op("get", "/campaign/lists", "Campaign audience lists", response=list[SnapshotRecord]),
+    Op("get", "/campaign/lists/{id}", "One list with a page of members", query={"offset": "0…", "limit": "1 to 1000"}),
+)
 def campaign_lists(req: func.HttpRequest) -> func.HttpResponse:
     """The lists (without an id), or one list with a page of its members (`offset`, `limit`)."""
     campaign = _campaign()
@@ -57,12 +69,27 @@ def campaign_lists(req: func.HttpRequest) -> func.HttpResponse:
     page = campaign.members(
         list_id, offset=query_int(req, "offset", 0, low=0, high=10**9), limit=query_int(req, "limit", 100, low=0)
     )
-    return json_response({**page, "list": page["list"].model_dump(mode="json", by_alias=True)})
+    return json_response({**page, "items": _camel_case(page["items"])})
 
 
 @bp.function_name("campaign_recipients")
 @bp.route(route="campaign/recipients", methods=["GET", "POST", "DELETE"])
-@answers
+@answers(
+    Op("get", "/campaign/recipients", "Campaign recipients", query={"limit": "1 to 1000"}),
+    Op(
+        "delete",
+        "/campaign/recipients",
+        "Delete recipients (their ids are never given again)",
+        query={"ids": "recipient ids separated by commas"},
+    ),
+    Op(
+        "post",
+        "/campaign/recipients",
+        "Import a seed/CRM file (CSV, or NDJSON with ?format=ndjson)",
+        request="text/csv",
+        query={"format": "csv (default) or ndjson"},
+    ),
+)
 def campaign_recipients(req: func.HttpRequest) -> func.HttpResponse:
     """POST a seed/CRM file (CSV, or NDJSON with `?format=ndjson`) to create and update recipients (an
     import never deletes); DELETE `?ids=1,2` to delete recipients; GET the first recipients (`limit`)."""
@@ -75,7 +102,12 @@ def campaign_recipients(req: func.HttpRequest) -> func.HttpResponse:
             file = Path(tmp) / f"seed{suffix}"
             file.write_bytes(req.get_body())
             return json_response(campaign.seed_recipients(file, now=utc_now()))
-    return json_response(campaign.recipient_rows(limit=query_int(req, "limit", 100, low=0)))
+    return json_response(_camel_case(campaign.recipient_rows(limit=query_int(req, "limit", 100, low=0))))
+
+
+def _camel_case(rows: list[dict]) -> list[dict]:
+    """Recipient rows as the API answers them: the table's columns (`external_id`) in camelCase (`externalId`)."""
+    return [{to_camel(k): v for k, v in row.items()} for row in rows]
 
 
 def _ids(text: str) -> list[int]:
@@ -88,15 +120,20 @@ def _ids(text: str) -> list[int]:
 def _versions_or_restore(req: func.HttpRequest, table: Snapshots, record_id: str) -> func.HttpResponse:
     campaign = _campaign()
     if req.method == "POST":
-        return json_response(
-            campaign.restore(table, record_id, RestoreRequest.model_validate(body_of(req)).version, now=utc_now())
-        )
+        return json_response(campaign.restore(table, record_id, read(req, RestoreRequest).version, now=utc_now()))
     return json_response(campaign.versions(table, record_id))
 
 
 @bp.function_name("campaign_recipient_versions")
 @bp.route(route="campaign/recipients/versions", methods=["GET"])
-@answers
+@answers(
+    Op(
+        "get",
+        "/campaign/recipients/versions",
+        "The kept versions of the recipients",
+        response=list[SnapshotVersion],
+    )
+)
 def campaign_recipient_versions(req: func.HttpRequest) -> func.HttpResponse:
     """The versions of the recipients table kept for SNAPSHOT_RETENTION_HOURS, newest first."""
     return _versions_or_restore(req, _campaign().recipients, RECIPIENTS_ID)
@@ -104,7 +141,15 @@ def campaign_recipient_versions(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("campaign_recipient_restore")
 @bp.route(route="campaign/recipients/restore", methods=["POST"])
-@answers
+@answers(
+    Op(
+        "post",
+        "/campaign/recipients/restore",
+        "Bring a kept version of the recipients back",
+        request=RestoreRequest,
+        response=SnapshotRecord,
+    )
+)
 def campaign_recipient_restore(req: func.HttpRequest) -> func.HttpResponse:
     """Bring a kept version of the recipients back (`{"version": n}`), as a new version."""
     return _versions_or_restore(req, _campaign().recipients, RECIPIENTS_ID)
@@ -112,7 +157,7 @@ def campaign_recipient_restore(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("campaign_list_versions")
 @bp.route(route="campaign/lists/{id}/versions", methods=["GET"])
-@answers
+@answers(Op("get", "/campaign/lists/{id}/versions", "The kept versions of a list", response=list[SnapshotVersion]))
 def campaign_list_versions(req: func.HttpRequest) -> func.HttpResponse:
     """The versions of one list kept for SNAPSHOT_RETENTION_HOURS, newest first."""
     return _versions_or_restore(req, _campaign().lists, req.route_params["id"])
@@ -120,7 +165,15 @@ def campaign_list_versions(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("campaign_list_restore")
 @bp.route(route="campaign/lists/{id}/restore", methods=["POST"])
-@answers
+@answers(
+    Op(
+        "post",
+        "/campaign/lists/{id}/restore",
+        "Bring a kept version of a list back",
+        request=RestoreRequest,
+        response=SnapshotRecord,
+    )
+)
 def campaign_list_restore(req: func.HttpRequest) -> func.HttpResponse:
     """Bring a kept version of one list back (`{"version": n}`), as a new version."""
     return _versions_or_restore(req, _campaign().lists, req.route_params["id"])
@@ -135,13 +188,25 @@ def snapshot_retention(timer: func.TimerRequest) -> None:
 
 @bp.function_name("campaign_deliveries")
 @bp.route(route="campaign/deliveries/{id?}", methods=["GET", "POST"])
-@answers
+@answers(
+    Op("get", "/campaign/deliveries", "Simulated deliveries, newest first", response=list[Delivery]),
+    Op("get", "/campaign/deliveries/{id}", "One delivery", response=Delivery),
+    Op(
+        "post",
+        "/campaign/deliveries",
+        "Send to a list (simulated)",
+        request=DeliveryRequest,
+        response=Delivery,
+        status=201,
+        location=True,
+    ),
+)
 def campaign_deliveries(req: func.HttpRequest) -> func.HttpResponse:
     """POST a delivery to a list (simulated sending, 201); GET the deliveries or one."""
     campaign = _campaign()
     if req.method == "POST":
-        delivery = campaign.deliver(DeliveryRequest.model_validate(body_of(req)), now=utc_now())
-        return json_response(delivery, status=201)
+        delivery = campaign.deliver(read(req, DeliveryRequest), now=utc_now())
+        return json_response(delivery, status=201, location=f"/api/campaign/deliveries/{delivery.id}")
     delivery_id = req.route_params.get("id")
     if delivery_id:
         found = campaign.deliveries.find(delivery_id)

@@ -8,11 +8,12 @@ import logging
 import azure.functions as func
 
 from functions import utc_now
-from functions.http import answers, body_of, json_response
+from functions.http import Op, answers, json_response, read
 from shared.identity import MergePolicy, MergePolicyStore, ProfileStore
+from shared.identity.policies import MergePolicies, MergePolicyRequest
 from shared.identity.rebuilds import ProfileRebuilds
 from shared.ingestion import Dataset, DatasetStore, Schema, SchemaStore
-from shared.jobs import JobStore, JobType
+from shared.jobs import Job, JobStore, JobType
 from shared.segmentation.memberships import MembershipStore
 from shared.settings import get_settings
 from shared.storage import StorageAccount
@@ -27,13 +28,16 @@ def _account() -> StorageAccount:
 
 @bp.function_name("schemas")
 @bp.route(route="schemas/{id?}", methods=["GET", "PUT"])
-@answers
+@answers(
+    Op("get", "/schemas", "Schemas (built-in XDM-lite ones included)", response=list[Schema]),
+    Op("get", "/schemas/{id}", "One schema", response=Schema),
+    Op("put", "/schemas/{id}", "Create or replace a schema", request=Schema, response=Schema),
+)
 def schemas(req: func.HttpRequest) -> func.HttpResponse:
     store = SchemaStore.from_settings(get_settings(), _account())
     schema_id = req.route_params.get("id")
     if req.method == "PUT" and schema_id:
-        schema = Schema.model_validate({**body_of(req), "id": schema_id})
-        return json_response(store.save(schema), status=200)
+        return json_response(store.save(read(req, Schema, id=schema_id)))
     if schema_id:
         return json_response(store.get(schema_id))
     return json_response(store.list())
@@ -41,14 +45,22 @@ def schemas(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("datasets")
 @bp.route(route="datasets/{id?}", methods=["GET", "PUT"])
-@answers
+@answers(
+    Op("get", "/datasets", "Datasets", response=list[Dataset]),
+    Op("get", "/datasets/{id}", "One dataset", response=Dataset),
+    Op(
+        "put",
+        "/datasets/{id}",
+        "Create or replace a dataset (checked against its schema)",
+        request=Dataset,
+        response=Dataset,
+    ),
+)
 def datasets(req: func.HttpRequest) -> func.HttpResponse:
-    settings = get_settings()
-    store = DatasetStore.from_settings(settings, _account())
+    store = DatasetStore.from_settings(get_settings(), _account())
     dataset_id = req.route_params.get("id")
     if req.method == "PUT" and dataset_id:
-        dataset = Dataset.model_validate({**body_of(req), "id": dataset_id})
-        return json_response(store.save(dataset, now=utc_now()))
+        return json_response(store.save(read(req, Dataset, id=dataset_id), now=utc_now()))
     if dataset_id:
         return json_response(store.get(dataset_id))
     return json_response(store.list())
@@ -56,32 +68,42 @@ def datasets(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("merge_policies")
 @bp.route(route="merge-policies/{id?}", methods=["GET", "PUT"])
-@answers
+@answers(
+    Op("get", "/merge-policies", "Merge policies, and which is the default", response=MergePolicies),
+    Op("get", "/merge-policies/{id}", "One merge policy", response=MergePolicy),
+    Op(
+        "put",
+        "/merge-policies/{id}",
+        "Save a merge policy (`default: true` makes it the default)",
+        request=MergePolicyRequest,
+        response=MergePolicy,
+    ),
+)
 def merge_policies(req: func.HttpRequest) -> func.HttpResponse:
     store = MergePolicyStore.from_settings(get_settings(), _account())
     policy_id = req.route_params.get("id")
     if req.method == "PUT" and policy_id:
-        body = body_of(req)
-        make_default = bool(body.pop("default", False))
-        return json_response(
-            store.save(MergePolicy.model_validate({**body, "id": policy_id}), make_default=make_default)
-        )
+        request = read(req, MergePolicyRequest, id=policy_id)
+        policy = MergePolicy.model_validate(request.model_dump(exclude={"default"}))
+        return json_response(store.save(policy, make_default=request.default))
     if policy_id:
         return json_response(store.get(policy_id))
-    return json_response({"default": store.default().id, "policies": [p.model_dump() for p in store.list()]})
+    return json_response(MergePolicies(default=store.default().id, policies=store.list()))
 
 
 @bp.function_name("batches")
 @bp.route(route="batches/{id}", methods=["GET"])
-@answers
+@answers(Op("get", "/batches/{id}", "An ingestion batch", response=Job))
 def batches(req: func.HttpRequest) -> func.HttpResponse:
     jobs = JobStore.from_settings(get_settings(), _account())
-    return json_response(jobs.get(JobType.INGESTION, req.route_params["id"]).model_dump(mode="json"))
+    return json_response(jobs.get(JobType.INGESTION, req.route_params["id"]))
 
 
 @bp.function_name("profiles")
 @bp.route(route="profiles", methods=["GET"])
-@answers
+@answers(
+    Op("get", "/profiles", "What the profile store holds: people, identities, fragments, events, shards, last batch")
+)
 def profiles(req: func.HttpRequest) -> func.HttpResponse:
     """What the profile store holds: people, identities, fragments, events, shards and the last batch."""
     return json_response(ProfileStore.from_settings(get_settings(), _account()).version().summary())
@@ -89,12 +111,19 @@ def profiles(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("profiles_rebuild")
 @bp.route(route="profiles/rebuild", methods=["POST"])
-@answers
+@answers(
+    Op(
+        "post",
+        "/profiles/rebuild",
+        "Rebuild the profile store from the lake (a queued job)",
+        response=Job,
+        status=202,
+        location=True,
+    )
+)
 def profiles_rebuild(req: func.HttpRequest) -> func.HttpResponse:
     job = ProfileRebuilds.from_settings(get_settings(), _account()).enqueue(now=utc_now())
-    response = json_response(job.model_dump(mode="json"), status=202)
-    response.headers["Location"] = f"/api/jobs/{job.id}"
-    return response
+    return json_response(job, status=202, location=f"/api/jobs/{job.id}")
 
 
 @bp.function_name("profile_rebuild_queued")

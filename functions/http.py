@@ -1,32 +1,58 @@
-"""How HTTP functions answer: JSON bodies, and errors as application/problem+json (RFC 9457), mapped from
-the product's exception hierarchy in this one place."""
+"""How HTTP functions answer. Each function declares its operations (`answers(Op(...), ...)`): method, path,
+request and response models. `/api/openapi.json` is generated from those declarations, and the tests check
+every response they see against them. Bodies are camelCase JSON (`shared.models.ApiModel`), requests are read
+through their model (`read`), and errors are application/problem+json (RFC 9457), mapped from the product's
+exception hierarchy in this one place."""
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import azure.functions as func
 from pydantic import BaseModel
 from pydantic import ValidationError as ModelError
+from pydantic_core import to_jsonable_python
 
 from shared.errors import BridgeError, ValidationError
+from shared.models import DEPRECATED_FIELDS
+
+M = TypeVar("M", bound=BaseModel)
 
 log = logging.getLogger(__name__)
 
 
-def json_response(body: Any, *, status: int = 200) -> func.HttpResponse:
-    if isinstance(body, BaseModel):
-        text = body.model_dump_json(by_alias=True)
-    elif isinstance(body, list) and body and isinstance(body[0], BaseModel):
-        text = "[" + ",".join(b.model_dump_json(by_alias=True) for b in body) + "]"
-    else:
-        text = json.dumps(body, default=str)
-    return func.HttpResponse(text, status_code=status, mimetype="application/json")
+@dataclass(frozen=True)
+class Op:
+    """One operation of the HTTP API, as `/api/openapi.json` documents it."""
+
+    method: str
+    path: str
+    summary: str
+    request: type[BaseModel] | str | None = None  # a model, or the media type of a raw body
+    response: Any = None  # a model, list[model], or None for a free-form object
+    status: int = 200
+    query: dict[str, str] = field(default_factory=dict)
+    media: str = "application/json"
+    location: bool = False  # the answer carries a Location header
+
+
+OPERATIONS: list[Op] = []  # every declared operation, in declaration order
+
+
+def json_response(body: Any, *, status: int = 200, location: str | None = None) -> func.HttpResponse:
+    """A JSON answer: models (also inside lists and dicts) by their camelCase names."""
+    text = json.dumps(to_jsonable_python(body, by_alias=True, fallback=str))
+    response = func.HttpResponse(text, status_code=status, mimetype="application/json")
+    if location:
+        response.headers["Location"] = location
+    return response
 
 
 def problem(status: int, title: str, detail: str, *, errors: list[dict] | None = None) -> func.HttpResponse:
@@ -94,18 +120,48 @@ def query_int(req: func.HttpRequest, name: str, default: int, *, low: int = 1, h
     return int(value)
 
 
-def answers(fn: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:
-    """Turn the product's errors and model validation errors into problem responses."""
+# The snake_case request fields one request used (read by `read`, answered by `answers`).
+_DEPRECATED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("deprecated_fields", default=None)
+# RFC 9745: snake_case request fields are deprecated since 2026-12-03 (release 0.2.0) and go in the next release.
+DEPRECATED_SINCE = "@1796256000"
 
-    @functools.wraps(fn)
-    def wrapper(req: func.HttpRequest) -> func.HttpResponse:
-        try:
-            route_id(req)
-            return fn(req)
-        except BridgeError as exc:
-            return problem(exc.status_code, exc.code.replace("_", " "), exc.message, errors=exc.details or None)
-        except ModelError as exc:
-            errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
-            return problem(400, "validation", f"{exc.error_count()} invalid field(s) in {exc.title}", errors=errors)
 
-    return wrapper
+def read(req: func.HttpRequest, model: type[M], **route: Any) -> M:
+    """The request body as `model`, with values from the route (its id) over the body's. An empty body
+    reads as `{}`. Fields given by their old snake_case names still work, with a `Deprecation` header."""
+    body = body_of(req) if req.get_body() else {}
+    noted = _DEPRECATED.get()
+    return model.model_validate({**body, **route}, context={DEPRECATED_FIELDS: noted if noted is not None else []})
+
+
+def answers(*operations: Op) -> Callable[[Callable[..., func.HttpResponse]], Callable[..., func.HttpResponse]]:
+    """Declare the operations an HTTP function answers, and turn the product's errors and model validation
+    errors into problem responses."""
+    OPERATIONS.extend(operations)
+
+    def decorate(
+        fn: Callable[[func.HttpRequest], func.HttpResponse],
+    ) -> Callable[[func.HttpRequest], func.HttpResponse]:
+        @functools.wraps(fn)
+        def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+            noted: list[str] = []
+            token = _DEPRECATED.set(noted)
+            try:
+                route_id(req)
+                response = fn(req)
+            except BridgeError as exc:
+                return problem(exc.status_code, exc.code.replace("_", " "), exc.message, errors=exc.details or None)
+            except ModelError as exc:
+                errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+                return problem(400, "validation", f"{exc.error_count()} invalid field(s) in {exc.title}", errors=errors)
+            finally:
+                _DEPRECATED.reset(token)
+            if noted:
+                response.headers["Deprecation"] = DEPRECATED_SINCE
+                response.headers["X-Deprecated-Fields"] = ", ".join(dict.fromkeys(noted))
+            return response
+
+        wrapper.operations = operations  # type: ignore[attr-defined] - what the tests check responses against
+        return wrapper
+
+    return decorate

@@ -13,11 +13,11 @@ from pathlib import Path
 import azure.functions as func
 
 from functions import utc_now
-from functions.http import answers, body_of, json_response, problem, query_int
+from functions.http import Op, answers, json_response, problem, query_int, read
 from shared.errors import ValidationError
-from shared.jobs import JobStatus, JobStore, JobType
-from shared.monitoring.alerts import ALERT_TYPES, AlertRules
-from shared.monitoring.webhooks import SubscriptionRequest, Webhooks
+from shared.jobs import Job, JobPage, JobStatus, JobStore, JobType
+from shared.monitoring.alerts import ALERT_TYPES, Alert, AlertRules
+from shared.monitoring.webhooks import Attempt, Subscription, SubscriptionCreated, SubscriptionRequest, Webhooks
 from shared.settings import get_settings
 from shared.storage import StorageAccount
 
@@ -42,7 +42,7 @@ def versions() -> dict[str, str]:
 
 @bp.function_name("health")
 @bp.route(route="health", methods=["GET"])
-@answers
+@answers(Op("get", "/health", "Storage reachability and versions (503 when storage does not answer)"))
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """200 when storage answers, 503 (problem+json) when it does not; versions either way."""
     try:
@@ -80,14 +80,30 @@ def _time(req: func.HttpRequest, name: str) -> dt.datetime | None:
 
 @bp.function_name("jobs")
 @bp.route(route="jobs/{id?}", methods=["GET"])
-@answers
+@answers(
+    Op(
+        "get",
+        "/jobs",
+        "Jobs of every type, newest first, filtered and paged",
+        response=JobPage,
+        query={
+            "type": "comma-separated: " + ", ".join(t.value for t in JobType),
+            "status": "one of " + ", ".join(s.value for s in JobStatus),
+            "since": "ISO 8601 time with a zone",
+            "until": "ISO 8601 time with a zone",
+            "limit": "1 to 1000 (50)",
+            "continuationToken": "from the previous page",
+        },
+    ),
+    Op("get", "/jobs/{id}", "One job of any type: status, times, metrics, errors, links", response=Job),
+)
 def jobs(req: func.HttpRequest) -> func.HttpResponse:
     """`GET /api/jobs?type=export,segment&status=FAILED&since=…&until=…&limit=50&continuationToken=…`,
     newest first; `GET /api/jobs/{id}` one job with its metrics, errors and links."""
     store = _jobs()
     job_id = req.route_params.get("id")
     if job_id:
-        return json_response(store.find_any(job_id).model_dump(mode="json"))
+        return json_response(store.find_any(job_id))
     statuses = _enum_list(req, "status", JobStatus)
     if len(statuses) > 1:
         raise ValidationError("query parameter 'status': give one status")
@@ -99,12 +115,24 @@ def jobs(req: func.HttpRequest) -> func.HttpResponse:
         limit=query_int(req, "limit", 50),
         token=req.params.get("continuationToken"),
     )
-    return json_response(page.model_dump(mode="json", by_alias=True))
+    return json_response(page)
 
 
 @bp.function_name("alerts")
 @bp.route(route="alerts", methods=["GET"])
-@answers
+@answers(
+    Op(
+        "get",
+        "/alerts",
+        "Alerts, newest first",
+        response=list[Alert],
+        query={
+            "type": "comma-separated alert types: " + ", ".join(sorted(ALERT_TYPES)),
+            "since": "ISO 8601 time with a zone",
+            "limit": "1 to 1000 (100)",
+        },
+    )
+)
 def alerts(req: func.HttpRequest) -> func.HttpResponse:
     """`GET /api/alerts?type=segment.jobFailed,job.delayed&since=…&limit=100`, newest first."""
     types = [t for t in (req.params.get("type") or "").split(",") if t]
@@ -123,17 +151,27 @@ def _webhooks() -> Webhooks:
 
 @bp.function_name("subscriptions")
 @bp.route(route="subscriptions/{id?}", methods=["GET", "POST", "DELETE"])
-@answers
+@answers(
+    Op("get", "/subscriptions", "Webhook subscriptions (never their secrets)", response=list[Subscription]),
+    Op(
+        "post",
+        "/subscriptions",
+        "Subscribe a webhook; the answer shows its signing secret, once",
+        request=SubscriptionRequest,
+        response=SubscriptionCreated,
+        status=201,
+        location=True,
+    ),
+    Op("get", "/subscriptions/{id}", "One subscription", response=Subscription),
+    Op("delete", "/subscriptions/{id}", "Delete a subscription", status=204),
+)
 def subscriptions(req: func.HttpRequest) -> func.HttpResponse:
     """POST creates (201, with the signing secret, shown this once); GET lists or reads; DELETE removes."""
     webhooks = _webhooks()
     sub_id = req.route_params.get("id")
     if req.method == "POST" and not sub_id:
-        created = webhooks.create(SubscriptionRequest.model_validate(body_of(req)), now=utc_now())
-        answer = {**created.model_dump(mode="json", by_alias=True), "secret": created.secret}
-        response = json_response(answer, status=201)
-        response.headers["Location"] = f"/api/subscriptions/{created.id}"
-        return response
+        created = webhooks.create(read(req, SubscriptionRequest), now=utc_now())
+        return json_response(created, status=201, location=f"/api/subscriptions/{created.id}")
     if req.method == "DELETE" and sub_id:
         webhooks.delete(sub_id)
         return func.HttpResponse(status_code=204)
@@ -146,7 +184,7 @@ def subscriptions(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("subscription_test")
 @bp.route(route="subscriptions/{id}/test", methods=["POST"])
-@answers
+@answers(Op("post", "/subscriptions/{id}/test", "Queue a signed test event", status=202))
 def subscription_test(req: func.HttpRequest) -> func.HttpResponse:
     """Queue a test event to the subscription (202); its delivery shows in .../deliveries."""
     event = _webhooks().send_test(req.route_params["id"], now=utc_now())
@@ -155,7 +193,7 @@ def subscription_test(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("subscription_deliveries")
 @bp.route(route="subscriptions/{id}/deliveries", methods=["GET"])
-@answers
+@answers(Op("get", "/subscriptions/{id}/deliveries", "Every delivery attempt, newest first", response=list[Attempt]))
 def subscription_deliveries(req: func.HttpRequest) -> func.HttpResponse:
     """Every delivery attempt to the subscription, newest first: status, latency, outcome, error."""
     webhooks = _webhooks()
@@ -181,6 +219,7 @@ def monitor(timer: func.TimerRequest) -> None:
 
 @bp.function_name("dashboard")
 @bp.route(route="dashboard", methods=["GET"])
+@answers(Op("get", "/dashboard", "The monitoring page", media="text/html"))
 def dashboard(req: func.HttpRequest) -> func.HttpResponse:
     """The monitoring page: jobs, dataflow runs, segment sizes over time, lists and alerts. Plain HTML and
     script, no build step; it reads the API with the function key it was opened with."""

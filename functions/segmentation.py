@@ -8,7 +8,7 @@ import logging
 import azure.functions as func
 
 from functions import utc_now
-from functions.http import answers, body_of, json_response
+from functions.http import Op, answers, json_response, read
 from shared.activation import Activation
 from shared.activation.destinations import Frequency
 from shared.errors import ValidationError
@@ -52,22 +52,32 @@ def segment_job_streaming(timer: func.TimerRequest) -> None:
 
 @bp.function_name("segment_jobs")
 @bp.route(route="segment-jobs/{id?}", methods=["GET", "POST", "DELETE"])
-@answers
+@answers(
+    Op("get", "/segment-jobs", "Segment jobs, newest first", response=list[Job]),
+    Op("get", "/segment-jobs/{id}", "One segment job", response=Job),
+    Op(
+        "post",
+        "/segment-jobs",
+        "Queue a segment job as of now",
+        request=SegmentJobRequest,
+        response=Job,
+        status=202,
+        location=True,
+    ),
+    Op("delete", "/segment-jobs/{id}", "Cancel a queued or running segment job", response=Job, status=202),
+)
 def segment_jobs(req: func.HttpRequest) -> func.HttpResponse:
     settings = get_settings()
     if req.method == "POST":
-        request = SegmentJobRequest.model_validate(body_of(req) if req.get_body() else {})
+        request = read(req, SegmentJobRequest)
         job = SegmentJobRunner.from_settings(settings).enqueue(now=utc_now(), segment_ids=request.segments or None)
-        response = json_response(job.model_dump(mode="json"), status=202)
-        response.headers["Location"] = f"/api/segment-jobs/{job.id}"
-        return response
+        return json_response(job, status=202, location=f"/api/segment-jobs/{job.id}")
     if req.method == "DELETE" and req.route_params.get("id"):
-        job = SegmentJobRunner.from_settings(settings).cancel(req.route_params["id"])
-        return json_response(job.model_dump(mode="json"), status=202)
+        return json_response(SegmentJobRunner.from_settings(settings).cancel(req.route_params["id"]), status=202)
     jobs = JobStore.from_settings(settings, StorageAccount.from_settings(settings))
     if req.route_params.get("id"):
-        return json_response(jobs.get(JobType.SEGMENT, req.route_params["id"]).model_dump(mode="json"))
-    return json_response([j.model_dump(mode="json") for j in jobs.list(JobType.SEGMENT)[:50]])
+        return json_response(jobs.get(JobType.SEGMENT, req.route_params["id"]))
+    return json_response(jobs.list(JobType.SEGMENT)[:50])
 
 
 @bp.function_name("segment_job_queued")
@@ -90,34 +100,48 @@ def segment_shard_queued(message: func.QueueMessage) -> None:
 
 @bp.function_name("segments")
 @bp.route(route="segments/{id?}", methods=["GET", "PUT", "DELETE"])
-@answers
+@answers(
+    Op("get", "/segments", "Segment definitions", response=list[SegmentDefinition]),
+    Op("get", "/segments/{id}", "One segment definition", response=SegmentDefinition),
+    Op(
+        "put",
+        "/segments/{id}",
+        "Save a definition (PQL validated: 400 with line and column)",
+        request=SegmentDefinition,
+        response=SegmentDefinition,
+    ),
+    Op("delete", "/segments/{id}", "Delete a definition no other segment or destination uses", status=204),
+)
 def segments(req: func.HttpRequest) -> func.HttpResponse:
     settings = get_settings()
     store = SegmentStore.from_settings(settings, StorageAccount.from_settings(settings))
     segment_id = req.route_params.get("id")
     if req.method == "PUT" and segment_id:
-        definition = SegmentDefinition.model_validate({**body_of(req), "id": segment_id})
-        return json_response(store.save(definition, now=utc_now()).model_dump(mode="json"))
+        return json_response(store.save(read(req, SegmentDefinition, id=segment_id), now=utc_now()))
     if req.method == "DELETE" and segment_id:
         store.delete(segment_id)
         return func.HttpResponse(status_code=204)
     if segment_id:
-        return json_response(store.get(segment_id).model_dump(mode="json"))
-    return json_response([d.model_dump(mode="json") for d in store.list()])
+        return json_response(store.get(segment_id))
+    return json_response(store.list())
 
 
 @bp.function_name("segment_preview")
 @bp.route(route="segments-preview", methods=["POST"])
-@answers
+@answers(
+    Op("post", "/segments-preview", "Size, entering and exiting profiles of an expression now", request=PreviewRequest)
+)
 def segment_preview(req: func.HttpRequest) -> func.HttpResponse:
-    request = PreviewRequest.model_validate(body_of(req))
+    request = read(req, PreviewRequest)
     insight = SegmentInsight(SegmentJobRunner.from_settings(get_settings()))
     return json_response(insight.preview(request.expression.value, now=utc_now(), segment_id=request.segment_id))
 
 
 @bp.function_name("segment_explain")
 @bp.route(route="segments/{id}/explain", methods=["GET"])
-@answers
+@answers(
+    Op("get", "/segments/{id}/explain", "Why one profile is or is not a member", query={"profile": "a profile id"})
+)
 def segment_explain(req: func.HttpRequest) -> func.HttpResponse:
     profile_id = req.params.get("profile")
     if not profile_id:

@@ -22,9 +22,10 @@ from enum import StrEnum
 from typing import Any
 
 from azure.core.exceptions import AzureError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from shared.errors import BridgeError, Conflict, NotFound, ValidationError, clipped
+from shared.models import ApiModel
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 from shared.storage.tables import NEWEST_FIRST_DIGITS, decode_token, encode_token, newer_than_bound, newest_first
@@ -59,12 +60,12 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-class JobError(BaseModel):
+class JobError(ApiModel):
     code: str
     message: str
 
 
-class Job(BaseModel):
+class Job(ApiModel):
     id: str
     type: JobType
     status: JobStatus = JobStatus.NEW
@@ -171,10 +172,8 @@ def _fitting(errors: list[JobError]) -> list[JobError]:
     return kept
 
 
-class JobPage(BaseModel):
+class JobPage(ApiModel):
     """One page of jobs, newest first, and the token for the next page (None at the end)."""
-
-    model_config = ConfigDict(populate_by_name=True)
 
     items: list[Job]
     continuation_token: str | None = Field(None, serialization_alias="continuationToken")

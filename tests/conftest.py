@@ -12,10 +12,12 @@ import time_machine
 import shared.app  # noqa: F401 - wired as in the app: alert rules watch jobs, webhooks receive alerts
 from dev.azurite import start_azurite
 from dev.host import fire_blob_trigger
+from functions.http import OPERATIONS
 from shared.ingestion import BatchIngestion, batch_id_for
 from shared.jobs import Job, JobType
 from shared.settings import Settings, get_settings
 from shared.storage import BlobStore, StorageAccount
+from tests.api_contract import OBSERVED
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 
@@ -116,3 +118,13 @@ class Landing:
 @pytest.fixture
 def landing_zone(settings: Settings, landing: BlobStore) -> Landing:
     return Landing(settings, landing)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many declared HTTP operations the suite's responses were checked against (tests/api_contract.py)."""
+    if OBSERVED:
+        missed = sorted(f"{op.method.upper()} {op.path}" for op in OPERATIONS if (op.method, op.path) not in OBSERVED)
+        terminalreporter.write_line(
+            f"API contract: responses of {len(OBSERVED)} of {len(OPERATIONS)} operations checked"
+            + (f"; not exercised: {', '.join(missed)}" if missed else "")
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shared.settings import Settings
+from shared.settings import Settings, env_name
 from tests.test_function_app import _functions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,8 +42,8 @@ def app_settings() -> dict[str, str]:
 
 def test_every_setting_the_app_reads_is_set_in_azure_to_the_codes_default_or_on_purpose():
     settings, defaults = app_settings(), Settings()
-    for field_name, field in Settings.model_fields.items():
-        name = field.validation_alias.choices[0]
+    for field_name in Settings.model_fields:
+        name = env_name(field_name)
         if name == "AzureWebJobsStorage":  # a connection string: Azure uses the identity instead
             assert "AzureWebJobsStorage__credential" in settings and name not in settings
             continue

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import function_app
-from shared.settings import Settings
+from shared.settings import Settings, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,8 +112,8 @@ def test_every_setting_in_a_binding_is_in_the_example_settings():
 def test_the_example_settings_document_every_setting_the_app_reads():
     values = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
     readme = (ROOT / "README.md").read_text()
-    for field in Settings.model_fields.values():
-        name = field.validation_alias.choices[0]
+    for field_name in Settings.model_fields:
+        name = env_name(field_name)
         assert name in values, f"{name} missing from local.settings.example.json"
         assert f"`{name}`" in readme, f"{name} is not documented in README.md"
     assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
@@ -149,3 +149,25 @@ def test_the_openapi_document_is_valid_and_describes_exactly_the_indexed_http_fu
             indexed.update((v, method) for v in matching)
     assert documented == indexed, f"documented but not served: {sorted(documented - indexed)}"
     assert "Job" in document["components"]["schemas"] and "Problem" in document["components"]["schemas"]
+
+
+def test_every_body_in_the_openapi_document_is_camel_case():
+    """Request and response models name their fields in camelCase on the wire (`class` is XDM's own)."""
+    from functions.openapi import document
+    from tests.api_contract import SNAKE
+
+    for name, schema in document()["components"]["schemas"].items():
+        snake = [p for p in schema.get("properties", {}) if SNAKE.fullmatch(p)]
+        assert not snake, f"{name} has snake_case properties {snake}"
+
+
+def test_snake_case_request_fields_still_work_for_one_release_with_a_deprecation_header(settings):
+    from functions.catalog import datasets
+    from tests.test_http import body, call
+
+    old = call(datasets, "PUT", "datasets/crm", {"id": "crm"}, {"name": "CRM", "schema_id": "xdm-profile"})
+    assert old.status_code == 200 and body(old)["schemaId"] == "xdm-profile"
+    assert old.headers["Deprecation"].startswith("@")
+    assert old.headers["X-Deprecated-Fields"] == "schema_id (now schemaId)"
+    new = call(datasets, "PUT", "datasets/crm", {"id": "crm"}, {"name": "CRM", "schemaId": "xdm-profile"})
+    assert new.status_code == 200 and "Deprecation" not in new.headers

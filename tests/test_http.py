@@ -9,6 +9,7 @@ import azure.functions as func
 
 from functions.catalog import batches, datasets, merge_policies, schemas
 from shared.jobs import JobStatus
+from tests import api_contract
 from tests.helpers import ndjson, profile
 
 
@@ -19,7 +20,10 @@ def call(function, method: str, route: str, params: dict | None = None, body: ob
     request = func.HttpRequest(
         method=method, url=f"http://localhost/api/{route}", body=raw, route_params=params or {}, params=query
     )
-    return function.build().get_user_function()(request)
+    user_function = function.build().get_user_function()
+    response = user_function(request)
+    api_contract.check(user_function, request, response)
+    return response
 
 
 def body(response: func.HttpResponse):
@@ -34,20 +38,20 @@ def test_a_dataset_is_created_and_read_back_over_http(settings):
         {"id": "crm"},
         {
             "name": "CRM",
-            "schema_id": "xdm-profile",
+            "schemaId": "xdm-profile",
             "labels": ["C2", "C2"],
-            "field_labels": {"personalEmail.address": ["I1"]},
+            "fieldLabels": {"personalEmail.address": ["I1"]},
         },
     )
     assert created.status_code == 200
     got = body(call(datasets, "GET", "datasets/crm", {"id": "crm"}))
-    assert got["labels"] == ["C2"] and got["field_labels"] == {"personalEmail.address": ["I1"]}
+    assert got["labels"] == ["C2"] and got["fieldLabels"] == {"personalEmail.address": ["I1"]}
     assert [d["id"] for d in body(call(datasets, "GET", "datasets"))] == ["crm"]
 
 
 def test_a_dataset_with_a_bad_label_is_refused_as_problem_json_naming_the_field(settings):
     response = call(
-        datasets, "PUT", "datasets/crm", {"id": "crm"}, {"name": "CRM", "schema_id": "xdm-profile", "labels": ["C99"]}
+        datasets, "PUT", "datasets/crm", {"id": "crm"}, {"name": "CRM", "schemaId": "xdm-profile", "labels": ["C99"]}
     )
     assert response.status_code == 400
     assert response.mimetype == "application/problem+json"
@@ -61,7 +65,7 @@ def test_a_dataset_labelling_a_field_its_schema_lacks_is_refused(settings):
         "PUT",
         "datasets/crm",
         {"id": "crm"},
-        {"name": "CRM", "schema_id": "xdm-profile", "field_labels": {"shoe.size": ["C1"]}},
+        {"name": "CRM", "schemaId": "xdm-profile", "fieldLabels": {"shoe.size": ["C1"]}},
     )
     assert response.status_code == 400
     assert "labelled fields ['shoe.size'] are not in schema 'xdm-profile'" in body(response)["detail"]
@@ -95,7 +99,7 @@ def test_schemas_are_listed_and_custom_ones_stored(settings):
 
 def test_merge_policies_list_the_default_and_a_new_one_can_become_it(settings):
     assert body(call(merge_policies, "GET", "merge-policies"))["default"] == "default"
-    new = {"name": "CRM first", "method": "dataSetPrecedence", "dataset_order": ["crm"], "default": True}
+    new = {"name": "CRM first", "method": "dataSetPrecedence", "datasetOrder": ["crm"], "default": True}
     assert call(merge_policies, "PUT", "merge-policies/crm-first", {"id": "crm-first"}, new).status_code == 200
     assert body(call(merge_policies, "GET", "merge-policies"))["default"] == "crm-first"
     bad = {"name": "x", "method": "dataSetPrecedence"}
@@ -103,7 +107,7 @@ def test_merge_policies_list_the_default_and_a_new_one_can_become_it(settings):
 
 
 def test_a_batch_reads_back_with_its_status_counts_and_links(settings, landing_zone):
-    call(datasets, "PUT", "datasets/crm", {"id": "crm"}, {"name": "CRM", "schema_id": "xdm-profile"})
+    call(datasets, "PUT", "datasets/crm", {"id": "crm"}, {"name": "CRM", "schemaId": "xdm-profile"})
     job = landing_zone.ingest("crm/a.ndjson", ndjson(profile("c-1")))
     got = body(call(batches, "GET", f"batches/{job.id}", {"id": job.id}))
     assert got["status"] == JobStatus.SUCCEEDED.value and got["metrics"]["rowsAccepted"] == 1
@@ -123,7 +127,7 @@ def test_a_custom_schema_drives_validation_of_its_dataset(settings, landing_zone
         {"path": "store.id", "type": "string", "required": True}, {"path": "store.minutes", "type": "integer"}
     )
     call(schemas, "PUT", "schemas/store-visits", {"id": "store-visits"}, visit)
-    call(datasets, "PUT", "datasets/visits", {"id": "visits"}, {"name": "Visits", "schema_id": "store-visits"})
+    call(datasets, "PUT", "datasets/visits", {"id": "visits"}, {"name": "Visits", "schemaId": "store-visits"})
     good = {
         "_id": "v1",
         "timestamp": "2026-11-20T09:00:00Z",

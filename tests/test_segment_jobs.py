@@ -210,14 +210,7 @@ def test_explain_shows_each_condition_with_its_values_and_events(settings, crm):
     bob = _profile_id_of(settings, "bob")
     response = call(segment_explain, "GET", "segments/ca-buyers/explain", {"id": "ca-buyers"})
     assert response.status_code == 400  # the person must be named
-    request = func.HttpRequest(
-        method="GET",
-        url="http://localhost/api/segments/ca-buyers/explain",
-        body=b"",
-        route_params={"id": "ca-buyers"},
-        params={"profile": bob},
-    )
-    explained = body(segment_explain.build().get_user_function()(request))
+    explained = body(call(segment_explain, "GET", f"segments/ca-buyers/explain?profile={bob}", {"id": "ca-buyers"}))
     assert explained["qualifies"] is False
     whole, state, purchases = explained["conditions"]
     assert whole["held"] is False
@@ -233,14 +226,8 @@ def test_explain_shows_each_condition_with_its_values_and_events(settings, crm):
 def test_explain_answers_for_the_rest_of_the_language(settings, crm):
     purchases = '(count X over X from xEvent where X.eventType = "commerce.purchases")'
     put_segment("twice", f'{purchases} * 2 >= 4 and exists E from xEvent : (E.eventType = "commerce.purchases")')
-    request = func.HttpRequest(
-        method="GET",
-        url="http://localhost/api/segments/twice/explain",
-        body=b"",
-        route_params={"id": "twice"},
-        params={"profile": _profile_id_of(settings, "bob")},
-    )
-    explained = body(segment_explain.build().get_user_function()(request))
+    bob = _profile_id_of(settings, "bob")
+    explained = body(call(segment_explain, "GET", f"segments/twice/explain?profile={bob}", {"id": "twice"}))
     whole, doubled, exists = explained["conditions"]
     assert explained["qualifies"] is True and whole["held"] is True
     assert doubled["held"] is True and doubled["value"] == 4  # bob's two purchases, doubled

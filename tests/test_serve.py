@@ -67,7 +67,7 @@ def finished(base: str, job_type: str, prefix: str = ""):
 def test_a_landed_file_flows_to_a_campaign_list_with_only_the_admin_call_in_between(tmp_path):
     with serving(tmp_path / "azurite") as served:
         base = served.api
-        assert send("PUT", f"{base}/datasets/crm", {"name": "CRM", "schema_id": "xdm-profile"})[0] == 200
+        assert send("PUT", f"{base}/datasets/crm", {"name": "CRM", "schemaId": "xdm-profile"})[0] == 200
         gold = {"name": "Gold", "expression": {"value": 'loyalty.tier = "gold"'}}
         assert send("PUT", f"{base}/segments/gold", gold)[0] == 200
         seed = b"email,firstName\nann@example.com,Ann\nbob@example.com,Bob\n"
@@ -114,7 +114,7 @@ def test_every_route_that_answers_201_or_202_sends_its_location_and_the_secret_a
         assert status == 201 and created["secret"].startswith("whsec_") and "Location" in headers
         status, headers, job = send("POST", f"{base}/segment-jobs", {})
         assert status == 202 and headers["Location"] == f"/api/segment-jobs/{job['id']}"
-        assert send("PUT", f"{base}/datasets/crm", {"name": "CRM", "schema_id": "xdm-profile"})[0] == 200
+        assert send("PUT", f"{base}/datasets/crm", {"name": "CRM", "schemaId": "xdm-profile"})[0] == 200
         assert send("PUT", f"{base}/segments/gold", {"name": "G", "expression": {"value": "true"}})[0] == 200
         assert send("PUT", f"{base}/destinations/dest", destination())[0] == 200
         status, headers, run = send("POST", f"{base}/destinations/dest/run")

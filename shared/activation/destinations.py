@@ -7,11 +7,11 @@ from __future__ import annotations
 import datetime as dt
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from shared.errors import GuardrailError, NotFound
 from shared.ingestion.schemas import Namespace
+from shared.models import ApiModel
 from shared.segmentation.pql.compiler import Fields
 from shared.settings import Settings
 from shared.storage import EntityTable, ModelTable, StorageAccount
@@ -45,10 +45,6 @@ MARKETING_ACTIONS = (
 )
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
 class SyncType(StrEnum):
     AUDIENCE = "audience"
     PROFILE = "profile"  # update only: Campaign never creates a profile from an export
@@ -65,7 +61,7 @@ class FileFormat(StrEnum):
     PARQUET = "parquet"
 
 
-class CsvOptions(_Model):
+class CsvOptions(ApiModel):
     delimiter: str = Field(",", min_length=1, max_length=1)
     quote: str = Field('"', min_length=1, max_length=1)
     escape: str = Field('"', min_length=1, max_length=1)
@@ -78,7 +74,7 @@ class Frequency(StrEnum):
     AFTER_SEGMENT_EVALUATION = "afterSegmentEvaluation"
 
 
-class Schedule(_Model):
+class Schedule(ApiModel):
     frequency: Frequency = Frequency.HOURS
     every_hours: int = Field(24, description="With frequency `hours`: 3, 6, 8, 12 or 24.")
     start: dt.datetime = Field(
@@ -93,12 +89,12 @@ class Schedule(_Model):
         return self.start + period * ((now - self.start) // period)
 
 
-class FieldMapping(_Model):
+class FieldMapping(ApiModel):
     source: str = Field(description="A profile attribute path, or `segmentMembershipStatus`.")
     target: str = Field(description="A column of the Campaign target mapping.")
 
 
-class IdentityMapping(_Model):
+class IdentityMapping(ApiModel):
     source: str = Field(description="`identityMap.<namespace>` or a profile attribute holding the identity.")
     target: str = Field(description="external_id, ECID, email_lc_sha256, phone_sha256, GAID or IDFA.")
     apply_transformation: bool = Field(
@@ -111,7 +107,7 @@ class IdentityMapping(_Model):
         return ns if head == "identityMap" and ns else None
 
 
-class Destination(_Model):
+class Destination(ApiModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Also starts file names.")
     description: str = ""

@@ -7,21 +7,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, field_validator
 
 from shared.activation.destinations import MARKETING_ACTIONS, MEMBERSHIP_STATUS, Destination
 from shared.errors import GovernanceError, NotFound
 from shared.ingestion.datasets import Dataset, Label
 from shared.ingestion.schemas import Schema, SchemaClass
+from shared.models import ApiModel
 from shared.segmentation.pql import ast
 from shared.settings import Settings
 from shared.storage import EntityTable, ModelTable, StorageAccount
 
 
-class GovernancePolicy(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
+class GovernancePolicy(ApiModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     name: str
     marketing_action: str

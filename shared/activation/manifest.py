@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from pydantic import ValidationError as ModelError
-from pydantic.alias_generators import to_camel
 
 from shared.activation.destinations import CsvOptions, ExportMode, FileFormat, SyncType
 from shared.errors import ValidationError
+from shared.models import ApiModel
 
 MANIFEST_VERSION = 1
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class ManifestFile(_Model):
+class ManifestFile(ApiModel):
     """One export file: a segment's part, its rows, and the bytes and SHA-256 a reader checks."""
 
     name: str
@@ -31,7 +27,7 @@ class ManifestFile(_Model):
     sha256: str
 
 
-class ManifestSegment(_Model):
+class ManifestSegment(ApiModel):
     name: str
     parts: int = Field(
         description="How many files the segment has in this run (a full run replaces the list once all are loaded)."
@@ -41,7 +37,7 @@ class ManifestSegment(_Model):
     excluded: dict[str, int] = Field(default_factory=dict)
 
 
-class ExportManifest(_Model):
+class ExportManifest(ApiModel):
     version: int = Field(MANIFEST_VERSION, description="The manifest format; readers refuse one they do not know.")
     run_id: str
     destination_id: str

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from azure.storage.blob import BlobProperties
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from shared.activation.destinations import Destination, DestinationStore, ExportMode, Frequency, check_guardrails
 from shared.activation.export import Members, SegmentCounts, build_rows, install_transforms, write_files
@@ -26,6 +25,7 @@ from shared.engine import connect
 from shared.errors import Conflict, ValidationError
 from shared.identity.store import ProfileStore
 from shared.jobs import Job, JobStatus, JobStore, JobType
+from shared.models import ApiModel
 from shared.segmentation.definitions import SegmentStore, catalog_fields
 from shared.segmentation.memberships import MembershipStore
 from shared.settings import Settings
@@ -37,10 +37,8 @@ from shared.timing import Laps
 log = logging.getLogger(__name__)
 
 
-class DataflowRun(BaseModel):
+class DataflowRun(ApiModel):
     """One segment of one export run: what was received, activated and excluded, and the files."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
     id: str
     run_id: str
@@ -60,7 +58,7 @@ class DataflowRun(BaseModel):
     errors: list[str] = Field(default_factory=list)
 
 
-class ExportState(BaseModel):
+class ExportState(ApiModel):
     """What a destination last exported of a segment: the snapshot incremental runs compare with."""
 
     segment_id: str

@@ -4,17 +4,15 @@ be columns of it); Campaign reads them too."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from shared.errors import NotFound
+from shared.models import ApiModel
 from shared.settings import Settings
 from shared.storage import EntityTable, ModelTable, StorageAccount
 
 
-class TargetMapping(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
+class TargetMapping(ApiModel):
     id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
     name: str
     key: str = Field(description="The column that identifies a recipient (reconciliation key).")

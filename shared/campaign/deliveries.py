@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from shared.ingestion.paths import quote_literal
+from shared.models import ApiModel
 
 # Events of a delivery happen within this long after it is sent (opens up to 2 days, then clicks).
 EVENT_HORIZON = dt.timedelta(days=3)
 CLICK_URL = "https://www.example.com/offer"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class DeliveryRequest(_Model):
+class DeliveryRequest(ApiModel):
     list_id: str = Field(description="The audience list to send to.")
     label: str = ""
     seed: int = Field(0, description="Makes the simulated outcome (bounces, opens, clicks) reproducible.")

@@ -18,10 +18,10 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from shared.errors import Conflict, NotFound
+from shared.models import ApiModel
 from shared.storage import BlobStore, EntityTable
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,8 @@ MAX_VERSIONS = 200  # versions a record keeps at most, however many were written
 CREATED = "created"  # blob metadata: the writer's `now`
 
 
-class SnapshotVersion(BaseModel):
+class SnapshotVersion(ApiModel):
     """One published version of a table."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
     version: int
     snapshot: str = Field(description="The blob in the campaign container holding this version.")
@@ -42,16 +40,14 @@ class SnapshotVersion(BaseModel):
     restored_from: int | None = Field(None, description="The version this one brought back, if a restore.")
 
 
-class RestoreRequest(BaseModel):
+class RestoreRequest(ApiModel):
     """Which kept version to bring back."""
 
     version: int = Field(ge=1, le=10**9)
 
 
-class SnapshotRecord(BaseModel):
+class SnapshotRecord(ApiModel):
     """The current version of one Campaign table."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
     id: str
     name: str

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from shared.errors import NotFound
+from shared.models import ApiModel
 from shared.settings import Settings
 from shared.storage import EntityTable, ModelTable, StorageAccount
 
@@ -17,7 +18,7 @@ class MergeMethod(StrEnum):
     DATASET_PRECEDENCE = "dataSetPrecedence"
 
 
-class MergePolicy(BaseModel):
+class MergePolicy(ApiModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     name: str
     method: MergeMethod = MergeMethod.TIMESTAMP_ORDERED
@@ -31,9 +32,9 @@ class MergePolicy(BaseModel):
     @model_validator(mode="after")
     def _order(self) -> MergePolicy:
         if self.method is MergeMethod.DATASET_PRECEDENCE and not self.dataset_order:
-            raise ValueError(f"merge policy {self.id!r}: dataset precedence needs dataset_order")
+            raise ValueError(f"merge policy {self.id!r}: dataset precedence needs datasetOrder")
         if len(set(self.dataset_order)) != len(self.dataset_order):
-            raise ValueError(f"merge policy {self.id!r}: dataset_order names a dataset twice")
+            raise ValueError(f"merge policy {self.id!r}: datasetOrder names a dataset twice")
         return self
 
 
@@ -81,3 +82,14 @@ class MergePolicyStore:
         if all(p.id != DEFAULT_POLICY.id for p in stored):
             stored.append(DEFAULT_POLICY)
         return sorted(stored, key=lambda p: p.id)
+
+
+class MergePolicyRequest(MergePolicy):
+    """A merge policy to save, and whether it becomes the default."""
+
+    default: bool = False
+
+
+class MergePolicies(ApiModel):
+    default: str = Field(description="The id of the default policy.")
+    policies: list[MergePolicy]

@@ -23,8 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from shared.engine import connect, scalar
 from shared.errors import Conflict, NotFound, ValidationError
@@ -47,6 +46,7 @@ from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.lake import LakeStore
 from shared.ingestion.paths import quote_ident, quote_literal
 from shared.ingestion.schemas import SchemaClass
+from shared.models import ApiModel
 from shared.settings import Settings
 from shared.storage import BlobStore, StorageAccount
 from shared.timing import Laps
@@ -58,18 +58,14 @@ MAX_DELTAS = 24  # a shard's delta files of one kind past this are compacted int
 _ATTEMPTS = 8
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-
-class ShardFiles(_Model):
+class ShardFiles(ApiModel):
     fragments: list[str] = Field(default_factory=list)
     events: list[str] = Field(default_factory=list)
     profiles: str | None = None
     removed: str | None = Field(None, description="People merged away since the shard was last compacted.")
 
 
-class AppliedBatch(_Model):
+class AppliedBatch(ApiModel):
     batch_id: str
     dataset_id: str
     ingested_at: dt.datetime
@@ -79,7 +75,7 @@ class AppliedBatch(_Model):
     )
 
 
-class StoreVersion(_Model):
+class StoreVersion(ApiModel):
     """One immutable version of the store: every file it is made of, and what it holds."""
 
     id: str
@@ -135,13 +131,13 @@ class StoreVersion(_Model):
         }
 
 
-class VersionRef(_Model):
+class VersionRef(ApiModel):
     id: str
     as_of: dt.datetime | None
     created: dt.datetime
 
 
-class StorePointer(_Model):
+class StorePointer(ApiModel):
     current: StoreVersion
     history: list[VersionRef] = Field(default_factory=list, description="Earlier versions, newest first.")
 

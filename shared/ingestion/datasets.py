@@ -6,17 +6,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from shared.errors import NotFound, ValidationError
 from shared.ingestion.schemas import Schema, SchemaStore
+from shared.models import ApiModel
 from shared.settings import Settings
 from shared.storage import EntityTable, ModelTable, StorageAccount
 
 Label = Annotated[str, StringConstraints(pattern=r"^(C([1-9]|1[0-2])|I[12]|S[12])$")]
 
 
-class Dataset(BaseModel):
+class Dataset(ApiModel):
     id: str = Field(
         pattern=r"^[a-z0-9][a-z0-9-]{1,62}$",
         description="Also the folder name in `landing`.",

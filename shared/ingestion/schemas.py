@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from shared.errors import NotFound, ValidationError
+from shared.models import ApiModel
 from shared.settings import Settings
 from shared.storage import EntityTable, ModelTable, StorageAccount
 
@@ -53,7 +54,7 @@ class SchemaClass(StrEnum):
     EXPERIENCE_EVENT = "experienceevent"
 
 
-class ItemField(BaseModel):
+class ItemField(ApiModel):
     """A field of the objects in an array field, relative to the item."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -66,7 +67,7 @@ class ItemField(BaseModel):
         return self
 
 
-class SchemaField(BaseModel):
+class SchemaField(ApiModel):
     path: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
     type: FieldType
     required: bool = False
@@ -79,7 +80,6 @@ class SchemaField(BaseModel):
         description="For arrays of values (`favoriteColors`): string, integer, number or boolean.",
     )
     description: str = ""
-    model_config = {"populate_by_name": True}
 
     @model_validator(mode="after")
     def _consistent(self) -> SchemaField:
@@ -108,12 +108,11 @@ class SchemaField(BaseModel):
         return self.type.duckdb
 
 
-class Schema(BaseModel):
+class Schema(ApiModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     title: str
     schema_class: SchemaClass = Field(alias="class")
     fields: list[SchemaField]
-    model_config = {"populate_by_name": True}
 
     @model_validator(mode="after")
     def _paths(self) -> Schema:

@@ -9,13 +9,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from shared.activation.destinations import DestinationStore, Frequency
 from shared.activation.service import run_id_for
 from shared.errors import Conflict
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
+from shared.models import ApiModel
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 from shared.storage.tables import newer_than_bound, newest_first
@@ -45,9 +45,7 @@ ALERT_TYPES = {
 _FLOW = {JobType.INGESTION: "source", JobType.EXPORT: "destination"}
 
 
-class Alert(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
+class Alert(ApiModel):
     id: str
     type: str
     subject: str

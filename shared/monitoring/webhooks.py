@@ -23,11 +23,11 @@ import urllib.parse
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 from standardwebhooks import Webhook
 
 from shared.errors import NotFound, ValidationError
+from shared.models import ApiModel
 from shared.monitoring.alerts import ALERT_TYPES, Alert, AlertRules
 from shared.settings import Settings
 from shared.storage import EntityTable, ModelTable, StorageAccount
@@ -39,11 +39,7 @@ MAX_BACKOFF_SECONDS = 3600
 TEST_TYPE = "test"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class SubscriptionRequest(_Model):
+class SubscriptionRequest(ApiModel):
     url: str = Field(max_length=2048, description="Where alerts are POSTed: https, a public address.")
     event_types: list[Annotated[str, Field(max_length=100)]] = Field(
         ["*"], min_length=1, max_length=100, description="Alert types to receive, or `*` for all."
@@ -68,7 +64,13 @@ class Subscription(SubscriptionRequest):
     secret: str = Field("", exclude=True, description="Only in the answer to the creation.")
 
 
-class Attempt(_Model):
+class SubscriptionCreated(Subscription):
+    """The answer to a subscription's creation: the only one that shows its signing secret."""
+
+    secret: str = Field(description="The `whsec_` signing secret; verify deliveries with it (Standard Webhooks).")
+
+
+class Attempt(ApiModel):
     """One delivery attempt, as logged."""
 
     subscription_id: str
@@ -161,7 +163,7 @@ class Webhooks:
 
     # Subscriptions -------------------------------------------------------------------------------
 
-    def create(self, request: SubscriptionRequest, *, now: dt.datetime) -> Subscription:
+    def create(self, request: SubscriptionRequest, *, now: dt.datetime) -> SubscriptionCreated:
         """A new subscription with its signing secret, which this answer is the only one to show."""
         unknown = [t for t in request.event_types if t != "*" and t not in ALERT_TYPES]
         if unknown:
@@ -175,7 +177,7 @@ class Webhooks:
         except Exception:
             self.subscriptions.delete(sub.id)
             raise
-        return sub.model_copy(update={"secret": secret})
+        return SubscriptionCreated(**sub.model_dump(), secret=secret)
 
     def get(self, subscription_id: str) -> Subscription:
         sub = self.subscriptions.find(subscription_id)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from shared.errors import NotFound
 from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.schemas import PROFILE_SCHEMA, Schema, SchemaClass
+from shared.models import ApiModel
 from shared.segmentation.evaluation import event_fields
 from shared.segmentation.pql import ast, parse
 from shared.segmentation.pql.compiler import Compiler, Fields
@@ -19,7 +20,7 @@ from shared.settings import Settings
 from shared.storage import EntityTable, ModelTable, StorageAccount
 
 
-class Expression(BaseModel):
+class Expression(ApiModel):
     type: Literal["PQL"] = "PQL"
     format: Literal["pql/text"] = "pql/text"
     value: str = Field(min_length=1, max_length=20_000)
@@ -28,7 +29,7 @@ class Expression(BaseModel):
 SEGMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 
 
-class SegmentDefinition(BaseModel):
+class SegmentDefinition(ApiModel):
     id: str = Field(pattern=SEGMENT_ID)
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
@@ -39,16 +40,14 @@ class SegmentDefinition(BaseModel):
         return parse(self.expression.value)
 
 
-class PreviewRequest(BaseModel):
+class PreviewRequest(ApiModel):
     """A definition to try before saving it, and optionally the segment whose membership it would replace."""
-
-    model_config = ConfigDict(populate_by_name=True)
 
     expression: Expression
     segment_id: str | None = Field(None, alias="segmentId", pattern=SEGMENT_ID)
 
 
-class SegmentJobRequest(BaseModel):
+class SegmentJobRequest(ApiModel):
     """Which segments an on-demand segment job evaluates: all of them when none are named."""
 
     segments: list[Annotated[str, Field(pattern=SEGMENT_ID)]] | None = Field(None, max_length=1000)

@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from shared.errors import Conflict
 from shared.ingestion.paths import quote_literal
+from shared.models import ApiModel
 from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, StorageAccount
 
@@ -30,11 +30,9 @@ _EMPTY = (
 )
 
 
-class MembershipPointer(BaseModel):
+class MembershipPointer(ApiModel):
     """Which snapshot is a segment's current membership (or, for `_profiles`, the profile store version a job
     evaluated): written by segment jobs, read by exports, preview and the streaming job."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     segment_id: str
     job_id: str

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from shared.errors import Conflict, ValidationError
+from shared.models import ApiModel
 from shared.storage import EntityTable
 
 _KEY = ("graph", "sandbox")
 _ATTEMPTS = 8
 
 
-class UsageGraph(BaseModel):
+class UsageGraph(ApiModel):
     segments: dict[str, list[str]] = Field(default_factory=dict, description="segment -> segments it names")
     destinations: dict[str, list[str]] = Field(default_factory=dict, description="destination -> its segments")
 

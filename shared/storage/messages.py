@@ -6,16 +6,13 @@ from __future__ import annotations
 from typing import Any, Self
 
 from azure.storage.queue import QueueClient
-from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as ModelError
-from pydantic.alias_generators import to_camel
 
 from shared.errors import ValidationError
+from shared.models import ApiModel
 
 
-class QueueMessage(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
+class QueueMessage(ApiModel):
     def send(self, queue: QueueClient, *, delay: float = 0) -> None:
         """Put the message on the queue, visible after `delay` seconds."""
         queue.send_message(self.model_dump_json(by_alias=True), visibility_timeout=int(delay) or None)

@@ -1,0 +1,55 @@
+"""Every HTTP answer the tests see is checked against the operation its function declares: the status, the
+Location header, the body against the declared model (by its camelCase names only), problems as RFC 9457,
+and no snake_case key anywhere in a body. `OBSERVED` gathers which declared operations the suite exercised."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import azure.functions as func
+from pydantic import TypeAdapter
+
+from functions.http import Op
+from functions.openapi import Problem
+
+SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)+")
+OBSERVED: set[tuple[str, str]] = set()
+
+
+def operation(user_function: Any, method: str, route_params: dict[str, str]) -> Op:
+    """The declared operation a request reached: its method, and whether the path names an id."""
+    declared: tuple[Op, ...] = getattr(user_function, "operations", ())
+    found = [op for op in declared if op.method == method.lower() and ("{id}" in op.path) == ("id" in route_params)]
+    assert found, f"{user_function.__name__}: no declared operation answers {method} with {route_params}"
+    return found[0]
+
+
+def snake_keys(value: Any, where: str = "$") -> list[str]:
+    if isinstance(value, dict):
+        found = [f"{where}.{k}" for k in value if SNAKE.fullmatch(str(k))]
+        return found + [p for k, v in value.items() for p in snake_keys(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in snake_keys(v, f"{where}[{i}]")]
+    return []
+
+
+def check(user_function: Any, request: func.HttpRequest, response: func.HttpResponse) -> None:
+    op = operation(user_function, request.method, dict(request.route_params))
+    where = f"{op.method.upper()} {op.path}"
+    raw = response.get_body()
+    if response.status_code >= 400:
+        assert response.mimetype == "application/problem+json", f"{where}: an error answered {response.mimetype}"
+        Problem.model_validate_json(raw)
+        return
+    OBSERVED.add((op.method, op.path))
+    assert response.status_code == op.status, f"{where} answered {response.status_code}, declared {op.status}"
+    if op.location:
+        assert response.headers.get("Location"), f"{where}: declared a Location header, answered none"
+    if op.status == 204 or op.media != "application/json":
+        return
+    body = json.loads(raw)
+    assert not snake_keys(body), f"{where}: snake_case keys {snake_keys(body)[:5]}"
+    if op.response is not None:
+        TypeAdapter(op.response).validate_python(body, by_alias=True, by_name=False)

@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from shared.identity.store import ProfileStore
 from shared.jobs import Job, JobStatus, JobStore, JobType
 from shared.models import ApiModel
 from shared.segmentation.definitions import SegmentStore, catalog_fields
-from shared.segmentation.memberships import MembershipStore
+from shared.segmentation.memberships import MembershipPointer, MembershipStore
 from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, ModelTable, StorageAccount
 from shared.storage.blobs import Staged
@@ -66,6 +67,26 @@ class ExportState(ApiModel):
     snapshot: str
     run_id: str
     exported_at: dt.datetime
+
+
+@dataclass
+class ExportPlan:
+    """What one export run exports: the memberships' profiles, each segment's pointer, what it skips and why."""
+
+    profiles: MembershipPointer
+    pointers: dict[str, MembershipPointer]
+    skipped: dict[str, str]
+    states: ModelTable[ExportState]
+    incremental: bool
+
+
+@dataclass
+class Built:
+    """What one export run built: each segment's members, the staged files, and the counts per segment."""
+
+    members: list[Members]
+    staged: list[tuple[Any, Staged]]
+    counts: dict[str, SegmentCounts]
 
 
 class ExportRunMessage(QueueMessage):
@@ -225,6 +246,25 @@ class Activation:
     def _export(
         self, job: Job, d: Destination, now: dt.datetime, started: float
     ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One export run, in named steps: plan what to export, build and stage its files, publish them
+        with their manifest, then record the runs."""
+        phases = Laps()
+        plan = self._plan(d)
+        with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+            built = self._build(d, plan, Path(tmp), now, phases)
+        self._publish(
+            [s for _, s in built.staged],
+            d.manifest_name(now),
+            self._manifest(job, d, now, built, plan),
+            run_id=job.id,
+            now=now,
+        )
+        phases.lap("publish")
+        return self._record(job, d, plan, built, now, round(time.monotonic() - started, 3), phases)
+
+    def _plan(self, d: Destination) -> ExportPlan:
+        """What a run exports: the destination's evaluated segments (the rest skipped, with the reason), checked
+        against the governance policies as they are now, and the store version the memberships came from."""
         if not d.enabled:
             raise ValidationError(f"destination {d.id!r} is disabled; enable it to export")
         definitions = self.segments.trees()
@@ -233,121 +273,108 @@ class Activation:
         profiles = self.memberships.current_profiles()
         if profiles is None:
             raise ValidationError("no segment job has published memberships yet; run one first")
-        incremental = d.export_mode is ExportMode.INCREMENTAL
+        if profiles.store_version is None:
+            raise ValidationError("the memberships were published before the profile store; run a segment job first")
         skipped = {sid: "the segment is not defined" for sid in d.segments if sid not in definitions}
-        pointers = {}
         current = self.memberships.current_pointers()
         for sid in d.segments:
-            if sid not in skipped:
-                pointer = current.get(sid)
-                if pointer is None:
-                    skipped[sid] = "the segment has not been evaluated yet"
-                else:
-                    pointers[sid] = pointer
+            if sid not in skipped and sid not in current:
+                skipped[sid] = "the segment has not been evaluated yet"
+        pointers = {sid: current[sid] for sid in d.segments if sid not in skipped}
         states = ModelTable(self.state_table, ExportState, partition=d.id)
-        phases = Laps()
-        lap = phases.lap
-        with tempfile.TemporaryDirectory(prefix="export-") as tmp:
-            work = Path(tmp)
-            # Local names: segment ids, and `_profiles`, which no segment id can be.
-            wanted = {sid: p.snapshot for sid, p in pointers.items()}
-            for sid in pointers if incremental else []:
-                state = states.find(sid)
-                if state is not None and self.memberships.blobs.exists(state.snapshot):
-                    wanted[f"{sid}-previous"] = state.snapshot
-            local = self.memberships.download(wanted, work)
-            if profiles.store_version is None:
-                raise ValidationError(
-                    "the memberships were published before the profile store; run a segment job first"
-                )
-            profiles_sql = self.profiles.profiles_sql(self.profiles.by_id(profiles.store_version), work / "profiles")
-            members = [Members(sid, local[sid], local.get(f"{sid}-previous"), incremental) for sid in pointers]
-            lap("download")
-            staged: list[tuple[Any, Staged]] = []
-            counts: dict[str, SegmentCounts] = {}
-            if members:
-                con = connect(self.settings, spill_dir=tmp)
-                # Each file is uploaded (as uncommitted blocks) while the next one is written.
-                with ThreadPoolExecutor(max_workers=4) as pool:
-                    uploads: list[tuple[Any, Future[Staged]]] = []
+        return ExportPlan(profiles, pointers, skipped, states, d.export_mode is ExportMode.INCREMENTAL)
 
-                    def upload(w: Any) -> None:
-                        name = d.file_name(w.segment_id, now, w.part)
-                        uploads.append((w, pool.submit(self.dlz.stage_file, name, w.path)))
+    def _build(self, d: Destination, plan: ExportPlan, work: Path, now: dt.datetime, phases: Laps) -> Built:
+        """Download the memberships (and, for incremental runs, the snapshots last exported), build each
+        segment's rows and write its files; each file is staged (uncommitted blocks) while the next is written."""
+        # Local names: segment ids, and `_profiles`, which no segment id can be.
+        wanted = {sid: p.snapshot for sid, p in plan.pointers.items()}
+        for sid in plan.pointers if plan.incremental else []:
+            state = plan.states.find(sid)
+            if state is not None and self.memberships.blobs.exists(state.snapshot):
+                wanted[f"{sid}-previous"] = state.snapshot
+        local = self.memberships.download(wanted, work)
+        profiles_sql = self.profiles.profiles_sql(self.profiles.by_id(plan.profiles.store_version), work / "profiles")
+        members = [Members(sid, local[sid], local.get(f"{sid}-previous"), plan.incremental) for sid in plan.pointers]
+        phases.lap("download")
+        if not members:
+            return Built(members, [], {})
+        con = connect(self.settings, spill_dir=str(work))
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            uploads: list[tuple[Any, Future[Staged]]] = []
 
-                    try:
-                        install_transforms(con, country_code=self.settings.export_phone_country_code)
-                        counts = build_rows(con, d, members, profiles_sql, split_rows=self.settings.export_split_rows)
-                        lap("rows")
-                        write_files(con, d, members, work / "files", on_file=upload)
-                        lap("write")
-                    finally:
-                        con.close()
-                    staged = [(w, f.result()) for w, f in uploads]
-                lap("upload")
-        manifest = self._manifest(job, d, now, staged, counts, skipped)
-        self._publish([s for _, s in staged], d.manifest_name(now), manifest, run_id=job.id, now=now)
-        lap("publish")
+            def upload(w: Any) -> None:
+                uploads.append((w, pool.submit(self.dlz.stage_file, d.file_name(w.segment_id, now, w.part), w.path)))
 
-        seconds = round(time.monotonic() - started, 3)
-        records = []
-        for sid in d.segments:
-            files = [s for w, s in staged if w.segment_id == sid]
-            c = counts.get(sid, SegmentCounts())
-            records.append(
-                DataflowRun(
-                    id=f"{job.id}_{sid}",
-                    run_id=job.id,
-                    destination_id=d.id,
-                    segment_id=sid,
-                    status="SKIPPED" if sid in skipped else "SUCCEEDED",
-                    export_mode=d.export_mode,
-                    backfill=incremental and not any(m.previous for m in members if m.segment_id == sid),
-                    profiles_received=c.received,
-                    identities_activated=c.activated,
-                    excluded=c.excluded,
-                    files=[f.name for f in files],
-                    bytes=sum(f.size for f in files),
-                    started=now,
-                    duration_seconds=seconds,
-                    errors=[skipped[sid]] if sid in skipped else [],
-                )
-            )
-        self._save_runs(d.id, records)
-        for sid, pointer in pointers.items():
+            try:
+                install_transforms(con, country_code=self.settings.export_phone_country_code)
+                counts = build_rows(con, d, members, profiles_sql, split_rows=self.settings.export_split_rows)
+                phases.lap("rows")
+                write_files(con, d, members, work / "files", on_file=upload)
+                phases.lap("write")
+            finally:
+                con.close()
+            staged = [(w, f.result()) for w, f in uploads]
+        phases.lap("upload")
+        return Built(members, staged, counts)
+
+    def _record(
+        self, job: Job, d: Destination, plan: ExportPlan, built: Built, now: dt.datetime, seconds: float, phases: Laps
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The dataflow run of each segment, what each segment exported (the next incremental run's base), and
+        the job's metrics."""
+        self._save_runs(d.id, [self._dataflow_run(job, d, plan, built, sid, now, seconds) for sid in d.segments])
+        for sid, pointer in plan.pointers.items():
             state = ExportState(
                 segment_id=sid, job_id=pointer.job_id, snapshot=pointer.snapshot, run_id=job.id, exported_at=now
             )
-            states.put(sid, state)
-        received = sum(c.received for c in counts.values())
-        reasons = dict(sum((Counter(c.excluded) for c in counts.values()), Counter()))
-        excluded = sum(reasons.values())
+            plan.states.put(sid, state)
+        counts = built.counts.values()
+        received = sum(c.received for c in counts)
+        reasons = dict(sum((Counter(c.excluded) for c in counts), Counter()))
         metrics = {
             "destination": d.id,
             "exportMode": d.export_mode.value,
             "segments": len(d.segments),
-            "skippedSegments": skipped,
+            "skippedSegments": plan.skipped,
             "profilesReceived": received,
-            "identitiesActivated": sum(c.activated for c in counts.values()),
+            "identitiesActivated": sum(c.activated for c in counts),
             "excluded": reasons,
-            "excludedRate": round(excluded / received, 6) if received else 0.0,
-            "files": len(staged),
-            "bytes": sum(s.size for _, s in staged),
-            "profilesJob": profiles.job_id,
+            "excludedRate": round(sum(reasons.values()) / received, 6) if received else 0.0,
+            "files": len(built.staged),
+            "bytes": sum(s.size for _, s in built.staged),
+            "profilesJob": plan.profiles.job_id,
             "phaseSeconds": dict(phases),
         }
         links = {"manifest": f"{self.settings.dlz_container}/{d.manifest_name(now)}"}
         return metrics, {"links": links, "source": d.manifest_name(now)}
 
-    def _manifest(
-        self,
-        job: Job,
-        d: Destination,
-        now: dt.datetime,
-        staged: list[tuple[Any, Staged]],
-        counts: dict[str, SegmentCounts],
-        skipped: dict[str, str],
-    ) -> ExportManifest:
+    @staticmethod
+    def _dataflow_run(
+        job: Job, d: Destination, plan: ExportPlan, built: Built, sid: str, now: dt.datetime, seconds: float
+    ) -> DataflowRun:
+        files = [s for w, s in built.staged if w.segment_id == sid]
+        c = built.counts.get(sid, SegmentCounts())
+        return DataflowRun(
+            id=f"{job.id}_{sid}",
+            run_id=job.id,
+            destination_id=d.id,
+            segment_id=sid,
+            status="SKIPPED" if sid in plan.skipped else "SUCCEEDED",
+            export_mode=d.export_mode,
+            backfill=plan.incremental and not any(m.previous for m in built.members if m.segment_id == sid),
+            profiles_received=c.received,
+            identities_activated=c.activated,
+            excluded=c.excluded,
+            files=[f.name for f in files],
+            bytes=sum(f.size for f in files),
+            started=now,
+            duration_seconds=seconds,
+            errors=[plan.skipped[sid]] if sid in plan.skipped else [],
+        )
+
+    def _manifest(self, job: Job, d: Destination, now: dt.datetime, built: Built, plan: ExportPlan) -> ExportManifest:
+        staged, counts = built.staged, built.counts
         names = {s.id: s.name for s in self.segments.list()}
         return ExportManifest(
             run_id=job.id,
@@ -379,7 +406,7 @@ class Activation:
                 )
                 for sid, c in counts.items()
             },
-            skipped=skipped,
+            skipped=plan.skipped,
             rows=sum(w.rows for w, _ in staged),
             bytes=sum(s.size for _, s in staged),
         )

@@ -124,8 +124,8 @@ class BatchIngestion:
             return None
         return claim.job
 
-    def _run(self, job: Job, path: str, data: bytes, now: dt.datetime) -> Job:
-        started = time.monotonic()
+    def _landed(self, path: str, data: bytes) -> tuple[str, str, Schema]:
+        """The dataset a landed file is for, its file name and the dataset's schema; or why it cannot be read."""
         dataset_id, file_name = split_landing_path(path)
         if len(data) > self.settings.ingestion_max_file_bytes:
             raise ValidationError(
@@ -136,7 +136,11 @@ class BatchIngestion:
             dataset = self.datasets.get(dataset_id)
         except NotFound as exc:
             raise ValidationError(f"{path}: unknown dataset {dataset_id!r}; create it before landing files") from exc
-        schema = self.datasets.schemas.get(dataset.schema_id)
+        return dataset_id, file_name, self.datasets.schemas.get(dataset.schema_id)
+
+    def _run(self, job: Job, path: str, data: bytes, now: dt.datetime) -> Job:
+        started = time.monotonic()
+        dataset_id, file_name, schema = self._landed(path, data)
         with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
             con = connect(self.settings, spill_dir=tmp)
             try:

@@ -15,7 +15,7 @@ import duckdb
 from shared.engine import connect, scalar
 from shared.errors import BridgeError, Conflict, NotFound, ValidationError
 from shared.identity.policies import MergePolicyStore
-from shared.identity.store import ProfileStore, shard_sql
+from shared.identity.store import ProfileStore, StoreVersion, shard_sql
 from shared.ingestion.paths import quote_ident, quote_literal
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
@@ -363,34 +363,8 @@ class SegmentJobRunner:
         version = self.store.by_id(plan.store_version) if plan.shards else self.store.version(plan.now)
         now = plan.now
         memberships_started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="segment-publish-") as tmp:
-            work = Path(tmp)
-            con = connect(self.settings, spill_dir=tmp)
-            try:
-                columns = "".join(f", {quote_ident(sid)} BOOLEAN" for sid in chosen)
-                con.execute(f"CREATE TEMP TABLE job_results (profileId VARCHAR{columns})")
-                for r in results:
-                    con.execute(
-                        f"INSERT INTO job_results BY NAME SELECT * FROM read_parquet({quote_literal(str(r.path))})"
-                    )
-                people = None
-                if plan.since is not None:
-                    # Everyone touched is in scope, the people merged away too (they leave every segment).
-                    touched = self.store.touched_since(version, plan.since, work / "touched")
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched}")
-                    people = "SELECT profileId FROM touched"
-                pointers, counts = self._write_memberships(
-                    con, job, now, chosen, {sid: quote_ident(sid) for sid in chosen}, work, people
-                )
-                evaluated_people = scalar(con, "SELECT count(*) FROM job_results")
-            finally:
-                con.close()
+        pointers, counts, evaluated_people = self._memberships(job, plan, results, chosen, version)
         membership_seconds = time.monotonic() - memberships_started
-        pointers.append(
-            MembershipPointer(
-                segment_id=PROFILES, job_id=job.id, snapshot=version.id, evaluated_at=now, store_version=version.id
-            )
-        )
         current = self.jobs.get(JobType.SEGMENT, job.id)
         if current.attempt != job.attempt or current.status.terminal:
             raise Conflict(f"segment job {job.id} was taken over or ended meanwhile; this run does not publish")
@@ -418,6 +392,40 @@ class SegmentJobRunner:
         job = job.model_copy(update={"links": links})
         broken = [JobError(code="segment", message=f"segment {sid}: {why}") for sid, why in failed.items()]
         return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, broken, metrics=metrics)
+
+    def _memberships(
+        self, job: Job, plan: ShardPlan, results: list[ShardResult], chosen: list[str], version: StoreVersion
+    ) -> tuple[list[MembershipPointer], dict[str, dict[str, int]], int]:
+        """Each chosen segment's new memberships from the shards' results, written as snapshots: their pointers
+        (the `_profiles` one last), the counts per status, and how many people were evaluated."""
+        with tempfile.TemporaryDirectory(prefix="segment-publish-") as tmp:
+            work = Path(tmp)
+            con = connect(self.settings, spill_dir=tmp)
+            try:
+                columns = "".join(f", {quote_ident(sid)} BOOLEAN" for sid in chosen)
+                con.execute(f"CREATE TEMP TABLE job_results (profileId VARCHAR{columns})")
+                for r in results:
+                    con.execute(
+                        f"INSERT INTO job_results BY NAME SELECT * FROM read_parquet({quote_literal(str(r.path))})"
+                    )
+                people = None
+                if plan.since is not None:
+                    # Everyone touched is in scope, the people merged away too (they leave every segment).
+                    touched = self.store.touched_since(version, plan.since, work / "touched")
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched}")
+                    people = "SELECT profileId FROM touched"
+                pointers, counts = self._write_memberships(
+                    con, job, plan.now, chosen, {sid: quote_ident(sid) for sid in chosen}, work, people
+                )
+                evaluated_people = scalar(con, "SELECT count(*) FROM job_results")
+            finally:
+                con.close()
+        pointers.append(
+            MembershipPointer(
+                segment_id=PROFILES, job_id=job.id, snapshot=version.id, evaluated_at=plan.now, store_version=version.id
+            )
+        )
+        return pointers, counts, evaluated_people
 
     def _write_memberships(self, con, job: Job, now, chosen, columns, work: Path, people: str | None):
         """Each segment's new memberships against its current ones, uploaded; their pointers and counts."""

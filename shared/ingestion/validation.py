@@ -34,6 +34,8 @@ _VALUE_ITEM_TYPES = {
     FieldType.NUMBER: ("BIGINT", "UBIGINT", "DOUBLE"),
     FieldType.BOOLEAN: ("BOOLEAN",),
 }
+# Types whose JSON kind may be right while the value is not ("2026-13-01" for a date): checked by a cast.
+_CAST_CHECKED = (FieldType.INTEGER, FieldType.NUMBER, FieldType.BOOLEAN, FieldType.DATE, FieldType.DATETIME)
 _NAMES = {
     FieldType.DATETIME: "date-time (ISO 8601)",
     FieldType.DATE: "date (YYYY-MM-DD)",
@@ -101,43 +103,26 @@ class SchemaChecks:
         text = f"json_extract_string({x}, '$')"
         allowed = self._allowed(f)
         kind = _NAMES.get(f.type, f.type.value)
-        out = []
-        if f.required:
-            out.append(
-                (
-                    _problem(f.path, "'required field is missing'"),
-                    f"ok AND NOT coalesce({present}, false)",
-                )
-            )
-        out.append(
+        out = [
             (
-                _problem(
-                    f.path,
-                    f"'expected {kind}, found ' || lower({t}) || ' ' || left({x}::VARCHAR, 60)",
-                ),
+                _problem(f.path, f"'expected {kind}, found ' || lower({t}) || ' ' || left({x}::VARCHAR, 60)"),
                 f"{present} AND {t} NOT IN {_sql_list(allowed)}",
             )
-        )
-        if f.type in (
-            FieldType.INTEGER,
-            FieldType.NUMBER,
-            FieldType.BOOLEAN,
-            FieldType.DATE,
-            FieldType.DATETIME,
-        ):
+        ]
+        if f.required:
+            out.insert(0, (_problem(f.path, "'required field is missing'"), f"ok AND NOT coalesce({present}, false)"))
+        if f.type in _CAST_CHECKED:
+            cast_fails = f"try_cast({text} AS {f.type.duckdb}) IS NULL"
             out.append(
                 (
                     _problem(f.path, f"left({text}, 60) || ' is not a valid {kind}'"),
-                    f"{present} AND {t} IN {_sql_list(allowed)} AND try_cast({text} AS {f.type.duckdb}) IS NULL",
+                    f"{present} AND {t} IN {_sql_list(allowed)} AND {cast_fails}",
                 )
             )
         if f.enum:
             out.append(
                 (
-                    _problem(
-                        f.path,
-                        f"left({text}, 60) || ' is not one of {', '.join(f.enum)}'",
-                    ),
+                    _problem(f.path, f"left({text}, 60) || ' is not one of {', '.join(f.enum)}'"),
                     f"{present} AND {t} = 'VARCHAR' AND {text} NOT IN {_sql_list(f.enum)}",
                 )
             )

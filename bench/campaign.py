@@ -25,8 +25,8 @@ from shared.activation.manifest import ExportManifest, ManifestFile, ManifestSeg
 from shared.campaign.recipients import RECIPIENTS_ID
 from shared.campaign.service import Campaign
 from shared.campaign.snapshots import Snapshots
-from shared.ingestion.paths import quote_literal
 from shared.settings import get_settings
+from shared.sql import quote_literal
 from shared.storage import BlobStore, StorageAccount
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)

@@ -16,10 +16,10 @@ from bench.segments import NOW, _setup, segments
 from bench.stages import report, run_stage, save_results, use_azurite
 from shared.activation import Activation, Destination
 from shared.identity import ProfileStore
-from shared.ingestion.paths import quote_literal
 from shared.segmentation.memberships import MembershipStore
 from shared.segmentation.runner import SegmentJobRunner
 from shared.settings import get_settings
+from shared.sql import parquet, quote_literal
 from shared.storage import StorageAccount
 
 DESTINATION = {
@@ -69,7 +69,7 @@ def stage_floor(snapshots: Path, out: Path) -> dict:
             SELECT m.seg, sha256(lower(trim({email}))) AS email_lc_sha256, m.status AS segmentMembershipStatus,
                    p.person.name.firstName AS firstName, p.person.name.lastName AS lastName,
                    p.homeAddress.city AS city, p.loyalty.tier AS loyaltyTier
-            FROM ({members}) m JOIN read_parquet({quote_literal(str(snapshots / "profiles" / "*.parquet"))}) p
+            FROM ({members}) m JOIN {parquet(snapshots / "profiles" / "*.parquet")} p
             USING (profileId) WHERE {email} IS NOT NULL)
         TO {quote_literal(str(out))} (FORMAT csv, HEADER true, PARTITION_BY (seg), OVERWRITE_OR_IGNORE)"""
     )

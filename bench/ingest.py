@@ -19,11 +19,11 @@ from dev.host import fire_blob_trigger
 from dev.sample import write_sample
 from shared.engine import connect
 from shared.ingestion import EVENT_SCHEMA, BatchIngestion, Dataset, DatasetStore, batch_id_for
-from shared.ingestion.paths import quote_literal
 from shared.ingestion.records import read_records
 from shared.ingestion.validation import validate
 from shared.jobs import JobType
 from shared.settings import get_settings
+from shared.sql import quote_literal
 from shared.storage import BlobStore, StorageAccount
 
 NOW = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)

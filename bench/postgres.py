@@ -16,12 +16,12 @@ from pathlib import Path
 import duckdb
 
 from shared.identity.profiles import profile_leaves
-from shared.ingestion.paths import quote_literal
 from shared.ingestion.schemas import PROFILE_SCHEMA
 from shared.segmentation.evaluation import event_fields
 from shared.segmentation.pql import parse
 from shared.segmentation.pql.compiler import Compiler, Fields
 from shared.segmentation.pql.dialects import postgres
+from shared.sql import quote_literal
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 

@@ -23,11 +23,11 @@ from bench.stages import report, run_stage, save_results, use_azurite
 from dev.sample import write_sample
 from shared.identity import ProfileStore
 from shared.ingestion import BatchIngestion, Dataset, DatasetStore
-from shared.ingestion.paths import quote_literal
 from shared.segmentation.definitions import SegmentDefinition, SegmentStore
 from shared.segmentation.insight import SegmentInsight
 from shared.segmentation.runner import SegmentJobRunner
 from shared.settings import get_settings
+from shared.sql import parquet, quote_literal
 from shared.storage import StorageAccount
 
 INGESTED = dt.datetime(2026, 11, 20, 0, 0, tzinfo=dt.UTC)
@@ -105,11 +105,11 @@ def stitched_sql(store: Path) -> str:
         SELECT profileId AS person, homeAddress.stateProvince AS state, person.gender AS gender,
                person.birthDate AS birthDate, person.name.firstName AS firstName, loyalty.tier AS tier,
                loyalty.points AS points
-        FROM read_parquet({quote_literal(str(store / "profiles" / "*.parquet"))})),
+        FROM {parquet(store / "profiles" / "*.parquet")}),
     events AS (
         SELECT profileId AS person, timestamp AS ts, eventType, commerce.order.priceTotal AS price
         FROM read_parquet({quote_literal(str(store / "events" / "*.parquet"))}, union_by_name = true)
-        WHERE profileId NOT IN (SELECT profileId FROM read_parquet({quote_literal(str(store / "removed" / "*.parquet"))})))"""
+        WHERE profileId NOT IN (SELECT profileId FROM {parquet(store / "removed" / "*.parquet")}))"""
 
 
 def _col(sid: str) -> str:

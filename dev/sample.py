@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 
-from shared.ingestion.paths import quote_literal
+from shared.sql import quote_literal
 
 FIRST = ["Ann", "Bob", "Carla", "Dev", "Eun", "Farah", "Gus", "Hana", "Ivan", "Jo", "Kofi", "Lena", "Mo", "Nia"]
 LAST = ["Lee", "Garcia", "Smith", "Okafor", "Kim", "Novak", "Rossi", "Tanaka", "Silva", "Brown", "Khan"]

@@ -7,6 +7,7 @@ import tempfile
 import duckdb
 
 from shared.settings import Settings
+from shared.sql import quote_literal
 
 
 def connect(settings: Settings, *, spill_dir: str | None = None) -> duckdb.DuckDBPyConnection:
@@ -19,7 +20,7 @@ def connect(settings: Settings, *, spill_dir: str | None = None) -> duckdb.DuckD
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{_memory(settings.duckdb_memory_limit)}'")
     con.execute(f"SET threads = {int(settings.duckdb_threads)}")
-    con.execute(f"SET temp_directory = '{_quote(spill_dir or tempfile.gettempdir())}'")
+    con.execute(f"SET temp_directory = {quote_literal(spill_dir or tempfile.gettempdir())}")
     return con
 
 
@@ -27,10 +28,6 @@ def _memory(value: str) -> str:
     if not value.replace(" ", "").rstrip("BKMGTIbkmgti").replace(".", "").isdigit():
         raise ValueError(f"DUCKDB_MEMORY_LIMIT {value!r} is not a size such as '1GB'")
     return value
-
-
-def _quote(value: str) -> str:
-    return value.replace("'", "''")
 
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):

@@ -95,7 +95,7 @@ def test_audience_sync_adds_and_removes_members_across_incremental_files(setting
     [load] = load_run(settings, account, activation.run("gold-email", now=T3))
     assert load.metrics["removed"] == 1
     assert list_members("gold") == {"Ann@Example.com": "realized"}
-    bob = recipients.recipient_rows("email = 'bob@example.com'")[0]
+    bob = recipients.recipient_rows(email="bob@example.com")[0]
     assert bob["optOut"] is True
 
 
@@ -258,7 +258,7 @@ def test_deliveries_skip_opted_out_and_quarantined_and_their_logs_come_back_as_e
     recipients.deliver(DeliveryRequest(list_id="all", hard_bounce_rate=1), now=T1 + dt.timedelta(hours=2))
     third = deliver("all")
     assert third["targeted"] == 0 and third["excluded"] == {"optedOut": 1, "quarantined": 1}
-    [ann] = recipients.recipient_rows("email = 'Ann@Example.com'")
+    [ann] = recipients.recipient_rows(email="Ann@Example.com")
     assert (ann["quarantined"], ann["quarantineReason"]) == (True, "hardBounce")
 
     # The logs go to landing as experience events, and are ingested like any other file.

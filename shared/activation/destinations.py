@@ -9,12 +9,11 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from shared.errors import GuardrailError, NotFound
+from shared.errors import GuardrailError
 from shared.ingestion.schemas import Namespace
 from shared.models import ApiModel
 from shared.segmentation.pql.compiler import Fields
-from shared.settings import Settings
-from shared.storage import EntityTable, ModelTable, StorageAccount
+from shared.storage import RecordStore
 
 MAX_SEGMENTS = 50
 MAX_MAPPED_FIELDS = 20
@@ -266,26 +265,5 @@ def _not_exportable(path: str, fields: Fields) -> str | None:
     return f"{path!r} is not a profile attribute of any dataset's schema"
 
 
-class DestinationStore:
-    def __init__(self, table: EntityTable) -> None:
-        self.records = ModelTable(table, Destination, partition="destination")
-
-    @classmethod
-    def from_settings(cls, settings: Settings, account: StorageAccount) -> DestinationStore:
-        return cls(EntityTable(account.table(settings.table_name("destinations"))))
-
-    def get(self, destination_id: str) -> Destination:
-        found = self.records.find(destination_id)
-        if found is None:
-            raise NotFound(f"no destination {destination_id!r}")
-        return found
-
-    def list(self) -> list[Destination]:
-        return self.records.all()
-
-    def put(self, destination: Destination) -> Destination:
-        return self.records.put(destination.id, destination)
-
-    def delete(self, destination_id: str) -> None:
-        self.get(destination_id)
-        self.records.delete(destination_id)
+class DestinationStore(RecordStore[Destination]):
+    model, table_name, partition, noun = Destination, "destinations", "destination", "destination"

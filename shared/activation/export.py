@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 
 from shared.activation.destinations import MEMBERSHIP_STATUS, Destination, FileFormat
-from shared.ingestion.paths import column_ref, quote_ident, quote_literal
+from shared.sql import column_ref, parquet, quote_ident, quote_literal
 
 ACTIVE = "('realized', 'existing')"
 # E.164: a plus, a country code that does not start with 0, at most 15 digits in all.
@@ -56,11 +56,11 @@ class Members:
 
 
 def members_sql(m: Members, index: int) -> str:
-    cur = f"read_parquet({quote_literal(str(m.current))})"
+    cur = f"{parquet(m.current)}"
     head = f"SELECT {index} AS seg, profileId"
     if not m.incremental or m.previous is None:
         return f"{head}, status, lastQualificationTime AS qualifiedAt FROM {cur} WHERE status IN {ACTIVE}"
-    prev = f"read_parquet({quote_literal(str(m.previous))})"
+    prev = f"{parquet(m.previous)}"
     return f"""
         {head}, status, lastQualificationTime AS qualifiedAt FROM {cur}
         WHERE status IN {ACTIVE} AND profileId NOT IN (SELECT profileId FROM {prev} WHERE status IN {ACTIVE})

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pydantic import Field, field_validator
 
 from shared.activation.destinations import MARKETING_ACTIONS, MEMBERSHIP_STATUS, Destination
-from shared.errors import GovernanceError, NotFound
+from shared.errors import GovernanceError
 from shared.ingestion.datasets import Dataset, Label
 from shared.ingestion.schemas import Schema, SchemaClass
 from shared.models import ApiModel
 from shared.segmentation.pql import ast
-from shared.settings import Settings
-from shared.storage import EntityTable, ModelTable, StorageAccount
+from shared.storage import RecordStore
 
 
 class GovernancePolicy(ApiModel):
@@ -48,29 +47,8 @@ class Use:
         return f"{self.label} on {where} (used by {self.by})"
 
 
-class PolicyStore:
-    def __init__(self, table: EntityTable) -> None:
-        self.records = ModelTable(table, GovernancePolicy, partition="policy")
-
-    @classmethod
-    def from_settings(cls, settings: Settings, account: StorageAccount) -> PolicyStore:
-        return cls(EntityTable(account.table(settings.table_name("policies"))))
-
-    def get(self, policy_id: str) -> GovernancePolicy:
-        found = self.records.find(policy_id)
-        if found is None:
-            raise NotFound(f"no governance policy {policy_id!r}")
-        return found
-
-    def list(self) -> list[GovernancePolicy]:
-        return self.records.all()
-
-    def put(self, policy: GovernancePolicy) -> GovernancePolicy:
-        return self.records.put(policy.id, policy)
-
-    def delete(self, policy_id: str) -> None:
-        self.get(policy_id)
-        self.records.delete(policy_id)
+class PolicyStore(RecordStore[GovernancePolicy]):
+    model, table_name, partition, noun = GovernancePolicy, "policies", "policy", "governance policy"
 
 
 def labelled_uses(

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.errors import NotFound
 from shared.models import ApiModel
-from shared.settings import Settings
-from shared.storage import EntityTable, ModelTable, StorageAccount
+from shared.storage import RecordStore
 
 
 class TargetMapping(ApiModel):
@@ -49,25 +47,9 @@ RECIPIENTS = TargetMapping(
 )
 
 
-class TargetMappingStore:
+class TargetMappingStore(RecordStore[TargetMapping]):
     """Target mappings: the built-in `mapRecipient` and any defined over HTTP."""
 
-    def __init__(self, table: EntityTable) -> None:
-        self.records = ModelTable(table, TargetMapping, partition="targetmapping")
-
-    @classmethod
-    def from_settings(cls, settings: Settings, account: StorageAccount) -> TargetMappingStore:
-        return cls(EntityTable(account.table(settings.table_name("targetmappings"))))
-
-    def get(self, mapping_id: str) -> TargetMapping:
-        found = self.records.find(mapping_id) or (RECIPIENTS if mapping_id == RECIPIENTS.id else None)
-        if found is None:
-            raise NotFound(f"no target mapping {mapping_id!r}; define it first (PUT /api/target-mappings/{mapping_id})")
-        return found
-
-    def list(self) -> list[TargetMapping]:
-        stored = self.records.all()
-        return stored if any(m.id == RECIPIENTS.id for m in stored) else [RECIPIENTS, *stored]
-
-    def put(self, mapping: TargetMapping) -> TargetMapping:
-        return self.records.put(mapping.id, mapping)
+    model, table_name, partition, noun = TargetMapping, "targetmappings", "targetmapping", "target mapping"
+    hint = "; define it first (PUT /api/target-mappings/{id})"
+    builtins = (RECIPIENTS,)

@@ -8,8 +8,8 @@ import datetime as dt
 
 from pydantic import Field
 
-from shared.ingestion.paths import quote_literal
 from shared.models import ApiModel
+from shared.sql import quote_literal
 
 # Events of a delivery happen within this long after it is sent (opens up to 2 days, then clicks).
 EVENT_HORIZON = dt.timedelta(days=3)

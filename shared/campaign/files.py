@@ -16,7 +16,7 @@ from shared.activation.destinations import CsvOptions
 from shared.activation.manifest import ExportManifest, ManifestFile
 from shared.engine import scalar
 from shared.errors import ValidationError
-from shared.ingestion.paths import quote_ident, quote_literal
+from shared.sql import parquet, quote_ident, quote_literal
 
 _DELIMITERS = ",;|\t"
 
@@ -74,7 +74,7 @@ def read_export(
         found = [r[0] for r in con.execute(f"SELECT name FROM parquet_schema({quote_literal(str(path))})").fetchall()]
         if found[1:] != columns:  # the first row is the schema's root
             raise ValidationError(f"{name}: its columns are {found[1:]} but its manifest says {columns}")
-        source = f"read_parquet({quote_literal(str(path))})"
+        source = f"{parquet(path)}"
     select = ", ".join(f"CAST({quote_ident(c)} AS VARCHAR) AS {quote_ident(c)}" for c in columns)
     try:
         con.execute(

@@ -12,7 +12,7 @@ import duckdb
 
 from shared.engine import scalar
 from shared.errors import ValidationError
-from shared.ingestion.paths import quote_ident, quote_literal
+from shared.sql import parquet, quote_ident, quote_literal
 
 RECIPIENTS_ID = "recipients"
 FLAGS = ("optOut", "blocklisted", "quarantined")
@@ -28,7 +28,7 @@ EMPTY = (
 
 def source_of(path: Path | None) -> str:
     """The recipients snapshot as a FROM source (an empty table when Campaign has none yet)."""
-    return f"read_parquet({quote_literal(str(path))})" if path else f"({EMPTY})"
+    return f"{parquet(path)}" if path else f"({EMPTY})"
 
 
 def columns_of(con: duckdb.DuckDBPyConnection, source: str) -> list[str]:

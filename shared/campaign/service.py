@@ -34,9 +34,9 @@ from shared.campaign.snapshots import SnapshotRecord, Snapshots, SnapshotVersion
 from shared.engine import connect, scalar
 from shared.errors import Conflict, NotFound, ValidationError
 from shared.ingestion.datasets import Dataset, DatasetStore
-from shared.ingestion.paths import quote_ident, quote_literal
 from shared.jobs import Job, JobStatus, JobStore, JobType
 from shared.settings import Settings
+from shared.sql import parquet, quote_ident, quote_literal
 from shared.storage import BlobStore, EntityTable, ModelTable, StorageAccount
 from shared.timing import Laps
 
@@ -110,9 +110,9 @@ class Campaign:
                 log.info("%s: changed by another writer meanwhile; trying again", failure)
         raise Conflict(failure)
 
-    def _rows(self, sql: str) -> list[dict[str, Any]]:
+    def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         with self._session("query-") as (con, _):
-            cur = con.execute(sql)
+            cur = con.execute(sql, params or [])
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
@@ -183,13 +183,14 @@ class Campaign:
         """The retention timer: snapshot versions no record keeps, older than SNAPSHOT_RETENTION_HOURS."""
         return self.recipients.expire(now=now) + self.lists.expire(now=now)
 
-    def recipient_rows(self, where: str = "true", *, limit: int = 100) -> list[dict[str, Any]]:
-        """Recipients as dicts (for the API, the CLI and tests)."""
+    def recipient_rows(self, *, email: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Recipients as dicts, by id (for the API, the CLI and tests): all of them, or those with this email."""
         current = self.recipients.find(rcp.RECIPIENTS_ID)
         if current is None:
             return []
         source = rcp.source_of(self.recipients.local(current))
-        return self._rows(f"SELECT * FROM {source} WHERE {where} ORDER BY id LIMIT {int(limit)}")
+        where, params = ("email = ?", [email]) if email is not None else ("true", [])
+        return self._rows(f"SELECT * FROM {source} WHERE {where} ORDER BY id LIMIT {int(limit)}", params)
 
     def members(self, list_id: str, *, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         """A page of a list's members with their recipient attributes."""
@@ -205,7 +206,7 @@ class Campaign:
 
     def _list_source(self, record: SnapshotRecord | None) -> str:
         path = self.lists.local(record) if record else None
-        return f"read_parquet({quote_literal(str(path))})" if path else f"({_EMPTY_LIST})"
+        return f"{parquet(path)}" if path else f"({_EMPTY_LIST})"
 
     # Audience loads ------------------------------------------------------------------------------
 

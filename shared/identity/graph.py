@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import duckdb
 
 from shared.engine import scalar
-from shared.ingestion.paths import quote_literal
+from shared.sql import quote_literal
 
 MAX_PASSES = 200
 GRAPH_COLUMNS = "ns VARCHAR, id VARCHAR, profileId VARCHAR, lastSeen TIMESTAMPTZ"

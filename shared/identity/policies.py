@@ -7,10 +7,8 @@ from enum import StrEnum
 
 from pydantic import Field, model_validator
 
-from shared.errors import NotFound
 from shared.models import ApiModel
-from shared.settings import Settings
-from shared.storage import EntityTable, ModelTable, StorageAccount
+from shared.storage import EntityTable, RecordStore
 
 
 class MergeMethod(StrEnum):
@@ -41,47 +39,35 @@ class MergePolicy(ApiModel):
 DEFAULT_POLICY = MergePolicy(id="default", name="Default (timestamp ordered, stitched)")
 
 
-class MergePolicyStore:
+class MergePolicyStore(RecordStore[MergePolicy]):
     """Policies in the `mergepolicies` table, and which one is the default (one record, updated with ETags)."""
 
     DEFAULT = ("default", "pointer")
 
-    def __init__(self, table: EntityTable) -> None:
-        self.table = table
-        self.records = ModelTable(table, MergePolicy, partition="policy")
+    model, table_name, partition, noun = MergePolicy, "mergepolicies", "policy", "merge policy"
+    builtins = (DEFAULT_POLICY,)
 
-    @classmethod
-    def from_settings(cls, settings: Settings, account: StorageAccount) -> MergePolicyStore:
-        return cls(EntityTable(account.table(settings.table_name("mergepolicies"))))
+    def __init__(self, table: EntityTable) -> None:
+        super().__init__(table)
+        self.entities = table
 
     def save(self, policy: MergePolicy, *, make_default: bool = False) -> MergePolicy:
         self.records.put(policy.id, policy)
         if make_default:
-            pointer = self.table.find(*self.DEFAULT)
+            pointer = self.entities.find(*self.DEFAULT)
             entity = {"PartitionKey": self.DEFAULT[0], "RowKey": self.DEFAULT[1], "policyId": policy.id}
             if pointer is None:
-                self.table.insert(entity)
+                self.entities.insert(entity)
             else:
-                self.table.update(entity, etag=pointer["etag"])
-        return policy
-
-    def get(self, policy_id: str) -> MergePolicy:
-        policy = self.records.find(policy_id)
-        if policy is None and policy_id == DEFAULT_POLICY.id:
-            return DEFAULT_POLICY
-        if policy is None:
-            raise NotFound(f"no merge policy {policy_id!r}")
+                self.entities.update(entity, etag=pointer["etag"])
         return policy
 
     def default(self) -> MergePolicy:
-        pointer = self.table.find(*self.DEFAULT)
+        pointer = self.entities.find(*self.DEFAULT)
         return self.get(pointer["policyId"]) if pointer else DEFAULT_POLICY
 
     def list(self) -> list[MergePolicy]:
-        stored = self.records.all()
-        if all(p.id != DEFAULT_POLICY.id for p in stored):
-            stored.append(DEFAULT_POLICY)
-        return sorted(stored, key=lambda p: p.id)
+        return sorted(super().list(), key=lambda p: p.id)
 
 
 class MergePolicyRequest(MergePolicy):

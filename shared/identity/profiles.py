@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import duckdb
 
 from shared.identity.policies import MergeMethod, MergePolicy
-from shared.ingestion.paths import column_ref, nest, quote_ident, quote_literal
 from shared.ingestion.schemas import Schema
+from shared.sql import column_ref, nest, quote_ident, quote_literal
 
 PROFILES = "unified_profiles"
 EVENTS = "profile_events"

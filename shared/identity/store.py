@@ -44,10 +44,10 @@ from shared.identity.profiles import (
 from shared.ingestion.batch import AcceptedBatch
 from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.lake import LakeStore
-from shared.ingestion.paths import quote_ident, quote_literal
 from shared.ingestion.schemas import SchemaClass
 from shared.models import ApiModel
 from shared.settings import Settings
+from shared.sql import parquet, quote_ident, quote_literal
 from shared.storage import BlobStore, StorageAccount
 from shared.timing import Laps
 
@@ -383,9 +383,7 @@ class ProfileStore:
             ):
                 batch_id = name.split("/batch=", 1)[1].split("/", 1)[0]
                 with duckdb.connect() as con:
-                    ingested = con.execute(
-                        f"SELECT min(_ingestedAt) FROM read_parquet({quote_literal(str(path))})"
-                    ).fetchall()[0][0]
+                    ingested = con.execute(f"SELECT min(_ingestedAt) FROM {parquet(path)}").fetchall()[0][0]
                 yield AcceptedBatch(dataset.id, schema, path, batch_id, ingested)
 
     def rebuild(self, *, now: dt.datetime, policy: MergePolicy | None = None) -> StoreVersion:
@@ -539,7 +537,7 @@ def apply_batch(
         """A shard's rows of one kind (as they are now in this batch's work), without the removed people."""
         return rows_sql_of(getattr(shards[s], kind), shards[s].removed, local)
 
-    con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM read_parquet({quote_literal(str(batch.file))})")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {parquet(batch.file)}")
     records = scalar(con, "SELECT count(*) FROM batch")
     graph = f"({_read(local([version.graph]))})" if version.graph else _EMPTY_GRAPH
     at = f"{quote_literal(batch.ingested_at.isoformat())}::TIMESTAMPTZ"
@@ -562,7 +560,7 @@ def apply_batch(
                 UNION ALL SELECT * FROM {stitched.graph_rows}) ORDER BY profileId, ns, id)
             TO {quote_literal(str(written[graph_name]))} (FORMAT parquet, COMPRESSION zstd)"""
     )
-    new_graph = f"read_parquet({quote_literal(str(written[graph_name]))})"
+    new_graph = f"{parquet(written[graph_name])}"
 
     def write_by_shard(sql: str, kind: str, tag: str) -> dict[int, str]:
         """Write rows (with `profileId`) into one file per shard they fall in; returns the names by shard."""

@@ -8,11 +8,11 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints, model_validator
 
-from shared.errors import NotFound, ValidationError
+from shared.errors import ValidationError
 from shared.ingestion.schemas import Schema, SchemaStore
 from shared.models import ApiModel
 from shared.settings import Settings
-from shared.storage import EntityTable, ModelTable, StorageAccount
+from shared.storage import EntityTable, RecordStore, StorageAccount
 
 Label = Annotated[str, StringConstraints(pattern=r"^(C([1-9]|1[0-2])|I[12]|S[12])$")]
 
@@ -43,9 +43,12 @@ class Dataset(ApiModel):
             raise ValidationError(f"dataset {self.id!r}: labelled fields {unknown} are not in schema {schema.id!r}")
 
 
-class DatasetStore:
+class DatasetStore(RecordStore[Dataset]):
+    model, table_name, partition, noun = Dataset, "datasets", "dataset", "dataset"
+    hint = "; create it first (PUT /api/datasets/{id})"
+
     def __init__(self, table: EntityTable, schemas: SchemaStore) -> None:
-        self.records = ModelTable(table, Dataset, partition="dataset")
+        super().__init__(table)
         self.schemas = schemas
 
     @classmethod
@@ -60,15 +63,6 @@ class DatasetStore:
         existing = self.records.find(dataset.id)
         created = dataset.created or (existing and existing.created) or now
         return self.records.put(dataset.id, dataset.model_copy(update={"created": created}))
-
-    def get(self, dataset_id: str) -> Dataset:
-        dataset = self.records.find(dataset_id)
-        if dataset is None:
-            raise NotFound(f"no dataset {dataset_id!r}; create it first (PUT /api/datasets/{dataset_id})")
-        return dataset
-
-    def list(self) -> list[Dataset]:
-        return self.records.all()
 
     def with_schemas(self) -> list[tuple[Dataset, Schema]]:
         """Every dataset with its schema: what definitions, governance and profile building read."""

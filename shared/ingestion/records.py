@@ -17,8 +17,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from shared.errors import ValidationError, listed
-from shared.ingestion.paths import nest, quote_ident, quote_literal
 from shared.ingestion.schemas import FieldType, Namespace, Schema
+from shared.sql import nest, quote_ident, quote_literal
 
 
 class FileFormat(StrEnum):

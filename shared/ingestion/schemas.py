@@ -9,8 +9,7 @@ from pydantic import Field, model_validator
 
 from shared.errors import NotFound, ValidationError
 from shared.models import ApiModel
-from shared.settings import Settings
-from shared.storage import EntityTable, ModelTable, StorageAccount
+from shared.storage import RecordStore
 
 
 class Namespace(StrEnum):
@@ -198,29 +197,13 @@ EVENT_SCHEMA = Schema(
 BUILTIN_SCHEMAS = (PROFILE_SCHEMA, EVENT_SCHEMA)
 
 
-class SchemaStore:
-    """Schemas in the `schemas` table; the built-in XDM-lite ones are always there."""
+class SchemaStore(RecordStore[Schema]):
+    """Schemas in the `schemas` table; the built-in XDM-lite ones are always there (and cannot be replaced)."""
 
-    def __init__(self, table: EntityTable) -> None:
-        self.records = ModelTable(table, Schema, partition="schema")
-
-    @classmethod
-    def from_settings(cls, settings: Settings, account: StorageAccount) -> SchemaStore:
-        return cls(EntityTable(account.table(settings.table_name("schemas"))))
+    model, table_name, partition, noun = Schema, "schemas", "schema", "schema"
+    builtins = BUILTIN_SCHEMAS
 
     def save(self, schema: Schema) -> Schema:
         if schema.id in {b.id for b in BUILTIN_SCHEMAS}:
             raise ValidationError(f"schema {schema.id!r} is built in and cannot be replaced; use another id")
-        return self.records.put(schema.id, schema)
-
-    def get(self, schema_id: str) -> Schema:
-        for builtin in BUILTIN_SCHEMAS:
-            if builtin.id == schema_id:
-                return builtin
-        schema = self.records.find(schema_id)
-        if schema is None:
-            raise NotFound(f"no schema {schema_id!r}")
-        return schema
-
-    def list(self) -> list[Schema]:
-        return list(BUILTIN_SCHEMAS) + self.records.all()
+        return self.put(schema)

@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 
 from shared.engine import scalar
-from shared.ingestion.paths import json_path, nest, quote_ident, quote_literal
 from shared.ingestion.records import Records
 from shared.ingestion.schemas import FieldType, Namespace, Schema, SchemaField
+from shared.sql import json_path, nest, quote_ident, quote_literal
 
 IDENTITY_MAP_TYPE = 'MAP(VARCHAR, STRUCT(id VARCHAR, "primary" BOOLEAN)[])'
 

@@ -8,7 +8,6 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from shared.errors import NotFound
 from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.schemas import PROFILE_SCHEMA, Schema, SchemaClass
 from shared.models import ApiModel
@@ -17,7 +16,7 @@ from shared.segmentation.pql import ast, parse
 from shared.segmentation.pql.compiler import Compiler, Fields
 from shared.segmentation.usage import SegmentUsage, UsageGraph, referencing, unused, used_by_destination
 from shared.settings import Settings
-from shared.storage import EntityTable, ModelTable, StorageAccount
+from shared.storage import EntityTable, RecordStore, StorageAccount
 
 
 class Expression(ApiModel):
@@ -64,9 +63,11 @@ def catalog_fields(datasets: DatasetStore) -> Fields:
     return Fields(profile=profile, event=event_fields(events))
 
 
-class SegmentStore:
+class SegmentStore(RecordStore[SegmentDefinition]):
+    model, table_name, partition, noun = SegmentDefinition, "segments", "segment", "segment"
+
     def __init__(self, table: EntityTable, datasets: DatasetStore) -> None:
-        self.records = ModelTable(table, SegmentDefinition, partition="segment")
+        super().__init__(table)
         self.usage = SegmentUsage(table, bootstrap=self._stored_usage)
         self.datasets = datasets
 
@@ -75,15 +76,6 @@ class SegmentStore:
         return cls(
             EntityTable(account.table(settings.table_name("segments"))), DatasetStore.from_settings(settings, account)
         )
-
-    def get(self, segment_id: str) -> SegmentDefinition:
-        found = self.records.find(segment_id)
-        if found is None:
-            raise NotFound(f"no segment {segment_id!r}")
-        return found
-
-    def list(self) -> list[SegmentDefinition]:
-        return self.records.all()
 
     def event_schemas(self) -> list[Schema]:
         """The experience-event schemas of the datasets: the event fields definitions may name."""

@@ -16,11 +16,11 @@ from sqlglot import exp
 from shared.engine import connect
 from shared.errors import NotFound
 from shared.identity.store import shard_of
-from shared.ingestion.paths import quote_literal
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
 from shared.segmentation.pql import ast, parse
 from shared.segmentation.pql.compiler import Compiler, Scope
 from shared.segmentation.runner import SegmentJobRunner
+from shared.sql import parquet
 
 PREVIEW = "__preview__"
 
@@ -50,7 +50,7 @@ class SegmentInsight:
                 else None
             )
             if current is not None:
-                active = f"(SELECT profileId FROM read_parquet({quote_literal(str(current))}) WHERE status <> 'exited')"
+                active = f"(SELECT profileId FROM {parquet(current)} WHERE status <> 'exited')"
                 result["entering"] = con.execute(
                     f"SELECT count(*) FROM {RESULTS} WHERE {column} AND profileId NOT IN {active}"
                 ).fetchall()[0][0]

@@ -15,9 +15,9 @@ import duckdb
 from pydantic import Field
 
 from shared.errors import Conflict
-from shared.ingestion.paths import quote_literal
 from shared.models import ApiModel
 from shared.settings import Settings
+from shared.sql import parquet, quote_literal
 from shared.storage import BlobStore, EntityTable, StorageAccount
 
 CURRENT = "current"  # the table partition where pointers lived before the pointer document (still read)
@@ -142,7 +142,7 @@ def membership_sql(
 ) -> str:
     """The segment's new memberships: who qualifies now compared with the previous snapshot. With
     `scope_sql` (the people evaluated), everyone else keeps their previous row unchanged."""
-    prev = f"SELECT * FROM read_parquet({quote_literal(str(previous))})" if previous else _EMPTY
+    prev = f"SELECT * FROM {parquet(previous)}" if previous else _EMPTY
     at = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
     oldest = f"{quote_literal((now - retention).isoformat())}::TIMESTAMPTZ"
     in_scope = f"profileId IN ({scope_sql})" if scope_sql else "true"
@@ -186,7 +186,7 @@ def write_snapshots(
                        count(*) FILTER (WHERE status <> 'exited' AND NOT ({entered})),
                        count(*) FILTER (WHERE status = 'exited' AND exitedAt = {at}),
                        count(*) FILTER (WHERE status = 'exited' AND exitedAt < {at})
-                FROM read_parquet({quote_literal(str(target))})"""
+                FROM {parquet(target)}"""
         ).fetchall()[0]
         files[sid] = target
         counts[sid] = {"realized": realized, "existing": existing, "exited": exited, "exitedEarlier": earlier}

@@ -16,7 +16,6 @@ from shared.engine import connect, scalar
 from shared.errors import BridgeError, Conflict, NotFound, ValidationError
 from shared.identity.policies import MergePolicyStore
 from shared.identity.store import ProfileStore, StoreVersion, shard_sql
-from shared.ingestion.paths import quote_ident, quote_literal
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
@@ -38,6 +37,7 @@ from shared.segmentation.shards import (
 )
 from shared.segmentation.streaming import streaming_eligible
 from shared.settings import Settings
+from shared.sql import parquet, quote_ident, quote_literal
 from shared.storage import StorageAccount
 from shared.storage.messages import QueueMessage
 from shared.timing import Laps
@@ -405,9 +405,7 @@ class SegmentJobRunner:
                 columns = "".join(f", {quote_ident(sid)} BOOLEAN" for sid in chosen)
                 con.execute(f"CREATE TEMP TABLE job_results (profileId VARCHAR{columns})")
                 for r in results:
-                    con.execute(
-                        f"INSERT INTO job_results BY NAME SELECT * FROM read_parquet({quote_literal(str(r.path))})"
-                    )
+                    con.execute(f"INSERT INTO job_results BY NAME SELECT * FROM {parquet(r.path)}")
                 people = None
                 if plan.since is not None:
                     # Everyone touched is in scope, the people merged away too (they leave every segment).

@@ -2,7 +2,7 @@
 
 from shared.storage.account import StorageAccount, azurite_connection_string
 from shared.storage.blobs import BlobStore
-from shared.storage.models import ModelTable
+from shared.storage.models import ModelTable, RecordStore
 from shared.storage.tables import (
     EntityTable,
     Page,
@@ -16,6 +16,7 @@ __all__ = [
     "EntityTable",
     "ModelTable",
     "Page",
+    "RecordStore",
     "StorageAccount",
     "azurite_connection_string",
     "check_batch",

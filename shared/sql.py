@@ -1,6 +1,10 @@
-"""Dotted field paths and the nested SQL they stand for, so flat leaves can become structs and back."""
+"""SQL text for DuckDB, in one place: quoted identifiers and literals, Parquet files as sources, and dotted
+field paths with the nested SQL they stand for (so flat leaves can become structs and back). Values a query
+depends on go in as parameters where DuckDB takes them; these helpers are for the names and paths it does not."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 def quote_ident(name: str) -> str:
@@ -9,6 +13,11 @@ def quote_ident(name: str) -> str:
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def parquet(path: str | Path) -> str:
+    """A Parquet file as a FROM source."""
+    return f"read_parquet({quote_literal(str(path))})"
 
 
 def column_ref(path: str, *, table: str | None = None) -> str:

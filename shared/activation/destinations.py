@@ -5,6 +5,7 @@ value, and all of a configuration's problems are reported at once."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from enum import StrEnum
 
 from pydantic import Field
@@ -157,95 +158,115 @@ def check_guardrails(
     """Refuse a configuration the Campaign connection would refuse. `fields` are the catalog's profile and
     event fields, `columns` the target mapping's, `segments` the defined segment ids."""
     d = destination
-    problems: list[tuple[str, str]] = []
-
-    def refuse(field: str, message: str) -> None:
-        problems.append((field, message))
-
-    if len(d.segments) > MAX_SEGMENTS:
-        refuse("segments", f"a destination activates at most {MAX_SEGMENTS} segments; this one has {len(d.segments)}")
-    unknown = sorted(set(d.segments) - segments)
-    if unknown:
-        refuse("segments", f"segments {unknown} are not defined")
-    if len(d.segments) != len(set(d.segments)):
-        refuse("segments", "a segment is listed more than once")
-    mapped = len(d.mapping) + 1  # the identity is a mapped field too
-    if mapped > MAX_MAPPED_FIELDS:
-        refuse("mapping", f"at most {MAX_MAPPED_FIELDS} mapped fields (identity included); this mapping has {mapped}")
-    if not any(m.source == MEMBERSHIP_STATUS for m in d.mapping):
-        refuse("mapping", f"{MEMBERSHIP_STATUS} is always exported and cannot be removed from the mapping")
-    for i, m in enumerate(d.mapping):
-        if m.source != MEMBERSHIP_STATUS:
-            reason = _not_exportable(m.source, fields)
-            if reason:
-                refuse(f"mapping[{i}].source", reason)
-        if m.target not in columns and m.target != MEMBERSHIP_STATUS:
-            refuse(f"mapping[{i}].target", f"{m.target!r} is not a column of target mapping {d.target_mapping!r}")
-    targets = d.columns()
-    dupes = sorted({t for t in targets if targets.count(t) > 1})
-    if dupes:
-        refuse("mapping", f"target columns {dupes} are mapped more than once")
-
-    ident = d.identity
-    if ident.target not in TARGET_IDENTITIES:
-        refuse(
-            "identity.target",
-            f"target identity {ident.target!r} is not one of {', '.join(TARGET_IDENTITIES)}",
-        )
-    elif ident.namespace is not None:
-        expected = TARGET_IDENTITIES[ident.target].value
-        if ident.namespace != expected:
-            refuse(
-                "identity.source",
-                f"{ident.source} cannot be mapped to {ident.target}; it is read from identityMap.{expected}",
-            )
-    else:
-        reason = _not_exportable(ident.source, fields)
-        if reason:
-            refuse("identity.source", reason)
-
-    for i, col in enumerate(d.mandatory):
-        if col not in targets:
-            refuse(f"mandatory[{i}]", f"mandatory attribute {col!r} is not a mapped target column")
-    if d.dedup_key:
-        identities = [k for k in d.dedup_key if k in TARGET_IDENTITIES]
-        attributes = [k for k in d.dedup_key if k not in TARGET_IDENTITIES]
-        if identities and attributes:
-            refuse("dedupKey", f"a deduplication key is one identity namespace or attributes, not both: {d.dedup_key}")
-        elif len(identities) > 1:
-            refuse("dedupKey", f"a deduplication key holds one identity namespace, not {identities}")
-        elif len(attributes) > MAX_DEDUP_ATTRIBUTES:
-            refuse(
-                "dedupKey",
-                f"a deduplication key holds at most {MAX_DEDUP_ATTRIBUTES} attributes; this one has {len(attributes)}",
-            )
-        for k in d.dedup_key:
-            if k not in targets or (k not in columns and k not in TARGET_IDENTITIES):
-                refuse(
-                    "dedupKey", f"deduplication key {k!r} is not a mapped column of target mapping {d.target_mapping!r}"
-                )
-
-    s = d.schedule
-    if s.frequency is Frequency.HOURS:
-        if s.every_hours < MIN_EVERY_HOURS:
-            refuse("schedule.everyHours", f"every {s.every_hours} hours is under the {MIN_EVERY_HOURS}-hour minimum")
-        elif s.every_hours not in ALLOWED_EVERY_HOURS:
-            allowed = ", ".join(map(str, ALLOWED_EVERY_HOURS))
-            refuse("schedule.everyHours", f"every {s.every_hours} hours is not one of {allowed}")
-    if s.start.tzinfo is None:
-        refuse("schedule.start", "the start time needs a time zone (for example 2026-01-01T00:00:00Z)")
-
-    longest = max(d.segments, key=len, default="")
-    name = d.file_name(longest, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), part=max_parts)
-    if len(name) > MAX_FILE_NAME:
-        refuse("name", f"file names such as {name[:40]}… would be {len(name)} characters; the limit is {MAX_FILE_NAME}")
-
+    problems = [
+        *_segment_problems(d, segments),
+        *_mapping_problems(d, fields, columns),
+        *_identity_problems(d, fields),
+        *_key_problems(d, columns),
+        *_schedule_problems(d, max_parts),
+    ]
     if problems:
         detail = "; ".join(f"{f}: {m}" for f, m in problems)
         raise GuardrailError(
             f"destination {d.id!r} breaks {len(problems)} guardrail(s): {detail}",
             details=[{"field": f, "message": m} for f, m in problems],
         )
+
+
+def _segment_problems(d: Destination, segments: set[str]) -> Iterator[tuple[str, str]]:
+    """How many segments, and whether each is defined, once."""
+    if len(d.segments) > MAX_SEGMENTS:
+        yield ("segments", f"a destination activates at most {MAX_SEGMENTS} segments; this one has {len(d.segments)}")
+    unknown = sorted(set(d.segments) - segments)
+    if unknown:
+        yield ("segments", f"segments {unknown} are not defined")
+    if len(d.segments) != len(set(d.segments)):
+        yield ("segments", "a segment is listed more than once")
+
+
+def _mapping_problems(d: Destination, fields: Fields, columns: set[str]) -> Iterator[tuple[str, str]]:
+    """The mapped fields: how many, exportable sources, the target mapping's columns, each target once."""
+    mapped = len(d.mapping) + 1  # the identity is a mapped field too
+    if mapped > MAX_MAPPED_FIELDS:
+        yield ("mapping", f"at most {MAX_MAPPED_FIELDS} mapped fields (identity included); this mapping has {mapped}")
+    if not any(m.source == MEMBERSHIP_STATUS for m in d.mapping):
+        yield ("mapping", f"{MEMBERSHIP_STATUS} is always exported and cannot be removed from the mapping")
+    for i, m in enumerate(d.mapping):
+        if m.source != MEMBERSHIP_STATUS:
+            reason = _not_exportable(m.source, fields)
+            if reason:
+                yield (f"mapping[{i}].source", reason)
+        if m.target not in columns and m.target != MEMBERSHIP_STATUS:
+            yield (f"mapping[{i}].target", f"{m.target!r} is not a column of target mapping {d.target_mapping!r}")
+    targets = d.columns()
+    dupes = sorted({t for t in targets if targets.count(t) > 1})
+    if dupes:
+        yield ("mapping", f"target columns {dupes} are mapped more than once")
+
+
+def _identity_problems(d: Destination, fields: Fields) -> Iterator[tuple[str, str]]:
+    """The exported identity: a namespace Campaign takes, read from its own identityMap namespace."""
+    ident = d.identity
+    if ident.target not in TARGET_IDENTITIES:
+        yield (
+            "identity.target",
+            f"target identity {ident.target!r} is not one of {', '.join(TARGET_IDENTITIES)}",
+        )
+    elif ident.namespace is not None:
+        expected = TARGET_IDENTITIES[ident.target].value
+        if ident.namespace != expected:
+            yield (
+                "identity.source",
+                f"{ident.source} cannot be mapped to {ident.target}; it is read from identityMap.{expected}",
+            )
+    else:
+        reason = _not_exportable(ident.source, fields)
+        if reason:
+            yield ("identity.source", reason)
+
+
+def _key_problems(d: Destination, columns: set[str]) -> Iterator[tuple[str, str]]:
+    """Mandatory attributes and the deduplication key: mapped columns, one namespace or a few attributes."""
+    targets = d.columns()
+    for i, col in enumerate(d.mandatory):
+        if col not in targets:
+            yield (f"mandatory[{i}]", f"mandatory attribute {col!r} is not a mapped target column")
+    if d.dedup_key:
+        identities = [k for k in d.dedup_key if k in TARGET_IDENTITIES]
+        attributes = [k for k in d.dedup_key if k not in TARGET_IDENTITIES]
+        if identities and attributes:
+            yield ("dedupKey", f"a deduplication key is one identity namespace or attributes, not both: {d.dedup_key}")
+        elif len(identities) > 1:
+            yield ("dedupKey", f"a deduplication key holds one identity namespace, not {identities}")
+        elif len(attributes) > MAX_DEDUP_ATTRIBUTES:
+            yield (
+                "dedupKey",
+                f"a deduplication key holds at most {MAX_DEDUP_ATTRIBUTES} attributes; this one has {len(attributes)}",
+            )
+        for k in d.dedup_key:
+            if k not in targets or (k not in columns and k not in TARGET_IDENTITIES):
+                yield (
+                    "dedupKey",
+                    f"deduplication key {k!r} is not a mapped column of target mapping {d.target_mapping!r}",
+                )
+
+
+def _schedule_problems(d: Destination, max_parts: int) -> Iterator[tuple[str, str]]:
+    """The schedule's frequency and zone, and file names within Campaign's length limit."""
+    s = d.schedule
+    if s.frequency is Frequency.HOURS:
+        if s.every_hours < MIN_EVERY_HOURS:
+            yield ("schedule.everyHours", f"every {s.every_hours} hours is under the {MIN_EVERY_HOURS}-hour minimum")
+        elif s.every_hours not in ALLOWED_EVERY_HOURS:
+            allowed = ", ".join(map(str, ALLOWED_EVERY_HOURS))
+            yield ("schedule.everyHours", f"every {s.every_hours} hours is not one of {allowed}")
+    if s.start.tzinfo is None:
+        yield ("schedule.start", "the start time needs a time zone (for example 2026-01-01T00:00:00Z)")
+
+    longest = max(d.segments, key=len, default="")
+    name = d.file_name(longest, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), part=max_parts)
+    if len(name) > MAX_FILE_NAME:
+        yield ("name", f"file names such as {name[:40]}… would be {len(name)} characters; the limit is {MAX_FILE_NAME}")
 
 
 def _not_exportable(path: str, fields: Fields) -> str | None:

@@ -49,6 +49,14 @@ def seed(
     (computed from `email`/`phone` when the file has them and not the hashes); new keys get new ids, above
     `last_id` (the highest ever given). Every current recipient stays: an import never deletes.
     Returns the SQL source of the result and the counts."""
+    attrs = _read_seed(con, file, allowed)
+    _check_keys(con, file.name, key, attrs)
+    return _merge_seed(con, current, key=key, attrs=attrs, allowed=allowed, now=now, last_id=last_id)
+
+
+def _read_seed(con: duckdb.DuckDBPyConnection, file: Path, allowed: list[str]) -> list[str]:
+    """The seed file as the temp table `seed` (text attributes, hashes computed, flags as booleans), and
+    the attributes it gives."""
     name = file.name
     if file.suffix == ".csv":
         source = f"read_csv({quote_literal(str(file))}, header = true, all_varchar = true)"
@@ -83,6 +91,11 @@ def seed(
         f"""CREATE OR REPLACE TEMP TABLE seed AS
         SELECT _row, {", ".join(select + flags)}, {reason} AS quarantineReason FROM seed_raw"""
     )
+    return attrs
+
+
+def _check_keys(con: duckdb.DuckDBPyConnection, name: str, key: str, attrs: list[str]) -> None:
+    """Every row of the seed has its key, and no two rows the same one."""
     if key not in attrs:
         raise ValidationError(
             f"{name}: every recipient needs {key!r} (or what it is computed from); the file has neither"
@@ -96,6 +109,20 @@ def seed(
     ).fetchall()
     if dupes:
         raise ValidationError(f"{name}: rows {[rows for _, rows in dupes]} have the same {key!r}")
+
+
+def _merge_seed(
+    con: duckdb.DuckDBPyConnection,
+    current: Path | None,
+    *,
+    key: str,
+    attrs: list[str],
+    allowed: list[str],
+    now: dt.datetime,
+    last_id: int,
+) -> tuple[str, dict[str, int]]:
+    """The recipients with the seed merged in, as `recipients_next`: matched rows updated, new ones given ids."""
+    k = quote_ident(key)
     cur = source_of(current)
     con.execute(f"CREATE OR REPLACE TEMP TABLE recipients_cur AS SELECT * FROM {cur}")
     have = columns_of(con, "recipients_cur")

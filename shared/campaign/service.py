@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import duckdb
 
@@ -59,6 +59,17 @@ def load_id(name: str, etag: str) -> str:
     """An audience load is named by its file and the file's ETag: the same file delivered twice is one load."""
     stem = name.split(".", 1)[0][:180]
     return f"load-{stem}-{hashlib.sha256(etag.encode()).hexdigest()[:10]}"
+
+
+class ListChange(NamedTuple):
+    """How one audience file changed its list."""
+
+    added: int
+    updated: int
+    removed: int
+    exits: int
+    replaced: int  # members of older runs dropped by a complete full export
+    size: int
 
 
 class Campaign:
@@ -360,6 +371,49 @@ class Campaign:
         loaded = sorted({*(current.parts_loaded if current and current.run_id == run else []), entry.part})
         parts = info.parts if info else 1
         replace = manifest.export_mode is ExportMode.FULL and set(loaded) >= set(range(1, parts + 1))
+        out = work / "list.parquet"
+        change = self._next_list(con, current, run, replace=replace, now=now, out=out)
+        record = SnapshotRecord(
+            id=segment,
+            name=f"{LIST_FOLDER} / {info.name if info else segment}",
+            count=change.size,
+            updated=now,
+            segment_id=segment,
+            destination_id=manifest.destination_id,
+            run_id=run,
+            parts_loaded=loaded,
+            last_load=job.id,
+        )
+        self.lists.publish(record, out, previous=current, now=now)
+        rejected = self._rejected(con)
+        return {
+            "syncType": "audience",
+            "destination": manifest.destination_id,
+            "segment": segment,
+            "list": segment,
+            "listName": record.name,
+            "rowsRead": entry.rows,
+            "added": change.added,
+            "updated": change.updated,
+            "removed": change.removed + change.replaced,
+            "ignoredExits": change.exits - change.removed,
+            "rejected": rejected,
+            "rejectedTotal": sum(rejected.values()),
+            "listSize": change.size,
+        }
+
+    def _next_list(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        current: SnapshotRecord | None,
+        run: str,
+        *,
+        replace: bool,
+        now: dt.datetime,
+        out: Path,
+    ) -> ListChange:
+        """The list after this file's `matched` members (written to `out`): active members added or kept, exits
+        removed, and, when a full export's run is complete (`replace`), members from older runs dropped."""
         ts = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
         con.execute(f"CREATE OR REPLACE TEMP TABLE cur AS SELECT * FROM {self._list_source(current)}")
         con.execute(
@@ -390,36 +444,8 @@ class Campaign:
             ORDER BY recipientId"""
         )
         count = con.execute("SELECT count(*) FROM next").fetchall()[0][0]
-        out = work / "list.parquet"
         con.execute(f"COPY next TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)")
-        record = SnapshotRecord(
-            id=segment,
-            name=f"{LIST_FOLDER} / {info.name if info else segment}",
-            count=count,
-            updated=now,
-            segment_id=segment,
-            destination_id=manifest.destination_id,
-            run_id=run,
-            parts_loaded=loaded,
-            last_load=job.id,
-        )
-        self.lists.publish(record, out, previous=current, now=now)
-        rejected = self._rejected(con)
-        return {
-            "syncType": "audience",
-            "destination": manifest.destination_id,
-            "segment": segment,
-            "list": segment,
-            "listName": record.name,
-            "rowsRead": entry.rows,
-            "added": added,
-            "updated": updated,
-            "removed": removed + replaced,
-            "ignoredExits": exits - removed,
-            "rejected": rejected,
-            "rejectedTotal": sum(rejected.values()),
-            "listSize": count,
-        }
+        return ListChange(added, updated, removed, exits, replaced, count)
 
     def _profile_sync(
         self,

@@ -58,25 +58,7 @@ def stitch(
     and `graph(ns, id, profileId, lastSeen)` (the graph before it). `records` is how many records the batch has.
     The batch's time is each record's `lastSeen` there: `identities` also carries `_ingestedAt`. `retired`
     (profileId) names keys of people merged away, which a new person must not take either."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE batch_identities AS SELECT * FROM ({identities})")
-    # The only lookup into the graph: the batch's distinct identities, joined with it.
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE known AS
-        SELECT g.ns, g.id, g.profileId FROM (SELECT DISTINCT ns, id FROM batch_identities) b
-        JOIN {graph} g USING (ns, id)"""
-    )
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE nodes AS
-        SELECT row_number() OVER (ORDER BY ns, id) AS node, ns, id, lastSeen
-        FROM (SELECT ns, id, max(_ingestedAt) AS lastSeen FROM batch_identities GROUP BY ns, id)"""
-    )
-    # Records and known people are both groups of identities: people get negative group numbers.
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE edges AS
-        SELECT DISTINCT b.rid, n.node FROM batch_identities b JOIN nodes n USING (ns, id)
-        UNION ALL
-        SELECT -dense_rank() OVER (ORDER BY k.profileId) AS rid, n.node FROM known k JOIN nodes n USING (ns, id)"""
-    )
+    _batch_graph(con, identities, graph)
     components(con)
     taken = f" UNION ALL SELECT profileId FROM {retired}" if retired else ""
     # Each component's person: the smallest known person it joins, or a new one named by its smallest identity
@@ -115,6 +97,30 @@ def stitch(
         merges=scalar(con, "SELECT count(*) FROM aliases"),
         identities_dropped=scalar(con, "SELECT count(*) FROM dropped"),
         records_unlinked=records - scalar(con, "SELECT count(DISTINCT rid) FROM record_people"),
+    )
+
+
+def _batch_graph(con: duckdb.DuckDBPyConnection, identities: str, graph: str) -> None:
+    """The small graph a batch is stitched over: its identities as `nodes`, and as `edges` its records and the
+    known people those identities already belong to (people get negative group numbers)."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE batch_identities AS SELECT * FROM ({identities})")
+    # The only lookup into the graph: the batch's distinct identities, joined with it.
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE known AS
+        SELECT g.ns, g.id, g.profileId FROM (SELECT DISTINCT ns, id FROM batch_identities) b
+        JOIN {graph} g USING (ns, id)"""
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE nodes AS
+        SELECT row_number() OVER (ORDER BY ns, id) AS node, ns, id, lastSeen
+        FROM (SELECT ns, id, max(_ingestedAt) AS lastSeen FROM batch_identities GROUP BY ns, id)"""
+    )
+    # Records and known people are both groups of identities: people get negative group numbers.
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE edges AS
+        SELECT DISTINCT b.rid, n.node FROM batch_identities b JOIN nodes n USING (ns, id)
+        UNION ALL
+        SELECT -dense_rank() OVER (ORDER BY k.profileId) AS rid, n.node FROM known k JOIN nodes n USING (ns, id)"""
     )
 
 

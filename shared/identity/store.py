@@ -27,7 +27,7 @@ from pydantic import Field
 
 from shared.engine import connect, scalar
 from shared.errors import Conflict, NotFound, ValidationError
-from shared.identity.graph import GRAPH_COLUMNS, stitch
+from shared.identity.graph import GRAPH_COLUMNS, Stitched, stitch
 from shared.identity.policies import MergePolicy, MergePolicyStore
 from shared.identity.profiles import (
     EMPTY_EVENTS,
@@ -520,192 +520,236 @@ def apply_batch(
     now: dt.datetime,
 ) -> tuple[StoreVersion, dict[str, Path]]:
     """The next version: `version` with `batch` applied. Returns it and the new files it names (to upload)."""
-    uid = secrets.token_hex(6)
-    laps = Laps()
-    n = len(version.shards)
-    out.mkdir(parents=True, exist_ok=True)
-    shards = [s.model_copy(deep=True) for s in version.shards]
-    written: dict[str, Path] = {}
+    step = BatchStep(con, version, batch, files, out)
+    stitched = step.stitch()
+    step.write_graph(stitched)
+    aliases = step.move_merged(stitched)
+    added_rows = step.add_rows(stitched)
+    step.compact()
+    leaves = step.remerge(stitched, aliases)
+    return step.next_version(stitched, leaves, added_rows, now=now), step.written
 
-    def local(names: Iterable[str]) -> list[Path]:
+
+class BatchStep:
+    """One batch applied to one store version, step by step: stitch its identities, write the new graph, move
+    the rows of merged people, add the batch's rows, compact shards past MAX_DELTAS, merge the changed
+    people's profiles again. Files are written under `out` and named in `written` (all new, none replaced)."""
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, version: StoreVersion, batch: AcceptedBatch, files: StoreFiles, out: Path
+    ) -> None:
+        self.con, self.version, self.batch, self.files, self.out = con, version, batch, files, out
+        self.uid = secrets.token_hex(6)
+        self.laps = Laps()
+        self.n = len(version.shards)
+        self.shards = [s.model_copy(deep=True) for s in version.shards]
+        self.written: dict[str, Path] = {}
+        self.is_profile = batch.schema.schema_class is SchemaClass.PROFILE
+        out.mkdir(parents=True, exist_ok=True)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {parquet(batch.file)}")
+        self.graph = f"({_read(self.local([version.graph]))})" if version.graph else _EMPTY_GRAPH
+        self.graph_name = f"graph/{self.uid}.parquet"
+        self.new_graph = parquet(out / f"graph-{self.uid}.parquet")
+
+    def local(self, names: Iterable[str]) -> list[Path]:
         """Local copies of store files: this batch's own new ones, or fetched."""
         names = list(names)
-        fetched = iter(files.fetch([n for n in names if n not in written], out / "cache"))
-        return [written[n] if n in written else next(fetched) for n in names]
+        fetched = iter(self.files.fetch([n for n in names if n not in self.written], self.out / "cache"))
+        return [self.written[n] if n in self.written else next(fetched) for n in names]
 
-    def shard_rows(s: int, kind: str) -> str:
+    def shard_rows(self, s: int, kind: str) -> str:
         """A shard's rows of one kind (as they are now in this batch's work), without the removed people."""
-        return rows_sql_of(getattr(shards[s], kind), shards[s].removed, local)
+        return rows_sql_of(getattr(self.shards[s], kind), self.shards[s].removed, self.local)
 
-    con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {parquet(batch.file)}")
-    records = scalar(con, "SELECT count(*) FROM batch")
-    graph = f"({_read(local([version.graph]))})" if version.graph else _EMPTY_GRAPH
-    at = f"{quote_literal(batch.ingested_at.isoformat())}::TIMESTAMPTZ"
-    identities = identities_sql("batch", batch.schema, stitching=version.policy.identity_stitching)
-    stitched = stitch(
-        con,
-        identities=f"SELECT *, {at} AS _ingestedAt FROM ({identities})",
-        records=records,
-        graph=graph,
-        batch_id=batch.batch_id,
-        limit=version.graph_limit,
-        retired=f"({_read(local(removed))})" if (removed := [x.removed for x in shards if x.removed]) else None,
-    )
-    laps.lap("stitchSeconds")
-    graph_name = f"graph/{uid}.parquet"
-    written[graph_name] = out / f"graph-{uid}.parquet"
-    con.execute(
-        f"""COPY (SELECT * FROM (
-                SELECT ns, id, profileId, lastSeen FROM {graph} WHERE profileId NOT IN (SELECT profileId FROM {stitched.touched})
-                UNION ALL SELECT * FROM {stitched.graph_rows}) ORDER BY profileId, ns, id)
-            TO {quote_literal(str(written[graph_name]))} (FORMAT parquet, COMPRESSION zstd)"""
-    )
-    new_graph = f"{parquet(written[graph_name])}"
-
-    def write_by_shard(sql: str, kind: str, tag: str) -> dict[int, str]:
+    def write_by_shard(self, sql: str, kind: str, tag: str) -> dict[int, list[str]]:
         """Write rows (with `profileId`) into one file per shard they fall in; returns the names by shard."""
-        folder = out / f"{kind}-{tag}-{uid}"
-        con.execute(
-            f"""COPY (SELECT *, {shard_sql("profileId", n)} AS _shard FROM ({sql}) ORDER BY profileId)
+        folder = self.out / f"{kind}-{tag}-{self.uid}"
+        self.con.execute(
+            f"""COPY (SELECT *, {shard_sql("profileId", self.n)} AS _shard FROM ({sql}) ORDER BY profileId)
                 TO {quote_literal(str(folder))} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (_shard))"""
         )
-        names = {}
+        names: dict[int, list[str]] = {}
         for part in sorted(folder.glob("_shard=*/*.parquet")):
             shard = int(part.parent.name.split("=", 1)[1])
-            name = f"s{shard:04d}/{kind}-{uid}-{tag}-{part.stem}.parquet"
-            written[name] = part
+            name = f"s{shard:04d}/{kind}-{self.uid}-{tag}-{part.stem}.parquet"
+            self.written[name] = part
             names.setdefault(shard, []).append(name)
         return names
 
-    laps.lap("graphSeconds")
-    # Merged people's rows are copied to the shard of the person they joined, under that person's key; in
-    # their old shard the absorbed keys are listed as removed (readers skip them) until the shard is compacted.
-    aliases = dict(con.execute(f"SELECT absorbed, profileId FROM {stitched.aliases}").fetchall())
-    for s in sorted({shard_of(a, n) for a in aliases}):
-        for kind in ("fragments", "events"):
-            existing = getattr(shards[s], kind)
-            if not existing:
-                continue
-            moved = write_by_shard(
-                f"""SELECT src.* REPLACE (a.profileId AS profileId) FROM {shard_rows(s, kind)} src
-                    JOIN {stitched.aliases} a ON src.profileId = a.absorbed""",
-                kind,
-                f"moved{s}",
-            )
-            for target, names in moved.items():
-                getattr(shards[target], kind).extend(names)
-        removed = f"s{s:04d}/removed-{uid}.parquet"
-        written[removed] = out / f"removed-{s}-{uid}.parquet"
-        previous = (
-            f"SELECT profileId FROM ({_read(local([shards[s].removed]))}) UNION ALL " if shards[s].removed else ""
+    def stitch(self) -> Stitched:
+        """The batch's identities stitched into the graph: who each record is, who merged, who changed."""
+        at = f"{quote_literal(self.batch.ingested_at.isoformat())}::TIMESTAMPTZ"
+        identities = identities_sql("batch", self.batch.schema, stitching=self.version.policy.identity_stitching)
+        removed = [x.removed for x in self.shards if x.removed]
+        stitched = stitch(
+            self.con,
+            identities=f"SELECT *, {at} AS _ingestedAt FROM ({identities})",
+            records=scalar(self.con, "SELECT count(*) FROM batch"),
+            graph=self.graph,
+            batch_id=self.batch.batch_id,
+            limit=self.version.graph_limit,
+            retired=f"({_read(self.local(removed))})" if removed else None,
         )
-        con.execute(
-            f"""COPY ({previous}SELECT absorbed AS profileId FROM {stitched.aliases} WHERE {shard_sql("absorbed", n)} = {s})
-                TO {quote_literal(str(written[removed]))} (FORMAT parquet)"""
-        )
-        shards[s].removed = removed
-    laps.lap("moveSeconds")
-    is_profile = batch.schema.schema_class is SchemaClass.PROFILE
-    con.execute(
-        f"""CREATE OR REPLACE TEMP VIEW batch_people AS
-        SELECT b.*, rp.profileId AS _person FROM batch b JOIN {stitched.record_people} rp ON rp.rid = b._row"""
-    )
-    rows_sql = (
-        fragment_sql("batch_people", batch.schema, batch.dataset_id, person="_person")
-        if is_profile
-        else "SELECT _person AS profileId, * EXCLUDE (_person) FROM batch_people"
-    )
-    kind = "fragments" if is_profile else "events"
-    added_rows = scalar(con, "SELECT count(*) FROM batch_people")
-    for shard, names in write_by_shard(rows_sql, kind, "batch").items():
-        getattr(shards[shard], kind).extend(names)
-    for s, files_of_shard in enumerate(shards):  # keep the number of files a reader opens bounded
-        if max(len(files_of_shard.fragments), len(files_of_shard.events)) > MAX_DELTAS:
-            for k in ("fragments", "events"):
-                if getattr(files_of_shard, k):
-                    compacted = write_by_shard(f"SELECT * FROM {shard_rows(s, k)}", k, f"compact{s}")
-                    setattr(files_of_shard, k, compacted.get(s, []))
-            files_of_shard.removed = None
+        self.laps.lap("stitchSeconds")
+        return stitched
 
-    laps.lap("rowsSeconds")
-    leaves = profile_leaves([batch.schema] if is_profile else [], version.leaves)
-    everyone = leaves != version.leaves  # the union schema grew: every profile gets the new columns
-    people = (
-        f"(SELECT DISTINCT profileId FROM {new_graph})"
-        if everyone
-        else f"""(SELECT profileId FROM {stitched.changed}
-                  {"UNION SELECT DISTINCT _person FROM batch_people" if is_profile else ""})"""
-    )
-    con.execute(f"CREATE OR REPLACE TEMP TABLE remerged AS SELECT * FROM {people}")
-    involved = sorted(
-        {r[0] for r in con.execute(f"SELECT DISTINCT {shard_sql('profileId', n)} FROM remerged").fetchall()}
-        | {shard_of(a, n) for a in aliases}
-    )
-    # Shard by shard, so memory follows a shard, not the store: the changed people merged again, beside the
-    # shard's other profiles as they were.
-    for s in involved:
+    def write_graph(self, stitched: Stitched) -> None:
+        """The new graph: the untouched people's rows as they were, the touched people's as stitched."""
+        self.written[self.graph_name] = self.out / f"graph-{self.uid}.parquet"
+        self.con.execute(
+            f"""COPY (SELECT * FROM (
+                    SELECT ns, id, profileId, lastSeen FROM {self.graph}
+                    WHERE profileId NOT IN (SELECT profileId FROM {stitched.touched})
+                    UNION ALL SELECT * FROM {stitched.graph_rows}) ORDER BY profileId, ns, id)
+                TO {quote_literal(str(self.written[self.graph_name]))} (FORMAT parquet, COMPRESSION zstd)"""
+        )
+        self.laps.lap("graphSeconds")
+
+    def move_merged(self, stitched: Stitched) -> dict[str, str]:
+        """Merged people's rows are copied to the shard of the person they joined, under that person's key; in
+        their old shard the absorbed keys are listed as removed (readers skip them) until it is compacted.
+        Returns the merges: absorbed key → surviving key."""
+        aliases = dict(self.con.execute(f"SELECT absorbed, profileId FROM {stitched.aliases}").fetchall())
+        for s in sorted({shard_of(a, self.n) for a in aliases}):
+            for kind in ("fragments", "events"):
+                if not getattr(self.shards[s], kind):
+                    continue
+                moved = self.write_by_shard(
+                    f"""SELECT src.* REPLACE (a.profileId AS profileId) FROM {self.shard_rows(s, kind)} src
+                        JOIN {stitched.aliases} a ON src.profileId = a.absorbed""",
+                    kind,
+                    f"moved{s}",
+                )
+                for target, names in moved.items():
+                    getattr(self.shards[target], kind).extend(names)
+            removed = f"s{s:04d}/removed-{self.uid}.parquet"
+            self.written[removed] = self.out / f"removed-{s}-{self.uid}.parquet"
+            previous = self.shards[s].removed
+            earlier = f"SELECT profileId FROM ({_read(self.local([previous]))}) UNION ALL " if previous else ""
+            in_shard = f"{shard_sql('absorbed', self.n)} = {s}"
+            self.con.execute(
+                f"""COPY ({earlier}SELECT absorbed AS profileId FROM {stitched.aliases} WHERE {in_shard})
+                    TO {quote_literal(str(self.written[removed]))} (FORMAT parquet)"""
+            )
+            self.shards[s].removed = removed
+        self.laps.lap("moveSeconds")
+        return aliases
+
+    def add_rows(self, stitched: Stitched) -> int:
+        """The batch's rows, keyed by their person, into each person's shard (fragments or events); how many."""
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW batch_people AS
+            SELECT b.*, rp.profileId AS _person FROM batch b JOIN {stitched.record_people} rp ON rp.rid = b._row"""
+        )
+        rows_sql = (
+            fragment_sql("batch_people", self.batch.schema, self.batch.dataset_id, person="_person")
+            if self.is_profile
+            else "SELECT _person AS profileId, * EXCLUDE (_person) FROM batch_people"
+        )
+        kind = "fragments" if self.is_profile else "events"
+        for shard, names in self.write_by_shard(rows_sql, kind, "batch").items():
+            getattr(self.shards[shard], kind).extend(names)
+        return scalar(self.con, "SELECT count(*) FROM batch_people")
+
+    def compact(self) -> None:
+        """Keep the number of files a reader opens bounded: a shard past MAX_DELTAS files is rewritten whole."""
+        for s, files_of_shard in enumerate(self.shards):
+            if max(len(files_of_shard.fragments), len(files_of_shard.events)) > MAX_DELTAS:
+                for k in ("fragments", "events"):
+                    if getattr(files_of_shard, k):
+                        compacted = self.write_by_shard(f"SELECT * FROM {self.shard_rows(s, k)}", k, f"compact{s}")
+                        setattr(files_of_shard, k, compacted.get(s, []))
+                files_of_shard.removed = None
+        self.laps.lap("rowsSeconds")
+
+    def remerge(self, stitched: Stitched, aliases: dict[str, str]) -> dict[str, str]:
+        """The changed people's profiles merged again, shard by shard (memory follows a shard, not the store),
+        beside the shard's other profiles as they were; everyone's when the union schema grew. Returns the
+        profile leaves the store now has."""
+        leaves = profile_leaves([self.batch.schema] if self.is_profile else [], self.version.leaves)
+        everyone = leaves != self.version.leaves  # the union schema grew: every profile gets the new columns
+        people = (
+            f"(SELECT DISTINCT profileId FROM {self.new_graph})"
+            if everyone
+            else f"""(SELECT profileId FROM {stitched.changed}
+                      {"UNION SELECT DISTINCT _person FROM batch_people" if self.is_profile else ""})"""
+        )
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE remerged AS SELECT * FROM {people}")
+        involved = {
+            r[0] for r in self.con.execute(f"SELECT DISTINCT {shard_sql('profileId', self.n)} FROM remerged").fetchall()
+        }
+        for s in sorted(involved | {shard_of(a, self.n) for a in aliases}):
+            self._remerge_shard(s, stitched, leaves, keep_others=not everyone)
+        self.laps.lap("mergeSeconds")
+        return leaves
+
+    def _remerge_shard(self, s: int, stitched: Stitched, leaves: dict[str, str], *, keep_others: bool) -> None:
+        shard = self.shards[s]
         fragments = (
-            complete_fragments(con, shard_rows(s, "fragments"), leaves)
-            if shards[s].fragments
+            complete_fragments(self.con, self.shard_rows(s, "fragments"), leaves)
+            if shard.fragments
             else _empty_fragments(leaves)
         )
-        in_shard = f"{shard_sql('profileId', n)} = {s}"
+        in_shard = f"{shard_sql('profileId', self.n)} = {s}"
         merged = merge_sql(
             fragments=fragments,
-            identities=f"(SELECT profileId, ns, id FROM {new_graph} WHERE {in_shard})",
+            identities=f"(SELECT profileId, ns, id FROM {self.new_graph} WHERE {in_shard})",
             people=f"(SELECT profileId FROM remerged WHERE {in_shard})",
-            policy=version.policy,
+            policy=self.version.policy,
             leaves=leaves,
         )
         kept = (
-            f"""SELECT * FROM ({_read(local([shards[s].profiles]))})
+            f"""SELECT * FROM ({_read(self.local([shard.profiles]))})
                 WHERE profileId NOT IN (SELECT profileId FROM remerged)
                 AND profileId NOT IN (SELECT absorbed FROM {stitched.aliases}) UNION ALL BY NAME """
-            if shards[s].profiles and not everyone
+            if shard.profiles and keep_others
             else ""
         )
-        name = f"s{s:04d}/profiles-{uid}.parquet"
-        written[name] = out / f"profiles-{s}-{uid}.parquet"
-        count = con.execute(
+        name = f"s{s:04d}/profiles-{self.uid}.parquet"
+        self.written[name] = self.out / f"profiles-{s}-{self.uid}.parquet"
+        count = self.con.execute(
             f"COPY (SELECT * FROM ({kept}SELECT * FROM ({merged})) ORDER BY profileId) "
-            f"TO {quote_literal(str(written[name]))} (FORMAT parquet, COMPRESSION zstd)"
+            f"TO {quote_literal(str(self.written[name]))} (FORMAT parquet, COMPRESSION zstd)"
         ).fetchall()[0][0]
         if count:
-            shards[s].profiles = name
+            shard.profiles = name
         else:
-            del written[name]
-            shards[s].profiles = None
+            del self.written[name]
+            shard.profiles = None
 
-    laps.lap("mergeSeconds")
-    touched_name = f"batches/{batch.batch_id}-{uid}.parquet"
-    written[touched_name] = out / f"touched-{uid}.parquet"
-    con.execute(
-        f"COPY (SELECT profileId FROM {stitched.touched} ORDER BY profileId) TO {quote_literal(str(written[touched_name]))} (FORMAT parquet)"
-    )
-    counts = {**stitched.counts(), "rows": added_rows, **laps}
-    people_count, identity_count = con.execute(
-        f"SELECT count(DISTINCT profileId), count(*) FROM {new_graph}"
-    ).fetchall()[0]
-    applied = AppliedBatch(
-        batch_id=batch.batch_id,
-        dataset_id=batch.dataset_id,
-        ingested_at=batch.ingested_at,
-        touched=touched_name,
-        counts=counts,
-    )
-    new = version.model_copy(
-        update={
-            "id": _version_id(now),
-            "created": now,
-            "as_of": max(filter(None, [version.as_of, batch.ingested_at])),
-            "graph": graph_name,
-            "shards": shards,
-            "leaves": leaves,
-            "batches": [*version.batches, applied],
-            "people": people_count,
-            "identities": identity_count,
-            "fragments": version.fragments + (added_rows if is_profile else 0),
-            "events": version.events + (0 if is_profile else added_rows),
-        }
-    )
-    return new, written
+    def next_version(
+        self, stitched: Stitched, leaves: dict[str, str], added_rows: int, *, now: dt.datetime
+    ) -> StoreVersion:
+        """The version this batch makes: its files, counts, and the people it touched (for streaming ticks)."""
+        batch, version = self.batch, self.version
+        touched_name = f"batches/{batch.batch_id}-{self.uid}.parquet"
+        self.written[touched_name] = self.out / f"touched-{self.uid}.parquet"
+        self.con.execute(
+            f"COPY (SELECT profileId FROM {stitched.touched} ORDER BY profileId) "
+            f"TO {quote_literal(str(self.written[touched_name]))} (FORMAT parquet)"
+        )
+        people_count, identity_count = self.con.execute(
+            f"SELECT count(DISTINCT profileId), count(*) FROM {self.new_graph}"
+        ).fetchall()[0]
+        applied = AppliedBatch(
+            batch_id=batch.batch_id,
+            dataset_id=batch.dataset_id,
+            ingested_at=batch.ingested_at,
+            touched=touched_name,
+            counts={**stitched.counts(), "rows": added_rows, **self.laps},
+        )
+        return version.model_copy(
+            update={
+                "id": _version_id(now),
+                "created": now,
+                "as_of": max(filter(None, [version.as_of, batch.ingested_at])),
+                "graph": self.graph_name,
+                "shards": self.shards,
+                "leaves": leaves,
+                "batches": [*version.batches, applied],
+                "people": people_count,
+                "identities": identity_count,
+                "fragments": version.fragments + (added_rows if self.is_profile else 0),
+                "events": version.events + (0 if self.is_profile else added_rows),
+            }
+        )

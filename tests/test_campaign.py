@@ -11,15 +11,19 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from dev.host import fire_blob_trigger
+from functions.activation import destinations
 from functions.campaign import (
     audience_loads,
     campaign_audience_load,
     campaign_deliveries,
+    campaign_list_restore,
+    campaign_list_versions,
     campaign_lists,
     campaign_log_export,
     campaign_recipients,
 )
 from functions.monitoring import alerts
+from functions.segmentation import segments
 from shared.activation import Activation
 from shared.campaign.deliveries import Delivery, DeliveryRequest
 from shared.campaign.service import Campaign
@@ -97,6 +101,18 @@ def test_audience_sync_adds_and_removes_members_across_incremental_files(setting
     assert list_members("gold") == {"Ann@Example.com": "realized"}
     bob = recipients.recipient_rows(email="bob@example.com")[0]
     assert bob["optOut"] is True
+
+    # The list's kept versions, newest first; restoring day 1's brings bob back, as a new version.
+    versions = body(call(campaign_list_versions, "GET", "campaign/lists/gold/versions", {"id": "gold"}))
+    assert [v["count"] for v in versions][:2] == [1, 2]
+    day1 = versions[-1]["version"]
+    restored = call(campaign_list_restore, "POST", "campaign/lists/gold/restore", {"id": "gold"}, {"version": day1})
+    assert body(restored)["count"] == 2 and body(restored)["version"] > versions[0]["version"]
+    assert list_members("gold") == {"Ann@Example.com": "realized", "bob@example.com": "realized"}
+    assert (
+        body(call(destinations, "GET", "destinations/gold-email", {"id": "gold-email"}))["exportMode"] == "incremental"
+    )
+    assert body(call(segments, "GET", "segments/gold", {"id": "gold"}))["expression"]["type"] == "PQL"
 
 
 def test_a_redelivered_file_is_a_no_op_and_a_full_run_replaces_the_list(settings, account, crm, recipients):
@@ -253,6 +269,7 @@ def test_deliveries_skip_opted_out_and_quarantined_and_their_logs_come_back_as_e
     assert (first.opens, first.clicks, first.quarantined) == (1, 1, 0)
     again = call(campaign_deliveries, "GET", f"campaign/deliveries/{first.id}", {"id": first.id})
     assert Delivery.model_validate(body(again)) == first
+    assert [d["id"] for d in body(call(campaign_deliveries, "GET", "campaign/deliveries"))] == [first.id]
 
     # A hard bounce quarantines ann; the next delivery (over HTTP) skips her too.
     recipients.deliver(DeliveryRequest(list_id="all", hard_bounce_rate=1), now=T1 + dt.timedelta(hours=2))

@@ -139,3 +139,27 @@ def test_a_custom_schema_drives_validation_of_its_dataset(settings, landing_zone
     job = landing_zone.ingest("visits/a.ndjson", ndjson(good, bad))
     assert job.status is JobStatus.FAILED  # 1 of 2 rejected is far over 0.5%
     assert "row 2, field store.id: required field is missing" in [e.message for e in job.errors]
+
+
+def test_the_rest_of_the_configuration_answers_as_declared(settings):
+    """Routes no other test reads, through `call`, so their answers are checked against their declarations."""
+    from functions.activation import governance_policies, target_mappings
+    from functions.catalog import profiles, profiles_rebuild
+    from functions.monitoring import dashboard
+
+    policy = {"name": "No email to C2", "marketingAction": "Email Targeting", "deniedLabels": ["C2"]}
+    assert call(governance_policies, "PUT", "policies/no-c2", {"id": "no-c2"}, policy).status_code == 200
+    assert [p["id"] for p in body(call(governance_policies, "GET", "policies"))] == ["no-c2"]
+    assert body(call(governance_policies, "GET", "policies/no-c2", {"id": "no-c2"}))["deniedLabels"] == ["C2"]
+    assert call(governance_policies, "DELETE", "policies/no-c2", {"id": "no-c2"}).status_code == 204
+
+    mapping = {"name": "Loyalty", "key": "external_id", "columns": ["external_id", "loyaltyTier"]}
+    assert call(target_mappings, "PUT", "target-mappings/mapLoyalty", {"id": "mapLoyalty"}, mapping).status_code == 200
+    assert {m["id"] for m in body(call(target_mappings, "GET", "target-mappings"))} == {"mapRecipient", "mapLoyalty"}
+    assert body(call(target_mappings, "GET", "target-mappings/mapRecipient", {"id": "mapRecipient"}))["key"]
+
+    assert body(call(merge_policies, "GET", "merge-policies/default", {"id": "default"}))["identityStitching"] is True
+    assert body(call(profiles, "GET", "profiles"))["people"] == 0
+    rebuild = call(profiles_rebuild, "POST", "profiles/rebuild")
+    assert rebuild.headers["Location"] == f"/api/jobs/{body(rebuild)['id']}"
+    assert b"<html" in call(dashboard, "GET", "dashboard").get_body().lower()

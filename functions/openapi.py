@@ -14,7 +14,10 @@ from pydantic.json_schema import models_json_schema
 # Every area's functions, so that their declarations are all in OPERATIONS however this module is imported.
 from functions import activation, campaign, catalog, monitoring, segmentation  # noqa: F401
 from functions.http import OPERATIONS, Op, answers, json_response
+from shared.activation.service import ExportMetrics
+from shared.ingestion.batch import IngestionMetrics
 from shared.models import ApiModel
+from shared.segmentation.shards import SegmentJobMetrics
 
 bp = func.Blueprint()
 
@@ -36,9 +39,17 @@ def _model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     return (annotation, False) if isinstance(annotation, type) else (None, False)
 
 
+# What jobs report, by type (`Job.metrics`): documented beside the operations' own models.
+METRICS = [IngestionMetrics, SegmentJobMetrics, ExportMetrics]
+
+
 def document() -> dict[str, Any]:
     requests = {_model(op.request)[0] for op in OPERATIONS} - {None}
-    models = [Problem] + [m for m in dict.fromkeys(_model(op.response)[0] for op in OPERATIONS) if m] + list(requests)
+    models = (
+        [Problem, *METRICS]
+        + [m for m in dict.fromkeys(_model(op.response)[0] for op in OPERATIONS) if m]
+        + list(requests)
+    )
     _, defs = models_json_schema(
         [(m, "validation" if m in requests else "serialization") for m in dict.fromkeys(models)],
         ref_template="#/components/schemas/{model}",

@@ -74,7 +74,11 @@ class Job(ApiModel):
     created: dt.datetime
     started: dt.datetime | None = None
     ended: dt.datetime | None = None
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the job measured, by type: IngestionMetrics, SegmentJobMetrics, ExportMetrics "
+        "(see their schemas); audience loads, feedback exports and rebuilds report counts and phase seconds.",
+    )
     errors: list[JobError] = Field(default_factory=list)
     errors_total: int = 0
     links: dict[str, str] = Field(default_factory=dict)

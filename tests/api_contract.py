@@ -13,7 +13,11 @@ from pydantic import TypeAdapter
 
 from functions.http import Op
 from functions.openapi import Problem
+from shared.activation.service import ExportMetrics
+from shared.ingestion.batch import IngestionMetrics
+from shared.segmentation.shards import SegmentJobMetrics
 
+METRICS = {"ingestion": IngestionMetrics, "segment": SegmentJobMetrics, "export": ExportMetrics}
 SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)+")
 OBSERVED: set[tuple[str, str]] = set()
 
@@ -53,3 +57,25 @@ def check(user_function: Any, request: func.HttpRequest, response: func.HttpResp
     assert not snake_keys(body), f"{where}: snake_case keys {snake_keys(body)[:5]}"
     if op.response is not None:
         TypeAdapter(op.response).validate_python(body, by_alias=True, by_name=False)
+    for job in jobs_in(body):
+        check_metrics(job)
+
+
+def jobs_in(body: Any) -> list[dict]:
+    """The jobs an answer carries: a job, a page of them, or a list."""
+    if isinstance(body, dict) and "items" in body:
+        body = body["items"]
+    candidates = body if isinstance(body, list) else [body]
+    return [j for j in candidates if isinstance(j, dict) and {"type", "status", "metrics"} <= set(j)]
+
+
+def check_metrics(job: dict) -> None:
+    """A job's metrics are what its type's model declares, every key by its camelCase name: a writer that
+    renamed one would break the readers (the alert rules) silently."""
+    model = METRICS.get(job["type"])
+    if model is None:
+        return
+    known = {f.alias or name for name, f in model.model_fields.items()}
+    unknown = set(job["metrics"]) - known
+    assert not unknown, f"{job['type']} job {job['id']}: metrics {sorted(unknown)} are not in {model.__name__}"
+    model.model_validate(job["metrics"], by_alias=True, by_name=False)

@@ -89,6 +89,24 @@ class Built:
     counts: dict[str, SegmentCounts]
 
 
+class ExportMetrics(ApiModel):
+    """What an export run reports in its job's metrics (the alert rules read the exclusions)."""
+
+    destination: str = ""
+    export_mode: ExportMode | None = None
+    segments: int = 0
+    skipped_segments: dict[str, str] = Field(default_factory=dict, description="Segments not exported, and why.")
+    profiles_received: int = 0
+    identities_activated: int = 0
+    excluded: dict[str, int] = Field(default_factory=dict, description="Profiles left out, by reason.")
+    excluded_rate: float = 0.0
+    files: int = 0
+    bytes: int = 0
+    profiles_job: str | None = Field(None, description="The segment job whose memberships were exported.")
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    duration_seconds: float | None = None
+
+
 class ExportRunMessage(QueueMessage):
     """An on-demand export run on `EXPORT_RUNS_QUEUE`."""
 
@@ -332,20 +350,20 @@ class Activation:
         counts = built.counts.values()
         received = sum(c.received for c in counts)
         reasons = dict(sum((Counter(c.excluded) for c in counts), Counter()))
-        metrics = {
-            "destination": d.id,
-            "exportMode": d.export_mode.value,
-            "segments": len(d.segments),
-            "skippedSegments": plan.skipped,
-            "profilesReceived": received,
-            "identitiesActivated": sum(c.activated for c in counts),
-            "excluded": reasons,
-            "excludedRate": round(sum(reasons.values()) / received, 6) if received else 0.0,
-            "files": len(built.staged),
-            "bytes": sum(s.size for _, s in built.staged),
-            "profilesJob": plan.profiles.job_id,
-            "phaseSeconds": dict(phases),
-        }
+        metrics = ExportMetrics(
+            destination=d.id,
+            export_mode=d.export_mode,
+            segments=len(d.segments),
+            skipped_segments=plan.skipped,
+            profiles_received=received,
+            identities_activated=sum(c.activated for c in counts),
+            excluded=reasons,
+            excluded_rate=round(sum(reasons.values()) / received, 6) if received else 0.0,
+            files=len(built.staged),
+            bytes=sum(s.size for _, s in built.staged),
+            profiles_job=plan.profiles.job_id,
+            phase_seconds=dict(phases),
+        ).model_dump(mode="json", exclude_none=True)
         links = {"manifest": f"{self.settings.dlz_container}/{d.manifest_name(now)}"}
         return metrics, {"links": links, "source": d.manifest_name(now)}
 

@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import Field
 
 from shared.engine import connect
 from shared.errors import NotFound, ValidationError
@@ -20,12 +23,32 @@ from shared.ingestion.records import read_records
 from shared.ingestion.schemas import Schema
 from shared.ingestion.validation import validate
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
+from shared.models import ApiModel
 from shared.settings import Settings
 from shared.storage import BlobStore, StorageAccount
 
 log = logging.getLogger(__name__)
 
 # A failure of this code means "try again": the platform retries the trigger and the batch is re-claimed.
+
+
+class IngestionMetrics(ApiModel):
+    """What an ingestion batch reports in its job's metrics (the alert rules read it too)."""
+
+    rows_read: int = 0
+    rows_accepted: int = 0
+    rows_rejected: int = 0
+    bytes: int = 0
+    format: str = ""
+    partial: bool | None = Field(None, description="Some rows were rejected, the rest accepted.")
+    profile_store: dict[str, Any] | None = Field(
+        None, description="What the batch did to the profile store: new people, merges, rows, phase seconds."
+    )
+    duration_seconds: float | None = None
+
+    @property
+    def rejected_rate(self) -> float:
+        return self.rows_rejected / self.rows_read if self.rows_read else 0.0
 
 
 @dataclass(frozen=True)
@@ -146,13 +169,13 @@ class BatchIngestion:
             try:
                 records = read_records(data, file_name=path, schema=schema, con=con)
                 checked = validate(con, records, schema)
-                metrics = {
-                    "rowsRead": checked.rows_read,
-                    "rowsAccepted": checked.accepted,
-                    "rowsRejected": checked.rejected,
-                    "bytes": len(data),
-                    "format": file_name.rsplit(".", 1)[-1].lower(),
-                }
+                metrics = IngestionMetrics(
+                    rows_read=checked.rows_read,
+                    rows_accepted=checked.accepted,
+                    rows_rejected=checked.rejected,
+                    bytes=len(data),
+                    format=file_name.rsplit(".", 1)[-1].lower(),
+                )
                 errors = [
                     JobError(code="row", message=f"row {row}{', field ' + f if f else ''}: {reason}")
                     for row, f, reason in checked.first_errors(20)
@@ -175,7 +198,7 @@ class BatchIngestion:
                             "(INGESTION_MAX_REJECTED_RATIO); nothing was written to the lake"
                         ),
                     )
-                    job = job.model_copy(update={"metrics": metrics, "links": links})
+                    job = job.model_copy(update={"metrics": metrics.model_dump(exclude_none=True), "links": links})
                     return self.jobs.finish(
                         job, JobStatus.FAILED, started, now, [summary, *errors], errors_total=checked.rejected + 1
                     )
@@ -183,10 +206,11 @@ class BatchIngestion:
                 self.lake.write_batch(dataset_id, job.id, Path(tmp) / DATA_FILE)
                 links["data"] = f"{self.lake.blobs.name}/{self.lake.data_path(dataset_id, job.id)}"
                 accepted = AcceptedBatch(dataset_id, schema, Path(tmp) / DATA_FILE, job.id, now)
-                for listener in self.listeners:
-                    metrics.update(listener(accepted, now))
-                metrics["partial"] = checked.rejected > 0
-                job = job.model_copy(update={"metrics": metrics, "links": links})
+                applied = {k: v for listener in self.listeners for k, v in listener(accepted, now).items()}
+                metrics = IngestionMetrics.model_validate(
+                    {**metrics.model_dump(), "partial": checked.rejected > 0, **applied}
+                )
+                job = job.model_copy(update={"metrics": metrics.model_dump(exclude_none=True), "links": links})
                 return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, errors, errors_total=checked.rejected)
             finally:
                 con.close()

@@ -12,10 +12,12 @@ from typing import Any
 from pydantic import Field
 
 from shared.activation.destinations import DestinationStore, Frequency
-from shared.activation.service import run_id_for
+from shared.activation.service import ExportMetrics, run_id_for
 from shared.errors import Conflict
+from shared.ingestion.batch import IngestionMetrics
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.models import ApiModel
+from shared.segmentation.shards import SegmentJobMetrics
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 from shared.storage.tables import newer_than_bound, newest_first
@@ -153,37 +155,37 @@ class AlertRules:
             return out
         if not job.status.terminal:
             return out
-        m = job.metrics
         first_error = job.errors[0].message if job.errors else ""
         if flow and job.status is JobStatus.SUCCEEDED:
             out.append(self.raise_alert(f"{flow}.flowRunSuccess", job.id, job.subject, f"{what} succeeded", at, job))
         if flow and job.status is JobStatus.FAILED:
             message = f"{what} failed: {first_error}"
             out.append(self.raise_alert(f"{flow}.flowRunFailure", job.id, job.subject, message, at, job))
-        if job.type is JobType.INGESTION and m.get("rowsRead"):
-            rate = m.get("rowsRejected", 0) / m["rowsRead"]
-            if rate > self.settings.alert_rejected_rate:
-                message = (
-                    f"{what} rejected {m['rowsRejected']:,} of {m['rowsRead']:,} rows ({rate:.2%}), over "
-                    f"{self.settings.alert_rejected_rate:.2%}; see its errors file"
-                )
-                out.append(
-                    self.raise_alert("ingestion.rowsRejected", job.id, job.subject, message, at, job, rejectedRate=rate)
-                )
+        ingested = IngestionMetrics.model_validate(job.metrics) if job.type is JobType.INGESTION else None
+        if ingested and ingested.rejected_rate > self.settings.alert_rejected_rate:
+            rate = ingested.rejected_rate
+            message = (
+                f"{what} rejected {ingested.rows_rejected:,} of {ingested.rows_read:,} rows ({rate:.2%}), over "
+                f"{self.settings.alert_rejected_rate:.2%}; see its errors file"
+            )
+            out.append(
+                self.raise_alert("ingestion.rowsRejected", job.id, job.subject, message, at, job, rejectedRate=rate)
+            )
         if job.type is JobType.SEGMENT and job.status is JobStatus.FAILED:
             out.append(
                 self.raise_alert("segment.jobFailed", job.id, job.subject, f"{what} failed: {first_error}", at, job)
             )
         if job.type is JobType.SEGMENT and job.status is JobStatus.SUCCEEDED:
             out += self._size_changes(job, at)
-        if job.type is JobType.EXPORT and m.get("excludedRate", 0) > self.settings.alert_excluded_rate:
+        exported = ExportMetrics.model_validate(job.metrics) if job.type is JobType.EXPORT and job.metrics else None
+        if exported and exported.excluded_rate > self.settings.alert_excluded_rate:
             message = (
-                f"{what} excluded {m['excludedRate']:.2%} of the profiles it received, over "
-                f"{self.settings.alert_excluded_rate:.2%}: {m.get('excluded')}"
+                f"{what} excluded {exported.excluded_rate:.2%} of the profiles it received, over "
+                f"{self.settings.alert_excluded_rate:.2%}: {exported.excluded}"
             )
             out.append(
                 self.raise_alert(
-                    "destination.skippedRateExceeded", job.id, job.subject, message, at, job, excluded=m.get("excluded")
+                    "destination.skippedRateExceeded", job.id, job.subject, message, at, job, excluded=exported.excluded
                 )
             )
         if job.type is JobType.AUDIENCE_LOAD and job.status is JobStatus.FAILED:
@@ -265,5 +267,4 @@ class AlertRules:
 
 
 def _sizes(job: Job) -> dict[str, int]:
-    counts = job.metrics.get("segmentedProfileByStatusCounter", {})
-    return {sid: c.get("realized", 0) + c.get("existing", 0) for sid, c in counts.items()}
+    return SegmentJobMetrics.model_validate(job.metrics).sizes()

@@ -27,6 +27,8 @@ from shared.segmentation.memberships import (
     write_snapshots,
 )
 from shared.segmentation.shards import (
+    SegmentJobMetrics,
+    ShardMetrics,
     ShardPlan,
     ShardRecords,
     ShardResult,
@@ -138,7 +140,8 @@ class SegmentJobRunner:
         deadline = self.jobs.clock() + dt.timedelta(seconds=self.settings.segment_shard_timeout_seconds)
         for _ in range(5):  # the lease renewal may write the record meanwhile: read it again
             current = self.jobs.get(JobType.SEGMENT, job.id)
-            metrics = {"shardsPlanned": len(plan.shards), "profileStoreVersion": plan.store_version}
+            planned = SegmentJobMetrics(shards_planned=len(plan.shards), profile_store_version=plan.store_version)
+            metrics = planned.model_dump(exclude_none=True, exclude_defaults=True)
             try:
                 return self.jobs.save(current.model_copy(update={"lease_until": deadline, "metrics": metrics}))
             except Conflict:
@@ -335,22 +338,25 @@ class SegmentJobRunner:
             shard=shard,
             path=out,
             failed=compiled.failed,
-            metrics={
-                "shard": shard,
-                "profiles": profiles.stats["profiles"],
-                "evaluated": rows,
-                "seconds": round(time.monotonic() - started, 3),
-                **laps,
-                "duckdbMemoryMB": round(peak / 2**20, 1),
-            },
+            metrics=ShardMetrics.model_validate(
+                {
+                    "shard": shard,
+                    "profiles": profiles.stats["profiles"],
+                    "evaluated": rows,
+                    "seconds": round(time.monotonic() - started, 3),
+                    **laps,
+                    "duckdbMemoryMB": round(peak / 2**20, 1),
+                }
+            ).model_dump(exclude_none=True),
         )
 
     def _publish(self, job: Job, plan: ShardPlan, results: list[ShardResult], started: float) -> Job:
         """Fan-in: every shard's results become each segment's new memberships, published all at once (or,
         when the job was cancelled meanwhile or taken over, nothing is published)."""
         if not plan.segments:
+            metrics = SegmentJobMetrics(segments=0, total_profiles=0)
             return self.jobs.finish(
-                job, JobStatus.SUCCEEDED, started, plan.now, [], metrics={"segments": 0, "totalProfiles": 0}
+                job, JobStatus.SUCCEEDED, started, plan.now, [], metrics=metrics.model_dump(exclude_none=True)
             )
         failed: dict[str, str] = {}
         for r in results:
@@ -375,19 +381,19 @@ class SegmentJobRunner:
         self.memberships.publish(pointers)
         if plan.since is not None and version.as_of is not None and version.as_of > plan.since:
             self.memberships.advance_watermark(version.as_of)
-        shards = sorted((r.metrics for r in results), key=lambda m: m["shard"])
-        metrics = {
-            "segments": len(chosen),
-            "totalProfiles": version.people,
-            "evaluatedProfiles": evaluated_people,
-            "profileStoreVersion": version.id,
-            "segmentationSeconds": round(sum(m["seconds"] for m in shards), 3),
-            "membershipSeconds": round(membership_seconds, 3),
-            "shards": shards,
-            "segmentedProfileCounter": {sid: c["realized"] + c["existing"] for sid, c in counts.items()},
-            "segmentedProfileByStatusCounter": counts,
-            **({"segmentErrors": failed} if failed else {}),
-        }
+        shards = sorted((ShardMetrics.model_validate(r.metrics) for r in results), key=lambda m: m.shard)
+        metrics = SegmentJobMetrics(
+            segments=len(chosen),
+            total_profiles=version.people,
+            evaluated_profiles=evaluated_people,
+            profile_store_version=version.id,
+            segmentation_seconds=round(sum(m.seconds for m in shards), 3),
+            membership_seconds=round(membership_seconds, 3),
+            shards=shards,
+            segmented_profile_counter={sid: c["realized"] + c["existing"] for sid, c in counts.items()},
+            segmented_profile_by_status_counter=counts,
+            segment_errors=failed or None,
+        ).model_dump(exclude_none=True)
         links = {p.segment_id: f"{self.settings.segments_container}/{p.snapshot}" for p in pointers[:-1]}
         job = job.model_copy(update={"links": links})
         broken = [JobError(code="segment", message=f"segment {sid}: {why}") for sid, why in failed.items()]

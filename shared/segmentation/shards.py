@@ -13,7 +13,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from shared.errors import Conflict
+from shared.models import ApiModel
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 from shared.storage.messages import QueueMessage
@@ -50,6 +53,43 @@ class ShardResult:
     path: Path
     failed: dict[str, str]
     metrics: dict[str, Any]
+
+
+class ShardMetrics(ApiModel):
+    """What one shard task reports: its people, the rows it evaluated, and where its time went."""
+
+    shard: int
+    profiles: int = 0
+    evaluated: int = 0
+    seconds: float = 0
+    load_seconds: float | None = None
+    evaluate_seconds: float | None = None
+    write_seconds: float | None = None
+    duckdb_memory_mb: float | None = Field(None, alias="duckdbMemoryMB")
+
+
+class SegmentJobMetrics(ApiModel):
+    """What a segment job reports in its metrics (the alert rules and the demo read the counters)."""
+
+    segments: int = 0
+    total_profiles: int = 0
+    evaluated_profiles: int | None = None
+    profile_store_version: str | None = None
+    shards_planned: int | None = None
+    segmentation_seconds: float | None = None
+    membership_seconds: float | None = None
+    shards: list[ShardMetrics] | None = None
+    segmented_profile_counter: dict[str, int] = Field(default_factory=dict)
+    segmented_profile_by_status_counter: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Per segment: realized, existing and exited counts."
+    )
+    segment_errors: dict[str, str] | None = Field(None, description="Segments that failed alone, and why.")
+    duration_seconds: float | None = None
+
+    def sizes(self) -> dict[str, int]:
+        """Each segment's members: realized and existing."""
+        counts = self.segmented_profile_by_status_counter
+        return {sid: c.get("realized", 0) + c.get("existing", 0) for sid, c in counts.items()}
 
 
 class ShardStatus(StrEnum):

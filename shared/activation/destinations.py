@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Iterator
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from shared.errors import GuardrailError
 from shared.ingestion.schemas import Namespace
@@ -108,6 +108,27 @@ class IdentityMapping(ApiModel):
 
 
 class Destination(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "campaign-email",
+                    "name": "Campaign_Email",
+                    "syncType": "audience",
+                    "marketingAction": "Email Targeting",
+                    "exportMode": "incremental",
+                    "schedule": {"frequency": "hours", "everyHours": 24, "start": "2026-01-01T00:00:00Z"},
+                    "segments": ["gold-ca"],
+                    "identity": {"source": "identityMap.Email", "target": "email_lc_sha256"},
+                    "mapping": [
+                        {"source": "segmentMembershipStatus", "target": "segmentMembershipStatus"},
+                        {"source": "person.name.firstName", "target": "firstName"},
+                    ],
+                }
+            ]
+        }
+    )
+
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Also starts file names.")
     description: str = ""

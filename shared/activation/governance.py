@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from shared.activation.destinations import MARKETING_ACTIONS, MEMBERSHIP_STATUS, Destination
 from shared.errors import GovernanceError
@@ -19,6 +19,19 @@ from shared.storage import RecordStore
 
 
 class GovernancePolicy(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "no-c2-email",
+                    "name": "No email on contract data",
+                    "marketingAction": "Email Targeting",
+                    "deniedLabels": ["C2"],
+                }
+            ]
+        }
+    )
+
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     name: str
     marketing_action: str

@@ -4,13 +4,26 @@ be columns of it); Campaign reads them too."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from shared.models import ApiModel
 from shared.storage import RecordStore
 
 
 class TargetMapping(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "mapLoyalty",
+                    "name": "Loyalty members",
+                    "key": "external_id",
+                    "columns": ["external_id", "loyaltyTier"],
+                }
+            ]
+        }
+    )
+
     id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
     name: str
     key: str = Field(description="The column that identifies a recipient (reconciliation key).")

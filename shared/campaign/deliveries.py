@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from shared.models import ApiModel
 from shared.sql import quote_literal
@@ -17,6 +17,8 @@ CLICK_URL = "https://www.example.com/offer"
 
 
 class DeliveryRequest(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"listId": "gold-ca", "label": "Gold offer", "seed": 7}]})
+
     list_id: str = Field(description="The audience list to send to.")
     label: str = ""
     seed: int = Field(0, description="Makes the simulated outcome (bounces, opens, clicks) reproducible.")
@@ -27,6 +29,8 @@ class DeliveryRequest(ApiModel):
 
 
 class Delivery(DeliveryRequest):
+    model_config = ConfigDict(json_schema_extra=None)  # the request's examples are not this answer's
+
     id: str
     sent_at: dt.datetime
     members: int = 0

@@ -18,7 +18,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from shared.errors import Conflict, NotFound
 from shared.models import ApiModel
@@ -42,6 +42,8 @@ class SnapshotVersion(ApiModel):
 
 class RestoreRequest(ApiModel):
     """Which kept version to bring back."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"version": 3}]})
 
     version: int = Field(ge=1, le=10**9)
 

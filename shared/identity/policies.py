@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from shared.models import ApiModel
 from shared.storage import EntityTable, RecordStore
@@ -72,6 +72,20 @@ class MergePolicyStore(RecordStore[MergePolicy]):
 
 class MergePolicyRequest(MergePolicy):
     """A merge policy to save, and whether it becomes the default."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "crm-first",
+                    "name": "CRM first",
+                    "method": "dataSetPrecedence",
+                    "datasetOrder": ["crm", "loyalty"],
+                    "default": True,
+                }
+            ]
+        }
+    )
 
     default: bool = False
 

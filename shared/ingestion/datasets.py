@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from shared.errors import ValidationError
 from shared.ingestion.schemas import Schema, SchemaStore
@@ -18,6 +18,20 @@ Label = Annotated[str, StringConstraints(pattern=r"^(C([1-9]|1[0-2])|I[12]|S[12]
 
 
 class Dataset(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "crm",
+                    "name": "CRM profiles",
+                    "schemaId": "xdm-profile",
+                    "labels": ["C2"],
+                    "fieldLabels": {"personalEmail.address": ["I1"]},
+                }
+            ]
+        }
+    )
+
     id: str = Field(
         pattern=r"^[a-z0-9][a-z0-9-]{1,62}$",
         description="Also the folder name in `landing`.",

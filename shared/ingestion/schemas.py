@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from shared.errors import NotFound, ValidationError
 from shared.models import ApiModel
@@ -108,6 +108,22 @@ class SchemaField(ApiModel):
 
 
 class Schema(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "loyalty-profile",
+                    "title": "Loyalty profile",
+                    "class": "profile",
+                    "fields": [
+                        {"path": "loyalty.tier", "type": "string", "enum": ["silver", "gold"]},
+                        {"path": "favoriteColors", "type": "array", "itemType": "string"},
+                    ],
+                }
+            ]
+        }
+    )
+
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     title: str
     schema_class: SchemaClass = Field(alias="class")

@@ -23,7 +23,7 @@ import urllib.parse
 import uuid
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from standardwebhooks import Webhook
 
 from shared.errors import NotFound, ValidationError
@@ -40,6 +40,18 @@ TEST_TYPE = "test"
 
 
 class SubscriptionRequest(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://hooks.example.com/audience-bridge",
+                    "eventTypes": ["segment.jobFailed", "job.delayed"],
+                    "description": "on-call",
+                }
+            ]
+        }
+    )
+
     url: str = Field(max_length=2048, description="Where alerts are POSTed: https, a public address.")
     event_types: list[Annotated[str, Field(max_length=100)]] = Field(
         ["*"], min_length=1, max_length=100, description="Alert types to receive, or `*` for all."
@@ -57,6 +69,8 @@ class DeliveryMessage(QueueMessage):
 
 
 class Subscription(SubscriptionRequest):
+    model_config = ConfigDict(json_schema_extra=None)  # the request's examples are not this answer's
+
     id: str
     enabled: bool = True
     created: dt.datetime

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.schemas import PROFILE_SCHEMA, Schema, SchemaClass
@@ -29,6 +29,22 @@ SEGMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 
 
 class SegmentDefinition(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "gold-ca",
+                    "name": "Gold in California",
+                    "expression": {
+                        "type": "PQL",
+                        "format": "pql/text",
+                        "value": 'loyalty.tier = "gold" and homeAddress.stateProvince = "CA"',
+                    },
+                }
+            ]
+        }
+    )
+
     id: str = Field(pattern=SEGMENT_ID)
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
@@ -42,12 +58,25 @@ class SegmentDefinition(ApiModel):
 class PreviewRequest(ApiModel):
     """A definition to try before saving it, and optionally the segment whose membership it would replace."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "expression": {"value": 'xEvent[eventType = "commerce.purchases"].count() >= 3'},
+                    "segmentId": "repeat-buyers",
+                }
+            ]
+        }
+    )
+
     expression: Expression
     segment_id: str | None = Field(None, alias="segmentId", pattern=SEGMENT_ID)
 
 
 class SegmentJobRequest(ApiModel):
     """Which segments an on-demand segment job evaluates: all of them when none are named."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"segments": ["gold-ca", "repeat-buyers"]}]})
 
     segments: list[Annotated[str, Field(pattern=SEGMENT_ID)]] | None = Field(None, max_length=1000)
 

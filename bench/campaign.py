@@ -49,7 +49,7 @@ def manifest_name(kind: str) -> str:
 def stage_ours(kind: str) -> dict:
     campaign = _campaign()
     started = time.perf_counter()
-    [job] = campaign.on_blob(manifest_name(kind), now=NOW)
+    [job] = campaign.loads.on_blob(manifest_name(kind), now=NOW)
     seconds = time.perf_counter() - started
     assert job.status.value == "SUCCEEDED", job.errors
     return {"seconds": seconds, "metrics": job.metrics}
@@ -58,9 +58,9 @@ def stage_ours(kind: str) -> dict:
 def stage_ceiling(kind: str, work: Path) -> dict:
     """The same transfers, raw: the export file and the recipients snapshot down, the written snapshot up."""
     campaign = _campaign()
-    manifest = json.loads(campaign.dlz.get(manifest_name(kind)))
-    written = campaign.lists.get("bench") if kind == "audience" else campaign.recipients.get(RECIPIENTS_ID)
-    read_recipients = campaign.recipients.get(RECIPIENTS_ID)
+    manifest = json.loads(campaign.tables.dlz.get(manifest_name(kind)))
+    written = campaign.tables.lists.get("bench") if kind == "audience" else campaign.tables.recipients.get(RECIPIENTS_ID)
+    read_recipients = campaign.tables.recipients.get(RECIPIENTS_ID)
     if kind == "profile":  # the load read the version before the one it wrote
         read_recipients = read_recipients.model_copy(
             update={
@@ -69,11 +69,11 @@ def stage_ceiling(kind: str, work: Path) -> dict:
                 )
             }
         )
-    local = campaign.blobs.download(written.snapshot, work / f"{kind}-written.parquet")
+    local = campaign.tables.blobs.download(written.snapshot, work / f"{kind}-written.parquet")
     started = time.perf_counter()
-    campaign.dlz.download(manifest["files"][0]["name"], work / f"{kind}-file")
-    campaign.blobs.download(read_recipients.snapshot, work / f"{kind}-recipients.parquet")
-    campaign.blobs.put_file(f"ceiling/{kind}.parquet", local)
+    campaign.tables.dlz.download(manifest["files"][0]["name"], work / f"{kind}-file")
+    campaign.tables.blobs.download(read_recipients.snapshot, work / f"{kind}-recipients.parquet")
+    campaign.tables.blobs.put_file(f"ceiling/{kind}.parquet", local)
     seconds = time.perf_counter() - started
     moved = sum(
         (work / f).stat().st_size for f in (f"{kind}-file", f"{kind}-recipients.parquet", f"{kind}-written.parquet")
@@ -92,7 +92,7 @@ def _setup(people: int, work: Path) -> None:
                     i % 50 = 0 AS optOut FROM range({people}) t(i))
             TO {quote_literal(str(seed))} (FORMAT csv, HEADER)"""
     )
-    Campaign.from_settings(settings, account).seed_recipients(seed, now=NOW)
+    Campaign.from_settings(settings, account).admin.seed_recipients(seed, now=NOW)
     dlz = BlobStore(account.container(settings.dlz_container))
     for kind, rows in (("audience", people), ("profile", min(people, PROFILE_ROWS))):
         path = work / f"{kind}.csv"

@@ -25,7 +25,8 @@ from dev.receiver import Receiver
 from dev.sample import write_sample
 from shared.activation import Activation, Destination, GovernancePolicy
 from shared.campaign.deliveries import DeliveryRequest
-from shared.campaign.service import Campaign, is_manifest
+from shared.campaign.loads import is_manifest
+from shared.campaign.service import Campaign
 from shared.engine import connect
 from shared.errors import BridgeError
 from shared.identity import ProfileStore
@@ -226,18 +227,18 @@ def main() -> None:
 
             progress.update(step, description="Campaign: importing recipients, then campaign_audience_load on dlz/")
             campaign = Campaign.from_settings(settings, account)
-            seeded = campaign.seed_recipients(sample.recipients, now=now)
+            seeded = campaign.admin.seed_recipients(sample.recipients, now=now)
             dlz = BlobStore(account.container(settings.dlz_container))
             from functions.campaign import campaign_audience_load
 
             names = sorted(dlz.names(), key=is_manifest)  # data files first, their manifest last, as committed
             for name in names:
                 fire_blob_trigger(campaign_audience_load, dlz, name)
-            loads = campaign.jobs.list(JobType.AUDIENCE_LOAD)
-            lists = campaign.lists.list()
+            loads = campaign.tables.jobs.list(JobType.AUDIENCE_LOAD)
+            lists = campaign.tables.lists.list()
             progress.update(step, description="Campaign: a delivery, then the 4-hour log export and its ingestion")
-            delivery = campaign.deliver(DeliveryRequest(list_id="gold-platinum", label="Gold offer"), now=now)
-            feedback = campaign.export_logs(now=now + dt.timedelta(hours=4))
+            delivery = campaign.deliveries.deliver(DeliveryRequest(list_id="gold-platinum", label="Gold offer"), now=now)
+            feedback = campaign.feedback.export_logs(now=now + dt.timedelta(hours=4))
             logs_batch = None
             if feedback.source:
                 fire_blob_trigger(ingest_landing_file, landing, feedback.source)
@@ -251,8 +252,8 @@ def main() -> None:
             day2_exports = activation.run_due(now=day2)
             for name in sorted(dlz.names(), key=is_manifest):
                 fire_blob_trigger(campaign_audience_load, dlz, name)  # day 1's files again: no-ops
-            loads2 = [j for j in campaign.jobs.list(JobType.AUDIENCE_LOAD) if j.id not in {x.id for x in loads}]
-            lists = campaign.lists.list()
+            loads2 = [j for j in campaign.tables.jobs.list(JobType.AUDIENCE_LOAD) if j.id not in {x.id for x in loads}]
+            lists = campaign.tables.lists.list()
 
             progress.update(step, description="Delivering alerts to the webhook receiver (alert_delivery)")
             from functions.monitoring import alert_delivery

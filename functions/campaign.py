@@ -16,7 +16,7 @@ from shared.campaign.deliveries import Delivery, DeliveryRequest
 from shared.campaign.recipients import RECIPIENTS_ID
 from shared.campaign.service import Campaign
 from shared.campaign.snapshots import RestoreRequest, SnapshotRecord, Snapshots, SnapshotVersion
-from shared.errors import NotFound, ValidationError
+from shared.errors import ValidationError
 from shared.jobs import Job, JobType
 from shared.settings import get_settings
 
@@ -33,7 +33,7 @@ def _campaign() -> Campaign:
 def campaign_audience_load(blob: func.InputStream) -> None:
     name = (blob.name or "").split("/", 1)[1]  # the host names the blob with its container first
     etag = (blob.blob_properties or {}).get("ETag")
-    for job in _campaign().on_blob(name, now=utc_now(), etag=etag):
+    for job in _campaign().loads.on_blob(name, now=utc_now(), etag=etag):
         log.info("audience load %s: %s %s", job.id, job.status.value, job.metrics)
 
 
@@ -50,7 +50,7 @@ def campaign_audience_load(blob: func.InputStream) -> None:
 )
 def audience_loads(req: func.HttpRequest) -> func.HttpResponse:
     """Campaign's Administration > Audit > Audience load jobs, newest first."""
-    jobs = _campaign().jobs.list(JobType.AUDIENCE_LOAD)
+    jobs = _campaign().tables.jobs.list(JobType.AUDIENCE_LOAD)
     return json_response(jobs[: query_int(req, "limit", 100, low=0)])
 
 
@@ -65,8 +65,8 @@ def campaign_lists(req: func.HttpRequest) -> func.HttpResponse:
     campaign = _campaign()
     list_id = req.route_params.get("id")
     if not list_id:
-        return json_response(campaign.lists.list())
-    page = campaign.members(
+        return json_response(campaign.tables.lists.list())
+    page = campaign.admin.members(
         list_id, offset=query_int(req, "offset", 0, low=0, high=10**9), limit=query_int(req, "limit", 100, low=0)
     )
     return json_response({**page, "items": _camel_case(page["items"])})
@@ -95,14 +95,14 @@ def campaign_recipients(req: func.HttpRequest) -> func.HttpResponse:
     import never deletes); DELETE `?ids=1,2` to delete recipients; GET the first recipients (`limit`)."""
     campaign = _campaign()
     if req.method == "DELETE":
-        return json_response(campaign.delete_recipients(_ids(req.params.get("ids", "")), now=utc_now()))
+        return json_response(campaign.admin.delete_recipients(_ids(req.params.get("ids", "")), now=utc_now()))
     if req.method == "POST":
         suffix = ".ndjson" if req.params.get("format") == "ndjson" else ".csv"
         with tempfile.TemporaryDirectory() as tmp:
             file = Path(tmp) / f"seed{suffix}"
             file.write_bytes(req.get_body())
-            return json_response(campaign.seed_recipients(file, now=utc_now()))
-    return json_response(_camel_case(campaign.recipient_rows(limit=query_int(req, "limit", 100, low=0))))
+            return json_response(campaign.admin.seed_recipients(file, now=utc_now()))
+    return json_response(_camel_case(campaign.admin.recipient_rows(limit=query_int(req, "limit", 100, low=0))))
 
 
 def _camel_case(rows: list[dict]) -> list[dict]:
@@ -117,11 +117,14 @@ def _ids(text: str) -> list[int]:
     return [int(p) for p in parts]
 
 
-def _versions_or_restore(req: func.HttpRequest, table: Snapshots, record_id: str) -> func.HttpResponse:
+def _versions_or_restore(req: func.HttpRequest, kind: str, record_id: str) -> func.HttpResponse:
+    """The kept versions of the recipients or of a list (`kind`), or a restore of one of them."""
     campaign = _campaign()
+    table: Snapshots = getattr(campaign.tables, kind)
     if req.method == "POST":
-        return json_response(campaign.restore(table, record_id, read(req, RestoreRequest).version, now=utc_now()))
-    return json_response(campaign.versions(table, record_id))
+        version = read(req, RestoreRequest).version
+        return json_response(campaign.admin.restore(table, record_id, version, now=utc_now()))
+    return json_response(campaign.admin.versions(table, record_id))
 
 
 @bp.function_name("campaign_recipient_versions")
@@ -136,7 +139,7 @@ def _versions_or_restore(req: func.HttpRequest, table: Snapshots, record_id: str
 )
 def campaign_recipient_versions(req: func.HttpRequest) -> func.HttpResponse:
     """The versions of the recipients table kept for SNAPSHOT_RETENTION_HOURS, newest first."""
-    return _versions_or_restore(req, _campaign().recipients, RECIPIENTS_ID)
+    return _versions_or_restore(req, "recipients", RECIPIENTS_ID)
 
 
 @bp.function_name("campaign_recipient_restore")
@@ -152,7 +155,7 @@ def campaign_recipient_versions(req: func.HttpRequest) -> func.HttpResponse:
 )
 def campaign_recipient_restore(req: func.HttpRequest) -> func.HttpResponse:
     """Bring a kept version of the recipients back (`{"version": n}`), as a new version."""
-    return _versions_or_restore(req, _campaign().recipients, RECIPIENTS_ID)
+    return _versions_or_restore(req, "recipients", RECIPIENTS_ID)
 
 
 @bp.function_name("campaign_list_versions")
@@ -160,7 +163,7 @@ def campaign_recipient_restore(req: func.HttpRequest) -> func.HttpResponse:
 @answers(Op("get", "/campaign/lists/{id}/versions", "The kept versions of a list", response=list[SnapshotVersion]))
 def campaign_list_versions(req: func.HttpRequest) -> func.HttpResponse:
     """The versions of one list kept for SNAPSHOT_RETENTION_HOURS, newest first."""
-    return _versions_or_restore(req, _campaign().lists, req.route_params["id"])
+    return _versions_or_restore(req, "lists", req.route_params["id"])
 
 
 @bp.function_name("campaign_list_restore")
@@ -176,13 +179,13 @@ def campaign_list_versions(req: func.HttpRequest) -> func.HttpResponse:
 )
 def campaign_list_restore(req: func.HttpRequest) -> func.HttpResponse:
     """Bring a kept version of one list back (`{"version": n}`), as a new version."""
-    return _versions_or_restore(req, _campaign().lists, req.route_params["id"])
+    return _versions_or_restore(req, "lists", req.route_params["id"])
 
 
 @bp.function_name("snapshot_retention")
 @bp.timer_trigger(arg_name="timer", schedule="%SNAPSHOT_RETENTION_SCHEDULE%", run_on_startup=False)
 def snapshot_retention(timer: func.TimerRequest) -> None:
-    deleted = _campaign().expire_snapshots(now=utc_now())
+    deleted = _campaign().admin.expire_snapshots(now=utc_now())
     log.info("deleted %d snapshot versions past retention", len(deleted))
 
 
@@ -205,19 +208,16 @@ def campaign_deliveries(req: func.HttpRequest) -> func.HttpResponse:
     """POST a delivery to a list (simulated sending, 201); GET the deliveries or one."""
     campaign = _campaign()
     if req.method == "POST":
-        delivery = campaign.deliver(read(req, DeliveryRequest), now=utc_now())
+        delivery = campaign.deliveries.deliver(read(req, DeliveryRequest), now=utc_now())
         return json_response(delivery, status=201, location=f"/api/campaign/deliveries/{delivery.id}")
     delivery_id = req.route_params.get("id")
     if delivery_id:
-        found = campaign.deliveries.find(delivery_id)
-        if found is None:
-            raise NotFound(f"no delivery {delivery_id!r}")
-        return json_response(found)
-    return json_response(sorted(campaign.deliveries.all(), key=lambda d: d.sent_at, reverse=True))
+        return json_response(campaign.deliveries.get(delivery_id))
+    return json_response(campaign.deliveries.list())
 
 
 @bp.function_name("campaign_log_export")
 @bp.timer_trigger(arg_name="timer", schedule="%CAMPAIGN_LOG_SCHEDULE%", run_on_startup=False)
 def campaign_log_export(timer: func.TimerRequest) -> None:
-    job = _campaign().export_logs(now=utc_now())
+    job = _campaign().feedback.export_logs(now=utc_now())
     log.info("campaign log export %s: %s %s", job.id, job.status.value, job.metrics.get("events"))

@@ -89,7 +89,7 @@ def test_audience_sync_adds_and_removes_members_across_incremental_files(setting
     segment_job(settings, T2)
     [load] = load_run(settings, account, activation.run("gold-email", now=T2))
     assert load.metrics["rejected"] == {"unknownRecipient": 1} and load.metrics["added"] == 0
-    assert len(recipients.recipient_rows()) == 4
+    assert len(recipients.admin.recipient_rows()) == 4
 
     # Day 3: bob leaves gold: removed from the list; his opt-out stays.
     crm.ingest_at(
@@ -99,7 +99,7 @@ def test_audience_sync_adds_and_removes_members_across_incremental_files(setting
     [load] = load_run(settings, account, activation.run("gold-email", now=T3))
     assert load.metrics["removed"] == 1
     assert list_members("gold") == {"Ann@Example.com": "realized"}
-    bob = recipients.recipient_rows(email="bob@example.com")[0]
+    bob = recipients.admin.recipient_rows(email="bob@example.com")[0]
     assert bob["optOut"] is True
 
     # The list's kept versions, newest first; restoring day 1's brings bob back, as a new version.
@@ -122,7 +122,7 @@ def test_a_redelivered_file_is_a_no_op_and_a_full_run_replaces_the_list(settings
     first = activation.run("gold-email", now=T1)
     [load] = load_run(settings, account, first)
     again = load_run(settings, account, first, data_files_first=False)  # the host delivers the manifest again
-    assert again == [load] and recipients.lists.get("gold").version == 1
+    assert again == [load] and recipients.tables.lists.get("gold").version == 1
 
     # A full export lists everyone: bob is gone from gold, so he is gone from the list.
     crm.ingest_at(
@@ -179,20 +179,20 @@ def test_a_malformed_file_fails_its_load_and_changes_nothing(
     segment_job(settings, T1)
     job = Activation.from_settings(settings).run("gold-email", now=T1)
     load_run(settings, account, job)
-    before = recipients.lists.get("gold")
+    before = recipients.tables.lists.get("gold")
 
     blobs = dlz(settings, account)
     bad = tamper(
         blobs, job.links["manifest"].split("/", 1)[1], "Campaign_Gold_segmentgold_bad.csv", data.encode(), **changes
     )
     fire_blob_trigger(campaign_audience_load, blobs, bad)
-    [failed] = [j for j in recipients.jobs.list(JobType.AUDIENCE_LOAD) if j.source.endswith("_bad.csv")]
+    [failed] = [j for j in recipients.tables.jobs.list(JobType.AUDIENCE_LOAD) if j.source.endswith("_bad.csv")]
     assert failed.status is JobStatus.FAILED
     assert (
         failed.errors[0].message.startswith("Campaign_Gold_segmentgold_bad.csv: ")
         and message in failed.errors[0].message
     )
-    assert recipients.lists.get("gold") == before
+    assert recipients.tables.lists.get("gold") == before
 
 
 def test_a_file_that_does_not_match_its_manifest_is_refused(settings, account, crm, recipients):
@@ -205,17 +205,17 @@ def test_a_file_that_does_not_match_its_manifest_is_refused(settings, account, c
     data = blobs.get(name)
     blobs.put(name, data[:-10], metadata={"manifest": job.links["manifest"].split("/", 1)[1]})  # cut short
     fire_blob_trigger(campaign_audience_load, blobs, name)
-    [load] = recipients.jobs.list(JobType.AUDIENCE_LOAD)
+    [load] = recipients.tables.jobs.list(JobType.AUDIENCE_LOAD)
     assert load.status is JobStatus.FAILED
     assert f"has {len(data) - 10} bytes but its manifest says {len(data)}" in load.errors[0].message
-    assert recipients.lists.find("gold") is None
+    assert recipients.tables.lists.find("gold") is None
     [alert] = body(call(alerts, "GET", "alerts?type=audienceLoad.failed"))
     assert alert["jobId"] == load.id and "its manifest says" in alert["message"]
 
     blobs.put(name, data[:-1] + b"X", metadata={"manifest": job.links["manifest"].split("/", 1)[1]})
     fire_blob_trigger(campaign_audience_load, blobs, name)
-    [changed] = [j for j in recipients.jobs.list(JobType.AUDIENCE_LOAD) if j.id != load.id]
-    assert "SHA-256" in changed.errors[0].message and recipients.lists.find("gold") is None
+    [changed] = [j for j in recipients.tables.jobs.list(JobType.AUDIENCE_LOAD) if j.id != load.id]
+    assert "SHA-256" in changed.errors[0].message and recipients.tables.lists.find("gold") is None
 
 
 def test_profile_sync_updates_recipients_that_exist_and_creates_none(settings, account, crm, recipients):
@@ -239,13 +239,13 @@ def test_profile_sync_updates_recipients_that_exist_and_creates_none(settings, a
     assert load.status is JobStatus.SUCCEEDED, load.errors
     # ann and bob exist in Campaign; cy does not and is not created; dee has no email in the platform.
     assert load.metrics["updated"] == 2 and load.metrics["rejected"] == {"unknownRecipient": 1}
-    people = {r["email"]: r for r in recipients.recipient_rows()}
+    people = {r["email"]: r for r in recipients.admin.recipient_rows()}
     assert set(people) == {"Ann@Example.com", "bob@example.com", "zed@example.com", "dee@example.com"}
     assert (people["Ann@Example.com"]["firstName"], people["Ann@Example.com"]["lastName"]) == ("Annie", "New")
     # A null leaves the value as it is; Campaign's opt-out and quarantine stay as they were.
     assert (people["bob@example.com"]["lastName"], people["bob@example.com"]["optOut"]) == ("Old", True)
     assert people["zed@example.com"]["quarantined"] is True and people["dee@example.com"]["firstName"] == "Dee"
-    assert recipients.lists.list() == []
+    assert recipients.tables.lists.list() == []
 
 
 def deliver(list_id: str, **options) -> dict:
@@ -264,7 +264,7 @@ def test_deliveries_skip_opted_out_and_quarantined_and_their_logs_come_back_as_e
 
     # bob is opted out: never sent to. ann opens and clicks.
     options = {"open_rate": 1, "click_rate": 1, "hard_bounce_rate": 0, "soft_bounce_rate": 0}
-    first = recipients.deliver(DeliveryRequest(list_id="all", **options), now=T1 + dt.timedelta(hours=1))
+    first = recipients.deliveries.deliver(DeliveryRequest(list_id="all", **options), now=T1 + dt.timedelta(hours=1))
     assert (first.targeted, first.sent, first.excluded) == (1, 1, {"optedOut": 1})
     assert (first.opens, first.clicks, first.quarantined) == (1, 1, 0)
     again = call(campaign_deliveries, "GET", f"campaign/deliveries/{first.id}", {"id": first.id})
@@ -272,15 +272,15 @@ def test_deliveries_skip_opted_out_and_quarantined_and_their_logs_come_back_as_e
     assert [d["id"] for d in body(call(campaign_deliveries, "GET", "campaign/deliveries"))] == [first.id]
 
     # A hard bounce quarantines ann; the next delivery (over HTTP) skips her too.
-    recipients.deliver(DeliveryRequest(list_id="all", hard_bounce_rate=1), now=T1 + dt.timedelta(hours=2))
+    recipients.deliveries.deliver(DeliveryRequest(list_id="all", hard_bounce_rate=1), now=T1 + dt.timedelta(hours=2))
     third = deliver("all")
     assert third["targeted"] == 0 and third["excluded"] == {"optedOut": 1, "quarantined": 1}
-    [ann] = recipients.recipient_rows(email="Ann@Example.com")
+    [ann] = recipients.admin.recipient_rows(email="Ann@Example.com")
     assert (ann["quarantined"], ann["quarantineReason"]) == (True, "hardBounce")
 
     # The logs go to landing as experience events, and are ingested like any other file.
     clock.move_to(T1 + dt.timedelta(days=3))  # the landing trigger runs three days later
-    export = recipients.export_logs(now=T1 + dt.timedelta(days=3))
+    export = recipients.feedback.export_logs(now=T1 + dt.timedelta(days=3))
     assert export.status is JobStatus.SUCCEEDED, export.errors
     assert export.metrics["events"] == {"message.bounce": 1, "message.click": 1, "message.open": 1, "message.sent": 1}
     assert export.source.startswith("campaign-logs/")
@@ -288,7 +288,7 @@ def test_deliveries_skip_opted_out_and_quarantined_and_their_logs_come_back_as_e
     # The 4-hour timer, four hours later, finds nothing new since the watermark.
     clock.move_to(T1 + dt.timedelta(days=3, hours=4))
     campaign_log_export.build().get_user_function()(TimerRequest(past_due=False))
-    [latest] = [j for j in recipients.jobs.list(JobType.FEEDBACK) if j.id != export.id]
+    [latest] = [j for j in recipients.tables.jobs.list(JobType.FEEDBACK) if j.id != export.id]
     assert latest.status is JobStatus.SUCCEEDED and latest.metrics["eventsTotal"] == 0
 
     # "Opened an email in the last 7 days", evaluated by the segment job and exported: ann.
@@ -345,4 +345,4 @@ def test_a_manifest_this_campaign_cannot_read_fails_its_load_naming_why(
     [load] = [Job.model_validate(j) for j in body(call(audience_loads, "GET", "audience-loads", {}))]
     assert load.status is JobStatus.FAILED and load.source == run.source
     assert run.source in load.errors[0].message and detail in load.errors[0].message
-    assert recipients.lists.list() == []
+    assert recipients.tables.lists.list() == []

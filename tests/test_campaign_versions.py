@@ -62,7 +62,7 @@ def test_an_import_adds_and_updates_never_deletes_and_a_deleted_id_is_never_give
 
 
 def test_two_writers_racing_for_one_version_leave_the_winner_readable(settings, tmp_path):
-    table = Campaign.from_settings(settings).recipients
+    table = Campaign.from_settings(settings).tables.recipients
     first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
     duckdb.sql(f"COPY (SELECT range + 1 AS id FROM range(3)) TO '{first}' (FORMAT parquet)")
     duckdb.sql(f"COPY (SELECT range + 1 AS id FROM range(5)) TO '{second}' (FORMAT parquet)")
@@ -99,7 +99,7 @@ def test_a_kept_version_is_restored_and_only_the_retention_timer_deletes_old_one
         assert answer.status_code == status, body(answer)
     assert call(campaign_list_versions, "GET", "campaign/lists/nope/versions", {"id": "nope"}).status_code == 404
 
-    blobs = Campaign.from_settings(settings).blobs
+    blobs = Campaign.from_settings(settings).tables.blobs
     assert len(list(blobs.names("recipients/"))) == 4  # versions 1, 2, 3 and 5 (4 is 1 again)
     snapshot_retention.build().get_user_function()(TimerRequest(past_due=False))
     assert len(list(blobs.names("recipients/"))) == 4  # nothing is old yet

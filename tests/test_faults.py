@@ -217,17 +217,17 @@ def test_a_log_export_that_fails_before_its_watermark_moves_lands_its_file_once(
     assert put_destination(segments=["all"]).status_code == 200
     segment_job(settings, T1)
     load_run(settings, account, Activation.from_settings(settings).run("gold-email", now=T1))
-    recipients.deliver(DeliveryRequest(list_id="all", open_rate=1), now=T1 + dt.timedelta(hours=1))
+    recipients.deliveries.deliver(DeliveryRequest(list_id="all", open_rate=1), now=T1 + dt.timedelta(hours=1))
     later = T1 + dt.timedelta(days=1)
     watermark = lambda method, url: "watermark" in url and method in ("PUT", "PATCH", "MERGE")  # noqa: E731
     with injected(Fault(watermark)), pytest.raises(Exception, match="injected"):
-        Campaign.from_settings(settings).export_logs(now=later)
+        Campaign.from_settings(settings).feedback.export_logs(now=later)
     [failed] = [j for j in jobs(settings).list(JobType.FEEDBACK) if j.status is JobStatus.FAILED]
     landing = BlobStore(account.container(settings.landing_container))
     logs = f"{settings.campaign_feedback_dataset}/"
     [name] = list(landing.names(logs))
     etag = landing.etag(name)
 
-    done = Campaign.from_settings(settings).export_logs(now=later)  # the host's retry
+    done = Campaign.from_settings(settings).feedback.export_logs(now=later)  # the host's retry
     assert (done.id, done.status, done.attempt) == (failed.id, JobStatus.SUCCEEDED, 2)
     assert list(landing.names(logs)) == [name] and landing.etag(name) == etag  # not a new file to ingest again

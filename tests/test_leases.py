@@ -86,7 +86,7 @@ def test_an_export_run_whose_worker_died_is_finished_by_the_redelivered_message(
 
 def test_an_audience_load_whose_worker_died_is_loaded_whole_by_the_next_trigger(settings, account, crm, clock):
     from functions.campaign import campaign_audience_load, campaign_recipients
-    from shared.campaign.service import load_id
+    from shared.campaign.loads import load_id
 
     assert call(campaign_recipients, "POST", "campaign/recipients", {}, SEED.encode()).status_code == 200
     assert put_destination(segments=["all"]).status_code == 200

@@ -59,7 +59,9 @@ def stage_ceiling(kind: str, work: Path) -> dict:
     """The same transfers, raw: the export file and the recipients snapshot down, the written snapshot up."""
     campaign = _campaign()
     manifest = json.loads(campaign.tables.dlz.get(manifest_name(kind)))
-    written = campaign.tables.lists.get("bench") if kind == "audience" else campaign.tables.recipients.get(RECIPIENTS_ID)
+    written = (
+        campaign.tables.lists.get("bench") if kind == "audience" else campaign.tables.recipients.get(RECIPIENTS_ID)
+    )
     read_recipients = campaign.tables.recipients.get(RECIPIENTS_ID)
     if kind == "profile":  # the load read the version before the one it wrote
         read_recipients = read_recipients.model_copy(

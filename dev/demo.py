@@ -237,7 +237,9 @@ def main() -> None:
             loads = campaign.tables.jobs.list(JobType.AUDIENCE_LOAD)
             lists = campaign.tables.lists.list()
             progress.update(step, description="Campaign: a delivery, then the 4-hour log export and its ingestion")
-            delivery = campaign.deliveries.deliver(DeliveryRequest(list_id="gold-platinum", label="Gold offer"), now=now)
+            delivery = campaign.deliveries.deliver(
+                DeliveryRequest(list_id="gold-platinum", label="Gold offer"), now=now
+            )
             feedback = campaign.feedback.export_logs(now=now + dt.timedelta(hours=4))
             logs_batch = None
             if feedback.source:

@@ -39,7 +39,7 @@ DESTINATION = {
 def stage_ours() -> dict:
     settings = get_settings()
     started = time.perf_counter()
-    job = Activation.from_settings(settings).run(DESTINATION["id"], now=NOW)
+    job = Activation.from_settings(settings).exports.run(DESTINATION["id"], now=NOW)
     seconds = time.perf_counter() - started
     assert job.status.value == "SUCCEEDED", job.errors
     return {
@@ -97,7 +97,7 @@ def main() -> None:
         seg = SegmentJobRunner.from_settings(settings).run(now=NOW)
         assert seg.status.value == "SUCCEEDED", seg.errors
         activation = Activation.from_settings(settings)
-        activation.save(Destination.model_validate({**DESTINATION, "segments": list(segments())}), now=NOW)
+        activation.destinations.save(Destination.model_validate({**DESTINATION, "segments": list(segments())}), now=NOW)
         # The floor starts from the same snapshots, already on local disk.
         store = MembershipStore.from_settings(settings, StorageAccount.from_settings(settings))
         (work / "snapshots").mkdir()

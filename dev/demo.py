@@ -208,22 +208,22 @@ def main() -> None:
             progress.update(step, description="Saving destinations (guardrails, governance) and running export_runs")
             activation = Activation.from_settings(settings, account)
             activation.policies.put(POLICY)
-            activation.save(Destination.model_validate(DESTINATION), now=now)
-            activation.save(Destination.model_validate(PROFILE_DESTINATION), now=now)
+            activation.destinations.save(Destination.model_validate(DESTINATION), now=now)
+            activation.destinations.save(Destination.model_validate(PROFILE_DESTINATION), now=now)
             refused = []
             for overrides in (
                 {"id": "third-party", "name": "Third_Party", "marketingAction": "Export to Third Party"},
                 {"id": "too-often", "name": "Too_Often", "schedule": {"everyHours": 1}},
             ):
                 try:
-                    activation.save(Destination.model_validate({**DESTINATION, **overrides}), now=now)
+                    activation.destinations.save(Destination.model_validate({**DESTINATION, **overrides}), now=now)
                 except BridgeError as exc:
                     refused.append((overrides["id"], exc.code, exc.message))
             from functions.activation import export_runs
 
             export_runs.build().get_user_function()(TimerRequest(past_due=False))
             export_job = next(j for j in activation.jobs.list(JobType.EXPORT) if j.subject == DESTINATION["id"])
-            dataflow = activation.runs(DESTINATION["id"])
+            dataflow = activation.destinations.runs(DESTINATION["id"])
 
             progress.update(step, description="Campaign: importing recipients, then campaign_audience_load on dlz/")
             campaign = Campaign.from_settings(settings, account)
@@ -251,7 +251,7 @@ def main() -> None:
             yesterday.stop()  # day 2: the real clock
             day2 = today
             segment_job2 = SegmentJobRunner.from_settings(settings, account).run(now=day2)
-            day2_exports = activation.run_due(now=day2)
+            day2_exports = activation.exports.run_due(now=day2)
             for name in sorted(dlz.names(), key=is_manifest):
                 fire_blob_trigger(campaign_audience_load, dlz, name)  # day 1's files again: no-ops
             loads2 = [j for j in campaign.tables.jobs.list(JobType.AUDIENCE_LOAD) if j.id not in {x.id for x in loads}]

@@ -25,21 +25,21 @@ def _activation() -> Activation:
 @bp.function_name("export_runs")
 @bp.timer_trigger(arg_name="timer", schedule="%EXPORT_SCHEDULE%", run_on_startup=False)
 def export_runs(timer: func.TimerRequest) -> None:
-    for job in _activation().run_due(now=utc_now()):
+    for job in _activation().exports.run_due(now=utc_now()):
         log.info("export run %s: %s %s", job.id, job.status.value, job.metrics.get("identitiesActivated"))
 
 
 @bp.function_name("export_run_queued")
 @bp.queue_trigger(arg_name="message", queue_name="%EXPORT_RUNS_QUEUE%", connection="AzureWebJobsStorage")
 def export_run_queued(message: func.QueueMessage) -> None:
-    job = _activation().run_queued(message.get_json())
+    job = _activation().exports.run_queued(message.get_json())
     log.info("export run %s: %s", job.id, job.status.value)
 
 
 @bp.function_name("dlz_retention")
 @bp.timer_trigger(arg_name="timer", schedule="%DLZ_RETENTION_SCHEDULE%", run_on_startup=False)
 def dlz_retention(timer: func.TimerRequest) -> None:
-    deleted = _activation().cleanup(now=utc_now())
+    deleted = _activation().retention.cleanup(now=utc_now())
     log.info("deleted %d DLZ files past retention", len(deleted))
 
 
@@ -61,9 +61,9 @@ def destinations(req: func.HttpRequest) -> func.HttpResponse:
     activation = _activation()
     destination_id = req.route_params.get("id")
     if req.method == "PUT" and destination_id:
-        return json_response(activation.save(read(req, Destination, id=destination_id), now=utc_now()))
+        return json_response(activation.destinations.save(read(req, Destination, id=destination_id), now=utc_now()))
     if req.method == "DELETE" and destination_id:
-        activation.delete(destination_id)
+        activation.destinations.delete(destination_id)
         return func.HttpResponse(status_code=204)
     if destination_id:
         return json_response(activation.destinations.get(destination_id))
@@ -83,7 +83,7 @@ def destinations(req: func.HttpRequest) -> func.HttpResponse:
     )
 )
 def destination_run(req: func.HttpRequest) -> func.HttpResponse:
-    job = _activation().enqueue(req.route_params["id"], now=utc_now())
+    job = _activation().exports.enqueue(req.route_params["id"], now=utc_now())
     return json_response(job, status=202, location=f"/api/dataflows/{req.route_params['id']}/runs")
 
 
@@ -93,7 +93,7 @@ def destination_run(req: func.HttpRequest) -> func.HttpResponse:
     Op("get", "/dataflows/{id}/runs", "A destination's runs per segment, newest first", response=list[DataflowRun])
 )
 def dataflow_runs(req: func.HttpRequest) -> func.HttpResponse:
-    return json_response(_activation().runs(req.route_params["id"]))
+    return json_response(_activation().destinations.runs(req.route_params["id"]))
 
 
 @bp.function_name("governance_policies")

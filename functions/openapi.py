@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 # Every area's functions, so that their declarations are all in OPERATIONS however this module is imported.
 from functions import activation, campaign, catalog, monitoring, segmentation  # noqa: F401
 from functions.http import OPERATIONS, Op, answers, json_response
-from shared.activation.service import ExportMetrics
+from shared.activation.runs import ExportMetrics
 from shared.ingestion.batch import IngestionMetrics
 from shared.models import ApiModel
 from shared.segmentation.shards import SegmentJobMetrics

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def _activate(job: Job, now: dt.datetime) -> None:
     """Destinations scheduled "after segment evaluation" export as soon as a job has published."""
     if job.status is JobStatus.SUCCEEDED:
-        for run in Activation.from_settings(get_settings()).run_due(
+        for run in Activation.from_settings(get_settings()).exports.run_due(
             now=now, frequency=Frequency.AFTER_SEGMENT_EVALUATION
         ):
             log.info("export run %s after segment job %s: %s", run.id, job.id, run.status.value)

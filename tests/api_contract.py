@@ -13,7 +13,7 @@ from pydantic import TypeAdapter
 
 from functions.http import Op
 from functions.openapi import Problem
-from shared.activation.service import ExportMetrics
+from shared.activation.runs import ExportMetrics
 from shared.ingestion.batch import IngestionMetrics
 from shared.segmentation.shards import SegmentJobMetrics
 

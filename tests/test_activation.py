@@ -290,7 +290,7 @@ def test_governance_is_checked_again_at_run_time_and_the_run_fails_with_nothing_
     # After the destination was saved, the segment's field gets a label that a policy denies.
     create_dataset(settings, "crm", field_labels={"mobilePhone.number": ["C2"], "loyalty.tier": ["C2"]})
     email_policy()
-    job = Activation.from_settings(settings).run("gold-email", now=T1)
+    job = Activation.from_settings(settings).exports.run("gold-email", now=T1)
     assert job.status is JobStatus.FAILED and job.errors[0].code == "governance"
     assert (
         "field 'loyalty.tier' of dataset 'crm' (used by mapping to loyaltyTier, segment gold)" in job.errors[0].message
@@ -312,18 +312,18 @@ def test_incremental_exports_enter_stay_and_exit_across_three_runs_the_first_a_b
     assert put_destination(exportMode="incremental").status_code == 200
     activation = Activation.from_settings(settings)
     segment_job(settings, T1)
-    first = activation.run("gold-email", now=T1)
+    first = activation.exports.run("gold-email", now=T1)
     assert exported(settings, account, first) == {
         sha("ann@example.com"): "realized",
         sha("bob@example.com"): "realized",
     }
-    runs = activation.runs("gold-email")
+    runs = activation.destinations.runs("gold-email")
     assert runs[0].backfill and runs[0].identities_activated == 2
 
     # Day 2: cy enters gold; ann and bob stay, so they are not exported again.
     crm.ingest_at("crm/2.ndjson", ndjson(person("cy", "cy@example.com", tier="gold")), now=T2 - dt.timedelta(hours=1))
     segment_job(settings, T2)
-    second = activation.run("gold-email", now=T2)
+    second = activation.exports.run("gold-email", now=T2)
     assert exported(settings, account, second) == {sha("cy@example.com"): "realized"}
 
     # Day 3: bob leaves gold: exported as exited, for Campaign to remove.
@@ -331,13 +331,13 @@ def test_incremental_exports_enter_stay_and_exit_across_three_runs_the_first_a_b
         "crm/3.ndjson", ndjson(person("bob", "bob@example.com", tier="silver")), now=T3 - dt.timedelta(hours=1)
     )
     segment_job(settings, T3)
-    third = activation.run("gold-email", now=T3)
+    third = activation.exports.run("gold-email", now=T3)
     assert exported(settings, account, third) == {sha("bob@example.com"): "exited"}
-    assert not activation.runs("gold-email")[0].backfill
+    assert not activation.destinations.runs("gold-email")[0].backfill
 
     # A full export of the same day lists every active member instead.
     assert put_destination(exportMode="full").status_code == 200
-    full = activation.run("gold-email", now=T3 + dt.timedelta(minutes=5))
+    full = activation.exports.run("gold-email", now=T3 + dt.timedelta(minutes=5))
     assert set(exported(settings, account, full)) == {sha("ann@example.com"), sha("cy@example.com")}
 
 
@@ -354,7 +354,7 @@ def test_mandatory_attributes_and_dedup_keys_exclude_with_a_reason(settings, acc
     assert put_segment("gold", 'loyalty.tier = "gold"').status_code == 200
     assert put_destination(segments=["all"], mandatory=["firstName"], dedupKey=["firstName"]).status_code == 200
     segment_job(settings, T1)
-    job = Activation.from_settings(settings).run("gold-email", now=T1)
+    job = Activation.from_settings(settings).exports.run("gold-email", now=T1)
     assert job.status is JobStatus.SUCCEEDED, job.errors
     # ann and bob are both Sam: one is kept; cy has no first name; dee has no email at all.
     assert job.metrics["excluded"] == {
@@ -363,7 +363,7 @@ def test_mandatory_attributes_and_dedup_keys_exclude_with_a_reason(settings, acc
         "missingMandatory:firstName": 1,
     }
     assert job.metrics["profilesReceived"] == 5 and job.metrics["identitiesActivated"] == 2
-    [run] = Activation.from_settings(settings).runs("gold-email")
+    [run] = Activation.from_settings(settings).destinations.runs("gold-email")
     assert run.excluded == job.metrics["excluded"] and run.profiles_received == 5
 
 
@@ -371,21 +371,23 @@ def test_a_scheduled_slot_runs_once_and_the_next_slot_runs_again(settings, crm):
     assert put_destination(schedule={"everyHours": 6, "start": "2026-11-20T00:00:00Z"}).status_code == 200
     segment_job(settings, T1)
     activation = Activation.from_settings(settings)
-    first = activation.run_due(now=T1)  # 13:00 is in the 12:00 slot
+    first = activation.exports.run_due(now=T1)  # 13:00 is in the 12:00 slot
     assert [j.id for j in first] == ["exp-gold-email-20261120T120000Z"]
-    assert activation.run_due(now=T1 + dt.timedelta(hours=2)) == []  # the timer again, same slot
-    assert [j.id for j in activation.run_due(now=T1 + dt.timedelta(hours=5))] == ["exp-gold-email-20261120T180000Z"]
-    assert activation.run_due(now=dt.datetime(2026, 10, 1, tzinfo=dt.UTC)) == []  # before the start
+    assert activation.exports.run_due(now=T1 + dt.timedelta(hours=2)) == []  # the timer again, same slot
+    assert [j.id for j in activation.exports.run_due(now=T1 + dt.timedelta(hours=5))] == [
+        "exp-gold-email-20261120T180000Z"
+    ]
+    assert activation.exports.run_due(now=dt.datetime(2026, 10, 1, tzinfo=dt.UTC)) == []  # before the start
 
 
 def test_after_segment_evaluation_runs_once_per_segment_job(settings, crm):
     assert put_destination(schedule={"frequency": "afterSegmentEvaluation"}).status_code == 200
     activation = Activation.from_settings(settings)
-    assert activation.run_due(now=T1) == []  # nothing evaluated yet
+    assert activation.exports.run_due(now=T1) == []  # nothing evaluated yet
     seg = segment_job(settings, T1)
-    [job] = activation.run_due(now=T1)
+    [job] = activation.exports.run_due(now=T1)
     assert job.id == f"exp-gold-email-after-{seg.id}" and job.status is JobStatus.SUCCEEDED
-    assert activation.run_due(now=T1 + dt.timedelta(hours=1)) == []
+    assert activation.exports.run_due(now=T1 + dt.timedelta(hours=1)) == []
 
 
 def test_files_split_at_the_row_limit_with_numbered_names_and_gzip(settings, account, crm, monkeypatch):
@@ -396,7 +398,7 @@ def test_files_split_at_the_row_limit_with_numbered_names_and_gzip(settings, acc
     settings = get_settings()
     assert put_destination(csv={"gzip": True, "delimiter": ";"}).status_code == 200
     segment_job(settings, T1)
-    job = Activation.from_settings(settings).run("gold-email", now=T1)
+    job = Activation.from_settings(settings).exports.run("gold-email", now=T1)
     blobs = dlz(settings, account)
     manifest = json.loads(blobs.get(job.source))
     assert [f["name"] for f in manifest["files"]] == [
@@ -417,7 +419,7 @@ def test_a_run_that_fails_before_its_manifest_leaves_no_visible_file(settings, a
 
     monkeypatch.setattr(BlobStore, "put", refuse)
     with pytest.raises(OSError):
-        Activation.from_settings(settings).run("gold-email", now=T1)
+        Activation.from_settings(settings).exports.run("gold-email", now=T1)
     monkeypatch.undo()
     assert list(dlz(settings, account).names()) == []
     job = JobStore.from_settings(settings, account).get(JobType.EXPORT, "exp-gold-email-20261120T130000Z-now")
@@ -444,12 +446,15 @@ def test_an_on_demand_run_goes_through_the_queue_and_its_records_read_back(setti
 def test_retention_deletes_dlz_files_older_than_the_setting(settings, account, crm, clock):
     assert put_destination().status_code == 200
     segment_job(settings, T1)
-    Activation.from_settings(settings).run("gold-email", now=T1)
+    Activation.from_settings(settings).exports.run("gold-email", now=T1)
     blobs = dlz(settings, account)
     assert len(list(blobs.names())) == 2
     dlz_retention.build().get_user_function()(TimerRequest(past_due=False))  # the same day: nothing is old
     assert len(list(blobs.names())) == 2
-    assert Activation.from_settings(settings).cleanup(now=T1 + dt.timedelta(days=settings.dlz_retention_days)) == []
+    assert (
+        Activation.from_settings(settings).retention.cleanup(now=T1 + dt.timedelta(days=settings.dlz_retention_days))
+        == []
+    )
     clock.move_to(T1 + dt.timedelta(days=settings.dlz_retention_days, minutes=1))
     dlz_retention.build().get_user_function()(TimerRequest(past_due=False))
     assert list(blobs.names()) == []

@@ -83,10 +83,10 @@ def test_segment_failure_and_size_change_alerts(settings, account, crm, monkeypa
 def test_export_alerts_start_success_excluded_rate_and_failure(settings, crm):
     activation = Activation.from_settings(settings)
     assert put_destination(segments=["all"]).status_code == 200
-    failed = activation.run("gold-email", now=T1)  # no segment job yet: the run fails
+    failed = activation.exports.run("gold-email", now=T1)  # no segment job yet: the run fails
     assert failed.status is JobStatus.FAILED
     SegmentJobRunner.from_settings(settings).run(now=T1)
-    ok = activation.run("gold-email", now=T1 + dt.timedelta(minutes=1))
+    ok = activation.exports.run("gold-email", now=T1 + dt.timedelta(minutes=1))
     assert ok.status is JobStatus.SUCCEEDED  # dee has no email: 1 of 4 excluded, over 1%
     types = alert_types()
     for expected in ("destination.flowRunStart", "destination.flowRunFailure", "destination.flowRunSuccess"):
@@ -105,7 +105,7 @@ def test_delays_are_found_with_an_injected_now_and_alert_once(settings, crm):
     )
     # Daily at noon, saved an hour before today's slot: that slot is the first it owes.
     schedule = {"frequency": "hours", "everyHours": 24, "start": "2026-11-01T12:00:00Z"}
-    Activation.from_settings(settings).save(
+    Activation.from_settings(settings).destinations.save(
         Destination.model_validate({**destination(schedule=schedule), "id": "daily"}), now=NOW - dt.timedelta(hours=1)
     )
     assert rules(settings).check_delays(now=NOW + dt.timedelta(minutes=149)) == []

@@ -76,7 +76,7 @@ def test_audience_sync_adds_and_removes_members_across_incremental_files(setting
     assert put_destination(exportMode="incremental").status_code == 200
     activation = Activation.from_settings(settings)
     segment_job(settings, T1)
-    [load] = load_run(settings, account, activation.run("gold-email", now=T1))
+    [load] = load_run(settings, account, activation.exports.run("gold-email", now=T1))
     assert load.status is JobStatus.SUCCEEDED, load.errors
     # ann and bob are gold; bob is opted out in Campaign but still a list member (deliveries skip him).
     assert list_members("gold") == {"Ann@Example.com": "realized", "bob@example.com": "realized"}
@@ -87,7 +87,7 @@ def test_audience_sync_adds_and_removes_members_across_incremental_files(setting
     # Day 2: cy enters gold, but Campaign has no cy: rejected, never created.
     crm.ingest_at("crm/2.ndjson", ndjson(person("cy", "cy@example.com", tier="gold")), now=T2 - dt.timedelta(hours=1))
     segment_job(settings, T2)
-    [load] = load_run(settings, account, activation.run("gold-email", now=T2))
+    [load] = load_run(settings, account, activation.exports.run("gold-email", now=T2))
     assert load.metrics["rejected"] == {"unknownRecipient": 1} and load.metrics["added"] == 0
     assert len(recipients.admin.recipient_rows()) == 4
 
@@ -96,7 +96,7 @@ def test_audience_sync_adds_and_removes_members_across_incremental_files(setting
         "crm/3.ndjson", ndjson(person("bob", "bob@example.com", tier="silver")), now=T3 - dt.timedelta(hours=1)
     )
     segment_job(settings, T3)
-    [load] = load_run(settings, account, activation.run("gold-email", now=T3))
+    [load] = load_run(settings, account, activation.exports.run("gold-email", now=T3))
     assert load.metrics["removed"] == 1
     assert list_members("gold") == {"Ann@Example.com": "realized"}
     bob = recipients.admin.recipient_rows(email="bob@example.com")[0]
@@ -119,7 +119,7 @@ def test_a_redelivered_file_is_a_no_op_and_a_full_run_replaces_the_list(settings
     assert put_destination(exportMode="full").status_code == 200
     activation = Activation.from_settings(settings)
     segment_job(settings, T1)
-    first = activation.run("gold-email", now=T1)
+    first = activation.exports.run("gold-email", now=T1)
     [load] = load_run(settings, account, first)
     again = load_run(settings, account, first, data_files_first=False)  # the host delivers the manifest again
     assert again == [load] and recipients.tables.lists.get("gold").version == 1
@@ -129,7 +129,7 @@ def test_a_redelivered_file_is_a_no_op_and_a_full_run_replaces_the_list(settings
         "crm/3.ndjson", ndjson(person("bob", "bob@example.com", tier="silver")), now=T3 - dt.timedelta(hours=1)
     )
     segment_job(settings, T3)
-    [load] = load_run(settings, account, activation.run("gold-email", now=T3))
+    [load] = load_run(settings, account, activation.exports.run("gold-email", now=T3))
     assert load.metrics["removed"] == 1 and load.metrics["updated"] == 1
     assert list_members("gold") == {"Ann@Example.com": "existing"}
 
@@ -177,7 +177,7 @@ def test_a_malformed_file_fails_its_load_and_changes_nothing(
 ):
     assert put_destination().status_code == 200
     segment_job(settings, T1)
-    job = Activation.from_settings(settings).run("gold-email", now=T1)
+    job = Activation.from_settings(settings).exports.run("gold-email", now=T1)
     load_run(settings, account, job)
     before = recipients.tables.lists.get("gold")
 
@@ -198,7 +198,7 @@ def test_a_malformed_file_fails_its_load_and_changes_nothing(
 def test_a_file_that_does_not_match_its_manifest_is_refused(settings, account, crm, recipients):
     assert put_destination().status_code == 200
     segment_job(settings, T1)
-    job = Activation.from_settings(settings).run("gold-email", now=T1)
+    job = Activation.from_settings(settings).exports.run("gold-email", now=T1)
     blobs = dlz(settings, account)
     manifest = json.loads(blobs.get(job.links["manifest"].split("/", 1)[1]))
     name = manifest["files"][0]["name"]
@@ -235,7 +235,7 @@ def test_profile_sync_updates_recipients_that_exist_and_creates_none(settings, a
     ]
     assert put_destination(syncType="profile", segments=["all"], mapping=mapping).status_code == 200
     segment_job(settings, T1)
-    [load] = load_run(settings, account, Activation.from_settings(settings).run("gold-email", now=T1))
+    [load] = load_run(settings, account, Activation.from_settings(settings).exports.run("gold-email", now=T1))
     assert load.status is JobStatus.SUCCEEDED, load.errors
     # ann and bob exist in Campaign; cy does not and is not created; dee has no email in the platform.
     assert load.metrics["updated"] == 2 and load.metrics["rejected"] == {"unknownRecipient": 1}
@@ -259,7 +259,7 @@ def test_deliveries_skip_opted_out_and_quarantined_and_their_logs_come_back_as_e
 ):
     assert put_destination(segments=["all"]).status_code == 200
     segment_job(settings, T1)
-    [load] = load_run(settings, account, Activation.from_settings(settings).run("gold-email", now=T1))
+    [load] = load_run(settings, account, Activation.from_settings(settings).exports.run("gold-email", now=T1))
     assert list_members("all") == {"Ann@Example.com": "realized", "bob@example.com": "realized"}
 
     # bob is opted out: never sent to. ann opens and clicks.
@@ -296,7 +296,7 @@ def test_deliveries_skip_opted_out_and_quarantined_and_their_logs_come_back_as_e
     assert put_segment("openers", opened).status_code == 200
     assert put_destination("openers-email", name="Campaign_Openers", segments=["openers"]).status_code == 200
     segment_job(settings, T1 + dt.timedelta(days=3, hours=4))
-    job = Activation.from_settings(settings).run("openers-email", now=T1 + dt.timedelta(days=3, hours=4))
+    job = Activation.from_settings(settings).exports.run("openers-email", now=T1 + dt.timedelta(days=3, hours=4))
     assert exported(settings, account, job) == {sha("ann@example.com"): "realized"}
 
 
@@ -337,7 +337,7 @@ def test_a_manifest_this_campaign_cannot_read_fails_its_load_naming_why(
 ):
     assert put_destination().status_code == 200
     segment_job(settings, T1)
-    run = Activation.from_settings(settings).run("gold-email", now=T1)
+    run = Activation.from_settings(settings).exports.run("gold-email", now=T1)
     blobs = dlz(settings, account)
     manifest = json.loads(blobs.get(run.source))
     blobs.put(run.source, json.dumps({**manifest, **change}).encode())

@@ -61,7 +61,7 @@ def test_an_export_whose_manifest_cannot_be_written_leaves_no_files_and_its_rede
 ):
     assert put_destination().status_code == 200
     segment_job(settings, T1)
-    queued = Activation.from_settings(settings).enqueue("gold-email", now=T1)
+    queued = Activation.from_settings(settings).exports.enqueue("gold-email", now=T1)
     queue = account.queue(settings.export_runs_queue)
     [message] = queue.peek_messages()
     manifest = lambda method, url: method == "PUT" and "manifest" in url  # noqa: E731
@@ -82,7 +82,7 @@ def test_an_audience_load_that_cannot_publish_its_list_changes_nothing_and_the_r
     assert call(campaign_recipients, "POST", "campaign/recipients", {}, SEED.encode()).status_code == 200
     assert put_destination(segments=["all"]).status_code == 200
     segment_job(settings, T1)
-    run = Activation.from_settings(settings).run("gold-email", now=T1)
+    run = Activation.from_settings(settings).exports.run("gold-email", now=T1)
     blobs = dlz(settings, account)
     with injected(Fault(put_to(settings.campaign_container))), pytest.raises(Exception, match="injected"):
         fire_blob_trigger(campaign_audience_load, blobs, run.source)
@@ -192,7 +192,7 @@ def test_two_processes_running_the_same_timer_and_message_do_the_work_once(setti
     [job] = jobs(settings).list(JobType.SEGMENT)
     assert (job.status, job.attempt, job.metrics["segmentedProfileCounter"]) == (JobStatus.SUCCEEDED, 1, GOLD_AND_ALL)
 
-    queued = Activation.from_settings(settings).enqueue("gold-email", now=T1)
+    queued = Activation.from_settings(settings).exports.enqueue("gold-email", now=T1)
     [message] = account.queue(settings.export_runs_queue).peek_messages()
     deliver = f"""
         import azure.functions as func
@@ -216,7 +216,7 @@ def test_a_log_export_that_fails_before_its_watermark_moves_lands_its_file_once(
 
     assert put_destination(segments=["all"]).status_code == 200
     segment_job(settings, T1)
-    load_run(settings, account, Activation.from_settings(settings).run("gold-email", now=T1))
+    load_run(settings, account, Activation.from_settings(settings).exports.run("gold-email", now=T1))
     recipients.deliveries.deliver(DeliveryRequest(list_id="all", open_rate=1), now=T1 + dt.timedelta(hours=1))
     later = T1 + dt.timedelta(days=1)
     watermark = lambda method, url: "watermark" in url and method in ("PUT", "PATCH", "MERGE")  # noqa: E731

@@ -65,7 +65,7 @@ def test_an_export_run_whose_worker_died_is_finished_by_the_redelivered_message(
     assert put_destination().status_code == 200
     segment_job(settings, T1)
     activation = Activation.from_settings(settings)
-    queued = activation.enqueue("gold-email", now=T1)
+    queued = activation.exports.enqueue("gold-email", now=T1)
     queue = account.queue(settings.export_runs_queue)
     [message] = queue.receive_messages(visibility_timeout=1)  # the first worker takes the message...
     died_holding(settings, queued)  # ...claims the run and is killed before writing anything
@@ -91,7 +91,7 @@ def test_an_audience_load_whose_worker_died_is_loaded_whole_by_the_next_trigger(
     assert call(campaign_recipients, "POST", "campaign/recipients", {}, SEED.encode()).status_code == 200
     assert put_destination(segments=["all"]).status_code == 200
     segment_job(settings, T1)
-    run = Activation.from_settings(settings).run("gold-email", now=T1)
+    run = Activation.from_settings(settings).exports.run("gold-email", now=T1)
     blobs = dlz(settings, account)
     manifest = json.loads(blobs.get(run.source))
     [entry] = manifest["files"]

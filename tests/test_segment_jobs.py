@@ -330,7 +330,7 @@ def test_a_malformed_queue_message_is_refused_naming_its_fields(settings):
     with pytest.raises(ValidationError, match="not a SegmentJobMessage: jobId: Field required"):
         SegmentJobRunner.from_settings(settings).run_queued({"now": NOW.isoformat()})
     with pytest.raises(ValidationError, match="not a ExportRunMessage: now: Input should be a valid datetime"):
-        Activation.from_settings(settings).run_queued({"jobId": "x", "destination": "d", "now": "soon"})
+        Activation.from_settings(settings).exports.run_queued({"jobId": "x", "destination": "d", "now": "soon"})
 
 
 def test_any_number_of_segments_is_published_at_once_or_not_at_all(settings, account):

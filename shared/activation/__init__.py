@@ -2,7 +2,8 @@
 
 from shared.activation.destinations import Destination, DestinationStore, check_guardrails
 from shared.activation.governance import GovernancePolicy, PolicyStore, check_governance
-from shared.activation.service import Activation, DataflowRun
+from shared.activation.runs import DataflowRun
+from shared.activation.service import Activation
 
 __all__ = [
     "Activation",

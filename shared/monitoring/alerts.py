@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field
 
 from shared.activation.destinations import DestinationStore, Frequency
-from shared.activation.service import ExportMetrics, run_id_for
+from shared.activation.runs import ExportMetrics, run_id_for
 from shared.errors import Conflict
 from shared.ingestion.batch import IngestionMetrics
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType

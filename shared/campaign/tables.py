@@ -41,20 +41,14 @@ class CampaignTables:
         self.account = account
         self.blobs = BlobStore(account.container(settings.campaign_container))
         self.dlz = BlobStore(account.container(settings.dlz_container))
-        self.recipients = Snapshots(
-            self.blobs,
-            EntityTable(account.table(settings.table_name("campaignprofiles"))),
-            partition="recipients",
-            prefix="recipients",
-            retention=dt.timedelta(hours=settings.snapshot_retention_hours),
-        )
-        self.lists = Snapshots(
-            self.blobs,
-            EntityTable(account.table(settings.table_name("audiencelists"))),
-            partition="list",
-            prefix="lists",
-            retention=dt.timedelta(hours=settings.snapshot_retention_hours),
-        )
+        retention = dt.timedelta(hours=settings.snapshot_retention_hours)
+
+        def snapshots(table: str, partition: str, prefix: str) -> Snapshots:
+            records = EntityTable(account.table(settings.table_name(table)))
+            return Snapshots(self.blobs, records, partition=partition, prefix=prefix, retention=retention)
+
+        self.recipients = snapshots("campaignprofiles", "recipients", "recipients")
+        self.lists = snapshots("audiencelists", "list", "lists")
         self.targets = TargetMappingStore.from_settings(settings, account)
         self.jobs = JobStore.from_settings(settings, account)
         self.deliveries_table = EntityTable(account.table(settings.table_name("campaigndeliveries")))

@@ -12,6 +12,7 @@ from functions.http import Op, answers, json_response, read
 from shared.identity import MergePolicy, MergePolicyStore, ProfileStore
 from shared.identity.policies import MergePolicies, MergePolicyRequest
 from shared.identity.rebuilds import ProfileRebuilds
+from shared.identity.store import StoreSummary
 from shared.ingestion import Dataset, DatasetStore, Schema, SchemaStore
 from shared.jobs import Job, JobStore, JobType
 from shared.segmentation.memberships import MembershipStore
@@ -102,7 +103,12 @@ def batches(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("profiles")
 @bp.route(route="profiles", methods=["GET"])
 @answers(
-    Op("get", "/profiles", "What the profile store holds: people, identities, fragments, events, shards, last batch")
+    Op(
+        "get",
+        "/profiles",
+        "What the profile store holds: people, identities, fragments, events, shards, last batch",
+        response=StoreSummary,
+    )
 )
 def profiles(req: func.HttpRequest) -> func.HttpResponse:
     """What the profile store holds: people, identities, fragments, events, shards and the last batch."""

@@ -15,6 +15,9 @@ from pydantic.json_schema import models_json_schema
 from functions import activation, campaign, catalog, monitoring, segmentation  # noqa: F401
 from functions.http import OPERATIONS, Op, answers, json_response
 from shared.activation.runs import ExportMetrics
+from shared.campaign.feedback import FeedbackMetrics
+from shared.campaign.loads import AudienceLoadMetrics
+from shared.identity.store import StoreSummary
 from shared.ingestion.batch import IngestionMetrics
 from shared.models import ApiModel
 from shared.segmentation.shards import SegmentJobMetrics
@@ -40,7 +43,7 @@ def _model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
 
 
 # What jobs report, by type (`Job.metrics`): documented beside the operations' own models.
-METRICS = [IngestionMetrics, SegmentJobMetrics, ExportMetrics]
+METRICS = [IngestionMetrics, SegmentJobMetrics, ExportMetrics, AudienceLoadMetrics, FeedbackMetrics, StoreSummary]
 
 
 def document() -> dict[str, Any]:

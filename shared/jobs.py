@@ -76,8 +76,8 @@ class Job(ApiModel):
     ended: dt.datetime | None = None
     metrics: dict[str, Any] = Field(
         default_factory=dict,
-        description="What the job measured, by type: IngestionMetrics, SegmentJobMetrics, ExportMetrics "
-        "(see their schemas); audience loads, feedback exports and rebuilds report counts and phase seconds.",
+        description="What the job measured, one model per type (see their schemas): IngestionMetrics, "
+        "SegmentJobMetrics, ExportMetrics, AudienceLoadMetrics, FeedbackMetrics, StoreSummary (a rebuild).",
     )
     errors: list[JobError] = Field(default_factory=list)
     errors_total: int = 0

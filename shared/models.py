@@ -28,3 +28,11 @@ class ApiModel(BaseModel):
                 if spec.alias and spec.alias != name and name in data and spec.alias not in data:
                     noted.append(f"{name} (now {spec.alias})")
         return data
+
+
+class Metrics(ApiModel):
+    """What a job reports in `Job.metrics`, one model per job type: a key the model does not declare is refused
+    when the job is written, so the writer and every reader (alert rules, the dashboard) agree on the names.
+    Every field has a default: a job that failed early reports little more than its duration."""
+
+    model_config = ConfigDict(extra="forbid")

@@ -4,20 +4,32 @@ and no snake_case key anywhere in a body. `OBSERVED` gathers which declared oper
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
 
 import azure.functions as func
+from jsonschema import Draft202012Validator
 from pydantic import TypeAdapter
 
 from functions.http import Op
-from functions.openapi import Problem
+from functions.openapi import Problem, document
 from shared.activation.runs import ExportMetrics
+from shared.campaign.feedback import FeedbackMetrics
+from shared.campaign.loads import AudienceLoadMetrics
+from shared.identity.store import StoreSummary
 from shared.ingestion.batch import IngestionMetrics
 from shared.segmentation.shards import SegmentJobMetrics
 
-METRICS = {"ingestion": IngestionMetrics, "segment": SegmentJobMetrics, "export": ExportMetrics}
+METRICS = {
+    "ingestion": IngestionMetrics,
+    "segment": SegmentJobMetrics,
+    "export": ExportMetrics,
+    "audience-load": AudienceLoadMetrics,
+    "feedback": FeedbackMetrics,
+    "profile-rebuild": StoreSummary,
+}
 SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)+")
 OBSERVED: set[tuple[str, str]] = set()
 
@@ -57,8 +69,19 @@ def check(user_function: Any, request: func.HttpRequest, response: func.HttpResp
     assert not snake_keys(body), f"{where}: snake_case keys {snake_keys(body)[:5]}"
     if op.response is not None:
         TypeAdapter(op.response).validate_python(body, by_alias=True, by_name=False)
+        errors = [e.message for e in documented(op.method, op.path, op.status).iter_errors(body)]
+        assert not errors, f"{where}: the answer does not match /api/openapi.json: {errors[:3]}"
     for job in jobs_in(body):
         check_metrics(job)
+
+
+@functools.cache
+def documented(method: str, path: str, status: int) -> Draft202012Validator:
+    """A validator for an operation's answer, from the generated /api/openapi.json itself."""
+    doc = document()
+    content = doc["paths"]["/api" + path][method]["responses"][str(status)]["content"]
+    schema = next(iter(content.values()))["schema"]
+    return Draft202012Validator({**schema, "components": doc["components"]})
 
 
 def jobs_in(body: Any) -> list[dict]:

@@ -50,7 +50,8 @@ def test_a_segment_job_whose_storage_went_away_mid_run_is_run_again_after_its_le
 
     held = SegmentJobRunner.from_settings(settings).run(now=NOW)  # the retry, within the lease: someone holds it
     assert (held.status, held.attempt) == (JobStatus.PROCESSING, 1)
-    clock.move_to(NOW + dt.timedelta(seconds=settings.job_lease_seconds + 1))
+    # Past the lease the first worker took (the clock ticks from NOW, so it ended later than NOW + the lease).
+    clock.move_to(stuck.lease_until + dt.timedelta(seconds=1))
     done = segment_job(settings, NOW)
     assert (done.id, done.attempt, done.metrics["segmentedProfileCounter"]) == (stuck.id, 2, GOLD_AND_ALL)
 

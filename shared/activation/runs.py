@@ -25,7 +25,7 @@ from shared.engine import connect
 from shared.errors import Conflict, ValidationError
 from shared.identity.store import ProfileStore
 from shared.jobs import Job, JobStatus, JobStore, JobType
-from shared.models import ApiModel
+from shared.models import ApiModel, Metrics
 from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.memberships import MembershipPointer, MembershipStore
 from shared.settings import Settings
@@ -88,7 +88,7 @@ class Built:
     counts: dict[str, SegmentCounts]
 
 
-class ExportMetrics(ApiModel):
+class ExportMetrics(Metrics):
     """What an export run reports in its job's metrics (the alert rules read the exclusions)."""
 
     destination: str = ""

@@ -6,14 +6,29 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from pydantic import Field
+
 from shared.campaign import recipients as rcp
 from shared.campaign.deliveries import EVENT_HORIZON, events_sql
 from shared.campaign.tables import CampaignTables
 from shared.errors import NotFound
 from shared.ingestion.datasets import Dataset, DatasetStore
 from shared.jobs import Job, JobStatus, JobType
+from shared.models import Metrics
 from shared.sql import quote_literal
 from shared.storage import BlobStore
+
+
+class FeedbackMetrics(Metrics):
+    """What a log export reports: the window, the deliveries in it, and the events sent back."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    deliveries: int = 0
+    events: dict[str, int] = Field(default_factory=dict, description="Events sent back, by event type.")
+    events_total: int = 0
+    file: str = Field("", description="The NDJSON file in `landing` (none when there was nothing to send).")
+    duration_seconds: float | None = None
 
 
 class FeedbackExport:
@@ -75,7 +90,7 @@ class FeedbackExport:
         )
         links = {"file": f"{self.tables.settings.landing_container}/{name}"} if name else {}
         metrics = {**metrics, "events": events, "eventsTotal": sum(events.values()), "file": name}
-        return metrics, {"links": links, "source": name}
+        return FeedbackMetrics.model_validate(metrics).model_dump(mode="json"), {"links": links, "source": name}
 
     def _ensure_dataset(self, dataset_id: str, now: dt.datetime) -> None:
         datasets = DatasetStore.from_settings(self.tables.settings, self.tables.account)

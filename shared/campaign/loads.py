@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import duckdb
+from pydantic import Field
 
 from shared.activation.destinations import ExportMode, SyncType
 from shared.activation.manifest import ExportManifest, ManifestFile
@@ -22,6 +23,7 @@ from shared.campaign.snapshots import SnapshotRecord
 from shared.campaign.tables import CampaignTables
 from shared.errors import NotFound, ValidationError
 from shared.jobs import Job, JobStatus, JobType
+from shared.models import Metrics
 from shared.sql import quote_ident, quote_literal
 from shared.timing import Laps
 
@@ -49,6 +51,28 @@ class ListChange(NamedTuple):
     exits: int
     replaced: int  # members of older runs dropped by a complete full export
     size: int
+
+
+class AudienceLoadMetrics(Metrics):
+    """What an audience load reports: audience sync (a list) or profile sync (recipients)."""
+
+    sync_type: str | None = None
+    destination: str = ""
+    rows_read: int = 0
+    updated: int = 0
+    ignored_exits: int = Field(0, description="Exits of people who were not members.")
+    rejected: dict[str, int] = Field(default_factory=dict, description="Rows rejected, by reason.")
+    rejected_total: int = 0
+    segment: str | None = None
+    list_id: str | None = Field(None, alias="list")
+    list_name: str | None = None
+    added: int | None = None
+    removed: int | None = None
+    list_size: int | None = None
+    attributes: list[str] | None = Field(None, description="Profile sync: the recipient attributes updated.")
+    recipients: int | None = None
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    duration_seconds: float | None = None
 
 
 class AudienceLoads:
@@ -155,7 +179,9 @@ class AudienceLoads:
 
             metrics = self.tables.retrying(sync, f"{name}: its list kept changing while loading; it will be retried")
             phases.lap("sync")
-            return {**metrics, "phaseSeconds": dict(phases)}
+            return AudienceLoadMetrics.model_validate({**metrics, "phaseSeconds": dict(phases)}).model_dump(
+                exclude_none=True
+            )
 
     def _prefetch(self, list_id: str | None) -> None:
         for store, record_id in ((self.tables.recipients, rcp.RECIPIENTS_ID), (self.tables.lists, list_id)):

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from pydantic import Field
@@ -45,7 +46,7 @@ from shared.ingestion.batch import AcceptedBatch
 from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.lake import LakeStore
 from shared.ingestion.schemas import SchemaClass
-from shared.models import ApiModel
+from shared.models import ApiModel, Metrics
 from shared.settings import Settings
 from shared.sql import parquet, quote_ident, quote_literal
 from shared.storage import BlobStore, StorageAccount
@@ -113,22 +114,41 @@ class StoreVersion(ApiModel):
     def applied(self, batch_id: str) -> bool:
         return any(b.batch_id == batch_id for b in self.batches)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
+        """What the store holds (`GET /api/profiles`, and a rebuild's metrics), as a `StoreSummary`."""
         last = self.batches[-1] if self.batches else None
-        return {
-            "version": self.id,
-            "asOf": self.as_of,
-            "people": self.people,
-            "identities": self.identities,
-            "fragments": self.fragments,
-            "events": self.events,
-            "shards": len(self.shards),
-            "batches": len(self.batches),
-            "merges": sum(b.counts.get("merges", 0) for b in self.batches),
-            "identitiesDropped": sum(b.counts.get("identitiesDropped", 0) for b in self.batches),
-            "lastBatch": last.model_dump(by_alias=True, exclude={"touched"}) if last else None,
-            "mergePolicy": self.policy.id,
-        }
+        return StoreSummary(
+            version=self.id,
+            as_of=self.as_of,
+            people=self.people,
+            identities=self.identities,
+            fragments=self.fragments,
+            events=self.events,
+            shards=len(self.shards),
+            batches=len(self.batches),
+            merges=sum(b.counts.get("merges", 0) for b in self.batches),
+            identities_dropped=sum(b.counts.get("identitiesDropped", 0) for b in self.batches),
+            last_batch=last.model_dump(by_alias=True, exclude={"touched"}) if last else None,
+            merge_policy=self.policy.id,
+        ).model_dump(exclude={"duration_seconds"})
+
+
+class StoreSummary(Metrics):
+    """What the profile store holds: its version, people, identities, rows, shards and batches."""
+
+    version: str = ""
+    as_of: dt.datetime | None = None
+    people: int = 0
+    identities: int = 0
+    fragments: int = 0
+    events: int = 0
+    shards: int = 0
+    batches: int = 0
+    merges: int = Field(0, description="People merged when a batch linked them.")
+    identities_dropped: int = Field(0, description="Graph identities dropped over IDENTITY_GRAPH_LIMIT.")
+    last_batch: dict[str, Any] | None = None
+    merge_policy: str = ""
+    duration_seconds: float | None = None  # when it is a rebuild's metrics
 
 
 class VersionRef(ApiModel):

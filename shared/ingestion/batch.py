@@ -23,7 +23,7 @@ from shared.ingestion.records import read_records
 from shared.ingestion.schemas import Schema
 from shared.ingestion.validation import validate
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
-from shared.models import ApiModel
+from shared.models import Metrics
 from shared.settings import Settings
 from shared.storage import BlobStore, StorageAccount
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # A failure of this code means "try again": the platform retries the trigger and the batch is re-claimed.
 
 
-class IngestionMetrics(ApiModel):
+class IngestionMetrics(Metrics):
     """What an ingestion batch reports in its job's metrics (the alert rules read it too)."""
 
     rows_read: int = 0

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field
 
 from shared.errors import Conflict
-from shared.models import ApiModel
+from shared.models import Metrics
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 from shared.storage.messages import QueueMessage
@@ -55,7 +55,7 @@ class ShardResult:
     metrics: dict[str, Any]
 
 
-class ShardMetrics(ApiModel):
+class ShardMetrics(Metrics):
     """What one shard task reports: its people, the rows it evaluated, and where its time went."""
 
     shard: int
@@ -68,7 +68,7 @@ class ShardMetrics(ApiModel):
     duckdb_memory_mb: float | None = Field(None, alias="duckdbMemoryMB")
 
 
-class SegmentJobMetrics(ApiModel):
+class SegmentJobMetrics(Metrics):
     """What a segment job reports in its metrics (the alert rules and the demo read the counters)."""
 
     segments: int = 0

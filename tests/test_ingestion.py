@@ -4,6 +4,7 @@ failures that leave nothing in the lake, the rejected-rows threshold, and duplic
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 
@@ -269,3 +270,41 @@ def test_a_batch_that_failed_on_a_storage_error_is_retried_and_then_ingested_onc
     assert job.status is JobStatus.SUCCEEDED and job.errors == []
     assert job.id == landing_zone.trigger("crm/a.ndjson").id
     assert len(lake_rows(lake, "crm")) == 1
+
+
+@pytest.mark.parametrize("name", ["crm/2026-11-20.ndjson.gz", "crm/2026-11-20.csv.gz"])
+def test_gzipped_files_are_read_as_the_format_inside(settings, landing_zone, lake, name):
+    create_dataset(settings, "crm")
+    if ".csv" in name:
+        text = "identityMap.CRMID,person.name.firstName,loyalty.tier\nc-1,Ann,gold\nc-2,Bob,silver\n"
+    else:
+        text = ndjson(ANN, profile("c-2", person={"name": {"firstName": "Bob"}}))
+    half = len(text) // 2  # two gzip members, as `cat a.gz b.gz` makes: both are read
+    data = gzip.compress(text[:half].encode()) + gzip.compress(text[half:].encode())
+    job = landing_zone.ingest(name, data)
+    assert job.status is JobStatus.SUCCEEDED, job.errors
+    assert job.metrics.items() >= {"rowsRead": 2, "rowsAccepted": 2, "compression": "gzip", "bytes": len(data)}.items()
+    assert sorted(r["person"]["name"]["firstName"] for r in lake_rows(lake, "crm")) == ["Ann", "Bob"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"not gzip at all", "named .gz but not gzip data"),
+        (gzip.compress(b'{"a": 1}\n' * 100)[:-12], "the gzip data ends early"),
+        (gzip.compress(b"x" * 10)[:10] + b"\xff" * 20, "the gzip data is damaged"),
+        (gzip.compress(b"\n" * 5000), "it inflates to over 1,000 bytes, the limit (INGESTION_MAX_FILE_BYTES)"),
+    ],
+)
+def test_a_bad_gzip_file_fails_naming_the_file_and_what_is_wrong(
+    settings, landing_zone, lake, monkeypatch, data, message
+):
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("INGESTION_MAX_FILE_BYTES", "1000")
+    get_settings.cache_clear()
+    create_dataset(settings, "crm")
+    job = landing_zone.ingest("crm/bad.ndjson.gz", data)
+    assert job.status is JobStatus.FAILED
+    assert job.errors[0].message.startswith("crm/bad.ndjson.gz: ") and message in job.errors[0].message
+    assert lake.batch_files("crm") == []

@@ -19,7 +19,7 @@ from shared.engine import connect
 from shared.errors import NotFound, ValidationError
 from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.lake import DATA_FILE, LakeStore
-from shared.ingestion.records import read_records
+from shared.ingestion.records import gunzipped, read_records
 from shared.ingestion.schemas import Schema
 from shared.ingestion.validation import validate
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
@@ -40,6 +40,7 @@ class IngestionMetrics(Metrics):
     rows_rejected: int = 0
     bytes: int = 0
     format: str = ""
+    compression: str | None = Field(None, description="`gzip` for a .gz file; `bytes` counts it compressed.")
     partial: bool | None = Field(None, description="Some rows were rejected, the rest accepted.")
     profile_store: dict[str, Any] | None = Field(
         None, description="What the batch did to the profile store: new people, merges, rows, phase seconds."
@@ -167,14 +168,16 @@ class BatchIngestion:
         with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
             con = connect(self.settings, spill_dir=tmp)
             try:
-                records = read_records(data, file_name=path, schema=schema, con=con)
+                content = gunzipped(data, path, limit=self.settings.ingestion_max_file_bytes)
+                records = read_records(content, file_name=path, schema=schema, con=con)
                 checked = validate(con, records, schema)
                 metrics = IngestionMetrics(
                     rows_read=checked.rows_read,
                     rows_accepted=checked.accepted,
                     rows_rejected=checked.rejected,
                     bytes=len(data),
-                    format=file_name.rsplit(".", 1)[-1].lower(),
+                    format=file_name.lower().removesuffix(".gz").rsplit(".", 1)[-1],
+                    compression="gzip" if content is not data else None,
                 )
                 errors = [
                     JobError(code="row", message=f"row {row}{', field ' + f if f else ''}: {reason}")

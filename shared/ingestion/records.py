@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -29,7 +30,9 @@ class FileFormat(StrEnum):
 
     @classmethod
     def of(cls, file_name: str) -> FileFormat:
-        ext = file_name.rsplit(".", 1)[-1].lower() if "." in file_name else ""
+        """The format a file's name says, looking through a `.gz` (`crm.csv.gz` is CSV)."""
+        inner = file_name[:-3] if file_name.lower().endswith(".gz") else file_name
+        ext = inner.rsplit(".", 1)[-1].lower() if "." in inner else ""
         fmt = {
             "csv": cls.CSV,
             "ndjson": cls.NDJSON,
@@ -40,7 +43,7 @@ class FileFormat(StrEnum):
         if fmt is None:
             raise ValidationError(
                 f"{file_name}: unsupported file type {('.' + ext) if ext else '(no extension)'}; "
-                "use .csv, .ndjson/.jsonl, .json or .parquet"
+                "use .csv, .ndjson/.jsonl, .json or .parquet, each optionally gzipped (.csv.gz)"
             )
         return fmt
 
@@ -56,6 +59,31 @@ class Records:
     @property
     def rows_read(self) -> int:
         return self.table.num_rows + len({r for r, _, _ in self.row_errors})
+
+
+def gunzipped(data: bytes, file_name: str, *, limit: int) -> bytes:
+    """A `.gz` file's content (every member of it, as `gzip` writes and `cat` joins them); any other file as
+    it is. The content may be at most `limit` bytes (INGESTION_MAX_FILE_BYTES), which is checked as it
+    inflates: a small file can hold a very large one."""
+    if not file_name.lower().endswith(".gz"):
+        return data
+    if data[:2] != b"\x1f\x8b":
+        raise ValidationError(f"{file_name}: named .gz but not gzip data (it starts with {data[:4]!r})")
+    out, rest = bytearray(), data
+    while rest:
+        inflater = zlib.decompressobj(wbits=31)  # the gzip container
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise ValidationError(f"{file_name}: the gzip data is damaged ({exc})") from exc
+        if len(out) > limit:
+            raise ValidationError(
+                f"{file_name}: it inflates to over {limit:,} bytes, the limit (INGESTION_MAX_FILE_BYTES); split the file"
+            )
+        if not inflater.eof:
+            raise ValidationError(f"{file_name}: the gzip data ends early (a cut-off upload?)")
+        rest = inflater.unused_data.lstrip(b"\x00")
+    return bytes(out)
 
 
 def read_records(data: bytes, *, file_name: str, schema: Schema, con: duckdb.DuckDBPyConnection) -> Records:

@@ -26,7 +26,7 @@ from functions.segmentation import (
 )
 from shared.engine import connect
 from shared.identity import ProfileStore
-from shared.jobs import JobStatus
+from shared.jobs import Job, JobStatus
 from shared.segmentation.definitions import SegmentDefinition, SegmentStore
 from shared.segmentation.memberships import MembershipStore
 from shared.segmentation.runner import SegmentJobRunner
@@ -383,3 +383,38 @@ def test_a_shard_that_keeps_failing_fails_the_job_and_the_previous_memberships_s
     failed = runner.jobs.get(job.type, job.id)
     assert failed.status is JobStatus.FAILED and failed.errors[0].code == "abandoned"
     assert MembershipStore.from_settings(settings, account).current("ca").job_id == before.id
+
+
+def _fanned_out_with_a_dead_fan_in(settings, account, runner: SegmentJobRunner) -> tuple[Job, list[dict]]:
+    """A queued job whose shards all finish after a worker won the fan-in and died before publishing."""
+    put_segment("ca", 'homeAddress.stateProvince = "CA"')
+    job = runner.enqueue(now=DAY2)
+    runner.run_queued({"jobId": job.id, "now": DAY2.isoformat(), "segments": None})
+    plan = runner.shard_records.plan_of(job.id, 1)
+    assert runner.shard_records.claim_fan_in(plan, now=runner.jobs.clock(), lease=runner.jobs.lease)
+    tasks = [json.loads(m.content) for m in account.queue(settings.segment_shards_queue).receive_messages()]
+    assert [runner.run_shard(task) for task in tasks] == [None] * len(tasks)  # all done; nobody may publish
+    assert runner.jobs.get(job.type, job.id).status is JobStatus.PROCESSING
+    return job, tasks
+
+
+def test_a_fan_in_whose_worker_died_is_taken_over_by_a_redelivered_shard_task(settings, account, crm, clock):
+    runner = SegmentJobRunner.from_settings(settings)
+    job, tasks = _fanned_out_with_a_dead_fan_in(settings, account, runner)
+    assert runner.run_shard(tasks[0]) is None  # redelivered within the fan-in's lease: still held
+    clock.move_to(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.job_lease_seconds + 1))
+    done = runner.run_shard(tasks[0])  # the dead worker's own task, redelivered once the lease has ended
+    assert done is not None and done.status is JobStatus.SUCCEEDED
+    assert MembershipStore.from_settings(settings, account).current("ca").job_id == job.id
+    assert runner.run_shard(tasks[-1]) is None  # and only once
+
+
+def test_the_monitor_publishes_a_job_whose_fan_in_worker_died_instead_of_failing_it(settings, account, crm, clock):
+    runner = SegmentJobRunner.from_settings(settings)
+    job, _ = _fanned_out_with_a_dead_fan_in(settings, account, runner)
+    stuck = dt.timedelta(seconds=settings.segment_shard_timeout_seconds + 2 * settings.job_lease_seconds)
+    clock.move_to(dt.datetime.now(dt.UTC) + stuck)
+    monitor.build().get_user_function()(TimerRequest(past_due=False))
+    done = runner.jobs.get(job.type, job.id)
+    assert done.status is JobStatus.SUCCEEDED, done.errors
+    assert MembershipStore.from_settings(settings, account).current("ca").job_id == job.id

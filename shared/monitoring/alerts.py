@@ -17,6 +17,7 @@ from shared.errors import Conflict
 from shared.ingestion.batch import IngestionMetrics
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.models import ApiModel
+from shared.segmentation.runner import SegmentJobRunner
 from shared.segmentation.shards import SegmentJobMetrics
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
@@ -250,7 +251,7 @@ class AlertRules:
         for job_type in JobType:
             for status in (JobStatus.PROCESSING, JobStatus.CANCELLING):
                 for job in self.jobs.list(job_type, status=status):
-                    if not job.abandoned(now - lease):
+                    if not job.abandoned(now - lease) or self._resumed(job):
                         continue
                     message = (
                         f"{job.type.value} job {job.id}: its worker stopped renewing the lease "
@@ -264,6 +265,15 @@ class AlertRules:
                         continue
                     raised.append(self.raise_alert("job.abandoned", job.id, job.subject, message, now, failed))
         return raised
+
+
+    def _resumed(self, job: Job) -> bool:
+        """A fanned-out segment job whose shards all finished but whose fan-in worker died: published now,
+        rather than failed (its shards' work is done; only the publishing was lost)."""
+        if job.type is not JobType.SEGMENT:
+            return False
+        done = SegmentJobRunner.from_settings(self.settings, self.account).resume_fan_in(job)
+        return done is not None and done.status.terminal
 
 
 def _sizes(job: Job) -> dict[str, int]:

@@ -183,7 +183,7 @@ class SegmentJobRunner:
         shards = shard_rows(records)
         if "_plan" not in records or any(r["status"] == ShardStatus.QUEUED.value for r in shards):
             return None
-        if not self.shard_records.claim_fan_in(plan):
+        if not self.shard_records.claim_fan_in(plan, now=self.jobs.clock(), lease=self.jobs.lease):
             return None
         job = self.jobs.get(JobType.SEGMENT, plan.job_id)
         if job.attempt != plan.attempt or job.status.terminal:
@@ -207,6 +207,12 @@ class SegmentJobRunner:
                 for r in shards
             ]
             return self.jobs.attempt(job, plan.now, lambda _: self._publish(job, plan, results, started))
+
+    def resume_fan_in(self, job: Job) -> Job | None:
+        """Publish a fanned-out job whose shards all finished but whose fan-in worker died before publishing
+        (the monitor's call, once the job's deadline has passed); None when there is nothing to resume."""
+        plan = self.shard_records.plan_of(job.id, job.attempt)
+        return self._fan_in(plan) if plan is not None else None
 
     def cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once; a running one is CANCELLING until it stops before publishing."""

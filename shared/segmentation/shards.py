@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -22,6 +23,7 @@ from shared.storage import EntityTable, StorageAccount
 from shared.storage.messages import QueueMessage
 
 PLAN_ROW = "_plan"
+log = logging.getLogger(__name__)
 FAN_IN_ROW = "_fanin"
 
 
@@ -120,7 +122,13 @@ class ShardRecords:
         rows = [{"PartitionKey": pk, "RowKey": f"{s:04d}", "status": ShardStatus.QUEUED.value} for s in plan.shards]
         for start in range(0, len(rows), 100):
             self.table.transact([("upsert", row, {}) for row in rows[start : start + 100]])
-        self.table.upsert({"PartitionKey": pk, "RowKey": PLAN_ROW, "plannedAt": planned_at, "shards": len(rows)})
+        plan_row = {"plannedAt": planned_at, "shards": len(rows), "plan": plan.model_dump_json(by_alias=True)}
+        self.table.upsert({"PartitionKey": pk, "RowKey": PLAN_ROW, **plan_row})
+
+    def plan_of(self, job_id: str, attempt: int) -> ShardPlan | None:
+        """The plan of a fanned-out job attempt, as its planner recorded it (None for a job run inline)."""
+        row = self.table.find(f"{job_id}.{attempt}", PLAN_ROW)
+        return ShardPlan.model_validate_json(row["plan"]) if row and row.get("plan") else None
 
     def get(self, plan: ShardPlan, shard: int) -> dict[str, Any]:
         return self.table.get(self.partition(plan), f"{shard:04d}")
@@ -143,12 +151,23 @@ class ShardRecords:
         rows = self.table.all("PartitionKey eq @pk", parameters={"pk": self.partition(plan)})
         return {r["RowKey"]: r for r in rows}
 
-    def claim_fan_in(self, plan: ShardPlan) -> bool:
-        """The one worker that inserts the marker publishes; everyone else stops."""
+    def claim_fan_in(self, plan: ShardPlan, *, now: dt.datetime, lease: dt.timedelta) -> bool:
+        """The one worker that inserts the marker publishes; everyone else stops. The marker holds for `lease`:
+        if its worker died before publishing, the next worker to look once the lease has ended (a redelivered
+        shard task, or the monitor) takes the fan-in over."""
+        marker = {"PartitionKey": self.partition(plan), "RowKey": FAN_IN_ROW, "leaseUntil": now + lease}
         try:
-            self.table.insert({"PartitionKey": self.partition(plan), "RowKey": FAN_IN_ROW})
+            self.table.insert(marker)
+            return True
         except Conflict:
+            held = self.table.get(marker["PartitionKey"], FAN_IN_ROW)
+        if held.get("leaseUntil") is None or held["leaseUntil"] >= now:
             return False
+        try:
+            self.table.update(marker, etag=held["etag"])
+        except Conflict:  # another worker took it over first
+            return False
+        log.warning("segment job %s: the fan-in's worker stopped before publishing; taking it over", plan.job_id)
         return True
 
 

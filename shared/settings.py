@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         le=1024,
         description="Shards of the profile store (by a hash of the person key); a change takes effect at the next rebuild.",
     )
+    preview_sample_profiles: int = Field(
+        250_000,
+        gt=0,
+        description="A preview over a store with more people reads only enough shards for this many (each shard is "
+        "a random sample, by the person key's hash) and says so, with a 95% confidence interval.",
+    )
     profile_jobs_queue: str = Field(
         "profile-jobs",
         description="Queue of profile store rebuilds (POST /api/profiles/rebuild answers at once; a queue trigger runs it).",

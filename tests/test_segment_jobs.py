@@ -202,6 +202,32 @@ def test_preview_gives_the_size_now_and_who_would_enter_and_exit(settings, crm):
     assert bad.status_code == 400 and "line 1" in body(bad)["detail"]
 
 
+def test_a_preview_over_a_large_store_samples_shards_and_says_so_with_its_confidence(
+    settings, landing_zone, monkeypatch
+):
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("PROFILE_SHARDS", "4")
+    monkeypatch.setenv("PREVIEW_SAMPLE_PROFILES", "60")
+    get_settings.cache_clear()
+    create_dataset(settings, "crm")
+    people = [profile(f"c{i:03d}", loyalty={"tier": "gold" if i % 2 else "silver"}) for i in range(200)]
+    landing_zone.ingest_at("crm/1.ndjson", ndjson(*people), now=NOW)
+    preview = body(
+        call(segment_preview, "POST", "segments-preview", body={"expression": {"value": 'loyalty.tier = "gold"'}})
+    )
+    assert preview["sampled"] is True and preview["totalProfiles"] == 200
+    assert 60 <= preview["sampleProfiles"] < 200  # two of the four shards
+    low, high = preview["confidence"]["low"], preview["confidence"]["high"]
+    assert preview["confidence"]["level"] == 0.95 and low <= preview["size"] <= high and low <= 100 <= high
+    monkeypatch.setenv("PREVIEW_SAMPLE_PROFILES", "200")  # everyone fits: exact
+    get_settings.cache_clear()
+    exact = body(
+        call(segment_preview, "POST", "segments-preview", body={"expression": {"value": 'loyalty.tier = "gold"'}})
+    )
+    assert (exact["size"], exact["sampled"]) == (100, False) and "confidence" not in exact
+
+
 def test_explain_shows_each_condition_with_its_values_and_events(settings, crm):
     put_segment(
         "ca-buyers", 'homeAddress.stateProvince = "CA" and xEvent[eventType = "commerce.purchases"].count() >= 3'

@@ -266,7 +266,6 @@ class AlertRules:
                     raised.append(self.raise_alert("job.abandoned", job.id, job.subject, message, now, failed))
         return raised
 
-
     def _resumed(self, job: Job) -> bool:
         """A fanned-out segment job whose shards all finished but whose fan-in worker died: published now,
         rather than failed (its shards' work is done; only the publishing was lost)."""

@@ -5,6 +5,7 @@ exit compared with the current membership), and an explanation of why one person
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from sqlglot import exp
 
 from shared.engine import connect
 from shared.errors import NotFound
-from shared.identity.store import shard_of
+from shared.identity.store import StoreVersion, shard_of, shard_sql
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
 from shared.segmentation.pql import ast, parse
 from shared.segmentation.pql.compiler import Compiler, Scope
@@ -30,33 +31,29 @@ class SegmentInsight:
         self.runner = runner  # its stores and profile builder, shared rather than built again
 
     def preview(self, pql: str, *, now: dt.datetime, segment_id: str | None = None, samples: int = 5) -> dict[str, Any]:
+        """The size an expression has now, who would enter and exit the segment it would replace, and a few
+        members. Over a store of more than PREVIEW_SAMPLE_PROFILES people only enough shards for that many are
+        read (each is a random sample, by the hash of the person key): the counts are scaled up, and the
+        answer says it sampled and gives the size's 95% confidence interval."""
         tree = parse(pql)
+        version = self.runner.store.version(now)
+        shards = self._sample(version.people, len(version.shards))
         with tempfile.TemporaryDirectory(prefix="preview-") as tmp:
-            con, profiles = self._profiles(tmp, now)
-            definitions = self.runner.segments.trees()
+            con, profiles = self._profiles(tmp, now, shards=shards, version=version)
             compiled = evaluate(
                 con,
                 profiles,
                 {PREVIEW: tree},
                 fields=fields_of(profiles, self.runner.segments.event_schemas()),
-                definitions=definitions,
+                definitions=self.runner.segments.trees(),
             )
             column = compiled.columns[PREVIEW]
-            size = con.execute(f"SELECT count(*) FROM {RESULTS} WHERE {column}").fetchall()[0][0]
-            result: dict[str, Any] = {"size": size, "totalProfiles": profiles.stats["profiles"], "evaluatedAt": now}
-            current = (
-                self.runner.memberships.download_all_current([segment_id], Path(tmp))[segment_id]
-                if segment_id
-                else None
-            )
-            if current is not None:
-                active = f"(SELECT profileId FROM {parquet(current)} WHERE status <> 'exited')"
-                result["entering"] = con.execute(
-                    f"SELECT count(*) FROM {RESULTS} WHERE {column} AND profileId NOT IN {active}"
-                ).fetchall()[0][0]
-                result["exiting"] = con.execute(
-                    f"SELECT count(*) FROM {active} m WHERE m.profileId NOT IN (SELECT profileId FROM {RESULTS} WHERE {column})"
-                ).fetchall()[0][0]
+            hits = con.execute(f"SELECT count(*) FROM {RESULTS} WHERE {column}").fetchall()[0][0]
+            read = profiles.stats["profiles"]
+            result = _estimate(hits, read, version.people if shards is not None else read) | {"evaluatedAt": now}
+            scale = result["totalProfiles"] / read if read else 1.0
+            if segment_id:
+                result |= self._changes(con, column, segment_id, Path(tmp), shards, len(version.shards), scale)
             rows = con.execute(
                 f"""SELECT p.profileId, p.identities FROM {profiles.profiles} p JOIN {RESULTS} r USING (profileId)
                     WHERE r.{column} ORDER BY p.profileId LIMIT {int(samples)}"""
@@ -64,6 +61,28 @@ class SegmentInsight:
             result["samples"] = [{"profileId": pid, "identities": ids} for pid, ids in rows]
             con.close()
         return result
+
+    def _sample(self, people: int, shards: int) -> list[int] | None:
+        """The shards a preview reads: all (None) up to PREVIEW_SAMPLE_PROFILES people, else the first few."""
+        limit = self.runner.settings.preview_sample_profiles
+        if people <= limit or shards == 1:
+            return None
+        return list(range(min(shards, math.ceil(shards * limit / people))))
+
+    def _changes(self, con, column: str, segment_id: str, tmp: Path, shards, count: int, scale: float) -> dict:
+        """Who would enter and exit the segment's current membership (within the sampled shards, scaled)."""
+        current = self.runner.memberships.download_all_current([segment_id], tmp)[segment_id]
+        if current is None:
+            return {}
+        sampled = f" AND {shard_sql('profileId', count)} IN ({', '.join(map(str, shards))})" if shards else ""
+        active = f"(SELECT profileId FROM {parquet(current)} WHERE status <> 'exited'{sampled})"
+        entering = con.execute(
+            f"SELECT count(*) FROM {RESULTS} WHERE {column} AND profileId NOT IN {active}"
+        ).fetchall()[0][0]
+        exiting = con.execute(
+            f"SELECT count(*) FROM {active} m WHERE m.profileId NOT IN (SELECT profileId FROM {RESULTS} WHERE {column})"
+        ).fetchall()[0][0]
+        return {"entering": round(entering * scale), "exiting": round(exiting * scale)}
 
     def explain(self, segment_id: str, profile_id: str, *, now: dt.datetime) -> dict[str, Any]:
         definition = self.runner.segments.get(segment_id)
@@ -110,11 +129,18 @@ class SegmentInsight:
             "conditions": conditions,
         }
 
-    def _profiles(self, tmp: str, now: dt.datetime, *, shard_of_profile: str | None = None):
-        """The store as of `now` (only the shard a profile id falls in, when one is given)."""
+    def _profiles(
+        self,
+        tmp: str,
+        now: dt.datetime,
+        *,
+        shard_of_profile: str | None = None,
+        shards: list[int] | None = None,
+        version: StoreVersion | None = None,
+    ):
+        """The store as of `now`: the given shards, or only the one a profile id falls in, or all of them."""
         store = self.runner.store
-        version = store.version(now)
-        shards = None
+        version = version or store.version(now)
         if shard_of_profile is not None:
             if not re.fullmatch(r"p[0-9a-f]{8,}", shard_of_profile):
                 raise NotFound(f"no profile {shard_of_profile!r}: profile ids look like p3f2a…")
@@ -129,6 +155,25 @@ class SegmentInsight:
             policy=self.runner.policies.default(),
         )
         return con, profiles
+
+
+def _estimate(hits: int, read: int, total: int, z: float = 1.96) -> dict[str, Any]:
+    """The size of a segment among `total` people from `hits` among the `read` of them a preview evaluated:
+    exact when it read everyone, else scaled up with a 95% Wilson interval (finite population corrected)."""
+    if read == total or read == 0:
+        return {"size": hits, "totalProfiles": total, "sampled": False}
+    p = hits / read
+    centre = (p + z * z / (2 * read)) / (1 + z * z / read)
+    half = z * math.sqrt(p * (1 - p) / read + z * z / (4 * read * read)) / (1 + z * z / read)
+    half *= math.sqrt((total - read) / (total - 1))
+    low, high = max(0.0, centre - half) * total, min(1.0, centre + half) * total
+    return {
+        "size": round(p * total),
+        "totalProfiles": total,
+        "sampled": True,
+        "sampleProfiles": read,
+        "confidence": {"level": 0.95, "low": math.floor(low), "high": math.ceil(high)},
+    }
 
 
 def _conditions(node: ast.Expr):

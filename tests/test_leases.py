@@ -41,9 +41,10 @@ def died_holding(settings, job: Job) -> Job:
 
 
 def test_a_segment_job_whose_worker_died_is_run_again_by_the_retry_for_the_same_now(settings, crm, clock):
-    lease = dt.timedelta(seconds=settings.job_lease_seconds)
     job_id = segment_job_id(NOW, None)
-    died_holding(settings, Job(id=job_id, type=JobType.SEGMENT, subject="all segments", created=NOW, started=NOW))
+    held = died_holding(
+        settings, Job(id=job_id, type=JobType.SEGMENT, subject="all segments", created=NOW, started=NOW)
+    )
 
     # The timer's retry while the lease still runs: someone holds it, so nothing runs twice.
     clock.move_to(NOW, tick=False)
@@ -51,7 +52,8 @@ def test_a_segment_job_whose_worker_died_is_run_again_by_the_retry_for_the_same_
     assert jobs(settings).get(JobType.SEGMENT, job_id).status is JobStatus.PROCESSING
     assert MembershipStore.from_settings(settings, StorageAccount.from_settings(settings)).current_profiles() is None
 
-    clock.move_to(NOW + lease + dt.timedelta(seconds=1), tick=True)
+    # Past the lease the dead worker took (the clock ticked from NOW while the fixtures ran: not NOW + lease).
+    clock.move_to(held.lease_until + dt.timedelta(seconds=1), tick=True)
     done = segment_job(settings, NOW)  # the retry, as of the same `now`
     assert (done.id, done.attempt, done.metrics["segmentedProfileCounter"]) == (job_id, 2, {"all": 4, "gold": 3})
     assert done.lease_until is None and done.errors == []

@@ -5,10 +5,8 @@ policies and target mappings they read are plain record stores."""
 from __future__ import annotations
 
 from shared.activation.dataflows import Destinations
-from shared.activation.governance import PolicyStore
 from shared.activation.retention import DlzRetention
 from shared.activation.runs import ExportRuns
-from shared.activation.targets import TargetMappingStore
 from shared.settings import Settings
 from shared.storage import StorageAccount
 
@@ -18,8 +16,8 @@ class Activation:
         self.destinations = Destinations(settings=settings, account=account)
         self.exports = ExportRuns(settings=settings, account=account)
         self.retention = DlzRetention(settings=settings, account=account)
-        self.policies = PolicyStore.from_settings(settings, account)
-        self.targets = TargetMappingStore.from_settings(settings, account)
+        self.policies = self.destinations.policies  # the stores the services already hold, not built again
+        self.targets = self.destinations.targets
         self.jobs = self.exports.jobs
 
     @classmethod

@@ -98,7 +98,7 @@ class SchemaChecks:
 
     def _field_checks(self, i: int, f: SchemaField) -> list[tuple[str, str]]:
         x = f"v[{i}]"
-        t = json_kind(x)
+        t = self.kind_column(i)
         present = f"({x} IS NOT NULL AND {t} <> 'NULL')"
         text = f"json_extract_string({x}, '$')"
         allowed = self._allowed(f)
@@ -196,11 +196,16 @@ class SchemaChecks:
     def item_column(i: int, name: str) -> str:
         return quote_ident(f"items_{i}_{name}")
 
+    @staticmethod
+    def kind_column(i: int) -> str:
+        return f"kind_{i}"
+
     def derived_columns(self) -> list[tuple[str, str]]:
         """Values several checks need, parsed once per row: the identityMap's parts and array items."""
         m = f"v[{self.identity_index}]"
         obj = f"{json_kind(m)} = 'OBJECT'"
-        cols = [
+        cols = [(self.kind_column(i), json_kind(f"v[{i}]")) for i in range(1, len(self.fields) + 1)]
+        cols += [
             ("im_type", json_kind(m)),
             ("im_keys", f"CASE WHEN {obj} THEN json_keys({m}) END"),
             ("im_lists", f"CASE WHEN {obj} THEN json_extract({m}, '$.*') END"),
@@ -215,7 +220,7 @@ class SchemaChecks:
                 cols.append(
                     (
                         self.item_column(i, name),
-                        f"CASE WHEN {json_kind(f'v[{i}]')} = 'ARRAY' THEN json_extract(v[{i}], {quote_literal(path)}) END",
+                        f"CASE WHEN {self.kind_column(i)} = 'ARRAY' THEN json_extract(v[{i}], {quote_literal(path)}) END",
                     )
                 )
         return cols

@@ -52,7 +52,7 @@ format: setup
 
 # make bench SIZE=10k|100k|1M: every stage against its baseline; bench-setup installs PostgreSQL 15 for the peer.
 bench: setup
-	$(PY) -m bench.run --size $(or $(SIZE),10k)
+	$(PY) -m bench.run --size $(or $(SIZE),10k) $(if $(REBUILD),--rebuild)
 
 bench-setup:
 	@if command -v initdb >/dev/null 2>&1 || [ -x /usr/lib/postgresql/15/bin/initdb ]; then \
@@ -62,4 +62,4 @@ bench-setup:
 	fi
 
 clean:
-	rm -rf $(VENV) node_modules .worker .azurite .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules .worker .azurite .pytest_cache .ruff_cache .bench

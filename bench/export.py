@@ -6,14 +6,15 @@ local, to local CSV files. Each runs in its own process (its own time and peak R
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import duckdb
 
-from bench.segments import NOW, _setup, segments
-from bench.stages import report, run_stage, save_results, use_azurite
+from bench.segments import NOW, segments, start
+from bench.stages import report, run_stage, save_results
 from shared.activation import Activation, Destination
 from shared.identity import ProfileStore
 from shared.segmentation.memberships import MembershipStore
@@ -83,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--people", type=int, default=100_000)
     parser.add_argument("--stage", choices=["ours", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--rebuild-world", action="store_true", help="ingest the world again even if it is current")
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
@@ -90,10 +92,9 @@ def main() -> None:
         report(stages[args.stage]())
         return
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
-    azurite = use_azurite(location=work / "azurite")
+    azurite, _ = start(args.people, work, rebuild_world=args.rebuild_world)
     try:
         settings = get_settings()
-        _setup(args.people, work)
         seg = SegmentJobRunner.from_settings(settings).run(now=NOW)
         assert seg.status.value == "SUCCEEDED", seg.errors
         activation = Activation.from_settings(settings)
@@ -110,6 +111,7 @@ def main() -> None:
         ours = run_stage("bench.export", "ours", "--work", str(work))
     finally:
         azurite.stop()
+        shutil.rmtree(work, ignore_errors=True)
     print(f"{args.people:,} people, 50 segments, full export to CSV; each stage in its own process")
     print(f"{'stage':58s} {'seconds':>8s} {'ratio':>6s} {'rows':>12s} {'peak RSS':>9s}")
     print(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -20,9 +21,10 @@ import duckdb
 import shared.app  # noqa: F401 (the service graph: ingestion keeps the profile store)
 from bench.postgres import stage_postgres
 from bench.stages import report, run_stage, save_results, use_azurite
-from dev.sample import write_sample
+from bench.world import INGESTED, World, checkout
+from dev.azurite import Azurite
 from shared.identity import ProfileStore
-from shared.ingestion import BatchIngestion, Dataset, DatasetStore
+from shared.ingestion import BatchIngestion
 from shared.segmentation.definitions import SegmentDefinition, SegmentStore
 from shared.segmentation.insight import SegmentInsight
 from shared.segmentation.runner import SegmentJobRunner
@@ -30,7 +32,6 @@ from shared.settings import get_settings
 from shared.sql import parquet, quote_literal
 from shared.storage import StorageAccount
 
-INGESTED = dt.datetime(2026, 11, 20, 0, 0, tzinfo=dt.UTC)
 NOW = dt.datetime(2026, 11, 20, 6, 0, tzinfo=dt.UTC)  # events span the 30 days before INGESTED
 
 
@@ -229,11 +230,11 @@ def stage_floor(store: Path) -> dict:
     return {"seconds": seconds, "profiles": sums[0], "counts": dict(zip(ids, sums[1:], strict=True))}
 
 
-def stage_read_json(file: Path) -> dict:
+def stage_read_json(file: Path, work: Path) -> dict:
     """The ingestion floor for one event file: DuckDB's read_json to local Parquet."""
     con = duckdb.connect()
     started = time.perf_counter()
-    out = file.with_suffix(".parquet")
+    out = work / "read_json.parquet"
     con.execute(
         f"COPY (SELECT * FROM read_json({quote_literal(str(file))}, format = 'newline_delimited')) "
         f"TO {quote_literal(str(out))} (FORMAT parquet)"
@@ -241,39 +242,20 @@ def stage_read_json(file: Path) -> dict:
     return {"seconds": time.perf_counter() - started}
 
 
-def _setup(people: int, work: Path) -> dict:
-    """Ingest the sample through the product (the profile store kept as batches arrive), save the segments,
-    and copy the store's profile and event files to local disk for the floor and PostgreSQL."""
+def _setup(people: int, work: Path, built: World) -> dict:
+    """On a checked-out world (Azurite running on it): ingest the last event file (timed: a batch into a store
+    that already holds everyone), save the segments, and copy the store's profile and event files to local
+    disk for the floor and PostgreSQL."""
     settings = get_settings()
     account = StorageAccount.from_settings(settings)
-    datasets = DatasetStore.from_settings(settings, account)
-    for ds, schema in [("crm", "xdm-profile"), ("loyalty", "xdm-profile"), ("web", "xdm-experienceevent")]:
-        datasets.save(Dataset(id=ds, name=ds, schema_id=schema), now=INGESTED)
-    sample = write_sample(work / "sample", people=people, events_per_person=20, now=INGESTED, events_per_file=400_000)
-    ingestion = BatchIngestion.from_settings(settings, account)
-    files = [
-        *(("crm", f) for f in _split_ndjson(sample.profiles, 200 << 20)),
-        ("loyalty", sample.loyalty),
-        *(("web", f) for f in sample.event_files),
-    ]
     started = time.perf_counter()
-    last = {}
-    for n, (ds, file) in enumerate(files):
-        path = f"{ds}/{file.name}"
-        etag = ingestion.landing.put(path, file.read_bytes())
-        batch_started = time.perf_counter()
-        job = ingestion.ingest(path, ingestion.landing.get(path), etag=etag, now=INGESTED + dt.timedelta(seconds=n))
-        assert job.status.value == "SUCCEEDED", (path, job.errors)
-        if n == len(files) - 1:  # the last event file: a batch into a store that already holds everyone
-            last = {
-                "file": str(file),
-                "events": job.metrics["rowsAccepted"],
-                "seconds": time.perf_counter() - batch_started,
-            }
-            last["store"] = job.metrics["profileStore"]
-        else:
-            file.unlink()
-    print(f"ingested {len(files)} files ({sample.events_count:,} events) in {time.perf_counter() - started:.0f} s")
+    job = built.ingest_last(BatchIngestion.from_settings(settings, account))
+    last = {
+        "file": str(built.last_file),
+        "events": job.metrics["rowsAccepted"],
+        "seconds": time.perf_counter() - started,
+        "store": job.metrics["profileStore"],
+    }
     store = SegmentStore.from_settings(settings, account)
     for sid, (pql, _) in segments().items():
         store.save(SegmentDefinition(id=sid, name=sid, expression={"value": pql}), now=INGESTED)
@@ -288,26 +270,18 @@ def _setup(people: int, work: Path) -> dict:
     duckdb.execute(
         f"COPY (SELECT NULL::VARCHAR AS profileId WHERE false) TO {quote_literal(str(work / 'store' / 'removed' / 'none.parquet'))}"
     )
-    return {"last_batch": last, "store": version.summary()}
+    return {"last_batch": last, "store": version.summary(), "world": built.info}
 
 
-def _split_ndjson(path: Path, max_bytes: int) -> list[Path]:
-    """Split an NDJSON file into parts under the ingestion file limit, as a user would before landing it."""
-    if path.stat().st_size <= max_bytes:
-        return [path]
-    parts, out, size = [], None, 0
-    with open(path, "rb") as src:
-        for line in src:
-            if out is None or size + len(line) > max_bytes:
-                if out:
-                    out.close()
-                parts.append(path.with_name(f"{path.stem}-{len(parts):03d}.ndjson"))
-                out, size = open(parts[-1], "wb"), 0  # noqa: SIM115 (closed when the next part starts)
-            out.write(line)
-            size += len(line)
-    out.close()
-    path.unlink()
-    return parts
+def start(people: int, work: Path, *, rebuild_world: bool = False) -> tuple[Azurite, dict]:
+    """Azurite on a fresh copy of the world of `people`, with the last batch ingested and the segments saved."""
+    built = checkout(people, work, rebuild=rebuild_world)
+    azurite = use_azurite(location=work / "azurite")
+    try:
+        return azurite, _setup(people, work, built)
+    except BaseException:
+        azurite.stop()
+        raise
 
 
 def main() -> None:
@@ -321,6 +295,7 @@ def main() -> None:
         action="store_true",
         help="leave out the from-scratch rebuild (at 1M it is as long as ingesting everything)",
     )
+    parser.add_argument("--rebuild-world", action="store_true", help="ingest the world again even if it is current")
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -333,15 +308,14 @@ def main() -> None:
             ),
             "rebuild": stage_rebuild,
             "live": lambda: stage_live(args.work),
-            "read_json": lambda: stage_read_json(args.file),
+            "read_json": lambda: stage_read_json(args.file, args.work),
         }
         report(stages[args.stage]())
         return
     work = Path(tempfile.mkdtemp(prefix="bench-segments-"))
-    azurite = use_azurite(location=work / "azurite")
+    azurite, setup = start(args.people, work, rebuild_world=args.rebuild_world)
     try:
-        setup = _setup(args.people, work)
-        read_json = run_stage("bench.segments", "read_json", "--file", setup["last_batch"]["file"])
+        read_json = run_stage("bench.segments", "read_json", "--file", setup["last_batch"]["file"], "--work", str(work))
         floor = run_stage("bench.segments", "floor", "--work", str(work))
         postgres = run_stage("bench.segments", "postgres", "--work", str(work))
         ours = run_stage("bench.segments", "ours", "--work", str(work))
@@ -349,6 +323,7 @@ def main() -> None:
         live = run_stage("bench.segments", "live", "--work", str(work))
     finally:
         azurite.stop()
+        shutil.rmtree(work, ignore_errors=True)
     mismatched = {
         s: (ours["counts"][s], floor["counts"][s]) for s in segments() if ours["counts"][s] != floor["counts"][s]
     }

@@ -33,3 +33,17 @@ def test_the_report_says_which_targets_are_met_and_which_were_skipped():
     table = markdown(100_000, rows)
     assert "| export | 3.00 | b | 2.00 | 1.50× | ≤ 1.5× | 900 MB | yes |" in table
     assert table.splitlines()[-1].endswith("| — | — | ≥ 3× | 900 MB | skipped |")
+
+
+def test_the_bench_world_is_keyed_by_size_and_by_the_code_that_makes_it(tmp_path, monkeypatch):
+    from bench import world
+
+    assert world.world_key(1000) == world.world_key(1000)
+    assert world.world_key(1000) != world.world_key(2000)
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "sample.py").write_text("v1")
+    monkeypatch.setattr(world, "ROOT", tmp_path)
+    monkeypatch.setattr(world, "SOURCES", ("dev",))
+    before = world.world_key(1000)
+    (tmp_path / "dev" / "sample.py").write_text("v2")
+    assert world.world_key(1000) != before

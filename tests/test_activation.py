@@ -410,6 +410,39 @@ def test_files_split_at_the_row_limit_with_numbered_names_and_gzip(settings, acc
     assert text.splitlines()[0] == "email_lc_sha256;segmentMembershipStatus;firstName;loyaltyTier"
 
 
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+@pytest.mark.parametrize("dedup", [False, True])
+def test_json_and_parquet_files_with_and_without_a_dedup_key_and_an_empty_segment(
+    settings, account, crm, tmp_path, fmt, dedup
+):
+    """Without a dedup key the files are written straight from the query; with one, from every member's row:
+    both give a file per segment (an empty one for a segment nobody is in) in the destination's format."""
+    import duckdb
+
+    assert put_segment("nobody", 'loyalty.tier = "platinum"').status_code == 200
+    extra = {"dedupKey": ["email_lc_sha256"]} if dedup else {}
+    assert put_destination(segments=["gold", "nobody"], format=fmt, **extra).status_code == 200
+    segment_job(settings, T1)
+    job = Activation.from_settings(settings).exports.run("gold-email", now=T1)
+    assert job.status is JobStatus.SUCCEEDED, job.errors
+    blobs = dlz(settings, account)
+    manifest = json.loads(blobs.get(job.source))
+    assert [(f["segmentId"], f["rows"]) for f in manifest["files"]] == [("gold", 2), ("nobody", 0)]
+    rows = {}
+    for f in manifest["files"]:
+        assert f["name"].endswith(f".{fmt}")
+        local = tmp_path / f["name"]
+        local.write_bytes(blobs.get(f["name"]))
+        reader = "read_parquet" if fmt == "parquet" else "read_json_auto"
+        rows[f["segmentId"]] = (
+            duckdb.sql(f"SELECT email_lc_sha256 FROM {reader}('{local}') ORDER BY 1").fetchall() if f["rows"] else []
+        )
+        assert local.stat().st_size == f["bytes"]
+    assert rows["gold"] == sorted([(sha("ann@example.com"),), (sha("bob@example.com"),)])
+    assert rows["nobody"] == []
+    assert job.metrics["excluded"] == {"missingIdentity": 1}  # dee, gold but without an email
+
+
 def test_a_run_that_fails_before_its_manifest_leaves_no_visible_file(settings, account, crm, monkeypatch):
     assert put_destination(segments=["gold", "all"]).status_code == 200
     segment_job(settings, T1)

@@ -99,97 +99,199 @@ def _identity_sql(d: Destination) -> tuple[str, str]:
     return raw, f"{transform}(_raw)"
 
 
-def build_rows(
-    con: duckdb.DuckDBPyConnection, d: Destination, members: list[Members], profiles: str, *, split_rows: int
-) -> dict[str, SegmentCounts]:
-    """Fill `export_rows`: every member of every segment with its exported columns, `_reason` (why it is
-        excluded, NULL when exported) and `_part` (its file), with attributes from `profiles` (a relation of
-    merged profiles). Returns the counts per segment."""
-    union = " UNION ALL ".join(f"({members_sql(m, i)})" for i, m in enumerate(members))
-    raw, exported = _identity_sql(d)
-    ident = quote_ident(d.identity.target)
-    attrs = "".join(
-        f", {column_ref(m.source, table='p')} AS {quote_ident(m.target)}"
-        for m in d.mapping
-        if m.source != MEMBERSHIP_STATUS
-    )
-    status = "".join(f", m.status AS {quote_ident(m.target)}" for m in d.mapping if m.source == MEMBERSHIP_STATUS)
-    reasons = ["WHEN _raw IS NULL THEN 'missingIdentity'", f"WHEN {ident} IS NULL THEN 'invalidIdentity'"]
-    reasons += [f"WHEN {quote_ident(c)} IS NULL THEN {quote_literal('missingMandatory:' + c)}" for c in d.mandatory]
-    reasons += [f"WHEN {quote_ident(c)} IS NULL THEN 'missingDedupKey'" for c in d.dedup_key]
-    reason = "CASE " + " ".join(reasons) + " END"
-    if d.dedup_key:
+class ExportRows:
+    """The rows of one export run in DuckDB: their counts per segment (received, activated, excluded by
+    reason), and `write` for the files, one per segment and part (every segment gets at least one: a header
+    only, for CSV, when nobody is exported). Two ways to get there, chosen by `build_rows`."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, d: Destination, members: list[Members], split_rows: int):
+        self.con, self.d, self.members, self.split_rows = con, d, members, split_rows
+        self.counts = {m.segment_id: SegmentCounts() for m in members}
+
+    def _count(self, sql: str) -> None:
+        """Fill the counts from `sql`, rows of (segment index, reason or NULL, rows)."""
+        for seg, why, n in self.con.execute(sql).fetchall():
+            c = self.counts[self.members[seg].segment_id]
+            c.received += n
+            if why is None:
+                c.activated += n
+            else:
+                c.excluded[why] = n
+
+    @property
+    def split(self) -> bool:
+        """Whether some segment is past the file limit, so that its rows are numbered into parts."""
+        return any(c.activated > self.split_rows for c in self.counts.values())
+
+    def _part(self) -> str:
+        if not self.split:
+            return "1"
+        return f"(row_number() OVER (PARTITION BY seg ORDER BY profileId) - 1) // {int(self.split_rows)} + 1"
+
+    def _parts(self, seg: int) -> list[tuple[int, int]]:
+        """(part, rows) of a segment's files: parts of `split_rows` rows by profileId, at least one."""
+        activated, size = self.counts[self.members[seg].segment_id].activated, int(self.split_rows)
+        return [(k + 1, min(size, activated - k * size)) for k in range(max(1, -(-activated // size)))]
+
+    def write(self, out: Path, *, on_file: Callable[[Written], None] | None = None) -> list[Written]:
+        raise NotImplementedError
+
+
+class PersonRows(ExportRows):
+    """Without a deduplication key, whether a member is exported depends on the person alone: each person's
+    exported values and reason are computed once (`export_people`, a row per person, so a person in 20
+    segments is hashed once), the counts come from one aggregate, and the files are written straight from
+    the join of the members with the people, in a few partitioned COPY statements (about a quarter of the
+    segments each), each group's files uploaded while the next group is written."""
+
+    GROUPS = 4
+
+    def __init__(self, con, d, members, split_rows, profiles: str) -> None:
+        super().__init__(con, d, members, split_rows)
+        raw, exported = _identity_sql(d)
+        ident = quote_ident(d.identity.target)
+        attrs = _attributes(d)
+        mandatory = [c for c in d.mandatory if c not in _status_columns(d)]  # a member always has a status
+        reason = _reason_sql(ident, mandatory, [])
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE export_people AS
+            WITH p AS (SELECT p.profileId, {raw} AS _raw{attrs} FROM {profiles} p),
+            t AS (SELECT *, {exported} AS {ident} FROM p)
+            SELECT * EXCLUDE (_raw), {reason} AS _reason FROM t"""
+        )
+        # A member whose person the store does not have has no identity either.
+        self._count(
+            f"""SELECT m.seg, CASE WHEN e.profileId IS NULL THEN 'missingIdentity' ELSE e._reason END, count(*)
+            FROM ({_union(members)}) m LEFT JOIN (SELECT profileId, _reason FROM export_people) e USING (profileId)
+            GROUP BY ALL ORDER BY ALL"""
+        )
+
+    def write(self, out: Path, *, on_file: Callable[[Written], None] | None = None) -> list[Written]:
+        columns = ", ".join(quote_ident(c) for c in self.d.columns())
+        status = ", ".join(f"m.status AS {quote_ident(c)}" for c in _status_columns(self.d))
+        options = _copy_options(self.d)
+        out.mkdir(parents=True, exist_ok=True)
+        # A file's rows have no order (part numbers follow profileId, not the file's order): let DuckDB write
+        # them from every thread.
+        self.con.execute("SET preserve_insertion_order = false")
+        written: list[Written] = []
+        size = -(-len(self.members) // self.GROUPS)
+        for g, first in enumerate(range(0, len(self.members), size)):
+            group = list(range(first, min(first + size, len(self.members))))
+            folder = out / f"group-{g}"
+            union = " UNION ALL ".join(f"({members_sql(self.members[i], i)})" for i in group)
+            rows = f"""SELECT m.seg, m.profileId{", " + status if status else ""}, p.* EXCLUDE (profileId, _reason)
+                FROM ({union}) m JOIN export_people p USING (profileId) WHERE p._reason IS NULL"""
+            if any(self.counts[self.members[i].segment_id].activated for i in group):
+                self.con.execute(
+                    f"""COPY (SELECT seg, {self._part()} AS _part, {columns} FROM ({rows}))
+                    TO {quote_literal(str(folder))} ({options}, PARTITION_BY (seg, _part))"""
+                )
+            for seg in group:
+                for part, n in self._parts(seg):
+                    target = out / f"{seg:03d}-{part:03d}.{self.d.extension}"
+                    found = sorted((folder / f"seg={seg}" / f"_part={part}").glob("*")) if n else []
+                    if len(found) != (1 if n else 0):
+                        raise RuntimeError(f"expected one file for segment {seg} part {part}, found {found}")
+                    if found:
+                        found[0].rename(target)
+                    else:  # nobody to export: the file still exists, with a header only for CSV
+                        self.con.execute(
+                            f"COPY (SELECT {columns} FROM ({rows}) WHERE false) TO {quote_literal(str(target))} ({options})"
+                        )
+                    w = Written(self.members[seg].segment_id, part, target, n)
+                    written.append(w)
+                    if on_file:
+                        on_file(w)
+        return written
+
+
+class MemberRows(ExportRows):
+    """With a deduplication key, members of one segment compete for a key, so every member's row is built
+    (`export_rows`, with its reason and its part) before any file is written from it."""
+
+    def __init__(self, con, d, members, split_rows, profiles: str) -> None:
+        super().__init__(con, d, members, split_rows)
+        raw, exported = _identity_sql(d)
+        ident = quote_ident(d.identity.target)
+        status = "".join(f", m.status AS {quote_ident(c)}" for c in _status_columns(d))
+        reason = _reason_sql(ident, d.mandatory, d.dedup_key)
         keys = ", ".join(quote_ident(c) for c in d.dedup_key)
         # Among rows still exported, the most recently qualified member keeps the key.
         rank = f"row_number() OVER (PARTITION BY seg, _reason IS NULL, {keys} ORDER BY qualifiedAt DESC, profileId)"
         dedup = f"CASE WHEN _reason IS NULL AND {rank} > 1 THEN 'duplicateDedupKey' ELSE _reason END"
-    else:
-        dedup = "_reason"
-    # Each person's exported values (the identity hashed, the attributes) are computed once, then joined to
-    # every segment they are in: a person in 20 segments is hashed once, not 20 times.
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE export_rows AS
-        WITH p AS (
-            SELECT p.profileId, {raw} AS _raw{attrs} FROM {profiles} p
-        ), t AS (SELECT *, {exported} AS {ident} FROM p),
-        j AS (
-            SELECT m.seg, m.profileId, m.qualifiedAt{status}, t.* EXCLUDE (profileId)
-            FROM ({union}) m LEFT JOIN t USING (profileId)
-        ),
-        r AS (SELECT *, {reason} AS _reason FROM j)
-        SELECT * EXCLUDE (_reason), {dedup} AS _reason, 1 AS _part FROM r"""
-    )
-    counts = {m.segment_id: SegmentCounts() for m in members}
-    rows = con.execute("SELECT seg, _reason, count(*) FROM export_rows GROUP BY ALL ORDER BY ALL").fetchall()
-    for seg, why, n in rows:
-        c = counts[members[seg].segment_id]
-        c.received += n
-        if why is None:
-            c.activated += n
-        else:
-            c.excluded[why] = n
-    if any(c.activated > split_rows for c in counts.values()):
-        # Only a segment past the file limit pays for numbering its rows into parts.
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE export_rows AS
-            SELECT * EXCLUDE (_part), CASE WHEN _reason IS NULL THEN
-                (row_number() OVER (PARTITION BY seg, _reason IS NULL ORDER BY profileId) - 1) // {int(split_rows)} + 1
-            END AS _part FROM export_rows"""
+            WITH p AS (
+                SELECT p.profileId, {raw} AS _raw{_attributes(d)} FROM {profiles} p
+            ), t AS (SELECT *, {exported} AS {ident} FROM p),
+            j AS (
+                SELECT m.seg, m.profileId, m.qualifiedAt{status}, t.* EXCLUDE (profileId)
+                FROM ({_union(members)}) m LEFT JOIN t USING (profileId)
+            ),
+            r AS (SELECT *, {reason} AS _reason FROM j)
+            SELECT * EXCLUDE (_reason), {dedup} AS _reason FROM r"""
         )
-    return counts
-
-
-def write_files(
-    con: duckdb.DuckDBPyConnection,
-    d: Destination,
-    members: list[Members],
-    out: Path,
-    *,
-    on_file: Callable[[Written], None] | None = None,
-) -> list[Written]:
-    """Write `export_rows` as files, one per segment and part; a segment with nobody to export still gets
-    one file (with only the header for CSV), so every run has a file per segment. `on_file` is called as
-    each file is finished, so the caller can upload it while the next one is written."""
-    columns = ", ".join(quote_ident(c) for c in d.columns())
-    options = _copy_options(d)
-    out.mkdir(parents=True, exist_ok=True)
-    parts = con.execute(
-        "SELECT seg, _part, count(*) FROM export_rows WHERE _reason IS NULL GROUP BY ALL ORDER BY ALL"
-    ).fetchall()
-    found = {(seg, part): rows for seg, part, rows in parts}
-    written: list[Written] = []
-    for seg, m in enumerate(members):
-        for part in sorted(p for s, p in found if s == seg) or [1]:
-            target = out / f"{seg:03d}-{part:03d}.{d.extension}"
+        self._count("SELECT seg, _reason, count(*) FROM export_rows GROUP BY ALL ORDER BY ALL")
+        if self.split:  # only a run with a segment past the file limit pays for numbering rows into parts
             con.execute(
-                f"""COPY (SELECT {columns} FROM export_rows WHERE seg = {seg} AND _part = {part} AND _reason IS NULL)
-                    TO {quote_literal(str(target))} ({options})"""
+                f"""CREATE OR REPLACE TEMP TABLE export_rows AS SELECT *, CASE WHEN _reason IS NULL THEN
+                    (row_number() OVER (PARTITION BY seg, _reason IS NULL ORDER BY profileId) - 1)
+                    // {int(split_rows)} + 1 END AS _part FROM export_rows"""
             )
-            w = Written(m.segment_id, part, target, found.get((seg, part), 0))
-            written.append(w)
-            if on_file:
-                on_file(w)
-    return written
+        else:
+            con.execute("ALTER TABLE export_rows ADD COLUMN _part INTEGER DEFAULT 1")
+
+    def write(self, out: Path, *, on_file: Callable[[Written], None] | None = None) -> list[Written]:
+        columns = ", ".join(quote_ident(c) for c in self.d.columns())
+        options = _copy_options(self.d)
+        out.mkdir(parents=True, exist_ok=True)
+        written: list[Written] = []
+        for seg, m in enumerate(self.members):
+            for part, n in self._parts(seg):
+                target = out / f"{seg:03d}-{part:03d}.{self.d.extension}"
+                self.con.execute(
+                    f"""COPY (SELECT {columns} FROM export_rows WHERE seg = {seg} AND _part = {part} AND _reason IS NULL)
+                        TO {quote_literal(str(target))} ({options})"""
+                )
+                w = Written(m.segment_id, part, target, n)
+                written.append(w)
+                if on_file:
+                    on_file(w)
+        return written
+
+
+def build_rows(
+    con: duckdb.DuckDBPyConnection, d: Destination, members: list[Members], profiles: str, *, split_rows: int
+) -> ExportRows:
+    """Every member of every segment with its exported columns and, when it is excluded, why; with
+    attributes from `profiles` (a relation of merged profiles). Counted now, written by `.write`."""
+    kind = MemberRows if d.dedup_key else PersonRows
+    return kind(con, d, members, split_rows, profiles)
+
+
+def _union(members: list[Members]) -> str:
+    return " UNION ALL ".join(f"({members_sql(m, i)})" for i, m in enumerate(members))
+
+
+def _status_columns(d: Destination) -> list[str]:
+    return [m.target for m in d.mapping if m.source == MEMBERSHIP_STATUS]
+
+
+def _attributes(d: Destination) -> str:
+    return "".join(
+        f", {column_ref(m.source, table='p')} AS {quote_ident(m.target)}"
+        for m in d.mapping
+        if m.source != MEMBERSHIP_STATUS
+    )
+
+
+def _reason_sql(ident: str, mandatory: list[str], dedup_key: list[str]) -> str:
+    """Why a row is excluded (the first reason that applies), NULL when it is exported."""
+    reasons = ["WHEN _raw IS NULL THEN 'missingIdentity'", f"WHEN {ident} IS NULL THEN 'invalidIdentity'"]
+    reasons += [f"WHEN {quote_ident(c)} IS NULL THEN {quote_literal('missingMandatory:' + c)}" for c in mandatory]
+    reasons += [f"WHEN {quote_ident(c)} IS NULL THEN 'missingDedupKey'" for c in dedup_key]
+    return "CASE " + " ".join(reasons) + " END"
 
 
 def _copy_options(d: Destination) -> str:
@@ -205,4 +307,4 @@ def _copy_options(d: Destination) -> str:
     return options + (", COMPRESSION gzip" if c.gzip else "")
 
 
-__all__ = ["Members", "SegmentCounts", "Written", "build_rows", "install_transforms", "members_sql", "write_files"]
+__all__ = ["ExportRows", "Members", "SegmentCounts", "Written", "build_rows", "install_transforms", "members_sql"]

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import Field
 
 from shared.activation.destinations import Destination, DestinationStore, ExportMode, Frequency
-from shared.activation.export import Members, SegmentCounts, build_rows, install_transforms, write_files
+from shared.activation.export import Members, SegmentCounts, build_rows, install_transforms
 from shared.activation.governance import PolicyStore, check_governance
 from shared.activation.manifest import ExportManifest, ManifestFile, ManifestSegment
 from shared.activation.retention import EXPORTED
@@ -277,9 +277,10 @@ class ExportRuns:
 
             try:
                 install_transforms(con, country_code=self.settings.export_phone_country_code)
-                counts = build_rows(con, d, members, profiles_sql, split_rows=self.settings.export_split_rows)
+                rows = build_rows(con, d, members, profiles_sql, split_rows=self.settings.export_split_rows)
+                counts = rows.counts
                 phases.lap("rows")
-                write_files(con, d, members, work / "files", on_file=upload)
+                rows.write(work / "files", on_file=upload)
                 phases.lap("write")
             finally:
                 con.close()

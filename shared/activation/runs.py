@@ -294,11 +294,14 @@ class ExportRuns:
         """The dataflow run of each segment, what each segment exported (the next incremental run's base), and
         the job's metrics."""
         self._save_runs(d.id, [self._dataflow_run(job, d, plan, built, sid, now, seconds) for sid in d.segments])
-        for sid, pointer in plan.pointers.items():
-            state = ExportState(
-                segment_id=sid, job_id=pointer.job_id, snapshot=pointer.snapshot, run_id=job.id, exported_at=now
-            )
-            plan.states.put(sid, state)
+        plan.states.put_many(
+            {
+                sid: ExportState(
+                    segment_id=sid, job_id=pointer.job_id, snapshot=pointer.snapshot, run_id=job.id, exported_at=now
+                )
+                for sid, pointer in plan.pointers.items()
+            }
+        )
         counts = built.counts.values()
         received = sum(c.received for c in counts)
         reasons = dict(sum((Counter(c.excluded) for c in counts), Counter()))
@@ -389,10 +392,15 @@ class ExportRuns:
         metadata names its manifest, so a reader triggered by the file finds the run it belongs to."""
         committed: list[str] = []
         exported = {EXPORTED: now.isoformat()}  # retention counts from the run's time, not the storage clock
+
+        def commit(f: Staged) -> None:
+            self.dlz.commit(f, metadata={"manifest": manifest_name, "runId": run_id, **exported})
+            committed.append(f.name)
+
         try:
-            for f in files:
-                self.dlz.commit(f, metadata={"manifest": manifest_name, "runId": run_id, **exported})
-                committed.append(f.name)
+            with ThreadPoolExecutor(max_workers=8) as pool:  # a round trip each: commit them side by side
+                for done in [pool.submit(commit, f) for f in files]:
+                    done.result()
             self.dlz.put(manifest_name, manifest.to_bytes(), metadata=exported)
         except Exception:
             for name in committed:
@@ -403,9 +411,7 @@ class ExportRuns:
             raise
 
     def _save_runs(self, destination_id: str, records: list[DataflowRun]) -> None:
-        table = ModelTable(self.runs_table, DataflowRun, partition=destination_id)
-        for r in records:
-            table.put(r.id, r)
+        ModelTable(self.runs_table, DataflowRun, partition=destination_id).put_many({r.id: r for r in records})
 
     def _record_failure(self, job: Job, d: Destination, now: dt.datetime, started: float, message: str) -> None:
         seconds = round(time.monotonic() - started, 3)

@@ -64,14 +64,11 @@ def stage_ceiling(kind: str, work: Path) -> dict:
     )
     read_recipients = campaign.tables.recipients.get(RECIPIENTS_ID)
     if kind == "profile":  # the load read the version before the one it wrote
-        read_recipients = read_recipients.model_copy(
-            update={
-                "snapshot": read_recipients.snapshot.replace(
-                    f"v{read_recipients.version:08d}", f"v{read_recipients.version - 1:08d}"
-                )
-            }
-        )
-    local = campaign.tables.blobs.download(written.snapshot, work / f"{kind}-written.parquet")
+        [before] = [v for v in read_recipients.versions if v.version == read_recipients.version - 1]
+        read_recipients = read_recipients.model_copy(update={"snapshot": before.snapshot})
+    # What the load wrote: the list, the recipients table, or only the updated recipients (a delta).
+    wrote = written.deltas[-1] if written.deltas else written.snapshot
+    local = campaign.tables.blobs.download(wrote, work / f"{kind}-written.parquet")
     started = time.perf_counter()
     campaign.tables.dlz.download(manifest["files"][0]["name"], work / f"{kind}-file")
     campaign.tables.blobs.download(read_recipients.snapshot, work / f"{kind}-recipients.parquet")

@@ -184,6 +184,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'DLZ_RETENTION_DAYS', value: '7' }
         { name: 'DLZ_RETENTION_SCHEDULE', value: '0 30 3 * * *' }
         { name: 'JOB_LEASE_SECONDS', value: '300' }
+        { name: 'RECIPIENTS_DELTA_RATIO', value: '0.25' }
         { name: 'SNAPSHOT_RETENTION_HOURS', value: '72' }
         { name: 'SNAPSHOT_RETENTION_SCHEDULE', value: '0 15 * * * *' }
         { name: 'CAMPAIGN_LOG_SCHEDULE', value: '0 0 */4 * * *' }

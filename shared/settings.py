@@ -146,6 +146,15 @@ class Settings(BaseSettings):
         ge=10,
         description="A job's claim lasts this long unless its worker renews it; then another may take it over.",
     )
+    recipients_delta_ratio: float = Field(
+        0.25,
+        ge=0,
+        description=(
+            "A profile sync writes only the recipients it updates (a delta read over the table) until the deltas "
+            "would hold more rows than this share of the table; then it rewrites the table, deltas merged in. "
+            "0 rewrites every time."
+        ),
+    )
     snapshot_retention_hours: int = Field(
         72,
         gt=0,

@@ -218,6 +218,17 @@ def test_a_file_that_does_not_match_its_manifest_is_refused(settings, account, c
     assert "SHA-256" in changed.errors[0].message and recipients.tables.lists.find("gold") is None
 
 
+@pytest.fixture(params=["delta", "rewrite"])
+def delta_ratio(request, monkeypatch):
+    """Profile sync both ways: as a delta of the updated recipients, and rewriting the table."""
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("RECIPIENTS_DELTA_RATIO", "10" if request.param == "delta" else "0")
+    get_settings.cache_clear()
+    return request.param
+
+
+@pytest.mark.usefixtures("delta_ratio")
 def test_profile_sync_updates_recipients_that_exist_and_creates_none(settings, account, crm, recipients):
     crm.ingest_at(
         "crm/names.ndjson",
@@ -246,6 +257,73 @@ def test_profile_sync_updates_recipients_that_exist_and_creates_none(settings, a
     assert (people["bob@example.com"]["lastName"], people["bob@example.com"]["optOut"]) == ("Old", True)
     assert people["zed@example.com"]["quarantined"] is True and people["dee@example.com"]["firstName"] == "Dee"
     assert recipients.tables.lists.list() == []
+
+
+NAME_MAPPING = [
+    {"source": "segmentMembershipStatus", "target": "segmentMembershipStatus"},
+    {"source": "person.name.firstName", "target": "firstName"},
+]
+
+
+def sync_names(settings, account, crm, first: str, at: dt.datetime, *, deliveries: int = 1) -> list[Job]:
+    """Ann's first name changes in the CRM; a segment job and an export run at `at` carry it to Campaign
+    (profile sync of ann and bob), the load's trigger firing `deliveries` times at once."""
+    import threading
+
+    people = [person("ann", "ann@example.com", person={"name": {"firstName": first}}), person("bob", "bob@example.com")]
+    crm.ingest_at(f"crm/names-{first}.ndjson", ndjson(*people), now=at - dt.timedelta(minutes=5))
+    segment_job(settings, at)
+    run = Activation.from_settings(settings).exports.run("gold-email", now=at)
+    blobs = dlz(settings, account)
+    manifest = run.links["manifest"].split("/", 1)[1]
+    threads = [
+        threading.Thread(target=fire_blob_trigger, args=(campaign_audience_load, blobs, manifest))
+        for _ in range(deliveries)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    names = [f["name"] for f in json.loads(blobs.get(manifest))["files"]]
+    return [
+        Job.model_validate(j) for j in body(call(audience_loads, "GET", "audience-loads", {})) if j["source"] in names
+    ]
+
+
+def test_profile_sync_writes_deltas_then_compacts_them_and_a_redelivery_during_compaction_is_a_no_op(
+    settings, account, crm, recipients, monkeypatch
+):
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("RECIPIENTS_DELTA_RATIO", "1.0")  # deltas up to as many rows as the table (4) holds
+    get_settings.cache_clear()
+    settings = get_settings()
+    campaign = Campaign.from_settings(settings)
+    assert put_destination(syncType="profile", segments=["all"], mapping=NAME_MAPPING).status_code == 200
+
+    def state() -> tuple[int, int, str, bool]:
+        record = campaign.tables.recipients.get("recipients")
+        [ann] = campaign.admin.recipient_rows(email="Ann@Example.com")
+        [bob] = campaign.admin.recipient_rows(email="bob@example.com")
+        return record.version, len(record.deltas), ann["firstName"], bob["optOut"]
+
+    v0 = state()[0]
+    for first, at, deltas in (("Annie", T1, 1), ("Anna", T2, 2)):  # 2 rows each: 2, then 4 rows in deltas
+        [load] = sync_names(settings, account, crm, first, at)
+        assert load.status is JobStatus.SUCCEEDED and load.metrics["delta"] is True, load.errors
+        assert state()[1:] == (deltas, first, True)  # the newest delta wins; Campaign's opt-out stays
+    with_deltas = state()[0]
+    assert with_deltas == v0 + 2
+
+    # 4 + 2 rows would pass the table's 4: this sync rewrites the table, delivered twice at the same time.
+    loads = sync_names(settings, account, crm, "Ana", T3, deliveries=2)
+    assert [(j.status, j.metrics["delta"]) for j in loads] == [(JobStatus.SUCCEEDED, False)]
+    assert state() == (v0 + 3, 0, "Ana", True)
+    assert len(campaign.admin.recipient_rows()) == 4
+
+    # A version with deltas is restored whole.
+    campaign.admin.restore(campaign.tables.recipients, "recipients", with_deltas, now=T3 + dt.timedelta(hours=1))
+    assert state() == (v0 + 4, 2, "Anna", True)
 
 
 def deliver(list_id: str, **options) -> dict:

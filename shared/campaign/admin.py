@@ -26,11 +26,10 @@ class CampaignAdmin:
         def attempt() -> dict[str, Any]:
             current = self.tables.recipients.find(rcp.RECIPIENTS_ID)
             with self.tables.session("seed-") as (con, tmp):
-                local = self.tables.recipients.local(current) if current else None
                 table, counts = rcp.seed(
                     con,
                     file,
-                    local,
+                    self.tables.recipients_source(current),
                     key=mapping.key,
                     allowed=mapping.columns,
                     now=now,

@@ -21,6 +21,7 @@ from shared.campaign import recipients as rcp
 from shared.campaign.files import check_checksum, read_export
 from shared.campaign.snapshots import SnapshotRecord
 from shared.campaign.tables import CampaignTables
+from shared.engine import scalar
 from shared.errors import NotFound, ValidationError
 from shared.jobs import Job, JobStatus, JobType
 from shared.models import Metrics
@@ -71,6 +72,9 @@ class AudienceLoadMetrics(Metrics):
     list_size: int | None = None
     attributes: list[str] | None = Field(None, description="Profile sync: the recipient attributes updated.")
     recipients: int | None = None
+    delta: bool | None = Field(
+        None, description="Profile sync: written as a delta of the updated recipients (false: the table rewritten)."
+    )
     phase_seconds: dict[str, float] = Field(default_factory=dict)
     duration_seconds: float | None = None
 
@@ -335,7 +339,7 @@ class AudienceLoads:
         metrics = {
             "syncType": "profile",
             "destination": manifest.destination_id,
-            "rowsRead": len(con.execute("SELECT 1 FROM incoming").fetchall()),
+            "rowsRead": scalar(con, "SELECT count(*) FROM incoming"),
             "updated": updated,
             "ignoredExits": ignored,
             "rejected": rejected,
@@ -344,20 +348,24 @@ class AudienceLoads:
         }
         if current is None or not updated:
             return {**metrics, "recipients": current.count if current else 0}
-        con.execute(f"CREATE OR REPLACE TEMP TABLE cur AS SELECT * FROM {self.tables.recipients_source(current)}")
-        have = rcp.columns_of(con, "cur")
-        for a in attrs:
-            if a not in have:
-                con.execute(f"ALTER TABLE cur ADD COLUMN {quote_ident(a)} VARCHAR")
+        source = self.tables.recipients_source(current)
+        have = rcp.columns_of(con, source)
+        added = "".join(f", NULL::VARCHAR AS {quote_ident(a)}" for a in attrs if a not in have)
         replace = [f"coalesce(u.{quote_ident(a)}, r.{quote_ident(a)}) AS {quote_ident(a)}" for a in attrs]
         replace.append(
             f"CASE WHEN u.recipientId IS NULL THEN r.updated ELSE {quote_literal(now.isoformat())}::TIMESTAMPTZ END AS updated"
         )
         if "emailOptIn" in attrs:  # an opt-out in the platform opts the recipient out; an opt-in never clears it
             replace.append(f"r.optOut OR coalesce(lower(u.emailOptIn) IN {rcp.OPT_OUT_VALUES}, false) AS optOut")
+        changed = f"SELECT r.* REPLACE ({', '.join(replace)}) FROM (SELECT *{added} FROM {source}) r"
+        if not self.tables.compacts(current, updated):  # only the updated recipients, as a delta
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE recipients_delta AS {changed} JOIN upd u ON u.recipientId = r.id"
+            )
+            total = self.tables.publish_recipients_delta(con, "recipients_delta", work, current, now)
+            return {**metrics, "recipients": total, "delta": True}
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE recipients_next AS
-            SELECT r.* REPLACE ({", ".join(replace)}) FROM cur r LEFT JOIN upd u ON u.recipientId = r.id ORDER BY r.id"""
+            f"CREATE OR REPLACE TEMP TABLE recipients_next AS {changed} LEFT JOIN upd u ON u.recipientId = r.id ORDER BY r.id"
         )
         total = self.tables.publish_recipients(con, "recipients_next", work, current, now)
-        return {**metrics, "recipients": total}
+        return {**metrics, "recipients": total, "delta": False}

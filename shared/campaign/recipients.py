@@ -38,16 +38,17 @@ def columns_of(con: duckdb.DuckDBPyConnection, source: str) -> list[str]:
 def seed(
     con: duckdb.DuckDBPyConnection,
     file: Path,
-    current: Path | None,
+    current: str,
     *,
     key: str,
     allowed: list[str],
     now: dt.datetime,
     last_id: int = 0,
 ) -> tuple[str, dict[str, int]]:
-    """Merge a seed file into the recipients as the temp table `recipients_next`: rows are matched on `key`
-    (computed from `email`/`phone` when the file has them and not the hashes); new keys get new ids, above
-    `last_id` (the highest ever given). Every current recipient stays: an import never deletes.
+    """Merge a seed file into the recipients (`current`, a FROM source) as the temp table `recipients_next`:
+    rows are matched on `key` (computed from `email`/`phone` when the file has them and not the hashes); new
+    keys get new ids, above `last_id` (the highest ever given). Every current recipient stays: an import
+    never deletes.
     Returns the SQL source of the result and the counts."""
     attrs = _read_seed(con, file, allowed)
     _check_keys(con, file.name, key, attrs)
@@ -113,7 +114,7 @@ def _check_keys(con: duckdb.DuckDBPyConnection, name: str, key: str, attrs: list
 
 def _merge_seed(
     con: duckdb.DuckDBPyConnection,
-    current: Path | None,
+    current: str,
     *,
     key: str,
     attrs: list[str],
@@ -123,8 +124,7 @@ def _merge_seed(
 ) -> tuple[str, dict[str, int]]:
     """The recipients with the seed merged in, as `recipients_next`: matched rows updated, new ones given ids."""
     k = quote_ident(key)
-    cur = source_of(current)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE recipients_cur AS SELECT * FROM {cur}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE recipients_cur AS SELECT * FROM {current}")
     have = columns_of(con, "recipients_cur")
     for c in allowed:
         if c not in have:

@@ -4,6 +4,10 @@ only if nobody swapped it since it was read. Readers see the old version or the 
 either, and a million-row list loads in one download. Snapshots never change once written, so a worker
 keeps the ones it has downloaded (by name) and reuses them.
 
+A version may also be a base snapshot plus delta files (`deltas`: rows that replace the base's rows of the
+same id, the newest file winning), so that an update of a few rows writes those rows, not the table;
+`CampaignTables` merges them on read and compacts them into a new base when they grow.
+
 Writers never delete a published version: the record keeps the versions of the last
 `SNAPSHOT_RETENTION_HOURS` (any of them can be restored), and the retention timer deletes the blobs that
 no record keeps any more, once they are that old."""
@@ -35,6 +39,8 @@ class SnapshotVersion(ApiModel):
 
     version: int
     snapshot: str = Field(description="The blob in the campaign container holding this version.")
+    deltas: list[str] = Field(default_factory=list, description="Delta blobs read over the snapshot, oldest first.")
+    delta_rows: int = 0
     count: int
     created: dt.datetime
     restored_from: int | None = Field(None, description="The version this one brought back, if a restore.")
@@ -56,6 +62,8 @@ class SnapshotRecord(ApiModel):
     count: int = 0
     version: int = 0
     snapshot: str = Field("", description="The blob in the campaign container holding this version.")
+    deltas: list[str] = Field(default_factory=list, description="Delta blobs read over the snapshot, oldest first.")
+    delta_rows: int = Field(0, description="Rows in the deltas: past a share of `count`, the next write compacts.")
     updated: dt.datetime | None = None
     segment_id: str | None = None
     destination_id: str | None = None
@@ -95,13 +103,18 @@ class Snapshots:
 
     def local(self, record: SnapshotRecord) -> Path | None:
         """The record's snapshot as a local file (downloaded once per worker), or None if it has none."""
-        if not record.snapshot:
-            return None
-        path = _CACHE / self.blobs.name / record.snapshot
+        return self._local(record.snapshot) if record.snapshot else None
+
+    def local_deltas(self, record: SnapshotRecord) -> list[Path]:
+        """The record's delta files, oldest first, as local files."""
+        return [self._local(name) for name in record.deltas]
+
+    def _local(self, name: str) -> Path:
+        path = _CACHE / self.blobs.name / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")  # workers may fetch it at once
-            self.blobs.download(record.snapshot, partial)
+            self.blobs.download(name, partial)
             partial.replace(path)
         return path
 
@@ -111,17 +124,34 @@ class Snapshots:
         shutil.rmtree(_CACHE, ignore_errors=True)
 
     def publish(
-        self, record: SnapshotRecord, file: Path, *, previous: SnapshotRecord | None, now: dt.datetime
+        self,
+        record: SnapshotRecord,
+        file: Path,
+        *,
+        previous: SnapshotRecord | None,
+        now: dt.datetime,
+        delta_rows: int | None = None,
     ) -> SnapshotRecord:
-        """Store `file` as the next version of `record`. `Conflict` when someone published since `previous`
-        was read: nothing changes then, and the caller reads again and retries."""
+        """Store `file` as the next version of `record`: a new base, or with `delta_rows` a delta of that many
+        rows over `previous`. `Conflict` when someone published since `previous` was read: nothing changes
+        then, and the caller reads again and retries."""
         version = (previous.version if previous else 0) + 1
         # A name of its own: two writers racing for one version number never overwrite each other's blob,
         # and a worker's cache can never hold another table's file under this name.
-        name = f"{self.prefix}/{record.id}/v{version:08d}-{uuid.uuid4().hex[:12]}.parquet"
+        kind = "-delta" if delta_rows is not None else ""
+        name = f"{self.prefix}/{record.id}/v{version:08d}-{uuid.uuid4().hex[:12]}{kind}.parquet"
         self.blobs.put_file(name, file, metadata={CREATED: now.isoformat()})
+        if delta_rows is None:
+            files = {"snapshot": name, "deltas": [], "delta_rows": 0}
+        else:
+            assert previous is not None and previous.snapshot, "a delta needs a base"
+            files = {
+                "snapshot": previous.snapshot,
+                "deltas": [*previous.deltas, name],
+                "delta_rows": previous.delta_rows + delta_rows,
+            }
         try:
-            stored = self._swap(record, previous, name=name, count=record.count, now=now)
+            stored = self._swap(record, previous, count=record.count, now=now, **files)
         except Conflict:
             self.blobs.delete(name)  # never published: nobody can hold it
             raise
@@ -141,25 +171,29 @@ class Snapshots:
                 f" (versions are kept {self.retention.total_seconds() / 3600:g} hours)"
             )
         old = kept[version]
-        return self._swap(current, current, name=old.snapshot, count=old.count, now=now, restored_from=version)
+        files = {"snapshot": old.snapshot, "deltas": old.deltas, "delta_rows": old.delta_rows}
+        return self._swap(current, current, count=old.count, now=now, restored_from=version, **files)
 
     def _swap(
         self,
         record: SnapshotRecord,
         previous: SnapshotRecord | None,
         *,
-        name: str,
+        snapshot: str,
+        deltas: list[str],
+        delta_rows: int,
         count: int,
         now: dt.datetime,
         restored_from: int | None = None,
     ) -> SnapshotRecord:
         version = (previous.version if previous else 0) + 1
-        entry = SnapshotVersion(version=version, snapshot=name, count=count, created=now, restored_from=restored_from)
+        files = {"snapshot": snapshot, "deltas": deltas, "delta_rows": delta_rows}
+        entry = SnapshotVersion(version=version, count=count, created=now, restored_from=restored_from, **files)
         kept = [v for v in (previous.versions if previous else []) if v.created >= now - self.retention]
         record = record.model_copy(
             update={
                 "version": version,
-                "snapshot": name,
+                **files,
                 "count": count,
                 "updated": now,
                 "last_id": max(record.last_id, previous.last_id if previous else 0),
@@ -185,8 +219,8 @@ class Snapshots:
                     self.table.update(entity, etag=record.etag)
                 except Conflict:  # a writer published meanwhile; the next run forgets them
                     versions = record.versions
-            kept.update(v.snapshot for v in versions)
-            kept.add(record.snapshot)
+            kept.update(name for v in versions for name in (v.snapshot, *v.deltas))
+            kept.update((record.snapshot, *record.deltas))
         deleted = []
         for blob in self.blobs.listing(self.prefix + "/", metadata=True):
             created = (blob.metadata or {}).get(CREATED)

@@ -89,15 +89,42 @@ class CampaignTables:
         return f"{parquet(path)}" if path else f"({_EMPTY_LIST})"
 
     def recipients_source(self, current: SnapshotRecord | None) -> str:
-        """The recipients snapshot `current` as a FROM source (an empty table when there is none)."""
-        return rcp.source_of(self.recipients.local(current) if current else None)
+        """The recipients version `current` as a FROM source (an empty table when there is none): its snapshot
+        with its deltas read over it (a recipient's row in a delta replaces its row, the newest delta wins)."""
+        base = rcp.source_of(self.recipients.local(current) if current else None)
+        deltas = self.recipients.local_deltas(current) if current else []
+        if not deltas:
+            return base
+        newest = " UNION ALL BY NAME ".join(f"SELECT *, {n} AS _delta FROM {parquet(p)}" for n, p in enumerate(deltas))
+        return f"""(SELECT * FROM {base} WHERE id NOT IN (SELECT id FROM ({newest}))
+            UNION ALL BY NAME
+            SELECT * EXCLUDE (_delta) FROM ({newest}) QUALIFY row_number() OVER (PARTITION BY id ORDER BY _delta DESC) = 1)"""
+
+    def compacts(self, current: SnapshotRecord | None, rows: int) -> bool:
+        """Whether an update of `rows` recipients rewrites the table (compacting its deltas) rather than adding
+        a delta: when there is no base yet, or when the deltas would pass RECIPIENTS_DELTA_RATIO of it."""
+        if current is None or not current.snapshot:
+            return True
+        return current.delta_rows + rows > self.settings.recipients_delta_ratio * max(current.count, 1)
 
     def publish_recipients(
         self, con: duckdb.DuckDBPyConnection, table: str, tmp: Path, current: SnapshotRecord | None, now: dt.datetime
     ) -> int:
+        """Publish `table` as the whole recipients table: a new base, without deltas."""
         out = tmp / "recipients.parquet"
         con.execute(f"COPY {table} TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)")
         count, last_id = con.execute(f"SELECT count(*), coalesce(max(id), 0) FROM {table}").fetchall()[0]
         record = SnapshotRecord(id=rcp.RECIPIENTS_ID, name="Recipients", count=count, updated=now, last_id=last_id)
         self.recipients.publish(record, out, previous=current, now=now)
         return count
+
+    def publish_recipients_delta(
+        self, con: duckdb.DuckDBPyConnection, table: str, tmp: Path, current: SnapshotRecord, now: dt.datetime
+    ) -> int:
+        """Publish `table`, the changed rows of recipients that exist, as a delta over `current`."""
+        out = tmp / "recipients-delta.parquet"
+        con.execute(f"COPY {table} TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)")
+        rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+        record = current.model_copy(update={"updated": now})
+        self.recipients.publish(record, out, previous=current, now=now, delta_rows=rows)
+        return current.count

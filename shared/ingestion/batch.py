@@ -21,7 +21,7 @@ from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.lake import DATA_FILE, LakeStore
 from shared.ingestion.records import gunzipped, read_records
 from shared.ingestion.schemas import Schema
-from shared.ingestion.validation import validate
+from shared.ingestion.validation import Validation, validate
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.models import Metrics
 from shared.settings import Settings
@@ -50,6 +50,19 @@ class IngestionMetrics(Metrics):
     @property
     def rejected_rate(self) -> float:
         return self.rows_rejected / self.rows_read if self.rows_read else 0.0
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What validating a landed file gave: the job (links, metrics), its first errors, and either the batch
+    accepted into the lake or the failure that stopped it."""
+
+    job: Job
+    metrics: IngestionMetrics
+    errors: list[JobError]
+    errors_total: int
+    accepted: AcceptedBatch | None
+    failure: JobError | None = None
 
 
 @dataclass(frozen=True)
@@ -164,56 +177,69 @@ class BatchIngestion:
 
     def _run(self, job: Job, path: str, data: bytes, now: dt.datetime) -> Job:
         started = time.monotonic()
-        dataset_id, file_name, schema = self._landed(path, data)
         with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
-            con = connect(self.settings, spill_dir=tmp)
-            try:
-                content = gunzipped(data, path, limit=self.settings.ingestion_max_file_bytes)
-                records = read_records(content, file_name=path, schema=schema, con=con)
-                checked = validate(con, records, schema)
-                metrics = IngestionMetrics(
-                    rows_read=checked.rows_read,
-                    rows_accepted=checked.accepted,
-                    rows_rejected=checked.rejected,
-                    bytes=len(data),
-                    format=file_name.lower().removesuffix(".gz").rsplit(".", 1)[-1],
-                    compression="gzip" if content is not data else None,
+            checked = self._check(job, path, data, now, Path(tmp))
+            if checked.failure is not None:
+                return self.jobs.finish(
+                    checked.job, JobStatus.FAILED, started, now, checked.errors, errors_total=checked.errors_total
                 )
-                errors = [
-                    JobError(code="row", message=f"row {row}{', field ' + f if f else ''}: {reason}")
-                    for row, f, reason in checked.first_errors(20)
-                ]
-                links = dict(job.links)
-                if checked.rejected:
-                    checked.write_errors(Path(tmp) / "errors.csv")
-                    self.lake.write_errors(dataset_id, job.id, Path(tmp) / "errors.csv")
-                    links["errors"] = f"{self.lake.blobs.name}/{self.lake.errors_path(dataset_id, job.id)}"
-                too_many = checked.rejected_ratio > self.settings.ingestion_max_rejected_ratio
-                if checked.rows_read == 0:
-                    raise ValidationError(f"{path}: the file has no rows")
-                if too_many or checked.accepted == 0:
-                    limit = self.settings.ingestion_max_rejected_ratio
-                    summary = JobError(
-                        code="rejected_rows",
-                        message=(
-                            f"{checked.rejected} of {checked.rows_read} rows rejected "
-                            f"({checked.rejected_ratio:.2%}), over the {limit:.2%} allowed "
-                            "(INGESTION_MAX_REJECTED_RATIO); nothing was written to the lake"
-                        ),
-                    )
-                    job = job.model_copy(update={"metrics": metrics.model_dump(exclude_none=True), "links": links})
-                    return self.jobs.finish(
-                        job, JobStatus.FAILED, started, now, [summary, *errors], errors_total=checked.rejected + 1
-                    )
-                checked.write_accepted(Path(tmp) / DATA_FILE, batch_id=job.id, ingested_at=now)
-                self.lake.write_batch(dataset_id, job.id, Path(tmp) / DATA_FILE)
-                links["data"] = f"{self.lake.blobs.name}/{self.lake.data_path(dataset_id, job.id)}"
-                accepted = AcceptedBatch(dataset_id, schema, Path(tmp) / DATA_FILE, job.id, now)
-                applied = {k: v for listener in self.listeners for k, v in listener(accepted, now).items()}
-                metrics = IngestionMetrics.model_validate(
-                    {**metrics.model_dump(), "partial": checked.rejected > 0, **applied}
-                )
+            # The validation's memory (its connection, the file's rows) is gone before the store's update runs.
+            applied = {k: v for listener in self.listeners for k, v in listener(checked.accepted, now).items()}
+            metrics = IngestionMetrics.model_validate({**checked.metrics.model_dump(), **applied})
+            job = checked.job.model_copy(update={"metrics": metrics.model_dump(exclude_none=True)})
+            return self.jobs.finish(
+                job, JobStatus.SUCCEEDED, started, now, checked.errors, errors_total=checked.errors_total
+            )
+
+    def _check(self, job: Job, path: str, data: bytes, now: dt.datetime, tmp: Path) -> Checked:
+        """Read and validate the file; write the accepted rows to the lake (unless too many were rejected)
+        and the rejected ones to its errors file. Nothing this holds in memory outlives the call."""
+        dataset_id, file_name, schema = self._landed(path, data)
+        con = connect(self.settings, spill_dir=str(tmp))
+        try:
+            content = gunzipped(data, path, limit=self.settings.ingestion_max_file_bytes)
+            checked = validate(con, read_records(content, file_name=path, schema=schema, con=con), schema)
+            metrics = IngestionMetrics(
+                rows_read=checked.rows_read,
+                rows_accepted=checked.accepted,
+                rows_rejected=checked.rejected,
+                bytes=len(data),
+                format=file_name.lower().removesuffix(".gz").rsplit(".", 1)[-1],
+                compression="gzip" if content is not data else None,
+            )
+            errors = [
+                JobError(code="row", message=f"row {row}{', field ' + f if f else ''}: {reason}")
+                for row, f, reason in checked.first_errors(20)
+            ]
+            links = dict(job.links)
+            if checked.rejected:
+                checked.write_errors(tmp / "errors.csv")
+                self.lake.write_errors(dataset_id, job.id, tmp / "errors.csv")
+                links["errors"] = f"{self.lake.blobs.name}/{self.lake.errors_path(dataset_id, job.id)}"
+            if checked.rows_read == 0:
+                raise ValidationError(f"{path}: the file has no rows")
+            failure = self._too_many_rejected(checked)
+            if failure is not None:
                 job = job.model_copy(update={"metrics": metrics.model_dump(exclude_none=True), "links": links})
-                return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, errors, errors_total=checked.rejected)
-            finally:
-                con.close()
+                return Checked(job, metrics, [failure, *errors], checked.rejected + 1, None, failure)
+            checked.write_accepted(tmp / DATA_FILE, batch_id=job.id, ingested_at=now)
+            self.lake.write_batch(dataset_id, job.id, tmp / DATA_FILE)
+            links["data"] = f"{self.lake.blobs.name}/{self.lake.data_path(dataset_id, job.id)}"
+            accepted = AcceptedBatch(dataset_id, schema, tmp / DATA_FILE, job.id, now)
+            metrics = metrics.model_copy(update={"partial": checked.rejected > 0})
+            return Checked(job.model_copy(update={"links": links}), metrics, errors, checked.rejected, accepted)
+        finally:
+            con.close()
+
+    def _too_many_rejected(self, checked: Validation) -> JobError | None:
+        """The summary error of a batch that rejected more than INGESTION_MAX_REJECTED_RATIO (or every row)."""
+        limit = self.settings.ingestion_max_rejected_ratio
+        if checked.rejected_ratio <= limit and checked.accepted > 0:
+            return None
+        return JobError(
+            code="rejected_rows",
+            message=(
+                f"{checked.rejected} of {checked.rows_read} rows rejected ({checked.rejected_ratio:.2%}), over the "
+                f"{limit:.2%} allowed (INGESTION_MAX_REJECTED_RATIO); nothing was written to the lake"
+            ),
+        )

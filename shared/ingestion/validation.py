@@ -283,7 +283,7 @@ class Validation:
             self.con.execute(
                 f"""COPY (
                     SELECT "row", field, reason, record FROM (
-                        SELECT _row AS "row", p.field AS field, p.reason AS reason, left(r.record, 2000) AS record
+                        SELECT _row AS "row", p.field AS field, p.reason AS reason, left(rtrim(r.record, chr(10) || chr(13)), 2000) AS record
                         FROM (SELECT _row, unnest(problems) AS p FROM _checked WHERE len(problems) > 0)
                         JOIN _records r USING (_row)
                         UNION ALL

@@ -443,6 +443,43 @@ def test_json_and_parquet_files_with_and_without_a_dedup_key_and_an_empty_segmen
     assert job.metrics["excluded"] == {"missingIdentity": 1}  # dee, gold but without an email
 
 
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_export_files_from_partitioned_writes_whole_even_when_a_partition_comes_in_pieces(settings, tmp_path, pieces):
+    """The files written straight from the query, through real DuckDB: each segment's partition becomes its
+    file; a partition found in more than one piece (DuckDB past its open-file limit) is written again whole."""
+    import duckdb
+
+    from shared.activation import Destination
+    from shared.activation.export import Members, build_rows, install_transforms
+    from shared.engine import connect
+
+    for sid, ids in (("gold", ["p1", "p2"]), ("empty", [])):
+        rows = " UNION ALL ".join(
+            f"SELECT '{i}' AS profileId, 'realized' AS status, NOW() AS lastQualificationTime" for i in ids
+        )
+        duckdb.execute(
+            f"COPY ({rows or 'SELECT NULL::VARCHAR AS profileId, NULL AS status, NULL::TIMESTAMPTZ AS lastQualificationTime WHERE false'}) "
+            f"TO '{tmp_path / sid}.parquet' (FORMAT parquet)"
+        )
+    profiles = """(SELECT profileId, [{'namespace': 'Email', 'id': email}] AS identities,
+        {'name': {'firstName': 'F'}} AS person, {'tier': 'gold'} AS loyalty
+        FROM (VALUES ('p1', 'a@x.com'), ('p2', 'b@x.com')) AS t(profileId, email))"""
+    d = Destination.model_validate({**destination(segments=["gold", "empty"]), "id": "gold-email", "format": "csv"})
+    con = connect(settings)
+    install_transforms(con, country_code="1")
+    members = [Members(sid, tmp_path / f"{sid}.parquet") for sid in ("gold", "empty")]
+    rows = build_rows(con, d, members, profiles, split_rows=100)
+    out = tmp_path / "files"
+    if pieces == 2:  # as if DuckDB had written the partition of "gold" in two files
+        (out / "group-0" / "seg=0" / "_part=1").mkdir(parents=True)
+        (out / "group-0" / "seg=0" / "_part=1" / "data_9.csv").write_text("a piece\n")
+    written = rows.write(out)
+    assert [(w.segment_id, w.part, w.rows) for w in written] == [("gold", 1, 2), ("empty", 1, 0)]
+    gold = list(csv.DictReader(io.StringIO(written[0].path.read_text())))
+    assert sorted(r["email_lc_sha256"] for r in gold) == sorted([sha("a@x.com"), sha("b@x.com")])
+    assert written[1].path.read_text().splitlines() == ["email_lc_sha256,segmentMembershipStatus,firstName,loyaltyTier"]
+
+
 def test_a_run_that_fails_before_its_manifest_leaves_no_visible_file(settings, account, crm, monkeypatch):
     assert put_destination(segments=["gold", "all"]).status_code == 200
     segment_job(settings, T1)

@@ -185,19 +185,22 @@ class PersonRows(ExportRows):
             if any(self.counts[self.members[i].segment_id].activated for i in group):
                 self.con.execute(
                     f"""COPY (SELECT seg, {self._part()} AS _part, {columns} FROM ({rows}))
-                    TO {quote_literal(str(folder))} ({options}, PARTITION_BY (seg, _part))"""
+                    TO {quote_literal(str(folder))} ({options}, PARTITION_BY (seg, _part), OVERWRITE_OR_IGNORE true)"""
                 )
             for seg in group:
                 for part, n in self._parts(seg):
                     target = out / f"{seg:03d}-{part:03d}.{self.d.extension}"
                     found = sorted((folder / f"seg={seg}" / f"_part={part}").glob("*")) if n else []
-                    if len(found) != (1 if n else 0):
-                        raise RuntimeError(f"expected one file for segment {seg} part {part}, found {found}")
-                    if found:
+                    if len(found) == 1:
                         found[0].rename(target)
-                    else:  # nobody to export: the file still exists, with a header only for CSV
+                    elif not n:  # nobody to export: the file still exists, with a header only for CSV
                         self.con.execute(
                             f"COPY (SELECT {columns} FROM ({rows}) WHERE false) TO {quote_literal(str(target))} ({options})"
+                        )
+                    else:  # DuckDB wrote the partition in pieces (past its open-file limit): write it whole
+                        self.con.execute(
+                            f"""COPY (SELECT {columns} FROM (SELECT *, {self._part()} AS _part FROM ({rows}))
+                                WHERE seg = {seg} AND _part = {part}) TO {quote_literal(str(target))} ({options})"""
                         )
                     w = Written(self.members[seg].segment_id, part, target, n)
                     written.append(w)

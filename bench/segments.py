@@ -247,7 +247,7 @@ def stage_read_json(file: Path, work: Path) -> dict:
     return {"seconds": time.perf_counter() - started}
 
 
-def _setup(people: int, work: Path, built: World) -> dict:
+def _setup(work: Path, built: World) -> dict:
     """On a checked-out world (Azurite running on it): ingest the last event file (timed: a batch into a store
     that already holds everyone), save the segments, and copy the store's profile and event files to local
     disk for the floor and PostgreSQL."""
@@ -283,7 +283,7 @@ def start(people: int, work: Path, *, rebuild_world: bool = False) -> tuple[Azur
     built = checkout(people, work, rebuild=rebuild_world)
     azurite = use_azurite(location=work / "azurite")
     try:
-        return azurite, _setup(people, work, built)
+        return azurite, _setup(work, built)
     except BaseException:
         azurite.stop()
         raise

@@ -455,7 +455,8 @@ def test_export_files_from_partitioned_writes_whole_even_when_a_partition_comes_
 
     for sid, ids in (("gold", ["p1", "p2"]), ("empty", [])):
         rows = " UNION ALL ".join(
-            f"SELECT '{i}' AS profileId, 'realized' AS status, NOW() AS lastQualificationTime" for i in ids
+            f"SELECT '{i}' AS profileId, 'realized' AS status, '{T1.isoformat()}'::TIMESTAMPTZ AS lastQualificationTime"
+            for i in ids
         )
         duckdb.execute(
             f"COPY ({rows or 'SELECT NULL::VARCHAR AS profileId, NULL AS status, NULL::TIMESTAMPTZ AS lastQualificationTime WHERE false'}) "

@@ -136,6 +136,16 @@ class ExportRows:
     def write(self, out: Path, *, on_file: Callable[[Written], None] | None = None) -> list[Written]:
         raise NotImplementedError
 
+    def _target(self, out: Path, seg: int, part: int) -> Path:
+        return out / f"{seg:03d}-{part:03d}.{self.d.extension}"
+
+    def _finished(self, seg: int, part: int, target: Path, rows: int, on_file) -> Written:
+        """A file written: handed to `on_file` (to upload while the next is written)."""
+        w = Written(self.members[seg].segment_id, part, target, rows)
+        if on_file:
+            on_file(w)
+        return w
+
 
 class PersonRows(ExportRows):
     """Without a deduplication key, whether a member is exported depends on the person alone: each person's
@@ -179,9 +189,8 @@ class PersonRows(ExportRows):
         for g, first in enumerate(range(0, len(self.members), size)):
             group = list(range(first, min(first + size, len(self.members))))
             folder = out / f"group-{g}"
-            union = " UNION ALL ".join(f"({members_sql(self.members[i], i)})" for i in group)
             rows = f"""SELECT m.seg, m.profileId{", " + status if status else ""}, p.* EXCLUDE (profileId, _reason)
-                FROM ({union}) m JOIN export_people p USING (profileId) WHERE p._reason IS NULL"""
+                FROM ({_union(self.members, group)}) m JOIN export_people p USING (profileId) WHERE p._reason IS NULL"""
             if any(self.counts[self.members[i].segment_id].activated for i in group):
                 self.con.execute(
                     f"""COPY (SELECT seg, {self._part()} AS _part, {columns} FROM ({rows}))
@@ -189,7 +198,7 @@ class PersonRows(ExportRows):
                 )
             for seg in group:
                 for part, n in self._parts(seg):
-                    target = out / f"{seg:03d}-{part:03d}.{self.d.extension}"
+                    target = self._target(out, seg, part)
                     found = sorted((folder / f"seg={seg}" / f"_part={part}").glob("*")) if n else []
                     if len(found) == 1:
                         found[0].rename(target)
@@ -202,10 +211,7 @@ class PersonRows(ExportRows):
                             f"""COPY (SELECT {columns} FROM (SELECT *, {self._part()} AS _part FROM ({rows}))
                                 WHERE seg = {seg} AND _part = {part}) TO {quote_literal(str(target))} ({options})"""
                         )
-                    w = Written(self.members[seg].segment_id, part, target, n)
-                    written.append(w)
-                    if on_file:
-                        on_file(w)
+                    written.append(self._finished(seg, part, target, n, on_file))
         return written
 
 
@@ -250,17 +256,14 @@ class MemberRows(ExportRows):
         options = _copy_options(self.d)
         out.mkdir(parents=True, exist_ok=True)
         written: list[Written] = []
-        for seg, m in enumerate(self.members):
+        for seg in range(len(self.members)):
             for part, n in self._parts(seg):
-                target = out / f"{seg:03d}-{part:03d}.{self.d.extension}"
+                target = self._target(out, seg, part)
                 self.con.execute(
                     f"""COPY (SELECT {columns} FROM export_rows WHERE seg = {seg} AND _part = {part} AND _reason IS NULL)
                         TO {quote_literal(str(target))} ({options})"""
                 )
-                w = Written(m.segment_id, part, target, n)
-                written.append(w)
-                if on_file:
-                    on_file(w)
+                written.append(self._finished(seg, part, target, n, on_file))
         return written
 
 
@@ -273,8 +276,10 @@ def build_rows(
     return kind(con, d, members, split_rows, profiles)
 
 
-def _union(members: list[Members]) -> str:
-    return " UNION ALL ".join(f"({members_sql(m, i)})" for i, m in enumerate(members))
+def _union(members: list[Members], indexes: list[int] | None = None) -> str:
+    """The members of the segments at `indexes` (all of them by default), each row with its segment's index."""
+    chosen = range(len(members)) if indexes is None else indexes
+    return " UNION ALL ".join(f"({members_sql(members[i], i)})" for i in chosen)
 
 
 def _status_columns(d: Destination) -> list[str]:

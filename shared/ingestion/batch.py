@@ -54,15 +54,14 @@ class IngestionMetrics(Metrics):
 
 @dataclass(frozen=True)
 class Checked:
-    """What validating a landed file gave: the job (links, metrics), its first errors, and either the batch
-    accepted into the lake or the failure that stopped it."""
+    """What validating a landed file gave: the job (links, metrics), its first errors, and the batch accepted
+    into the lake; None when too many rows were rejected (the first error says so)."""
 
     job: Job
     metrics: IngestionMetrics
     errors: list[JobError]
     errors_total: int
     accepted: AcceptedBatch | None
-    failure: JobError | None = None
 
 
 @dataclass(frozen=True)
@@ -179,7 +178,7 @@ class BatchIngestion:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
             checked = self._check(job, path, data, now, Path(tmp))
-            if checked.failure is not None:
+            if checked.accepted is None:
                 return self.jobs.finish(
                     checked.job, JobStatus.FAILED, started, now, checked.errors, errors_total=checked.errors_total
                 )
@@ -221,7 +220,7 @@ class BatchIngestion:
             failure = self._too_many_rejected(checked)
             if failure is not None:
                 job = job.model_copy(update={"metrics": metrics.model_dump(exclude_none=True), "links": links})
-                return Checked(job, metrics, [failure, *errors], checked.rejected + 1, None, failure)
+                return Checked(job, metrics, [failure, *errors], checked.rejected + 1, None)
             checked.write_accepted(tmp / DATA_FILE, batch_id=job.id, ingested_at=now)
             self.lake.write_batch(dataset_id, job.id, tmp / DATA_FILE)
             links["data"] = f"{self.lake.blobs.name}/{self.lake.data_path(dataset_id, job.id)}"

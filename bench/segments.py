@@ -177,7 +177,7 @@ def stage_live(work: Path) -> dict:
     path = "web/live-10k.ndjson"
     etag = ingestion.landing.put(path, events.read_bytes())
     started = time.perf_counter()
-    batch = ingestion.ingest(path, ingestion.landing.get(path), etag=etag, now=NOW + dt.timedelta(minutes=1))
+    batch = ingestion.ingest(path, etag=etag, now=NOW + dt.timedelta(minutes=1))
     ingest_seconds = time.perf_counter() - started
     assert batch.status.value == "SUCCEEDED", batch.errors
     started = time.perf_counter()

@@ -159,7 +159,7 @@ def ingest_file(ingestion: BatchIngestion, dataset: str, file: Path, n: int, *, 
     """Land `file` in `dataset` and ingest it as the n-th file of the world (each a second after the last)."""
     path = f"{dataset}/{name or file.name}"
     etag = ingestion.landing.put(path, file.read_bytes())
-    job = ingestion.ingest(path, ingestion.landing.get(path), etag=etag, now=INGESTED + dt.timedelta(seconds=n))
+    job = ingestion.ingest(path, etag=etag, now=INGESTED + dt.timedelta(seconds=n))
     assert job.status.value == "SUCCEEDED", (path, job.errors)
     return job
 

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import threading
+import typing
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 import azure.functions as func
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
+from azure.storage.blob import BlobClient
 from azure.storage.queue import QueueClient
 from croniter import croniter
 
@@ -47,7 +49,14 @@ def _user(function) -> Callable:
 
 
 def fire_blob_trigger(function, blobs: BlobStore, path: str) -> None:
-    """Run a blob-trigger function on the blob at `path`, with the name, data and ETag the host passes."""
+    """Run a blob-trigger function on the blob at `path` with what the host and worker pass for its parameter's
+    type: a `BlobClient` (the SDK-type binding: the host reads nothing) or an `InputStream` (the content, name
+    and ETag, read by the host)."""
+    user = _user(function)
+    [kind] = [t for name, t in typing.get_type_hints(user).items() if name != "return"]
+    if isinstance(kind, type) and issubclass(kind, BlobClient):
+        user(blobs.container.get_blob_client(path))  # what the extension's get_sdk_type() returns
+        return
     data = blobs.get(path)
     stream = func.blob.InputStream(
         data=data,
@@ -56,7 +65,7 @@ def fire_blob_trigger(function, blobs: BlobStore, path: str) -> None:
         length=len(data),
         blob_properties={"ETag": blobs.etag(path)},
     )
-    _user(function)(stream)
+    user(stream)
 
 
 def deliver_queue_messages(function, queue: QueueClient, *, limit: int = 32) -> int:

@@ -1,7 +1,8 @@
 """Index the app as the real Python worker does before the host starts it: `azure-functions-runtime`'s
-`load_binding_registry` and `index_function_app`, then `Registry.add_indexed_function` for every function (where the worker checks
-parameter names against bindings and annotations against trigger types), then its raw bindings. Prints
-`{"functions": {name: [binding, ...]}}`, or `{"error": ...}` and exits 1.
+`load_binding_registry` and `index_function_app`, then `Registry.add_indexed_function` for every function
+(where the worker checks parameter names against bindings and annotations against trigger types), then the
+raw bindings it sends the host (`get_fx_raw_bindings`: SDK-type bindings marked `SupportsDeferredBinding`).
+Prints `{"functions": {name: [binding, ...]}}`, or `{"error": ...}` and exits 1.
 
     python -m dev.worker_index [APP_DIR]   # with .worker/ (make setup installs it) on PYTHONPATH
 
@@ -25,7 +26,7 @@ PROTOS = SimpleNamespace(BindingInfo=SimpleNamespace(in_=0, out=1, inout=2, unde
 def index(app_dir: Path) -> dict[str, list]:
     from azure_functions_runtime.bindings.meta import load_binding_registry
     from azure_functions_runtime.functions import Registry
-    from azure_functions_runtime.loader import index_function_app
+    from azure_functions_runtime.loader import get_fx_raw_bindings, index_function_app
 
     load_binding_registry()  # as the worker does when the host initialises it
     sys.path.insert(0, str(app_dir))
@@ -33,8 +34,9 @@ def index(app_dir: Path) -> dict[str, list]:
     registry = Registry()
     indexed = {}
     for function in index_function_app(str(app_dir / "function_app.py")):
-        registry.add_indexed_function(function=function, protos=PROTOS)
-        indexed[function.get_function_name()] = [json.loads(b) for b in function.get_raw_bindings()]
+        info = registry.add_indexed_function(function=function, protos=PROTOS)
+        raw, _ = get_fx_raw_bindings(function, info)  # what the worker sends the host (SDK-type bindings marked)
+        indexed[function.get_function_name()] = [json.loads(b) for b in raw]
     return indexed
 
 

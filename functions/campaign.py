@@ -8,9 +8,10 @@ import tempfile
 from pathlib import Path
 
 import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob
 from pydantic.alias_generators import to_camel
 
-from functions import blob_source, utc_now
+from functions import blob_source, blob_version, utc_now
 from functions.http import Op, answers, json_response, query_int, read
 from shared.campaign.deliveries import Delivery, DeliveryRequest
 from shared.campaign.recipients import RECIPIENTS_ID
@@ -29,11 +30,14 @@ def _campaign() -> Campaign:
 
 
 @bp.function_name("campaign_audience_load")
-@bp.blob_trigger(arg_name="blob", path="%DLZ_CONTAINER%/{name}", connection="AzureWebJobsStorage", source=blob_source())
-def campaign_audience_load(blob: func.InputStream) -> None:
-    name = (blob.name or "").split("/", 1)[1]  # the host names the blob with its container first
-    etag = (blob.blob_properties or {}).get("ETag")
-    for job in _campaign().loads.on_blob(name, now=utc_now(), etag=etag):
+@bp.blob_trigger(
+    arg_name="client", path="%DLZ_CONTAINER%/{name}", connection="AzureWebJobsStorage", source=blob_source()
+)
+def campaign_audience_load(client: blob.BlobClient) -> None:
+    """Bound as a client (an SDK type): the load reads the file itself, checked against its manifest, so the
+    host does not read it first."""
+    etag = blob_version(client)
+    for job in _campaign().loads.on_blob(client.blob_name, now=utc_now(), etag=etag) if etag else []:
         log.info("audience load %s: %s %s", job.id, job.status.value, job.metrics)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob
 
-from functions import blob_source, utc_now
+from functions import blob_source, blob_version, utc_now
 from shared.ingestion import BatchIngestion
 from shared.settings import get_settings
 
@@ -16,11 +17,16 @@ log = logging.getLogger(__name__)
 
 @bp.function_name("ingest_landing_file")
 @bp.blob_trigger(
-    arg_name="blob", path="%LANDING_CONTAINER%/{dataset}/{name}", connection="AzureWebJobsStorage", source=blob_source()
+    arg_name="client",
+    path="%LANDING_CONTAINER%/{dataset}/{name}",
+    connection="AzureWebJobsStorage",
+    source=blob_source(),
 )
-def ingest_landing_file(blob: func.InputStream) -> None:
-    settings = get_settings()
-    path = (blob.name or "").split("/", 1)[1]  # the host names the blob with its container first
-    etag = (blob.blob_properties or {}).get("ETag")
-    job = BatchIngestion.from_settings(settings).ingest(path, blob.read(), etag=etag, now=utc_now())
+def ingest_landing_file(client: blob.BlobClient) -> None:
+    """The trigger binds a client (an SDK type), not the content: the host never reads the file, and the
+    ingestion streams it to local disk, so a file of gigabytes fits an instance's memory."""
+    etag = blob_version(client)
+    if etag is None:
+        return
+    job = BatchIngestion.from_settings(get_settings()).ingest(client.blob_name, etag=etag, now=utc_now())
     log.info("ingestion batch %s: %s %s", job.id, job.status.value, job.metrics)

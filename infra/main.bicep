@@ -168,7 +168,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'PROFILE_JOBS_QUEUE', value: queues.profileJobs }
         { name: 'EXPORT_RUNS_QUEUE', value: queues.exportRuns }
         { name: 'ALERT_DELIVERIES_QUEUE', value: queues.alertDeliveries }
-        { name: 'INGESTION_MAX_FILE_BYTES', value: '268435456' }
+        { name: 'INGESTION_MAX_FILE_BYTES', value: '2147483648' }
+        { name: 'INGESTION_MAX_WHOLE_FILE_BYTES', value: '268435456' }
+        { name: 'INGESTION_CHUNK_BYTES', value: '67108864' }
         { name: 'INGESTION_MAX_REJECTED_RATIO', value: '0.005' }
         { name: 'IDENTITY_GRAPH_LIMIT', value: '50' }
         { name: 'PROFILE_SHARDS', value: '8' }

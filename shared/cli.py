@@ -22,9 +22,8 @@ from shared.errors import BridgeError
 from shared.identity.policies import DEFAULT_POLICY
 from shared.identity.store import ProfileStore, StoreFiles, StoreVersion, replay
 from shared.ingestion.batch import AcceptedBatch
-from shared.ingestion.records import read_records
 from shared.ingestion.schemas import EVENT_SCHEMA, PROFILE_SCHEMA, Schema
-from shared.ingestion.validation import validate
+from shared.ingestion.validation import check_file
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
 from shared.segmentation.pql import parse
 from shared.settings import Settings, get_settings
@@ -42,13 +41,16 @@ def _as_of(text: str) -> dt.datetime:
 def _load(files: list[Path], schema: Schema, dataset_id: str, now: dt.datetime, work: Path, con) -> list[AcceptedBatch]:
     batches = []
     for n, file in enumerate(files):
-        records = read_records(file.read_bytes(), file_name=file.name, schema=schema, con=con)
-        checked = validate(con, records, schema)
+        batch_id = f"{dataset_id}-{n:04d}"
+        parts = work / batch_id
+        parts.mkdir()
+        checked = check_file(
+            con, file, file_name=file.name, schema=schema, work=parts, batch_id=batch_id, ingested_at=now
+        )
         for row, field, reason in checked.first_errors(20):
             print(f"{file}: row {row}{', field ' + field if field else ''}: {reason} (row skipped)", file=sys.stderr)
         out = work / f"{dataset_id}-{n}.parquet"
-        batch_id = f"{dataset_id}-{n:04d}"
-        checked.write_accepted(out, batch_id=batch_id, ingested_at=now)
+        checked.write_accepted(out)
         batches.append(AcceptedBatch(dataset_id, schema, out, batch_id, now))
     return batches
 

@@ -112,7 +112,7 @@ class Landing:
     def ingest_at(self, path: str, data: bytes | str, *, now: dt.datetime) -> Job:
         """Ingest through the service as of `now`, for tests where the order of ingestion matters."""
         etag = self.drop(path, data)
-        return BatchIngestion.from_settings(self.settings).ingest(path, self.blobs.get(path), etag=etag, now=now)
+        return BatchIngestion.from_settings(self.settings).ingest(path, etag=etag, now=now)
 
 
 @pytest.fixture

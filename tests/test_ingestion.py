@@ -10,6 +10,7 @@ import json
 
 import duckdb
 import pyarrow as pa
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 
@@ -308,3 +309,96 @@ def test_a_bad_gzip_file_fails_naming_the_file_and_what_is_wrong(
     assert job.status is JobStatus.FAILED
     assert job.errors[0].message.startswith("crm/bad.ndjson.gz: ") and message in job.errors[0].message
     assert lake.batch_files("crm") == []
+
+
+def _chunked(monkeypatch, chunk_bytes: int) -> None:
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("INGESTION_CHUNK_BYTES", str(chunk_bytes))
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["web/day.ndjson", "web/day.ndjson.gz", "web/day.parquet"])
+def test_a_file_read_in_many_chunks_gives_the_batch_one_chunk_gives(settings, landing_zone, lake, monkeypatch, name):
+    """Row numbers run across chunks, the errors and first errors are the file's, the rows keep their order."""
+    create_dataset(settings, "web", schema_id="xdm-experienceevent")
+    rows = [event(f"e-{i}", "2026-11-20T10:00:00Z", "commerce.purchases", ECID=f"x{i}") for i in range(1200)]
+    for at in (5, 480, 1111):  # bad rows in different chunks
+        rows[at] = {**rows[at], "commerce": {"order": {"priceTotal": f"cheap{at}"}}}
+    text = ndjson(*rows)
+    if name.endswith(".gz"):
+        data = gzip.compress(text.encode())
+    elif name.endswith(".parquet"):
+        sink = io.BytesIO()
+        pq.write_table(pajson.read_json(io.BytesIO(text.encode())), sink)
+        data = sink.getvalue()
+    else:
+        data = text.encode()
+    batches = {}
+    for chunk_bytes, folder in ((1 << 30, "whole"), (20_000, "chunked")):
+        _chunked(monkeypatch, chunk_bytes)
+        job = landing_zone.ingest(f"{name.replace('web/', f'web/{folder}-')}", data)
+        assert job.status is JobStatus.SUCCEEDED, job.errors
+        batches[folder] = (job, errors_file(lake, job))
+    (whole, whole_errors), (chunked, chunked_errors) = batches["whole"], batches["chunked"]
+    assert whole.metrics["chunks"] == 1 and chunked.metrics["chunks"] > 1
+    counts = ("rowsRead", "rowsAccepted", "rowsRejected")
+    assert [chunked.metrics[k] for k in counts] == [whole.metrics[k] for k in counts] == [1200, 1197, 3]
+    assert [e.message for e in chunked.errors] == [e.message for e in whole.errors]
+    assert [(e["row"], e["reason"]) for e in chunked_errors] == [
+        ("6", "cheap5 is not a valid number"),
+        ("481", "cheap480 is not a valid number"),
+        ("1112", "cheap1111 is not a valid number"),
+    ]
+    assert chunked_errors == whole_errors
+    by_batch = {}
+    for row in lake_rows(lake, "web"):
+        by_batch.setdefault(row.pop("_batchId"), []).append(row)
+    assert by_batch[chunked.id] == by_batch[whole.id]
+    assert [r["_row"] for r in by_batch[chunked.id]][:7] == [1, 2, 3, 4, 5, 7, 8]
+
+
+def test_a_csv_file_over_the_whole_file_limit_fails_where_ndjson_streams(settings, landing_zone, lake, monkeypatch):
+    """CSV (and a JSON array) is read whole, so it has a limit of its own; NDJSON of any size is read in chunks."""
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("INGESTION_MAX_WHOLE_FILE_BYTES", "200")
+    _chunked(monkeypatch, 200)
+    create_dataset(settings, "crm")
+    csv_text = "identityMap.CRMID,person.name.firstName\n" + "".join(f"c-{i},Ann\n" for i in range(40))
+    job = landing_zone.ingest("crm/big.csv", csv_text)
+    assert job.status is JobStatus.FAILED
+    assert job.errors[0].message == (
+        f"crm/big.csv: {len(csv_text):,} bytes is over the limit of 200 for a CSV file or a JSON array, which are "
+        "read whole (INGESTION_MAX_WHOLE_FILE_BYTES); land it as NDJSON, or split it"
+    )
+    job = landing_zone.ingest("crm/big.ndjson", ndjson(*(profile(f"c-{i}") for i in range(40))))
+    assert job.status is JobStatus.SUCCEEDED and job.metrics["rowsAccepted"] == 40 and job.metrics["chunks"] > 10
+    assert get_settings().ingestion_max_file_bytes == 2 * 1024**3  # the default: 2 GiB
+
+
+def test_a_version_replaced_before_it_was_read_fails_and_the_new_one_is_its_own_batch(settings, landing_zone, lake):
+    from shared.ingestion import BatchIngestion
+    from tests.conftest import NOW
+
+    create_dataset(settings, "crm")
+    old = landing_zone.drop("crm/a.ndjson", ndjson(ANN))
+    landing_zone.drop("crm/a.ndjson", ndjson(ANN, profile("c-2")))
+    job = BatchIngestion.from_settings(settings).ingest("crm/a.ndjson", etag=old, now=NOW)
+    assert job.status is JobStatus.FAILED
+    assert job.errors[0].message.startswith(f"crm/a.ndjson: version {old} is no longer in the landing container")
+    assert lake.batch_files("crm") == []
+    assert landing_zone.trigger("crm/a.ndjson").metrics["rowsAccepted"] == 2
+
+
+def test_a_landed_file_deleted_before_its_trigger_ran_is_nothing_to_do(settings, account, landing_zone, lake):
+    """The trigger binds a BlobClient: a blob gone by then is logged and left, not retried into the poison queue."""
+    from functions.ingestion import ingest_landing_file
+    from shared.jobs import JobStore, JobType
+
+    create_dataset(settings, "crm")
+    landing_zone.drop("crm/gone.ndjson", ndjson(ANN))
+    client = landing_zone.blobs.container.get_blob_client("crm/gone.ndjson")
+    client.delete_blob()
+    ingest_landing_file.build().get_user_function()(client)
+    assert JobStore.from_settings(settings, account).list(JobType.INGESTION) == []

@@ -18,9 +18,8 @@ from shared.engine import connect
 from shared.identity import DEFAULT_POLICY, ProfileStore, StoreVersion
 from shared.identity.store import StoreFiles, replay, rows_sql_of, shard_of
 from shared.ingestion.batch import AcceptedBatch
-from shared.ingestion.records import read_records
 from shared.ingestion.schemas import EVENT_SCHEMA, PROFILE_SCHEMA
-from shared.ingestion.validation import validate
+from shared.ingestion.validation import check_file
 from shared.settings import Settings, get_settings
 from tests.conftest import NOW, Landing
 from tests.helpers import create_dataset, event, ndjson, profile
@@ -247,11 +246,22 @@ def _batches(records: list[dict], cuts: list[int], work: Path, con) -> list[Acce
                 else profile(r["crm"], ecid=r["device"], **({"loyalty": {"tier": r["tier"]}} if r["tier"] else {}))
                 for i, r in enumerate(rows)
             ]
-            data = ndjson(*lines).encode()
-            checked = validate(con, read_records(data, file_name=f"{kind}.ndjson", schema=schema, con=con), schema)
+            source = work / f"{len(out):03d}-{kind}.ndjson"
+            source.write_text(ndjson(*lines))
             at = NOW + dt.timedelta(minutes=len(out))
+            parts = work / f"{len(out):03d}-{kind}"
+            parts.mkdir()
+            checked = check_file(
+                con,
+                source,
+                file_name=source.name,
+                schema=schema,
+                work=parts,
+                batch_id=f"b{len(out):03d}",
+                ingested_at=at,
+            )
             path = work / f"{len(out):03d}-{kind}.parquet"
-            checked.write_accepted(path, batch_id=f"b{len(out):03d}", ingested_at=at)
+            checked.write_accepted(path)
             out.append(AcceptedBatch(kind, schema, path, f"b{len(out):03d}", at))
     return out
 

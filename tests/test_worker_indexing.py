@@ -51,6 +51,10 @@ def test_the_worker_indexes_every_function_as_the_app_lists_it():
     assert len(expected) >= 41
     indexed = worker_index(ROOT)
     assert "error" not in indexed, indexed["error"]
+    # The blob triggers bind a BlobClient: the worker tells the host not to read the blob for them.
+    for name in ("ingest_landing_file", "campaign_audience_load"):
+        [trigger] = indexed["functions"][name]
+        assert trigger.pop("properties") == {"SupportsDeferredBinding": True}, name
     assert indexed["functions"] == expected
 
 
@@ -72,18 +76,18 @@ def mutated(tmp_path: Path, old: str, new: str) -> Path:
     ("old", "new", "refusal"),
     [
         (
-            "def ingest_landing_file(blob: func.InputStream)",
-            "def ingest_landing_file(stream: func.InputStream)",
+            "def ingest_landing_file(client: blob.BlobClient)",
+            "def ingest_landing_file(stream: blob.BlobClient)",
             "parameters are declared in Python but not in the function definition",
         ),
         (
-            "def ingest_landing_file(blob: func.InputStream)",
-            "def ingest_landing_file(blob: func.HttpRequest)",
+            "def ingest_landing_file(client: blob.BlobClient)",
+            "def ingest_landing_file(client: func.HttpRequest)",
             "do not match the corresponding function parameter's Python type annotation HttpRequest",
         ),
         (
-            "def ingest_landing_file(blob: func.InputStream)",
-            "def ingest_landing_file(blob: NotImported)",
+            "def ingest_landing_file(client: blob.BlobClient)",
+            "def ingest_landing_file(client: NotImported)",
             "name 'NotImported' is not defined",
         ),
     ],

@@ -16,16 +16,16 @@ from typing import Any
 from pydantic import Field
 
 from shared.engine import connect
-from shared.errors import NotFound, ValidationError
+from shared.errors import Conflict, NotFound, ValidationError
 from shared.ingestion.datasets import DatasetStore
 from shared.ingestion.lake import DATA_FILE, LakeStore
-from shared.ingestion.records import gunzipped, read_records
+from shared.ingestion.records import inflated
 from shared.ingestion.schemas import Schema
-from shared.ingestion.validation import Validation, validate
+from shared.ingestion.validation import CheckedFile, check_file
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.models import Metrics
 from shared.settings import Settings
-from shared.storage import BlobStore, StorageAccount
+from shared.storage import BlobStore, StorageAccount, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class IngestionMetrics(Metrics):
     format: str = ""
     compression: str | None = Field(None, description="`gzip` for a .gz file; `bytes` counts it compressed.")
     partial: bool | None = Field(None, description="Some rows were rejected, the rest accepted.")
+    chunks: int | None = Field(None, description="How many chunks the file was validated in (INGESTION_CHUNK_BYTES).")
     profile_store: dict[str, Any] | None = Field(
         None, description="What the batch did to the profile store: new people, merges, rows, phase seconds."
     )
@@ -130,14 +131,15 @@ class BatchIngestion:
         if factory not in _LISTENERS:
             _LISTENERS.append(factory)
 
-    def ingest(self, path: str, data: bytes, *, now: dt.datetime, etag: str | None = None) -> Job:
-        """Ingest the landed file at `path` (relative to the landing container) as of `now`."""
+    def ingest(self, path: str, *, now: dt.datetime, etag: str | None = None) -> Job:
+        """Ingest the landed file at `path` (relative to the landing container), the version `etag` (the
+        current one by default), as of `now`. The file is streamed to local disk, never held in memory."""
         etag = etag or self.landing.etag(path)
         job = self._claim(path, etag, now)
         if job is None:
             return self.jobs.get(JobType.INGESTION, batch_id_for(path, etag))
         claimed = job
-        job = self.jobs.attempt(claimed, now, lambda started: self._run(claimed, path, data, now))
+        job = self.jobs.attempt(claimed, now, lambda started: self._run(claimed, path, etag, now))
         log.info("batch %s of %s: %s %s", job.id, path, job.status.value, job.metrics)
         return job
 
@@ -160,24 +162,33 @@ class BatchIngestion:
             return None
         return claim.job
 
-    def _landed(self, path: str, data: bytes) -> tuple[str, str, Schema]:
-        """The dataset a landed file is for, its file name and the dataset's schema; or why it cannot be read."""
+    def _landed(self, path: str, etag: str, tmp: Path) -> tuple[str, str, Schema, Path, int]:
+        """The dataset a landed file is for, its file name, the dataset's schema, the file downloaded into `tmp`
+        and its size; or why it cannot be read."""
         dataset_id, file_name = split_landing_path(path)
-        if len(data) > self.settings.ingestion_max_file_bytes:
-            raise ValidationError(
-                f"{path}: {len(data)} bytes is over the limit of {self.settings.ingestion_max_file_bytes} "
-                "(INGESTION_MAX_FILE_BYTES); split the file"
-            )
         try:
             dataset = self.datasets.get(dataset_id)
         except NotFound as exc:
             raise ValidationError(f"{path}: unknown dataset {dataset_id!r}; create it before landing files") from exc
-        return dataset_id, file_name, self.datasets.schemas.get(dataset.schema_id)
+        limit = self.settings.ingestion_max_file_bytes
+        local = tmp / "landed"
+        try:
+            size = self.landing.download_version(path, etag, local, max_bytes=limit)
+        except TooLarge as exc:
+            raise ValidationError(
+                f"{path}: {exc.size} bytes is over the limit of {limit} (INGESTION_MAX_FILE_BYTES); split the file"
+            ) from exc
+        except (NotFound, Conflict) as exc:
+            raise ValidationError(
+                f"{path}: version {etag} is no longer in the landing container (deleted or replaced before it was "
+                "read); a new version is ingested as a batch of its own"
+            ) from exc
+        return dataset_id, file_name, self.datasets.schemas.get(dataset.schema_id), local, size
 
-    def _run(self, job: Job, path: str, data: bytes, now: dt.datetime) -> Job:
+    def _run(self, job: Job, path: str, etag: str, now: dt.datetime) -> Job:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
-            checked = self._check(job, path, data, now, Path(tmp))
+            checked = self._check(job, path, etag, now, Path(tmp))
             if checked.accepted is None:
                 return self.jobs.finish(
                     checked.job, JobStatus.FAILED, started, now, checked.errors, errors_total=checked.errors_total
@@ -190,21 +201,35 @@ class BatchIngestion:
                 job, JobStatus.SUCCEEDED, started, now, checked.errors, errors_total=checked.errors_total
             )
 
-    def _check(self, job: Job, path: str, data: bytes, now: dt.datetime, tmp: Path) -> Checked:
-        """Read and validate the file; write the accepted rows to the lake (unless too many were rejected)
-        and the rejected ones to its errors file. Nothing this holds in memory outlives the call."""
-        dataset_id, file_name, schema = self._landed(path, data)
-        con = connect(self.settings, spill_dir=str(tmp))
+    def _check(self, job: Job, path: str, etag: str, now: dt.datetime, tmp: Path) -> Checked:
+        """Read and validate the file, a chunk at a time; write the accepted rows to the lake (unless too many
+        were rejected) and the rejected ones to its errors file. Nothing this holds in memory outlives the call."""
+        dataset_id, file_name, schema, landed, size = self._landed(path, etag, tmp)
+        settings = self.settings
+        con = connect(settings, spill_dir=str(tmp))
         try:
-            content = gunzipped(data, path, limit=self.settings.ingestion_max_file_bytes)
-            checked = validate(con, read_records(content, file_name=path, schema=schema, con=con), schema)
+            content = inflated(landed, path, limit=settings.ingestion_max_file_bytes, into=tmp / "inflated")
+            if content != landed:
+                landed.unlink()  # the .gz is not needed once inflated
+            checked = check_file(
+                con,
+                content,
+                file_name=path,
+                schema=schema,
+                work=tmp,
+                batch_id=job.id,
+                ingested_at=now,
+                chunk_bytes=settings.ingestion_chunk_bytes,
+                whole_file_limit=settings.ingestion_max_whole_file_bytes,
+            )
             metrics = IngestionMetrics(
                 rows_read=checked.rows_read,
                 rows_accepted=checked.accepted,
                 rows_rejected=checked.rejected,
-                bytes=len(data),
+                bytes=size,
                 format=file_name.lower().removesuffix(".gz").rsplit(".", 1)[-1],
-                compression="gzip" if content is not data else None,
+                compression="gzip" if content != landed else None,
+                chunks=checked.chunks,
             )
             errors = [
                 JobError(code="row", message=f"row {row}{', field ' + f if f else ''}: {reason}")
@@ -221,7 +246,7 @@ class BatchIngestion:
             if failure is not None:
                 job = job.model_copy(update={"metrics": metrics.model_dump(exclude_none=True), "links": links})
                 return Checked(job, metrics, [failure, *errors], checked.rejected + 1, None)
-            checked.write_accepted(tmp / DATA_FILE, batch_id=job.id, ingested_at=now)
+            checked.write_accepted(tmp / DATA_FILE)
             self.lake.write_batch(dataset_id, job.id, tmp / DATA_FILE)
             links["data"] = f"{self.lake.blobs.name}/{self.lake.data_path(dataset_id, job.id)}"
             accepted = AcceptedBatch(dataset_id, schema, tmp / DATA_FILE, job.id, now)
@@ -230,7 +255,7 @@ class BatchIngestion:
         finally:
             con.close()
 
-    def _too_many_rejected(self, checked: Validation) -> JobError | None:
+    def _too_many_rejected(self, checked: CheckedFile) -> JobError | None:
         """The summary error of a batch that rejected more than INGESTION_MAX_REJECTED_RATIO (or every row)."""
         limit = self.settings.ingestion_max_rejected_ratio
         if checked.rejected_ratio <= limit and checked.accepted > 0:

@@ -8,8 +8,10 @@ import csv
 import io
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -61,52 +63,115 @@ class Records:
         return self.table.num_rows + len({r for r, _, _ in self.row_errors})
 
 
-def gunzipped(data: bytes, file_name: str, *, limit: int) -> bytes:
-    """A `.gz` file's content (every member of it, as `gzip` writes and `cat` joins them); any other file as
-    it is. The content may be at most `limit` bytes (INGESTION_MAX_FILE_BYTES), which is checked as it
-    inflates: a small file can hold a very large one."""
+def inflated(path: Path, file_name: str, *, limit: int, into: Path) -> Path:
+    """A `.gz` file's content (every member of it, as `gzip` writes and `cat` joins them) inflated to `into`, 8 MB
+    at a time; any other file as it is. The content may be at most `limit` bytes (INGESTION_MAX_FILE_BYTES),
+    which is checked as it inflates: a small file can hold a very large one."""
     if not file_name.lower().endswith(".gz"):
-        return data
-    if data[:2] != b"\x1f\x8b":
-        raise ValidationError(f"{file_name}: named .gz but not gzip data (it starts with {data[:4]!r})")
-    out, rest = bytearray(), data
-    while rest:
-        inflater = zlib.decompressobj(wbits=31)  # the gzip container
-        try:
-            out += inflater.decompress(rest, limit + 1 - len(out))
-        except zlib.error as exc:
-            raise ValidationError(f"{file_name}: the gzip data is damaged ({exc})") from exc
-        if len(out) > limit:
-            raise ValidationError(
-                f"{file_name}: it inflates to over {limit:,} bytes, the limit (INGESTION_MAX_FILE_BYTES); split the file"
-            )
+        return path
+    with open(path, "rb") as src, open(into, "wb") as out:
+        head = src.read(4)
+        if head[:2] != b"\x1f\x8b":
+            raise ValidationError(f"{file_name}: named .gz but not gzip data (it starts with {head!r})")
+        src.seek(0)
+        inflater, written = zlib.decompressobj(wbits=31), 0  # the gzip container
+        while block := src.read(8 << 20):
+            while block:
+                if inflater.eof:  # the next member, after any padding
+                    block = block.lstrip(b"\x00")
+                    if not block:
+                        break
+                    inflater = zlib.decompressobj(wbits=31)
+                try:
+                    content = inflater.decompress(block, limit + 1 - written)
+                except zlib.error as exc:
+                    raise ValidationError(f"{file_name}: the gzip data is damaged ({exc})") from exc
+                written += len(content)
+                if written > limit:
+                    raise ValidationError(
+                        f"{file_name}: it inflates to over {limit:,} bytes, the limit (INGESTION_MAX_FILE_BYTES); "
+                        "split the file"
+                    )
+                out.write(content)
+                block = inflater.unused_data
         if not inflater.eof:
             raise ValidationError(f"{file_name}: the gzip data ends early (a cut-off upload?)")
-        rest = inflater.unused_data.lstrip(b"\x00")
-    return bytes(out)
+    return into
 
 
-def read_records(data: bytes, *, file_name: str, schema: Schema, con: duckdb.DuckDBPyConnection) -> Records:
-    if not data.strip():
-        raise ValidationError(f"{file_name}: the file is empty")
+def read_chunks(
+    path: Path,
+    *,
+    file_name: str,
+    schema: Schema,
+    con: duckdb.DuckDBPyConnection,
+    chunk_bytes: int,
+    whole_file_limit: int,
+) -> Iterator[Records]:
+    """The file's records, about `chunk_bytes` of them at a time (rows numbered across the whole file), so
+    memory follows the chunk and not the file. NDJSON and Parquet are read in chunks; a CSV file or a JSON
+    array is read whole, so it may be at most `whole_file_limit` bytes (INGESTION_MAX_WHOLE_FILE_BYTES)."""
     fmt = FileFormat.of(file_name)
-    if fmt is FileFormat.CSV:
-        return _read_csv(data, file_name, schema, con)
+    head = _first_content(path)
+    if head is None:
+        raise ValidationError(f"{file_name}: the file is empty")
     if fmt is FileFormat.PARQUET:
-        return _read_parquet(data, file_name, con)
-    if fmt is FileFormat.JSON and data.lstrip()[:1] == b"[":
-        return _read_json_array(data, file_name, con)
-    return _read_lines(data, file_name)
+        yield from _read_parquet(path, file_name, con, chunk_bytes)
+        return
+    if fmt is FileFormat.CSV or (fmt is FileFormat.JSON and head == b"["):
+        size = path.stat().st_size
+        if size > whole_file_limit:
+            raise ValidationError(
+                f"{file_name}: {size:,} bytes is over the limit of {whole_file_limit:,} for a CSV file or a JSON "
+                "array, which are read whole (INGESTION_MAX_WHOLE_FILE_BYTES); land it as NDJSON, or split it"
+            )
+        data = path.read_bytes()
+        yield (
+            _read_csv(data, file_name, schema, con) if fmt is FileFormat.CSV else _read_json_array(data, file_name, con)
+        )
+        return
+    yield from _read_lines(path, file_name, chunk_bytes)
 
 
-def _numbered(records: pa.Array | pa.ChunkedArray) -> pa.Table:
-    rows = pa.array(range(1, len(records) + 1), pa.int64())
+def _first_content(path: Path) -> bytes | None:
+    """The file's first byte that is not white space, or None when there is none."""
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            stripped = block.lstrip()
+            if stripped:
+                return stripped[:1]
+    return None
+
+
+def _numbered(records: pa.Array | pa.ChunkedArray, first: int = 1) -> pa.Table:
+    rows = pa.array(range(first, first + len(records)), pa.int64())
     return pa.table({"_row": rows, "record": records})
 
 
-def _read_lines(data: bytes, file_name: str) -> Records:
-    """The file's lines as Arrow strings over the file's own bytes: only the line offsets are new (found in
-    C++, ~32 MB at a time), nothing is copied. Each line keeps its line break, which JSON reads as space."""
+def _read_lines(path: Path, file_name: str, chunk_bytes: int) -> Iterator[Records]:
+    """The file's lines, whole lines of about `chunk_bytes` at a time (a longer line is read whole)."""
+    first, carry = 1, b""
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk_bytes)
+            data = carry + block if carry else block
+            cut = len(data) if not block else data.rfind(b"\n") + 1
+            if not block and not data:
+                return
+            if cut == 0:  # no line ends in this chunk yet: read on
+                carry = data
+                continue
+            records = _lines(data[:cut] if cut < len(data) else data, file_name, first)
+            carry = data[cut:]
+            first += records.table.num_rows
+            yield records
+            if not block:
+                return
+
+
+def _lines(data: bytes, file_name: str, first: int) -> Records:
+    """Lines as Arrow strings over the chunk's own bytes: only the line offsets are new (found in C++, ~32 MB at
+    a time), nothing is copied. Each line keeps its line break, which JSON reads as space."""
     buffer = pa.py_buffer(data)
     ends = []
     for start in range(0, len(data), 32 << 20):
@@ -119,8 +184,8 @@ def _read_lines(data: bytes, file_name: str) -> Records:
     try:
         lines.validate(full=True)
     except pa.ArrowInvalid as exc:
-        raise ValidationError(f"{file_name}: not UTF-8 text") from exc
-    return Records(table=_numbered(lines), text_values=False)
+        raise ValidationError(f"{file_name}: not UTF-8 text (in the lines from row {first})") from exc
+    return Records(table=_numbered(lines, first), text_values=False)
 
 
 def _read_json_array(data: bytes, file_name: str, con: duckdb.DuckDBPyConnection) -> Records:
@@ -136,17 +201,25 @@ def _read_json_array(data: bytes, file_name: str, con: duckdb.DuckDBPyConnection
     return Records(table=_numbered(records), text_values=False)
 
 
-def _read_parquet(data: bytes, file_name: str, con: duckdb.DuckDBPyConnection) -> Records:
+def _read_parquet(path: Path, file_name: str, con: duckdb.DuckDBPyConnection, chunk_bytes: int) -> Iterator[Records]:
+    """Each row as a JSON object, a batch of rows at a time (about `chunk_bytes` of decoded data per batch)."""
     try:
-        source = pq.read_table(pa.BufferReader(data))
+        source = pq.ParquetFile(path)
+        meta = source.metadata
+        decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        per_batch = max(1, meta.num_rows * chunk_bytes // max(decoded, 1))
+        batches = source.iter_batches(batch_size=per_batch)
+        first = 1
+        for batch in batches:
+            con.register("_parquet_source", pa.Table.from_batches([batch]))
+            try:
+                records = con.sql("SELECT to_json(t)::VARCHAR AS record FROM _parquet_source AS t").to_arrow_table()
+            finally:
+                con.unregister("_parquet_source")
+            yield Records(table=_numbered(records.column("record").combine_chunks(), first), text_values=False)
+            first += batch.num_rows
     except (pa.ArrowException, OSError) as exc:
         raise ValidationError(f"{file_name}: not a readable Parquet file: {_first_line(exc)}") from exc
-    con.register("_parquet_source", source)
-    try:
-        records = con.sql("SELECT to_json(t)::VARCHAR AS record FROM _parquet_source AS t").to_arrow_table()
-    finally:
-        con.unregister("_parquet_source")
-    return Records(table=_numbered(records.column("record").combine_chunks()), text_values=False)
 
 
 def _read_csv(data: bytes, file_name: str, schema: Schema, con: duckdb.DuckDBPyConnection) -> Records:

@@ -4,13 +4,14 @@ by one SQL expression, and accepted rows become typed nested structs ready for t
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
 from shared.engine import scalar
-from shared.ingestion.records import Records
+from shared.ingestion.records import Records, read_chunks
 from shared.ingestion.schemas import FieldType, Namespace, Schema, SchemaField
 from shared.sql import json_path, nest, quote_ident, quote_literal
 
@@ -348,3 +349,88 @@ def _read_errors_table(records: Records):
             "reason": pa.array([m for _, _, m in rows], pa.string()),
         }
     )
+
+
+_FIRST_ERRORS = 20
+
+
+@dataclass
+class CheckedFile:
+    """A whole file's validation, added up chunk by chunk: the counts, the first errors, and each chunk's accepted
+    rows and errors written to `work` as they are checked (joined into one file each by the writers)."""
+
+    con: duckdb.DuckDBPyConnection
+    work: Path
+    batch_id: str
+    ingested_at: dt.datetime
+    rows_read: int = 0
+    rejected: int = 0
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+    accepted_parts: list[Path] = field(default_factory=list)
+    error_parts: list[Path] = field(default_factory=list)
+    chunks: int = 0
+
+    def add(self, checked: Validation) -> None:
+        n, self.chunks = self.chunks, self.chunks + 1
+        self.rows_read += checked.rows_read
+        self.rejected += checked.rejected
+        if len(self.errors) < _FIRST_ERRORS:
+            self.errors += checked.first_errors(_FIRST_ERRORS - len(self.errors))
+        if checked.rejected:
+            self.error_parts.append(self.work / f"errors-{n:05d}.csv")
+            checked.write_errors(self.error_parts[-1])
+        if checked.accepted or not n:  # the first chunk's, even if empty: the file's columns, whatever follows
+            self.accepted_parts.append(self.work / f"accepted-{n:05d}.parquet")
+            checked.write_accepted(self.accepted_parts[-1], batch_id=self.batch_id, ingested_at=self.ingested_at)
+
+    @property
+    def accepted(self) -> int:
+        return self.rows_read - self.rejected
+
+    @property
+    def rejected_ratio(self) -> float:
+        return self.rejected / self.rows_read if self.rows_read else 0.0
+
+    def first_errors(self, limit: int = _FIRST_ERRORS) -> list[tuple[int, str, str]]:
+        return self.errors[:limit]
+
+    def write_accepted(self, path: Path) -> None:
+        """Every chunk's accepted rows, in row order, as one Parquet file."""
+        if len(self.accepted_parts) == 1:
+            shutil.move(self.accepted_parts[0], path)
+            return
+        files = "[" + ", ".join(quote_literal(str(p)) for p in self.accepted_parts) + "]"
+        self.con.execute(
+            f"COPY (SELECT * FROM read_parquet({files})) TO {quote_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)"
+        )
+
+    def write_errors(self, path: Path) -> None:
+        """Every chunk's errors as one CSV file (one header)."""
+        with open(path, "wb") as out:
+            for n, part in enumerate(self.error_parts):
+                with open(part, "rb") as fh:
+                    if n:
+                        fh.readline()  # the header, written once
+                    shutil.copyfileobj(fh, out, 8 << 20)
+
+
+def check_file(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    *,
+    file_name: str,
+    schema: Schema,
+    work: Path,
+    batch_id: str,
+    ingested_at: dt.datetime,
+    chunk_bytes: int = 64 << 20,
+    whole_file_limit: int = 256 << 20,
+) -> CheckedFile:
+    """Validate a local file against `schema`, a chunk at a time (see `read_chunks`)."""
+    checked = CheckedFile(con, work, batch_id, ingested_at)
+    chunks = read_chunks(
+        path, file_name=file_name, schema=schema, con=con, chunk_bytes=chunk_bytes, whole_file_limit=whole_file_limit
+    )
+    for records in chunks:
+        checked.add(validate(con, records, schema))
+    return checked

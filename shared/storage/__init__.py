@@ -1,7 +1,7 @@
 """Blob and Table storage as the product uses them."""
 
 from shared.storage.account import StorageAccount, azurite_connection_string
-from shared.storage.blobs import BlobStore
+from shared.storage.blobs import BlobStore, TooLarge
 from shared.storage.models import ModelTable, RecordStore
 from shared.storage.tables import (
     EntityTable,
@@ -18,6 +18,7 @@ __all__ = [
     "Page",
     "RecordStore",
     "StorageAccount",
+    "TooLarge",
     "azurite_connection_string",
     "check_batch",
     "check_entity",

@@ -17,6 +17,14 @@ _CONCURRENCY = 4
 _BLOCK = 8 * 1024 * 1024
 
 
+class TooLarge(Exception):
+    """A blob bigger than the caller would read: its size, nothing read."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes")
+        self.size = size
+
+
 @dataclass
 class Staged:
     """A file uploaded as uncommitted blocks: invisible to every reader until committed."""
@@ -81,6 +89,24 @@ class BlobStore:
         with open(path, "wb") as fh:
             self.container.download_blob(name, max_concurrency=_CONCURRENCY).readinto(fh)
         return path
+
+    def download_version(self, name: str, etag: str, path: Path, *, max_bytes: int) -> int:
+        """Stream the version `etag` of a blob to `path`, a few blocks in memory at a time; returns its size.
+        `NotFound` when the blob is gone, `Conflict` when it was replaced, `TooLarge` past `max_bytes` (checked
+        before anything is read)."""
+        try:
+            downloader = self.container.download_blob(
+                name, etag=etag, match_condition=MatchConditions.IfNotModified, max_concurrency=_CONCURRENCY
+            )
+        except ResourceNotFoundError as exc:
+            raise NotFound(f"no blob {name!r} in container {self.name!r}") from exc
+        except ResourceModifiedError as exc:
+            raise Conflict(f"blob {name!r} in {self.name!r} was replaced since version {etag}") from exc
+        if downloader.size > max_bytes:
+            raise TooLarge(downloader.size)
+        with open(path, "wb") as fh:
+            downloader.readinto(fh)
+        return downloader.size
 
     def etag(self, name: str) -> str:
         return self.properties(name).etag

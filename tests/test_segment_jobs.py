@@ -332,10 +332,10 @@ def test_a_running_job_that_is_cancelled_publishes_nothing(settings, account, cr
     job = runner.enqueue(now=DAY1)
     real_upload = runner.memberships.upload
 
-    def cancel_while_running(job_id, files):
-        paths = real_upload(job_id, files)
+    def cancel_while_running(job_id, segment_id, file):
+        path = real_upload(job_id, segment_id, file)
         SegmentJobRunner.from_settings(settings).cancel(job_id)  # arrives while the job is PROCESSING
-        return paths
+        return path
 
     monkeypatch.setattr(runner.memberships, "upload", cancel_while_running)
     assert (

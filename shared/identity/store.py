@@ -310,12 +310,10 @@ class ProfileStore:
         version = version or self.version(now)
         if policy is not None:
             version.check_policy(policy)
-        chosen = [version.shards[s] for s in (range(len(version.shards)) if shards is None else shards)]
-        profile_files = self.files.fetch([s.profiles for s in chosen if s.profiles], workdir)
-        # Every file the chosen shards need, fetched at once (in parallel), then read shard by shard.
-        self.files.fetch(
-            [n for s in chosen for n in [*s.events, *([s.removed] if s.removed and s.events else [])]], workdir
-        )
+        indices = list(range(len(version.shards)) if shards is None else shards)
+        self.fetch(version, indices, workdir)
+        chosen = [version.shards[s] for s in indices]
+        profile_files = self.files.fetch([s.profiles for s in chosen if s.profiles], workdir)  # fetched: their paths
 
         def local(names: list[str]) -> list[Path]:
             return self.files.fetch(names, workdir)
@@ -332,6 +330,23 @@ class ProfileStore:
         stats = {"profiles": scalar(con, f"SELECT count(*) FROM {PROFILES}"), **version.summary()}
         stats.pop("lastBatch")
         return UnifiedProfiles(con=con, policy=version.policy, now=now, stats=stats, leaves=dict(version.leaves))
+
+    def fetch(self, version: StoreVersion, shards: Iterable[int], workdir: Path) -> None:
+        """Copy every file `open` reads for these shards to `workdir`, at once (in parallel). A file already
+        there is not fetched again, so a caller may fetch the next shard's files while it reads this one's."""
+        chosen = [version.shards[s] for s in shards]
+        self.files.fetch(
+            [
+                n
+                for s in chosen
+                for n in [
+                    *([s.profiles] if s.profiles else []),
+                    *s.events,
+                    *([s.removed] if s.removed and s.events else []),
+                ]
+            ],
+            workdir,
+        )
 
     def by_id(self, version_id: str) -> StoreVersion:
         """A version by its id: the current one, or one kept since it was replaced."""

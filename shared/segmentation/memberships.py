@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -86,17 +87,25 @@ class MembershipStore:
             return dict(zip(snapshots, paths, strict=True))
 
     def download_all_current(self, segment_ids: list[str], into: Path) -> dict[str, Path | None]:
-        current = self.current_pointers()
-        pointers = {sid: current.get(sid) for sid in segment_ids}
-        found = self.download({f"{sid}-previous": p.snapshot for sid, p in pointers.items() if p}, into)
-        return {sid: found.get(f"{sid}-previous") for sid in segment_ids}
-
-    def upload(self, job_id: str, files: dict[str, Path]) -> dict[str, str]:
-        """Upload each segment's snapshot of this job, in parallel; returns the blob path per segment."""
-        paths = {sid: self.snapshot_path(sid, job_id) for sid in files}
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda sid: self.blobs.put_file(paths[sid], files[sid]), files))
-        return paths
+            return {sid: f.result() for sid, f in self.fetch_current(segment_ids, into, pool).items()}
+
+    def fetch_current(self, segment_ids: list[str], into: Path, pool: Executor) -> dict[str, Future[Path | None]]:
+        """Start downloading each segment's current snapshot on `pool`: its local path when done (None: the
+        segment has none yet), so a caller can use each as soon as it is there."""
+        current = self.current_pointers()
+
+        def one(sid: str) -> Path | None:
+            pointer = current.get(sid)
+            return self.blobs.download(pointer.snapshot, into / f"{sid}-previous.parquet") if pointer else None
+
+        return {sid: pool.submit(one, sid) for sid in segment_ids}
+
+    def upload(self, job_id: str, segment_id: str, file: Path) -> str:
+        """Upload a segment's snapshot of this job; returns its blob path."""
+        path = self.snapshot_path(segment_id, job_id)
+        self.blobs.put_file(path, file)
+        return path
 
     def watermark(self) -> dt.datetime | None:
         """Until when the streaming job has seen ingested data."""
@@ -164,12 +173,25 @@ def membership_sql(
         WHERE status <> 'exited' OR exitedAt > {oldest}"""
 
 
+# Person keys are random hex, so zstd's fastest level compresses them as well as its default (232 MB against
+# 246 MB for a job's 17M memberships at 1M people) and Parquet 2's encodings write and read faster: writing
+# them took 4.0 s instead of 6.2 s. Every reader is DuckDB or pyarrow, which read both.
+_SNAPSHOT_FORMAT = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, PARQUET_VERSION V2"
+
+
 def write_snapshots(
-    con: duckdb.DuckDBPyConnection, parts: dict[str, str], *, out: Path, now: dt.datetime
+    con: duckdb.DuckDBPyConnection,
+    parts: dict[str, Callable[[], str]],
+    *,
+    out: Path,
+    now: dt.datetime,
+    written: Callable[[str, Path], None] = lambda sid, path: None,
 ) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
-    """Write every segment's memberships (a Parquet file per segment, straight from its statement) and count
-    them by status. One statement per segment: a single one over all segments would hold every segment's join
-    at once, and writing one table partitioned by segment took longer than the joins themselves."""
+    """Write every segment's memberships (a Parquet file per segment, straight from its statement, which `parts`
+    gives when it is the segment's turn) and count them by status; `written` hears of each file as soon as it is
+    there (to upload it while the next is written). One statement per segment: a single one over all segments
+    would hold every segment's join at once, and writing one table partitioned by segment took longer than the
+    joins themselves."""
     out.mkdir(parents=True, exist_ok=True)
     at = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
     entered = f"status = 'realized' AND lastQualificationTime = {at}"
@@ -178,9 +200,10 @@ def write_snapshots(
     for n, (sid, sql) in enumerate(parts.items()):
         target = out / f"{n:05d}.parquet"
         con.execute(
-            f"""COPY (SELECT profileId, status, lastQualificationTime, exitedAt FROM ({sql}))
-                TO {quote_literal(str(target))} (FORMAT parquet, COMPRESSION zstd)"""
+            f"""COPY (SELECT profileId, status, lastQualificationTime, exitedAt FROM ({sql()}))
+                TO {quote_literal(str(target))} ({_SNAPSHOT_FORMAT})"""
         )
+        written(sid, target)
         realized, existing, exited, earlier = con.execute(
             f"""SELECT count(*) FILTER (WHERE {entered}),
                        count(*) FILTER (WHERE status <> 'exited' AND NOT ({entered})),

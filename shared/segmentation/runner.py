@@ -4,10 +4,13 @@ Each shard of the store is one query: every segment of the job, with one GROUP B
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import logging
+import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -267,8 +270,20 @@ class SegmentJobRunner:
         plan = self._plan(job, now, chosen, definitions, since=since)
         if not plan.shards:
             return self._publish(job, plan, [], started)
-        with tempfile.TemporaryDirectory(prefix="segment-job-") as tmp:
-            results = [self.evaluate_shard(plan, shard, Path(tmp)) for shard in plan.shards]
+        version = self.store.by_id(plan.store_version)
+        with tempfile.TemporaryDirectory(prefix="segment-job-") as tmp, ThreadPoolExecutor(max_workers=1) as pool:
+            work = Path(tmp)
+            files = {shard: work / f"store-{shard:04d}" for shard in plan.shards}
+            # While a shard is evaluated, the next one's files download (the fan-out gets this from its instances).
+            fetching = pool.submit(self.store.fetch, version, [plan.shards[0]], files[plan.shards[0]])
+            results = []
+            for n, shard in enumerate(plan.shards):
+                fetching.result()
+                if n + 1 < len(plan.shards):
+                    following = plan.shards[n + 1]
+                    fetching = pool.submit(self.store.fetch, version, [following], files[following])
+                results.append(self.evaluate_shard(plan, shard, work, files=files[shard]))
+                shutil.rmtree(files[shard], ignore_errors=True)
             return self._publish(job, plan, results, started)
 
     def _plan(
@@ -300,10 +315,11 @@ class SegmentJobRunner:
             since=since,
         )
 
-    def evaluate_shard(self, plan: ShardPlan, shard: int, work: Path) -> ShardResult:
+    def evaluate_shard(self, plan: ShardPlan, shard: int, work: Path, *, files: Path | None = None) -> ShardResult:
         """One shard of a job, in its own DuckDB connection (as its own invocation would be): the segments
         over that shard's profiles and events (a streaming job: its touched people only), written as
-        `(profileId, <one boolean column per segment>)` to a local Parquet file."""
+        `(profileId, <one boolean column per segment>)` to a local Parquet file. `files` is where the shard's
+        store files already are (fetched ahead), if they are."""
         started, laps = time.monotonic(), Laps()
         version = self.store.by_id(plan.store_version)
         definitions = self.segments.trees()
@@ -312,7 +328,7 @@ class SegmentJobRunner:
             con = connect(self.settings, spill_dir=tmp)
             try:
                 profiles = self.store.open(
-                    con, now=plan.now, workdir=Path(tmp) / "store", shards=[shard], version=version
+                    con, now=plan.now, workdir=files or Path(tmp) / "store", shards=[shard], version=version
                 )
                 laps.lap("loadSeconds")
                 people = None
@@ -438,22 +454,34 @@ class SegmentJobRunner:
         return pointers, counts, evaluated_people
 
     def _write_memberships(self, con, job: Job, now, chosen, columns, work: Path, people: str | None):
-        """Each segment's new memberships against its current ones, uploaded; their pointers and counts."""
+        """Each segment's new memberships against its current ones, uploaded; their pointers and counts. The
+        current snapshots download while the first segments are written, and each new one uploads while the
+        next is written."""
         retention = dt.timedelta(days=self.settings.segment_exited_retention_days)
-        previous = self.memberships.download_all_current(chosen, work)
-        parts = {
-            sid: membership_sql(
-                segment_id=sid,
-                qualified_sql=f"SELECT profileId FROM job_results WHERE {columns[sid]}",
-                previous=previous[sid],
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            previous = self.memberships.fetch_current(chosen, work, pool)
+
+            def part(sid: str) -> str:
+                return membership_sql(
+                    segment_id=sid,
+                    qualified_sql=f"SELECT profileId FROM job_results WHERE {columns[sid]}",
+                    previous=previous[sid].result(),
+                    now=now,
+                    retention=retention,
+                    scope_sql=people,
+                )
+
+            uploads: dict[str, Future[str]] = {}
+            _, counts = write_snapshots(
+                con,
+                {sid: functools.partial(part, sid) for sid in chosen},
+                out=work / "memberships",
                 now=now,
-                retention=retention,
-                scope_sql=people,
+                written=lambda sid, file: uploads.__setitem__(
+                    sid, pool.submit(self.memberships.upload, job.id, sid, file)
+                ),
             )
-            for sid in chosen
-        }
-        files, counts = write_snapshots(con, parts, out=work / "memberships", now=now)
-        paths = self.memberships.upload(job.id, files)
+            paths = {sid: uploads[sid].result() for sid in chosen}
         pointers = [
             MembershipPointer(
                 segment_id=sid,

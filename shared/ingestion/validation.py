@@ -265,17 +265,14 @@ class Validation:
     def rejected_ratio(self) -> float:
         return self.rejected / self.rows_read if self.rows_read else 0.0
 
-    def write_accepted(self, path: Path, *, batch_id: str, ingested_at: dt.datetime) -> None:
+    def accepted_sql(self, *, batch_id: str, ingested_at: dt.datetime) -> str:
+        """The accepted rows, typed and nested as the lake keeps them, in row order."""
         cols = ", ".join(f"{expr} AS {quote_ident(name)}" for name, expr in self.checks.typed_columns())
-        self.con.execute(
-            f"""COPY (
-                SELECT {cols},
-                       {quote_literal(batch_id)} AS _batchId,
-                       _row,
-                       {quote_literal(ingested_at.isoformat())}::TIMESTAMPTZ AS _ingestedAt
-                FROM _checked WHERE len(problems) = 0 ORDER BY _row
-            ) TO {quote_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)"""
-        )
+        return f"""SELECT {cols},
+                          {quote_literal(batch_id)} AS _batchId,
+                          _row,
+                          {quote_literal(ingested_at.isoformat())}::TIMESTAMPTZ AS _ingestedAt
+                   FROM _checked WHERE len(problems) = 0 ORDER BY _row"""
 
     def write_errors(self, path: Path) -> None:
         self.con.register("_read_errors", _read_errors_table(self.records))
@@ -356,8 +353,9 @@ _FIRST_ERRORS = 20
 
 @dataclass
 class CheckedFile:
-    """A whole file's validation, added up chunk by chunk: the counts, the first errors, and each chunk's accepted
-    rows and errors written to `work` as they are checked (joined into one file each by the writers)."""
+    """A whole file's validation, added up chunk by chunk: the counts, the first errors, each chunk's accepted
+    rows (in the temp table `_accepted`, which DuckDB spills to disk past its memory limit, so the Parquet is
+    encoded once) and its errors (written to `work`, joined by `write_errors`)."""
 
     con: duckdb.DuckDBPyConnection
     work: Path
@@ -366,7 +364,6 @@ class CheckedFile:
     rows_read: int = 0
     rejected: int = 0
     errors: list[tuple[int, str, str]] = field(default_factory=list)
-    accepted_parts: list[Path] = field(default_factory=list)
     error_parts: list[Path] = field(default_factory=list)
     chunks: int = 0
 
@@ -379,9 +376,11 @@ class CheckedFile:
         if checked.rejected:
             self.error_parts.append(self.work / f"errors-{n:05d}.csv")
             checked.write_errors(self.error_parts[-1])
-        if checked.accepted or not n:  # the first chunk's, even if empty: the file's columns, whatever follows
-            self.accepted_parts.append(self.work / f"accepted-{n:05d}.parquet")
-            checked.write_accepted(self.accepted_parts[-1], batch_id=self.batch_id, ingested_at=self.ingested_at)
+        rows = checked.accepted_sql(batch_id=self.batch_id, ingested_at=self.ingested_at)
+        if not n:  # the first chunk makes the table, even if it accepted nothing: the file's columns
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE _accepted AS {rows}")
+        elif checked.accepted:
+            self.con.execute(f"INSERT INTO _accepted {rows}")
 
     @property
     def accepted(self) -> int:
@@ -396,13 +395,7 @@ class CheckedFile:
 
     def write_accepted(self, path: Path) -> None:
         """Every chunk's accepted rows, in row order, as one Parquet file."""
-        if len(self.accepted_parts) == 1:
-            shutil.move(self.accepted_parts[0], path)
-            return
-        files = "[" + ", ".join(quote_literal(str(p)) for p in self.accepted_parts) + "]"
-        self.con.execute(
-            f"COPY (SELECT * FROM read_parquet({files})) TO {quote_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)"
-        )
+        self.con.execute(f"COPY _accepted TO {quote_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)")
 
     def write_errors(self, path: Path) -> None:
         """Every chunk's errors as one CSV file (one header)."""

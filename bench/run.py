@@ -98,7 +98,7 @@ def collect(people: int) -> list[dict]:
             "ours_s": seg["setup"]["last_batch"]["seconds"],
             "baseline_s": seg["read_json"]["seconds"],
             "ratio": seg["setup"]["last_batch"]["seconds"] / seg["read_json"]["seconds"],
-            "peak_mb": 0,  # measured inside the setup process, which also generated the data
+            "peak_mb": None,  # not its own: it runs inside the setup process (the 2 GiB row of bench.ingest has one)
         },
     ]
     live = seg["live"]
@@ -154,7 +154,7 @@ def collect(people: int) -> list[dict]:
     for r in rows:
         text, check = TARGETS[r["stage"]]
         r["target"] = text
-        r["met"] = None if r["ratio"] is None else bool(check(r["ratio"])) and r["peak_mb"] < LIMIT_MB
+        r["met"] = None if r["ratio"] is None else bool(check(r["ratio"])) and (r["peak_mb"] or 0) < LIMIT_MB
     return rows
 
 
@@ -167,9 +167,10 @@ def markdown(people: int, rows: list[dict]) -> str:
         base = f"{r['baseline_s']:.2f}" if r["baseline_s"] is not None else "—"
         ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "—"
         met = {True: "yes", False: "no", None: "skipped"}[r["met"]]
+        peak = f"{r['peak_mb']:,} MB" if r["peak_mb"] is not None else "n/a"
         lines.append(
             f"| {r['stage']} | {r['ours_s']:.2f} | {r['baseline']} | {base} | {ratio} | {r['target']} | "
-            f"{r['peak_mb']:,} MB | {met} |"
+            f"{peak} | {met} |"
         )
     return "\n".join(lines)
 

@@ -209,6 +209,10 @@ def stage_live(work: Path) -> dict:
         "seconds": tick_seconds,
         "tick_profiles": tick.metrics["evaluatedProfiles"],
         "tick_shards": len(tick.metrics["shards"]),
+        "tick_phases": {
+            **{k: v for k, v in tick.metrics.items() if k in ("segmentationSeconds", "membershipSeconds")},
+            **{k: round(sum(s[k] for s in tick.metrics["shards"]), 3) for k in ("loadSeconds", "evaluateSeconds")},
+        },
         "preview_seconds": preview_seconds,
         "preview_size": preview["size"],
         "preview_sampled_by_default": bool(preview.get("sampled")),

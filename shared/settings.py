@@ -50,18 +50,20 @@ class Settings(BaseSettings):
     ingestion_max_file_bytes: int = Field(
         2 * 1024**3,
         gt=0,
-        description="A larger landed file (or a .gz inflating to more) fails. NDJSON and Parquet are read a chunk "
-        "at a time, so memory follows INGESTION_CHUNK_BYTES, not this.",
+        description="A larger landed file (or a .gz inflating to more) fails. NDJSON, CSV and Parquet are read a "
+        "chunk at a time, so memory follows INGESTION_CHUNK_BYTES, not this.",
     )
     ingestion_max_whole_file_bytes: int = Field(
         256 * 1024 * 1024,
         gt=0,
-        description="A CSV file or a JSON array is read whole (about 5x its size in memory): its limit.",
+        description="A JSON array (one document, not one record per line) is read whole (about 5x its size in "
+        "memory): its limit.",
     )
     ingestion_chunk_bytes: int = Field(
         64 * 1024 * 1024,
         gt=0,
-        description="NDJSON is validated this many bytes of whole lines at a time (Parquet: as many rows).",
+        description="NDJSON and CSV are validated this many bytes of whole rows at a time (Parquet: about as many "
+        "decoded bytes).",
     )
     ingestion_max_rejected_ratio: float = Field(
         0.005,

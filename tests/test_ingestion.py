@@ -318,7 +318,7 @@ def _chunked(monkeypatch, chunk_bytes: int) -> None:
     get_settings.cache_clear()
 
 
-@pytest.mark.parametrize("name", ["web/day.ndjson", "web/day.ndjson.gz", "web/day.parquet"])
+@pytest.mark.parametrize("name", ["web/day.ndjson", "web/day.ndjson.gz", "web/day.parquet", "web/day.csv"])
 def test_a_file_read_in_many_chunks_gives_the_batch_one_chunk_gives(settings, landing_zone, lake, monkeypatch, name):
     """Row numbers run across chunks, the errors and first errors are the file's, the rows keep their order."""
     create_dataset(settings, "web", schema_id="xdm-experienceevent")
@@ -326,6 +326,13 @@ def test_a_file_read_in_many_chunks_gives_the_batch_one_chunk_gives(settings, la
     for at in (5, 480, 1111):  # bad rows in different chunks
         rows[at] = {**rows[at], "commerce": {"order": {"priceTotal": f"cheap{at}"}}}
     text = ndjson(*rows)
+    if name.endswith(".csv"):  # the same rows as CSV, and a malformed row in the middle chunk
+        lines = ["_id,timestamp,eventType,identityMap.ECID,commerce.order.priceTotal"]
+        for r in rows:
+            price = (r.get("commerce") or {}).get("order", {}).get("priceTotal", "")
+            lines.append(f"{r['_id']},{r['timestamp']},{r['eventType']},{r['identityMap']['ECID'][0]['id']},{price}")
+        lines.insert(700, "too,many,columns,in,this,row")
+        text = "\n".join(lines) + "\n"
     if name.endswith(".gz"):
         data = gzip.compress(text.encode())
     elif name.endswith(".parquet"):
@@ -343,12 +350,16 @@ def test_a_file_read_in_many_chunks_gives_the_batch_one_chunk_gives(settings, la
     (whole, whole_errors), (chunked, chunked_errors) = batches["whole"], batches["chunked"]
     assert whole.metrics["chunks"] == 1 and chunked.metrics["chunks"] > 1
     counts = ("rowsRead", "rowsAccepted", "rowsRejected")
-    assert [chunked.metrics[k] for k in counts] == [whole.metrics[k] for k in counts] == [1200, 1197, 3]
+    malformed = name.endswith(".csv")
+    expected = [1201, 1197, 4] if malformed else [1200, 1197, 3]
+    assert [chunked.metrics[k] for k in counts] == [whole.metrics[k] for k in counts] == expected
     assert [e.message for e in chunked.errors] == [e.message for e in whole.errors]
+    shift = 1 if malformed else 0  # the malformed row is data row 700: the bad rows after it move down one
     assert [(e["row"], e["reason"]) for e in chunked_errors] == [
         ("6", "cheap5 is not a valid number"),
         ("481", "cheap480 is not a valid number"),
-        ("1112", "cheap1111 is not a valid number"),
+        *([("700", "expected 5 columns, found 6")] if malformed else []),
+        (str(1112 + shift), "cheap1111 is not a valid number"),
     ]
     assert chunked_errors == whole_errors
     by_batch = {}
@@ -356,24 +367,33 @@ def test_a_file_read_in_many_chunks_gives_the_batch_one_chunk_gives(settings, la
         by_batch.setdefault(row.pop("_batchId"), []).append(row)
     assert by_batch[chunked.id] == by_batch[whole.id]
     assert [r["_row"] for r in by_batch[chunked.id]][:7] == [1, 2, 3, 4, 5, 7, 8]
+    if malformed:
+        assert [r["_row"] for r in by_batch[chunked.id]][694:698] == [697, 698, 699, 701]
 
 
-def test_a_csv_file_over_the_whole_file_limit_fails_where_ndjson_streams(settings, landing_zone, lake, monkeypatch):
-    """CSV (and a JSON array) is read whole, so it has a limit of its own; NDJSON of any size is read in chunks."""
+def test_a_json_array_over_the_whole_file_limit_fails_where_csv_and_ndjson_stream(
+    settings, landing_zone, lake, monkeypatch
+):
+    """A JSON array is one document, read whole, so it has a limit of its own; CSV and NDJSON of any size are
+    read in chunks."""
     from shared.settings import get_settings
 
     monkeypatch.setenv("INGESTION_MAX_WHOLE_FILE_BYTES", "200")
     _chunked(monkeypatch, 200)
     create_dataset(settings, "crm")
-    csv_text = "identityMap.CRMID,person.name.firstName\n" + "".join(f"c-{i},Ann\n" for i in range(40))
-    job = landing_zone.ingest("crm/big.csv", csv_text)
+    people = [profile(f"c-{i}") for i in range(40)]
+    array = json.dumps(people)
+    job = landing_zone.ingest("crm/big.json", array)
     assert job.status is JobStatus.FAILED
     assert job.errors[0].message == (
-        f"crm/big.csv: {len(csv_text):,} bytes is over the limit of 200 for a CSV file or a JSON array, which are "
-        "read whole (INGESTION_MAX_WHOLE_FILE_BYTES); land it as NDJSON, or split it"
+        f"crm/big.json: {len(array):,} bytes is over the limit of 200 for a JSON array, which is read whole "
+        "(INGESTION_MAX_WHOLE_FILE_BYTES); land it as NDJSON (one record per line), or split it"
     )
-    job = landing_zone.ingest("crm/big.ndjson", ndjson(*(profile(f"c-{i}") for i in range(40))))
+    job = landing_zone.ingest("crm/big.ndjson", ndjson(*people))
     assert job.status is JobStatus.SUCCEEDED and job.metrics["rowsAccepted"] == 40 and job.metrics["chunks"] > 10
+    csv_text = "identityMap.CRMID,person.name.firstName\n" + "".join(f"c-{i},Ann\n" for i in range(40))
+    job = landing_zone.ingest("crm/big.csv", csv_text)
+    assert job.status is JobStatus.SUCCEEDED and job.metrics["rowsAccepted"] == 40 and job.metrics["chunks"] > 1
     assert get_settings().ingestion_max_file_bytes == 2 * 1024**3  # the default: 2 GiB
 
 

@@ -109,28 +109,26 @@ def read_chunks(
     whole_file_limit: int,
 ) -> Iterator[Records]:
     """The file's records, about `chunk_bytes` of them at a time (rows numbered across the whole file), so
-    memory follows the chunk and not the file. NDJSON and Parquet are read in chunks; a CSV file or a JSON
-    array is read whole, so it may be at most `whole_file_limit` bytes (INGESTION_MAX_WHOLE_FILE_BYTES)."""
+    memory follows the chunk and not the file. NDJSON, CSV and Parquet are read in chunks; a JSON array is read
+    whole, so it may be at most `whole_file_limit` bytes (INGESTION_MAX_WHOLE_FILE_BYTES)."""
     fmt = FileFormat.of(file_name)
     head = _first_content(path)
     if head is None:
         raise ValidationError(f"{file_name}: the file is empty")
     if fmt is FileFormat.PARQUET:
         yield from _read_parquet(path, file_name, con, chunk_bytes)
-        return
-    if fmt is FileFormat.CSV or (fmt is FileFormat.JSON and head == b"["):
+    elif fmt is FileFormat.CSV:
+        yield from _read_csv(path, file_name, schema, con, chunk_bytes)
+    elif fmt is FileFormat.JSON and head == b"[":
         size = path.stat().st_size
         if size > whole_file_limit:
             raise ValidationError(
-                f"{file_name}: {size:,} bytes is over the limit of {whole_file_limit:,} for a CSV file or a JSON "
-                "array, which are read whole (INGESTION_MAX_WHOLE_FILE_BYTES); land it as NDJSON, or split it"
+                f"{file_name}: {size:,} bytes is over the limit of {whole_file_limit:,} for a JSON array, which is "
+                "read whole (INGESTION_MAX_WHOLE_FILE_BYTES); land it as NDJSON (one record per line), or split it"
             )
-        data = path.read_bytes()
-        yield (
-            _read_csv(data, file_name, schema, con) if fmt is FileFormat.CSV else _read_json_array(data, file_name, con)
-        )
-        return
-    yield from _read_lines(path, file_name, chunk_bytes)
+        yield _read_json_array(path.read_bytes(), file_name, con)
+    else:
+        yield from _read_lines(path, file_name, chunk_bytes)
 
 
 def _first_content(path: Path) -> bytes | None:
@@ -233,31 +231,33 @@ def _read_parquet(path: Path, file_name: str, con: duckdb.DuckDBPyConnection, ch
         raise ValidationError(f"{file_name}: not a readable Parquet file: {_first_line(exc)}") from exc
 
 
-def _read_csv(data: bytes, file_name: str, schema: Schema, con: duckdb.DuckDBPyConnection) -> Records:
+def _read_csv(
+    path: Path, file_name: str, schema: Schema, con: duckdb.DuckDBPyConnection, chunk_bytes: int
+) -> Iterator[Records]:
+    """The rows as JSON objects, a block of about `chunk_bytes` at a time (pyarrow's streaming reader). A row
+    with the wrong number of columns is skipped and reported with its data row number, in its chunk."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 24)  # the whole header line, however many columns it names
     try:
-        newline = data.find(b"\n", 0, 1 << 24)  # the whole header line, however many columns it names
-        text_head = data[: max(newline + 1, 1 << 16)].decode("utf-8", errors="strict").lstrip("\ufeff")
+        newline = head.find(b"\n")
+        text_head = head[: max(newline + 1, 1 << 16)].decode("utf-8", errors="strict").lstrip("\ufeff")
     except UnicodeDecodeError as exc:
         raise ValidationError(f"{file_name}: not UTF-8 text (byte {exc.start})") from exc
     header = next(csv.reader(io.StringIO(text_head)), [])
     columns = _check_header(header, file_name, schema)
-    bad_rows: list[tuple[int, str, str]] = []
+    bad_rows: list[tuple[int, str, str]] = []  # reported by the parser, which reads ahead of the batches
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         # pyarrow counts the header as row 1; people count data rows.
-        bad_rows.append(
-            (
-                row.number - 1,
-                "",
-                f"expected {row.expected_columns} columns, found {row.actual_columns}",
-            )
-        )
+        bad_rows.append((row.number - 1, "", f"expected {row.expected_columns} columns, found {row.actual_columns}"))
         return "skip"
 
+    to_json = f"SELECT {_csv_to_json(columns, schema)}::VARCHAR AS record FROM _csv_source"
+    numbering = _RowNumbers()
     try:
-        table = pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=min(chunk_bytes, (1 << 31) - 1)),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in header},
@@ -266,21 +266,21 @@ def _read_csv(data: bytes, file_name: str, schema: Schema, con: duckdb.DuckDBPyC
                 quoted_strings_can_be_null=True,
             ),
         )
+        for batch in reader:
+            table = pa.Table.from_batches([batch]).rename_columns([f"c{i}" for i in range(batch.num_columns)])
+            con.register("_csv_source", table)
+            try:
+                records = con.sql(to_json).to_arrow_table().column("record").combine_chunks()
+            finally:
+                con.unregister("_csv_source")
+            rows, errors = numbering.take(len(records), bad_rows)
+            yield Records(
+                table=_batched(pa.table({"_row": rows, "record": records})), text_values=True, row_errors=errors
+            )
     except pa.ArrowInvalid as exc:
         raise ValidationError(f"{file_name}: not readable as CSV: {_first_line(exc)}") from exc
-    table = table.rename_columns([f"c{i}" for i in range(table.num_columns)])
-    con.register("_csv_source", table)
-    try:
-        rel = con.sql(f"SELECT {_csv_to_json(columns, schema)}::VARCHAR AS record FROM _csv_source")
-        records = rel.to_arrow_table().column("record").combine_chunks()
-    finally:
-        con.unregister("_csv_source")
-    rows = _data_row_numbers(len(records), sorted(r for r, _, _ in bad_rows))
-    return Records(
-        table=_batched(pa.table({"_row": rows, "record": records})),
-        text_values=True,
-        row_errors=bad_rows,
-    )
+    if bad_rows or not numbering.next_row > 1:  # bad rows after the last good one; or a header alone
+        yield Records(table=_numbered(pa.array([], pa.large_string())), text_values=True, row_errors=bad_rows)
 
 
 def _check_header(header: list[str], file_name: str, schema: Schema) -> list[tuple[int, str]]:
@@ -321,18 +321,29 @@ def _csv_to_json(columns: list[tuple[int, str]], schema: Schema) -> str:
     return f"json_object({', '.join(parts)})"
 
 
-def _data_row_numbers(count: int, skipped: list[int]) -> pa.Array:
-    """Row numbers of the rows that were read, given the (sorted) numbers of those skipped as malformed."""
-    out, row, k = [], 0, 0
-    if not skipped:
-        return pa.array(range(1, count + 1), pa.int64())
-    for _ in range(count):
-        row += 1
-        while k < len(skipped) and skipped[k] == row:
+class _RowNumbers:
+    """Data row numbers for rows read in order, around the ones skipped as malformed."""
+
+    def __init__(self) -> None:
+        self.next_row = 1
+
+    def take(self, count: int, skipped: list[tuple[int, str, str]]) -> tuple[pa.Array, list[tuple[int, str, str]]]:
+        """The numbers of the next `count` rows, and the skipped rows among them (taken out of `skipped`, which
+        is sorted and may already hold rows further on)."""
+        if not skipped or skipped[0][0] >= self.next_row + count:  # none among them (nearly always)
+            self.next_row += count
+            return pa.array(range(self.next_row - count, self.next_row), pa.int64()), []
+        skip = {r for r, _, _ in skipped}
+        out, row = [], self.next_row
+        for _ in range(count):
+            while row in skip:
+                row += 1
+            out.append(row)
             row += 1
-            k += 1
-        out.append(row)
-    return pa.array(out, pa.int64())
+        self.next_row = row
+        mine = [e for e in skipped if e[0] < row]
+        del skipped[: len(mine)]
+        return pa.array(out, pa.int64()), mine
 
 
 def _first_line(exc: BaseException) -> str:

@@ -247,13 +247,9 @@ class SchemaChecks:
         return columns
 
 
-@dataclass
-class Validation:
-    """The outcome of checking one file's records: counts, and writers for the accepted rows and the errors."""
+class RowCounts:
+    """What a validation counted: rows read, rejected, and what follows from them."""
 
-    con: duckdb.DuckDBPyConnection
-    checks: SchemaChecks
-    records: Records
     rows_read: int
     rejected: int
 
@@ -264,6 +260,17 @@ class Validation:
     @property
     def rejected_ratio(self) -> float:
         return self.rejected / self.rows_read if self.rows_read else 0.0
+
+
+@dataclass
+class Validation(RowCounts):
+    """The outcome of checking one file's records: counts, and writers for the accepted rows and the errors."""
+
+    con: duckdb.DuckDBPyConnection
+    checks: SchemaChecks
+    records: Records
+    rows_read: int
+    rejected: int
 
     def accepted_sql(self, *, batch_id: str, ingested_at: dt.datetime) -> str:
         """The accepted rows, typed and nested as the lake keeps them, in row order."""
@@ -352,7 +359,7 @@ _FIRST_ERRORS = 20
 
 
 @dataclass
-class CheckedFile:
+class CheckedFile(RowCounts):
     """A whole file's validation, added up chunk by chunk: the counts, the first errors, each chunk's accepted
     rows (in the temp table `_accepted`, which DuckDB spills to disk past its memory limit, so the Parquet is
     encoded once) and its errors (written to `work`, joined by `write_errors`)."""
@@ -381,14 +388,6 @@ class CheckedFile:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE _accepted AS {rows}")
         elif checked.accepted:
             self.con.execute(f"INSERT INTO _accepted {rows}")
-
-    @property
-    def accepted(self) -> int:
-        return self.rows_read - self.rejected
-
-    @property
-    def rejected_ratio(self) -> float:
-        return self.rejected / self.rows_read if self.rows_read else 0.0
 
     def first_errors(self, limit: int = _FIRST_ERRORS) -> list[tuple[int, str, str]]:
         return self.errors[:limit]

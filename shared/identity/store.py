@@ -311,9 +311,9 @@ class ProfileStore:
         if policy is not None:
             version.check_policy(policy)
         indices = list(range(len(version.shards)) if shards is None else shards)
-        self.fetch(version, indices, workdir)
+        fetched = self.fetch(version, indices, workdir)
         chosen = [version.shards[s] for s in indices]
-        profile_files = self.files.fetch([s.profiles for s in chosen if s.profiles], workdir)  # fetched: their paths
+        profile_files = [fetched[s.profiles] for s in chosen if s.profiles]
 
         def local(names: list[str]) -> list[Path]:
             return self.files.fetch(names, workdir)
@@ -331,22 +331,21 @@ class ProfileStore:
         stats.pop("lastBatch")
         return UnifiedProfiles(con=con, policy=version.policy, now=now, stats=stats, leaves=dict(version.leaves))
 
-    def fetch(self, version: StoreVersion, shards: Iterable[int], workdir: Path) -> None:
-        """Copy every file `open` reads for these shards to `workdir`, at once (in parallel). A file already
-        there is not fetched again, so a caller may fetch the next shard's files while it reads this one's."""
+    def fetch(self, version: StoreVersion, shards: Iterable[int], workdir: Path) -> dict[str, Path]:
+        """Copy every file `open` reads for these shards to `workdir`, at once (in parallel); their local paths
+        by name. A file already there is not fetched again, so a caller may fetch the next shard's files while
+        it reads this one's."""
         chosen = [version.shards[s] for s in shards]
-        self.files.fetch(
-            [
-                n
-                for s in chosen
-                for n in [
-                    *([s.profiles] if s.profiles else []),
-                    *s.events,
-                    *([s.removed] if s.removed and s.events else []),
-                ]
-            ],
-            workdir,
-        )
+        names = [
+            n
+            for s in chosen
+            for n in [
+                *([s.profiles] if s.profiles else []),
+                *s.events,
+                *([s.removed] if s.removed and s.events else []),
+            ]
+        ]
+        return dict(zip(dict.fromkeys(names), self.files.fetch(names, workdir), strict=True))
 
     def by_id(self, version_id: str) -> StoreVersion:
         """A version by its id: the current one, or one kept since it was replaced."""

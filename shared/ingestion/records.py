@@ -210,6 +210,15 @@ def _read_json_array(data: bytes, file_name: str, con: duckdb.DuckDBPyConnection
     return Records(table=_numbered(records), text_values=False)
 
 
+def _json_records(con: duckdb.DuckDBPyConnection, rows: pa.RecordBatch, select: str) -> pa.Array:
+    """The `record` column (JSON text) that `select`, a query over `_source`, makes of a batch of rows."""
+    con.register("_source", pa.Table.from_batches([rows]))
+    try:
+        return con.sql(select).to_arrow_table().column("record").combine_chunks()
+    finally:
+        con.unregister("_source")
+
+
 def _read_parquet(path: Path, file_name: str, con: duckdb.DuckDBPyConnection, chunk_bytes: int) -> Iterator[Records]:
     """Each row as a JSON object, a batch of rows at a time (about `chunk_bytes` of decoded data per batch)."""
     try:
@@ -220,12 +229,8 @@ def _read_parquet(path: Path, file_name: str, con: duckdb.DuckDBPyConnection, ch
         batches = source.iter_batches(batch_size=per_batch)
         first = 1
         for batch in batches:
-            con.register("_parquet_source", pa.Table.from_batches([batch]))
-            try:
-                records = con.sql("SELECT to_json(t)::VARCHAR AS record FROM _parquet_source AS t").to_arrow_table()
-            finally:
-                con.unregister("_parquet_source")
-            yield Records(table=_numbered(records.column("record").combine_chunks(), first), text_values=False)
+            records = _json_records(con, batch, "SELECT to_json(t)::VARCHAR AS record FROM _source AS t")
+            yield Records(table=_numbered(records, first), text_values=False)
             first += batch.num_rows
     except (pa.ArrowException, OSError) as exc:
         raise ValidationError(f"{file_name}: not a readable Parquet file: {_first_line(exc)}") from exc
@@ -252,7 +257,7 @@ def _read_csv(
         bad_rows.append((row.number - 1, "", f"expected {row.expected_columns} columns, found {row.actual_columns}"))
         return "skip"
 
-    to_json = f"SELECT {_csv_to_json(columns, schema)}::VARCHAR AS record FROM _csv_source"
+    to_json = f"SELECT {_csv_to_json(columns, schema)}::VARCHAR AS record FROM _source"
     numbering = _RowNumbers()
     try:
         reader = pacsv.open_csv(
@@ -267,12 +272,7 @@ def _read_csv(
             ),
         )
         for batch in reader:
-            table = pa.Table.from_batches([batch]).rename_columns([f"c{i}" for i in range(batch.num_columns)])
-            con.register("_csv_source", table)
-            try:
-                records = con.sql(to_json).to_arrow_table().column("record").combine_chunks()
-            finally:
-                con.unregister("_csv_source")
+            records = _json_records(con, batch.rename_columns([f"c{i}" for i in range(batch.num_columns)]), to_json)
             rows, errors = numbering.take(len(records), bad_rows)
             yield Records(
                 table=_batched(pa.table({"_row": rows, "record": records})), text_values=True, row_errors=errors

@@ -472,15 +472,12 @@ class SegmentJobRunner:
                 )
 
             uploads: dict[str, Future[str]] = {}
-            _, counts = write_snapshots(
-                con,
-                {sid: functools.partial(part, sid) for sid in chosen},
-                out=work / "memberships",
-                now=now,
-                written=lambda sid, file: uploads.__setitem__(
-                    sid, pool.submit(self.memberships.upload, job.id, sid, file)
-                ),
-            )
+
+            def upload(sid: str, file: Path) -> None:
+                uploads[sid] = pool.submit(self.memberships.upload, job.id, sid, file)
+
+            parts = {sid: functools.partial(part, sid) for sid in chosen}
+            _, counts = write_snapshots(con, parts, out=work / "memberships", now=now, written=upload)
             paths = {sid: uploads[sid].result() for sid in chosen}
         pointers = [
             MembershipPointer(

@@ -113,7 +113,11 @@ def main() -> None:
         store.download(snapshots, work / "snapshots")
         profiles = ProfileStore.from_settings(settings)
         version = profiles.by_id(store.current_profiles().store_version)
-        profiles.files.fetch([s.profiles for s in version.shards if s.profiles], work / "snapshots" / "profiles")
+        (work / "snapshots" / "profiles").mkdir()
+        duckdb.execute(
+            f"COPY {profiles.profiles_sql(version, work / 'profile-files')} "
+            f"TO {quote_literal(str(work / 'snapshots' / 'profiles' / 'all.parquet'))} (FORMAT parquet)"
+        )
         floor = run_stage("bench.export", "floor", "--work", str(work))
         ours = run_stage("bench.export", "ours", "--work", str(work))
     finally:

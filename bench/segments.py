@@ -270,8 +270,13 @@ def _setup(work: Path, built: World) -> dict:
         store.save(SegmentDefinition(id=sid, name=sid, expression={"value": pql}), now=INGESTED)
     profiles = ProfileStore.from_settings(settings, account)
     version = profiles.version()
+    # Each shard's merged profiles as one file: its compacted profiles with the updates since over them.
+    (work / "store" / "profiles").mkdir(parents=True)
+    duckdb.execute(
+        f"COPY {profiles.profiles_sql(version, work / 'profile-files')} "
+        f"TO {quote_literal(str(work / 'store' / 'profiles' / 'all.parquet'))} (FORMAT parquet)"
+    )
     for kind, names in (
-        ("profiles", [s.profiles for s in version.shards if s.profiles]),
         ("events", [e for s in version.shards for e in s.events]),
         ("removed", [s.removed for s in version.shards if s.removed]),  # people merged away, not yet compacted
     ):

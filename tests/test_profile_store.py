@@ -8,6 +8,7 @@ import json
 import tempfile
 import threading
 from pathlib import Path
+from unittest import mock
 
 import duckdb
 from hypothesis import HealthCheck, given
@@ -16,7 +17,8 @@ from hypothesis import strategies as st
 
 from shared.engine import connect
 from shared.identity import DEFAULT_POLICY, ProfileStore, StoreVersion
-from shared.identity.store import StoreFiles, replay, rows_sql_of, shard_of
+from shared.identity import store as store_module
+from shared.identity.store import MAX_DELTAS, StoreFiles, profiles_sql_of, replay, rows_sql_of, shard_of
 from shared.ingestion.batch import AcceptedBatch
 from shared.ingestion.schemas import EVENT_SCHEMA, PROFILE_SCHEMA
 from shared.ingestion.validation import check_file
@@ -42,9 +44,9 @@ def _contents(store: ProfileStore, version: StoreVersion, work: Path) -> dict:
         out["graph"] = con.execute(f"SELECT ns, id, profileId FROM '{g}' ORDER BY ALL").fetchall()
     for shard in version.shards:
         entry = {}
-        if shard.profiles:
-            (p,) = files.fetch([shard.profiles], work)
-            entry["profiles"] = con.execute(f"SELECT * FROM '{p}' ORDER BY profileId").fetchall()
+        profiles = profiles_sql_of(shard, lambda names: files.fetch(names, work))
+        if profiles:
+            entry["profiles"] = con.execute(f"SELECT * FROM {profiles} ORDER BY profileId").fetchall()
         if shard.events:
             rows = rows_sql_of(shard.events, shard.removed, lambda names: files.fetch(names, work))
             entry["events"] = con.execute(f"SELECT profileId, _id FROM {rows} ORDER BY ALL").fetchall()
@@ -294,10 +296,14 @@ def _model(batches_records: list[list[dict]]) -> tuple[set[frozenset[str]], dict
 
 
 @hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(records=st.lists(record, min_size=1, max_size=14), cuts=st.lists(st.integers(0, 20), max_size=4))
-def test_stores_built_batch_by_batch_stitch_and_merge_like_the_whole_lake_at_once(records, cuts):
+@given(
+    records=st.lists(record, min_size=1, max_size=14),
+    cuts=st.lists(st.integers(0, 20), max_size=4),
+    compact_after=st.sampled_from([0, 1, 2, MAX_DELTAS]),  # files per shard past which a batch compacts it
+)
+def test_stores_built_batch_by_batch_stitch_and_merge_like_the_whole_lake_at_once(records, cuts, compact_after):
     settings = Settings(profile_shards=3)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(store_module, "MAX_DELTAS", compact_after):
         work = Path(tmp)
         con = connect(settings, spill_dir=tmp)
         batches = _batches(records, cuts, work, con)

@@ -70,10 +70,13 @@ def stitch(
                    'p' || left(md5(min(n.ns || ':' || n.id)), 23) AS fresh,
                    'p' || left(md5(min(n.ns || ':' || n.id) || '@' || {quote_literal(batch_id)}), 23) AS salted
             FROM labels l JOIN nodes n USING (node) LEFT JOIN known k USING (ns, id) GROUP BY l.label
+        ), taken AS (  -- the new names already taken: only they are looked up in the graph
+            SELECT profileId FROM (SELECT profileId FROM {graph}{taken})
+            WHERE profileId IN (SELECT fresh FROM c WHERE known_person IS NULL)
         )
         SELECT label, joined,
                coalesce(known_person,
-                        CASE WHEN fresh IN (SELECT profileId FROM {graph}{taken}) THEN salted ELSE fresh END) AS profileId
+                        CASE WHEN fresh IN (SELECT profileId FROM taken) THEN salted ELSE fresh END) AS profileId
         FROM c"""
     )
     con.execute(

@@ -62,8 +62,15 @@ _ATTEMPTS = 8
 class ShardFiles(ApiModel):
     fragments: list[str] = Field(default_factory=list)
     events: list[str] = Field(default_factory=list)
-    profiles: str | None = None
+    profiles: str | None = Field(None, description="Merged profiles, as of the shard's last compaction.")
+    profile_updates: str | None = Field(
+        None, description="Profiles merged since `profiles` was written: they replace its rows until compaction."
+    )
     removed: str | None = Field(None, description="People merged away since the shard was last compacted.")
+
+    def files(self) -> list[str]:
+        """Every file of the shard."""
+        return [*self.fragments, *self.events, *(f for f in (self.profiles, self.profile_updates, self.removed) if f)]
 
 
 class AppliedBatch(ApiModel):
@@ -313,20 +320,17 @@ class ProfileStore:
         indices = list(range(len(version.shards)) if shards is None else shards)
         fetched = self.fetch(version, indices, workdir)
         chosen = [version.shards[s] for s in indices]
-        profile_files = [fetched[s.profiles] for s in chosen if s.profiles]
 
         def local(names: list[str]) -> list[Path]:
-            return self.files.fetch(names, workdir)
+            return [fetched[n] for n in names]
 
+        profiles = [p for s in chosen if (p := profiles_sql_of(s, local))]
         events = [rows_sql_of(s.events, s.removed, local) for s in chosen if s.events]
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW {PROFILES} AS "
-            + (_read(profile_files) if profile_files else _empty_profiles(version.leaves, version.policy))
+            + (_union(profiles) if profiles else _empty_profiles(version.leaves, version.policy))
         )
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS "
-            + (" UNION ALL BY NAME ".join(f"SELECT * FROM {e}" for e in events) if events else EMPTY_EVENTS)
-        )
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS " + (_union(events) if events else EMPTY_EVENTS))
         stats = {"profiles": scalar(con, f"SELECT count(*) FROM {PROFILES}"), **version.summary()}
         stats.pop("lastBatch")
         return UnifiedProfiles(con=con, policy=version.policy, now=now, stats=stats, leaves=dict(version.leaves))
@@ -335,16 +339,7 @@ class ProfileStore:
         """Copy every file `open` reads for these shards to `workdir`, at once (in parallel); their local paths
         by name. A file already there is not fetched again, so a caller may fetch the next shard's files while
         it reads this one's."""
-        chosen = [version.shards[s] for s in shards]
-        names = [
-            n
-            for s in chosen
-            for n in [
-                *([s.profiles] if s.profiles else []),
-                *s.events,
-                *([s.removed] if s.removed and s.events else []),
-            ]
-        ]
+        names = [n for s in shards for n in version.shards[s].files() if n not in version.shards[s].fragments]
         return dict(zip(dict.fromkeys(names), self.files.fetch(names, workdir), strict=True))
 
     def by_id(self, version_id: str) -> StoreVersion:
@@ -356,8 +351,9 @@ class ProfileStore:
 
     def profiles_sql(self, version: StoreVersion, workdir: Path) -> str:
         """A relation (SQL) of every merged profile of `version`, its files copied to `workdir`."""
-        files = self.files.fetch([s.profiles for s in version.shards if s.profiles], workdir)
-        return f"({_read(files) if files else _empty_profiles(version.leaves, version.policy)})"
+        fetched = self.fetch(version, range(len(version.shards)), workdir)
+        profiles = [p for s in version.shards if (p := profiles_sql_of(s, lambda names: [fetched[n] for n in names]))]
+        return f"({_union(profiles) if profiles else _empty_profiles(version.leaves, version.policy)})"
 
     def touched_since(self, version: StoreVersion, since: dt.datetime, workdir: Path) -> str:
         """SQL of the people (`profileId`) touched by the batches ingested after `since`, their files fetched
@@ -488,10 +484,33 @@ def replay(
 
 def rows_sql_of(names: list[str], removed: str | None, local) -> str:
     """SQL of the rows of a shard's files (fetched with `local`), skipping the people listed as removed."""
-    rows = f"({_read(local(names))})"
+    return _without_removed(f"({_read(local(names))})", removed, local)
+
+
+def _without_removed(rows: str, removed: str | None, local) -> str:
+    """SQL of `rows`, skipping the people listed in the file `removed` (fetched with `local`)."""
     if removed is None:
         return rows
     return f"(SELECT * FROM {rows} WHERE profileId NOT IN (SELECT profileId FROM ({_read(local([removed]))})))"
+
+
+def profiles_sql_of(shard: ShardFiles, local) -> str | None:
+    """SQL of a shard's merged profiles (its files fetched with `local`): the compacted ones, those merged since
+    in place of theirs, less the people merged away; None if the shard has none."""
+    if not shard.profiles and not shard.profile_updates:
+        return None
+    updates = f"({_read(local([shard.profile_updates]))})" if shard.profile_updates else None
+    parts = []
+    if shard.profiles:
+        replaced = f" WHERE profileId NOT IN (SELECT profileId FROM {updates})" if updates else ""
+        parts.append(f"({_read(local([shard.profiles]))}{replaced})")
+    if updates:
+        parts.append(updates)
+    return _without_removed(f"({_union(parts)})", shard.removed, local)
+
+
+def _union(relations: list[str]) -> str:
+    return " UNION ALL BY NAME ".join(f"SELECT * FROM {r}" for r in relations)
 
 
 def _written(at: dt.datetime | None) -> dict[str, str] | None:
@@ -510,12 +529,16 @@ def _files_of(version: StoreVersion) -> list[str]:
     names = [version.graph] if version.graph else []
     names += [b.touched for b in version.batches]
     for s in version.shards:
-        names += s.fragments + s.events + [f for f in (s.profiles, s.removed) if f]
+        names += s.files()
     return names
 
 
 def _read(paths: list[Path]) -> str:
-    return "SELECT * FROM read_parquet([" + ", ".join(quote_literal(str(p)) for p in paths) + "], union_by_name = true)"
+    return (
+        "SELECT * FROM read_parquet(["
+        + ", ".join(quote_literal(str(p)) for p in paths)
+        + "], union_by_name = true, hive_partitioning = false)"
+    )
 
 
 def _empty_fragments(leaves: dict[str, str]) -> str:
@@ -634,7 +657,7 @@ class BatchStep:
             f"""COPY (SELECT * FROM (
                     SELECT ns, id, profileId, lastSeen FROM {self.graph}
                     WHERE profileId NOT IN (SELECT profileId FROM {stitched.touched})
-                    UNION ALL SELECT * FROM {stitched.graph_rows}) ORDER BY profileId, ns, id)
+                    UNION ALL SELECT * FROM {stitched.graph_rows}))
                 TO {quote_literal(str(self.written[self.graph_name]))} (FORMAT parquet, COMPRESSION zstd)"""
         )
         self.laps.lap("graphSeconds")
@@ -686,14 +709,17 @@ class BatchStep:
         return scalar(self.con, "SELECT count(*) FROM batch_people")
 
     def compact(self) -> None:
-        """Keep the number of files a reader opens bounded: a shard past MAX_DELTAS files is rewritten whole."""
+        """Keep the number of files a reader opens bounded: a shard past MAX_DELTAS files is rewritten whole, its
+        profile updates folded into its profiles and the people merged away dropped."""
         for s, files_of_shard in enumerate(self.shards):
             if max(len(files_of_shard.fragments), len(files_of_shard.events)) > MAX_DELTAS:
                 for k in ("fragments", "events"):
                     if getattr(files_of_shard, k):
                         compacted = self.write_by_shard(f"SELECT * FROM {self.shard_rows(s, k)}", k, f"compact{s}")
                         setattr(files_of_shard, k, compacted.get(s, []))
-                files_of_shard.removed = None
+                profiles = profiles_sql_of(files_of_shard, self.local)
+                files_of_shard.profiles = self._write_profiles(s, f"SELECT * FROM {profiles}") if profiles else None
+                files_of_shard.profile_updates = files_of_shard.removed = None
         self.laps.lap("rowsSeconds")
 
     def remerge(self, stitched: Stitched, aliases: dict[str, str]) -> dict[str, str]:
@@ -709,6 +735,11 @@ class BatchStep:
                       {"UNION SELECT DISTINCT _person FROM batch_people" if self.is_profile else ""})"""
         )
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE remerged AS SELECT * FROM {people}")
+        # Their identities, read from the new graph once (not once per shard).
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE remerged_identities AS SELECT profileId, ns, id FROM {self.new_graph}
+                WHERE profileId IN (SELECT profileId FROM remerged)"""
+        )
         involved = {
             r[0] for r in self.con.execute(f"SELECT DISTINCT {shard_sql('profileId', self.n)} FROM remerged").fetchall()
         }
@@ -718,6 +749,8 @@ class BatchStep:
         return leaves
 
     def _remerge_shard(self, s: int, stitched: Stitched, leaves: dict[str, str], *, keep_others: bool) -> None:
+        """Merge the shard's remerged people again. Their rows go to the shard's profile updates, beside the
+        earlier updates of other people; when everyone is merged again, they are the shard's new profiles."""
         shard = self.shards[s]
         fragments = (
             complete_fragments(self.con, self.shard_rows(s, "fragments"), leaves)
@@ -727,29 +760,35 @@ class BatchStep:
         in_shard = f"{shard_sql('profileId', self.n)} = {s}"
         merged = merge_sql(
             fragments=fragments,
-            identities=f"(SELECT profileId, ns, id FROM {self.new_graph} WHERE {in_shard})",
+            identities=f"(SELECT * FROM remerged_identities WHERE {in_shard})",
             people=f"(SELECT profileId FROM remerged WHERE {in_shard})",
             policy=self.version.policy,
             leaves=leaves,
         )
-        kept = (
-            f"""SELECT * FROM ({_read(self.local([shard.profiles]))})
+        if not keep_others:
+            shard.profiles, shard.profile_updates = self._write_profiles(s, f"SELECT * FROM ({merged})"), None
+            return
+        earlier = (
+            f"""SELECT * FROM ({_read(self.local([shard.profile_updates]))})
                 WHERE profileId NOT IN (SELECT profileId FROM remerged)
                 AND profileId NOT IN (SELECT absorbed FROM {stitched.aliases}) UNION ALL BY NAME """
-            if shard.profiles and keep_others
+            if shard.profile_updates
             else ""
         )
-        name = f"s{s:04d}/profiles-{self.uid}.parquet"
-        self.written[name] = self.out / f"profiles-{s}-{self.uid}.parquet"
+        shard.profile_updates = self._write_profiles(s, f"{earlier}SELECT * FROM ({merged})", "updates")
+
+    def _write_profiles(self, s: int, sql: str, kind: str = "profiles") -> str | None:
+        """Write a shard's profiles (or profile updates) sorted by key; the new file's name, None if no rows."""
+        name = f"s{s:04d}/{kind}-{self.uid}.parquet"
+        self.written[name] = self.out / f"{kind}-{s}-{self.uid}.parquet"
         count = self.con.execute(
-            f"COPY (SELECT * FROM ({kept}SELECT * FROM ({merged})) ORDER BY profileId) "
+            f"COPY (SELECT * FROM ({sql}) ORDER BY profileId) "
             f"TO {quote_literal(str(self.written[name]))} (FORMAT parquet, COMPRESSION zstd)"
         ).fetchall()[0][0]
         if count:
-            shard.profiles = name
-        else:
-            del self.written[name]
-            shard.profiles = None
+            return name
+        del self.written[name]
+        return None
 
     def next_version(
         self, stitched: Stitched, leaves: dict[str, str], added_rows: int, *, now: dt.datetime

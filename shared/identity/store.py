@@ -667,30 +667,39 @@ class BatchStep:
         their old shard the absorbed keys are listed as removed (readers skip them) until it is compacted.
         Returns the merges: absorbed key → surviving key."""
         aliases = dict(self.con.execute(f"SELECT absorbed, profileId FROM {stitched.aliases}").fetchall())
-        for s in sorted({shard_of(a, self.n) for a in aliases}):
-            for kind in ("fragments", "events"):
-                if not getattr(self.shards[s], kind):
-                    continue
-                moved = self.write_by_shard(
-                    f"""SELECT src.* REPLACE (a.profileId AS profileId) FROM {self.shard_rows(s, kind)} src
-                        JOIN {stitched.aliases} a ON src.profileId = a.absorbed""",
-                    kind,
-                    f"moved{s}",
-                )
-                for target, names in moved.items():
-                    getattr(self.shards[target], kind).extend(names)
-            removed = f"s{s:04d}/removed-{self.uid}.parquet"
-            self.written[removed] = self.out / f"removed-{s}-{self.uid}.parquet"
-            previous = self.shards[s].removed
-            earlier = f"SELECT profileId FROM ({_read(self.local([previous]))}) UNION ALL " if previous else ""
-            in_shard = f"{shard_sql('absorbed', self.n)} = {s}"
-            self.con.execute(
-                f"""COPY ({earlier}SELECT absorbed AS profileId FROM {stitched.aliases} WHERE {in_shard})
-                    TO {quote_literal(str(self.written[removed]))} (FORMAT parquet)"""
-            )
-            self.shards[s].removed = removed
+        shards = sorted({shard_of(a, self.n) for a in aliases})
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # One shard's rows move while the next shard's files download (a shard's events can be 100 MB).
+            fetching = [pool.submit(self.local, self.shards[s].files()) for s in shards]
+            for s, fetched in zip(shards, fetching, strict=True):
+                fetched.result()
+                self._move_out_of(s, stitched)
         self.laps.lap("moveSeconds")
         return aliases
+
+    def _move_out_of(self, s: int, stitched: Stitched) -> None:
+        """Copy the rows of the people merged away from shard `s` to their survivors' shards; list them as removed."""
+        for kind in ("fragments", "events"):
+            if not getattr(self.shards[s], kind):
+                continue
+            moved = self.write_by_shard(
+                f"""SELECT src.* REPLACE (a.profileId AS profileId) FROM {self.shard_rows(s, kind)} src
+                    JOIN {stitched.aliases} a ON src.profileId = a.absorbed""",
+                kind,
+                f"moved{s}",
+            )
+            for target, names in moved.items():
+                getattr(self.shards[target], kind).extend(names)
+        removed = f"s{s:04d}/removed-{self.uid}.parquet"
+        self.written[removed] = self.out / f"removed-{s}-{self.uid}.parquet"
+        previous = self.shards[s].removed
+        earlier = f"SELECT profileId FROM ({_read(self.local([previous]))}) UNION ALL " if previous else ""
+        in_shard = f"{shard_sql('absorbed', self.n)} = {s}"
+        self.con.execute(
+            f"""COPY ({earlier}SELECT absorbed AS profileId FROM {stitched.aliases} WHERE {in_shard})
+                TO {quote_literal(str(self.written[removed]))} (FORMAT parquet)"""
+        )
+        self.shards[s].removed = removed
 
     def add_rows(self, stitched: Stitched) -> int:
         """The batch's rows, keyed by their person, into each person's shard (fragments or events); how many."""

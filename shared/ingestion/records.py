@@ -63,6 +63,24 @@ class Records:
         return self.table.num_rows + len({r for r, _, _ in self.row_errors})
 
 
+@dataclass
+class Lines:
+    """A chunk of NDJSON lines as they were read: whole lines, the first numbered `first`. Validation reads them
+    typed at once when it can (`validation.typed_lines`), and as `records()` otherwise."""
+
+    data: bytes
+    file_name: str
+    first: int
+
+    @property
+    def rows(self) -> int:
+        """How many lines (rows) the chunk has: a last line may lack its line break."""
+        return self.data.count(b"\n") + (0 if self.data.endswith(b"\n") else 1)
+
+    def records(self) -> Records:
+        return _lines(self.data, self.file_name, self.first)
+
+
 def inflated(path: Path, file_name: str, *, limit: int, into: Path) -> Path:
     """A `.gz` file's content (every member of it, as `gzip` writes and `cat` joins them) inflated to `into`, 8 MB
     at a time; any other file as it is. The content may be at most `limit` bytes (INGESTION_MAX_FILE_BYTES),
@@ -107,7 +125,7 @@ def read_chunks(
     con: duckdb.DuckDBPyConnection,
     chunk_bytes: int,
     whole_file_limit: int,
-) -> Iterator[Records]:
+) -> Iterator[Records | Lines]:
     """The file's records, about `chunk_bytes` of them at a time (rows numbered across the whole file), so
     memory follows the chunk and not the file. NDJSON, CSV and Parquet are read in chunks; a JSON array is read
     whole, so it may be at most `whole_file_limit` bytes (INGESTION_MAX_WHOLE_FILE_BYTES)."""
@@ -157,7 +175,7 @@ _SCAN_BATCH_ROWS = 122_880
 _NEWLINE = pa.scalar(10, pa.uint8())  # a uint8 scalar: an int one made `equal` widen every byte (1.3 s per 64 MiB)
 
 
-def _read_lines(path: Path, file_name: str, chunk_bytes: int) -> Iterator[Records]:
+def _read_lines(path: Path, file_name: str, chunk_bytes: int) -> Iterator[Lines]:
     """The file's lines, whole lines of about `chunk_bytes` at a time (a longer line is read whole)."""
     first, carry = 1, b""
     with open(path, "rb") as fh:
@@ -170,10 +188,10 @@ def _read_lines(path: Path, file_name: str, chunk_bytes: int) -> Iterator[Record
             if cut == 0:  # no line ends in this chunk yet: read on
                 carry = data
                 continue
-            records = _lines(data[:cut] if cut < len(data) else data, file_name, first)
+            lines = Lines(data[:cut] if cut < len(data) else data, file_name, first)
             carry = data[cut:]
-            first += records.table.num_rows
-            yield records
+            first += lines.rows
+            yield lines
             if not block:
                 return
 

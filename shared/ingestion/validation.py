@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.json as pajson
 
 from shared.engine import scalar
-from shared.ingestion.records import Records, read_chunks
-from shared.ingestion.schemas import FieldType, Namespace, Schema, SchemaField
+from shared.ingestion.records import Lines, Records, read_chunks
+from shared.ingestion.schemas import SCALAR_ITEM_TYPES, FieldType, Namespace, Schema, SchemaField
 from shared.sql import json_path, nest, quote_ident, quote_literal
 
 IDENTITY_MAP_TYPE = 'MAP(VARCHAR, STRUCT(id VARCHAR, "primary" BOOLEAN)[])'
@@ -237,14 +240,22 @@ class SchemaChecks:
                 leaves[f.path] = text
             else:
                 leaves[f.path] = f"try_cast({text} AS {f.type.duckdb})"
-        columns = nest(leaves)
-        columns.append(
-            (
-                "identityMap",
-                f"try_cast(v[{self.identity_index}] AS {IDENTITY_MAP_TYPE})",
-            )
-        )
-        return columns
+        typed_map = f"try_cast(v[{self.identity_index}] AS {IDENTITY_MAP_TYPE})"
+        return lake_columns(leaves, typed_map, lambda ns: f"map_extract_value({typed_map}, {quote_literal(ns)})")
+
+
+def lake_columns(
+    leaves: dict[str, str], identity_map: str, identities_of: Callable[[str], str]
+) -> list[tuple[str, str]]:
+    """The lake's columns, in order, from each schema field's typed value (by path) and the identityMap
+    (`identity_map`, NULL when the record has none; `identities_of` a namespace gives its list). The identityMap
+    is kept in one form whatever the record's: its namespaces in their order, those without a list left out."""
+    entries = ", ".join(f"{{'key': {quote_literal(ns.value)}, 'value': {identities_of(ns.value)}}}" for ns in Namespace)
+    canonical = (
+        f"CASE WHEN {identity_map} IS NOT NULL THEN CAST(map_from_entries("
+        f"list_filter([{entries}], lambda e: e.value IS NOT NULL)) AS {IDENTITY_MAP_TYPE}) END"
+    )
+    return [*nest(leaves), ("identityMap", canonical)]
 
 
 class RowCounts:
@@ -309,7 +320,14 @@ class Validation(RowCounts):
         return sorted(rows + self.records.row_errors)[:limit]
 
 
-def validate(con: duckdb.DuckDBPyConnection, records: Records, schema: Schema) -> Validation:
+def validate(con: duckdb.DuckDBPyConnection, records: Records | Lines, schema: Schema) -> Validation | TypedLines:
+    """Check a chunk's rows. NDJSON lines are read typed at once when every row is plainly valid (`typed_lines`);
+    otherwise, and for every other format, each row is checked field by field and its problems named."""
+    if isinstance(records, Lines):
+        typed = typed_lines(con, records, schema)
+        if typed is not None:
+            return typed
+        records = records.records()
     checks = SchemaChecks(schema, text_values=records.text_values)
     con.register("_records", records.table)
     try:
@@ -374,7 +392,7 @@ class CheckedFile(RowCounts):
     error_parts: list[Path] = field(default_factory=list)
     chunks: int = 0
 
-    def add(self, checked: Validation) -> None:
+    def add(self, checked: Validation | TypedLines) -> None:
         n, self.chunks = self.chunks, self.chunks + 1
         self.rows_read += checked.rows_read
         self.rejected += checked.rejected
@@ -426,3 +444,171 @@ def check_file(
     for records in chunks:
         checked.add(validate(con, records, schema))
     return checked
+
+
+# -- the typed fast path -----------------------------------------------------------------------------------
+
+_ARROW_TYPES = {
+    FieldType.STRING: pa.string(),
+    FieldType.INTEGER: pa.int64(),
+    FieldType.NUMBER: pa.float64(),
+    FieldType.BOOLEAN: pa.bool_(),
+    FieldType.DATE: pa.string(),  # dates and date-times are cast by DuckDB, as the row checks cast them
+    FieldType.DATETIME: pa.string(),
+}
+_IDENTITIES = pa.list_(pa.struct([("id", pa.string()), ("primary", pa.bool_())]))
+_TYPED_BLOCK_BYTES = 4 << 20  # pyarrow parses blocks in parallel; a longer line makes the chunk take the row checks
+
+
+@dataclass
+class TypedLines(RowCounts):
+    """A chunk of NDJSON lines read typed at once, every row valid (the table `_typed`)."""
+
+    con: duckdb.DuckDBPyConnection
+    columns: list[tuple[str, str]]
+    rows_read: int
+    rejected: int = 0
+
+    def first_errors(self, limit: int = 20) -> list[tuple[int, str, str]]:
+        return []
+
+    def accepted_sql(self, *, batch_id: str, ingested_at: dt.datetime) -> str:
+        cols = ", ".join(f"{expr} AS {quote_ident(name)}" for name, expr in self.columns)
+        return f"""SELECT {cols}, {quote_literal(batch_id)} AS _batchId, _row,
+                          {quote_literal(ingested_at.isoformat())}::TIMESTAMPTZ AS _ingestedAt
+                   FROM _typed t ORDER BY _row"""
+
+
+def typed_lines(con: duckdb.DuckDBPyConnection, lines: Lines, schema: Schema) -> TypedLines | None:
+    """The chunk read by pyarrow's JSON reader with the schema's types, if every row is plainly valid: None
+    otherwise, and the rows are checked one by one (which names each problem). The reader is strict where the row
+    checks are lenient (a number in a string field, "12" in an integer field, a field given twice): it refuses
+    the chunk, and the row checks judge it. What it accepts is checked here as the row checks would (required
+    fields, enums, dates, finite numbers, identities), and any row that fails sends the chunk to them too. So a
+    chunk is accepted here only if the row checks accept every row, with the same typed values. One difference:
+    the identityMap's namespaces are in the namespaces' order, not the record's."""
+    arrow_schema = _arrow_schema(schema)
+    if arrow_schema is None:
+        return None
+    try:
+        table = pajson.read_json(
+            pa.BufferReader(lines.data),
+            read_options=pajson.ReadOptions(block_size=_TYPED_BLOCK_BYTES),
+            parse_options=pajson.ParseOptions(explicit_schema=arrow_schema, unexpected_field_behavior="infer"),
+        )
+    except (pa.ArrowException, ValueError):
+        return None
+    if table.num_rows != lines.rows or not _read_as_declared(table.schema, arrow_schema):
+        return None  # blank lines (pyarrow skips them), an unknown identity namespace, or unknown item fields
+    table = table.select(arrow_schema.names).append_column(
+        "_row", pa.array(range(lines.first, lines.first + table.num_rows), pa.int64())
+    )
+    con.register("_typed", table)  # a batch per block read, which DuckDB scans in parallel; replaced by the next
+    failing = " OR ".join(f"coalesce({c}, false)" for c in _typed_checks(schema))
+    if scalar(con, f"SELECT count(*) FROM _typed t WHERE {failing}"):
+        return None
+    return TypedLines(con=con, columns=_typed_columns(schema), rows_read=table.num_rows)
+
+
+def _arrow_schema(schema: Schema) -> pa.Schema | None:
+    """The schema as pyarrow reads it, nested by path; None if a field's type has no strict reading."""
+    tree: dict = {}
+    for f in schema.fields:
+        if f.type is FieldType.ARRAY:
+            if f.item_type is not None:
+                kind = pa.list_(_ARROW_TYPES[f.item_type])
+            elif f.items and all(i.type in SCALAR_ITEM_TYPES for i in f.items):
+                kind = pa.list_(pa.struct([(i.name, _ARROW_TYPES[i.type]) for i in f.items]))
+            else:
+                return None
+        else:
+            kind = _ARROW_TYPES[f.type]
+        node = tree
+        *parents, last = f.path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                return None
+        node[last] = kind
+    if "identityMap" in tree:
+        return None
+    tree["identityMap"] = pa.struct([(ns.value, _IDENTITIES) for ns in Namespace])
+
+    def render(node):
+        return pa.struct([(k, render(v)) for k, v in node.items()]) if isinstance(node, dict) else node
+
+    return pa.schema([(k, render(v)) for k, v in tree.items()])
+
+
+def _read_as_declared(read: pa.Schema, declared: pa.Schema) -> bool:
+    """Whether the fields pyarrow inferred beside the declared ones are harmless: an unknown identity namespace
+    or an unknown field of array items is not (the row checks refuse the first and drop the second); any other
+    unknown field is left out, as the row checks leave it (and so is an identity's authenticatedState)."""
+    if read.field("identityMap").type.num_fields != declared.field("identityMap").type.num_fields:
+        return False
+
+    def arrays(kind: pa.DataType, read_kind: pa.DataType) -> bool:
+        if pa.types.is_list(kind):
+            return kind == read_kind
+        if pa.types.is_struct(kind):
+            fields = {read_kind.field(i).name: read_kind.field(i).type for i in range(read_kind.num_fields)}
+            return all(arrays(kind.field(i).type, fields[kind.field(i).name]) for i in range(kind.num_fields))
+        return True
+
+    return all(arrays(f.type, read.field(f.name).type) for f in declared if f.name != "identityMap")
+
+
+def _column(path: str) -> str:
+    return "t." + ".".join(quote_ident(p) for p in path.split("."))
+
+
+def _typed_checks(schema: Schema) -> list[str]:
+    """Conditions any of which sends a row (and its chunk) to the row checks."""
+    checks = []
+    for f in schema.fields:
+        x = _column(f.path)
+        if f.required:
+            checks.append(f"{x} IS NULL")
+        if f.enum:
+            checks.append(f"{x} NOT IN {_sql_list(f.enum)}")
+        if f.type in (FieldType.DATE, FieldType.DATETIME):
+            checks.append(f"{x} IS NOT NULL AND try_cast({x} AS {f.type.duckdb}) IS NULL")
+        if f.type is FieldType.NUMBER:
+            checks.append(f"NOT isfinite({x})")  # pyarrow reads NaN, which is not JSON
+        if f.type is FieldType.ARRAY:
+            checks.append(f"list_bool_or(list_transform({x}, lambda e: e IS NULL))")
+            if f.item_type is FieldType.NUMBER:
+                checks.append(f"list_bool_or(list_transform({x}, lambda e: NOT isfinite(e)))")
+            for item in f.items or []:
+                if item.type is FieldType.NUMBER:
+                    checks.append(
+                        f"list_bool_or(list_transform({x}, lambda e: NOT isfinite(e.{quote_ident(item.name)})))"
+                    )
+    namespaces = [f"t.identityMap.{quote_ident(ns.value)}" for ns in Namespace]
+    for ns in namespaces:
+        checks.append(
+            f"list_bool_or(list_transform({ns}, lambda e: e IS NULL OR regexp_full_match(coalesce(e.id, ''), '\\s*')))"
+        )
+    entries = " + ".join(f"coalesce(len({ns}), 0)" for ns in namespaces)
+    identity_fields = " + ".join(
+        f"CASE WHEN nullif(trim({_column(f.path)}), '') IS NOT NULL THEN 1 ELSE 0 END"
+        for f in schema.fields
+        if f.identity
+    )
+    checks.append(f"{entries} + {identity_fields or '0'} = 0")
+    return checks
+
+
+def _typed_columns(schema: Schema) -> list[tuple[str, str]]:
+    """The lake's columns from the typed table: as `SchemaChecks.typed_columns` makes them from JSON values."""
+    leaves = {}
+    for f in schema.fields:
+        x = _column(f.path)
+        leaves[f.path] = f"CAST({x} AS {f.duckdb_type})" if f.type is not FieldType.STRING else x
+    return lake_columns(
+        leaves,
+        "t.identityMap",
+        lambda ns: (
+            f"list_transform(t.identityMap.{quote_ident(ns)}, lambda e: {{'id': e.id, 'primary': e.\"primary\"}})"
+        ),
+    )

@@ -311,6 +311,9 @@ class Validation(RowCounts):
             self.con.unregister("_read_errors")
             self.con.unregister("_records")
 
+    def release(self) -> None:
+        self.con.execute("DROP TABLE IF EXISTS _checked")
+
     def first_errors(self, limit: int = 20) -> list[tuple[int, str, str]]:
         rows = self.con.sql(
             f"""SELECT _row, p.field, p.reason FROM
@@ -406,6 +409,7 @@ class CheckedFile(RowCounts):
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE _accepted AS {rows}")
         elif checked.accepted:
             self.con.execute(f"INSERT INTO _accepted {rows}")
+        checked.release()  # before the next chunk is read: memory holds one chunk at a time
 
     def first_errors(self, limit: int = _FIRST_ERRORS) -> list[tuple[int, str, str]]:
         return self.errors[:limit]
@@ -471,6 +475,9 @@ class TypedLines(RowCounts):
 
     def first_errors(self, limit: int = 20) -> list[tuple[int, str, str]]:
         return []
+
+    def release(self) -> None:
+        self.con.unregister("_typed")
 
     def accepted_sql(self, *, batch_id: str, ingested_at: dt.datetime) -> str:
         cols = ", ".join(f"{expr} AS {quote_ident(name)}" for name, expr in self.columns)

@@ -601,6 +601,7 @@ class BatchStep:
         self.n = len(version.shards)
         self.shards = [s.model_copy(deep=True) for s in version.shards]
         self.written: dict[str, Path] = {}
+        self.rows_written = 0
         self.is_profile = batch.schema.schema_class is SchemaClass.PROFILE
         out.mkdir(parents=True, exist_ok=True)
         con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {parquet(batch.file)}")
@@ -619,15 +620,16 @@ class BatchStep:
         return rows_sql_of(getattr(self.shards[s], kind), self.shards[s].removed, self.local)
 
     def write_by_shard(self, sql: str, kind: str, tag: str, *, sort: bool = False) -> dict[int, list[str]]:
-        """Write rows (with `profileId`) into one file per shard they fall in; returns the names by shard. Only
+        """Write rows (with `profileId`) into one file per shard they fall in; returns the names by shard (and
+        keeps how many rows it wrote in `rows_written`). Only
         compaction sorts them by person (so a reader of one person skips most row groups): sorting a 7.4M-row
         batch took most of its 30 s, and a batch's files are small beside its shard's compacted one."""
         folder = self.out / f"{kind}-{tag}-{self.uid}"
         order = " ORDER BY profileId" if sort else ""
-        self.con.execute(
+        self.rows_written = self.con.execute(
             f"""COPY (SELECT *, {shard_sql("profileId", self.n)} AS _shard FROM ({sql}){order})
                 TO {quote_literal(str(folder))} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (_shard))"""
-        )
+        ).fetchall()[0][0]
         names: dict[int, list[str]] = {}
         for part in sorted(folder.glob("_shard=*/*.parquet")):
             shard = int(part.parent.name.split("=", 1)[1])
@@ -718,7 +720,7 @@ class BatchStep:
         kind = "fragments" if self.is_profile else "events"
         for shard, names in self.write_by_shard(rows_sql, kind, "batch").items():
             getattr(self.shards[shard], kind).extend(names)
-        return scalar(self.con, "SELECT count(*) FROM batch_people")
+        return self.rows_written
 
     def compact(self) -> None:
         """Keep the number of files a reader opens bounded: a shard past MAX_DELTAS files is rewritten whole, its

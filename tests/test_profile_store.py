@@ -80,6 +80,11 @@ def test_ingestion_keeps_the_store_and_a_rebuild_gives_the_same_store(settings, 
     assert _contents(store, rebuilt, tmp_path / "b") == _contents(store, incremental, tmp_path / "a")
     # The version before the rebuild is kept: a job as of an earlier time reads the store as it was.
     assert store.version(NOW + dt.timedelta(minutes=1, seconds=30)).people == 2
+    # Exports read every merged profile: only the profile files are downloaded, not the events.
+    profiles = store.profiles_sql(incremental, tmp_path / "exports")
+    assert duckdb.sql(f"SELECT count(*) FROM {profiles}").fetchall() == [(3,)]
+    fetched = {p.name for p in (tmp_path / "exports").iterdir()}
+    assert fetched and not any("events" in name for name in fetched)
 
 
 def test_a_redelivered_batch_changes_nothing(settings, landing_zone, account):

@@ -68,9 +68,13 @@ class ShardFiles(ApiModel):
     )
     removed: str | None = Field(None, description="People merged away since the shard was last compacted.")
 
+    def profile_files(self) -> list[str]:
+        """The files its merged profiles are read from (`profiles_sql_of`)."""
+        return [f for f in (self.profiles, self.profile_updates, self.removed) if f]
+
     def files(self) -> list[str]:
         """Every file of the shard."""
-        return [*self.fragments, *self.events, *(f for f in (self.profiles, self.profile_updates, self.removed) if f)]
+        return [*self.fragments, *self.events, *self.profile_files()]
 
 
 class AppliedBatch(ApiModel):
@@ -339,7 +343,7 @@ class ProfileStore:
         """Copy every file `open` reads for these shards to `workdir`, at once (in parallel); their local paths
         by name. A file already there is not fetched again, so a caller may fetch the next shard's files while
         it reads this one's."""
-        names = [n for s in shards for n in version.shards[s].files() if n not in version.shards[s].fragments]
+        names = [n for s in shards for n in [*version.shards[s].events, *version.shards[s].profile_files()]]
         return dict(zip(dict.fromkeys(names), self.files.fetch(names, workdir), strict=True))
 
     def by_id(self, version_id: str) -> StoreVersion:
@@ -351,7 +355,8 @@ class ProfileStore:
 
     def profiles_sql(self, version: StoreVersion, workdir: Path) -> str:
         """A relation (SQL) of every merged profile of `version`, its files copied to `workdir`."""
-        fetched = self.fetch(version, range(len(version.shards)), workdir)
+        names = list(dict.fromkeys(n for s in version.shards for n in s.profile_files()))  # not the events
+        fetched = dict(zip(names, self.files.fetch(names, workdir), strict=True))
         profiles = [p for s in version.shards if (p := profiles_sql_of(s, lambda names: [fetched[n] for n in names]))]
         return f"({_union(profiles) if profiles else _empty_profiles(version.leaves, version.policy)})"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 
 from bench.segments import NOW, segments, start
-from bench.stages import report, run_stage, save_results
+from bench.stages import copy_profiles, report, run_stage, save_results
 from shared.activation import Activation, Destination
 from shared.identity import ProfileStore
 from shared.segmentation.memberships import MembershipStore
@@ -113,11 +113,7 @@ def main() -> None:
         store.download(snapshots, work / "snapshots")
         profiles = ProfileStore.from_settings(settings)
         version = profiles.by_id(store.current_profiles().store_version)
-        (work / "snapshots" / "profiles").mkdir()
-        duckdb.execute(
-            f"COPY {profiles.profiles_sql(version, work / 'profile-files')} "
-            f"TO {quote_literal(str(work / 'snapshots' / 'profiles' / 'all.parquet'))} (FORMAT parquet)"
-        )
+        copy_profiles(profiles, version, work / "snapshots" / "profiles", work / "profile-files")
         floor = run_stage("bench.export", "floor", "--work", str(work))
         ours = run_stage("bench.export", "ours", "--work", str(work))
     finally:

@@ -20,7 +20,7 @@ import duckdb
 
 import shared.app  # noqa: F401 (the service graph: ingestion keeps the profile store)
 from bench.postgres import stage_postgres
-from bench.stages import report, run_stage, save_results, use_azurite
+from bench.stages import copy_profiles, report, run_stage, save_results, use_azurite
 from bench.world import INGESTED, World, checkout
 from dev.azurite import Azurite
 from shared.identity import ProfileStore
@@ -271,11 +271,7 @@ def _setup(work: Path, built: World) -> dict:
     profiles = ProfileStore.from_settings(settings, account)
     version = profiles.version()
     # Each shard's merged profiles as one file: its compacted profiles with the updates since over them.
-    (work / "store" / "profiles").mkdir(parents=True)
-    duckdb.execute(
-        f"COPY {profiles.profiles_sql(version, work / 'profile-files')} "
-        f"TO {quote_literal(str(work / 'store' / 'profiles' / 'all.parquet'))} (FORMAT parquet)"
-    )
+    copy_profiles(profiles, version, work / "store" / "profiles", work / "profile-files")
     for kind, names in (
         ("events", [e for s in version.shards for e in s.events]),
         ("removed", [s.removed for s in version.shards if s.removed]),  # people merged away, not yet compacted

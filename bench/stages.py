@@ -45,3 +45,16 @@ def save_results(kind: str, size: int, payload: dict) -> Path:
     out.write_text(json.dumps(payload, indent=2, default=str))
     print(f"results: {out}")
     return out
+
+
+def copy_profiles(store, version, into: Path, work: Path) -> None:
+    """Every merged profile of a store version as one local Parquet file in `into` (its compacted profiles
+    with the profile updates over them, as the product reads them), for a floor to read."""
+    import duckdb
+
+    from shared.sql import quote_literal
+
+    into.mkdir(parents=True, exist_ok=True)
+    duckdb.execute(
+        f"COPY {store.profiles_sql(version, work)} TO {quote_literal(str(into / 'all.parquet'))} (FORMAT parquet)"
+    )

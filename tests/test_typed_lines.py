@@ -3,6 +3,7 @@ same counts, errors and lake rows, for plainly valid files and for files with ev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -83,8 +84,8 @@ def _check(path: Path, schema, *, typed: bool, chunk_bytes: int):
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         con = connect(Settings(), spill_dir=tmp)
-        off = mock.patch.object(validation, "typed_lines", lambda *a: None)
-        with off if not typed else mock.patch.object(validation, "_FIRST_ERRORS", validation._FIRST_ERRORS):
+        row_by_row = mock.patch.object(validation, "typed_lines", lambda *a: None)
+        with contextlib.nullcontext() if typed else row_by_row:
             checked = validation.check_file(
                 con,
                 path,
@@ -133,8 +134,9 @@ def test_a_plainly_valid_chunk_is_read_typed_and_a_doubtful_one_row_by_row(tmp_p
     real = validation.typed_lines
 
     def spy(con, lines, schema):
-        seen.append(real(con, lines, schema) is not None)
-        return None if not seen[-1] else real(con, lines, schema)
+        typed = real(con, lines, schema)
+        seen.append(typed is not None)
+        return typed
 
     for records, expected in ((valid, [True]), ([*valid, doubtful], [False])):
         path = tmp_path / "day.ndjson"

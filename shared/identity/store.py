@@ -343,8 +343,14 @@ class ProfileStore:
         """Copy every file `open` reads for these shards to `workdir`, at once (in parallel); their local paths
         by name. A file already there is not fetched again, so a caller may fetch the next shard's files while
         it reads this one's."""
-        names = [n for s in shards for n in [*version.shards[s].events, *version.shards[s].profile_files()]]
-        return dict(zip(dict.fromkeys(names), self.files.fetch(names, workdir), strict=True))
+        return self._fetched(
+            [n for s in shards for n in [*version.shards[s].events, *version.shards[s].profile_files()]], workdir
+        )
+
+    def _fetched(self, names: list[str], workdir: Path) -> dict[str, Path]:
+        """Store files copied to `workdir`: their local paths by name."""
+        names = list(dict.fromkeys(names))
+        return dict(zip(names, self.files.fetch(names, workdir), strict=True))
 
     def by_id(self, version_id: str) -> StoreVersion:
         """A version by its id: the current one, or one kept since it was replaced."""
@@ -355,8 +361,7 @@ class ProfileStore:
 
     def profiles_sql(self, version: StoreVersion, workdir: Path) -> str:
         """A relation (SQL) of every merged profile of `version`, its files copied to `workdir`."""
-        names = list(dict.fromkeys(n for s in version.shards for n in s.profile_files()))  # not the events
-        fetched = dict(zip(names, self.files.fetch(names, workdir), strict=True))
+        fetched = self._fetched([n for s in version.shards for n in s.profile_files()], workdir)  # not the events
         profiles = [p for s in version.shards if (p := profiles_sql_of(s, lambda names: [fetched[n] for n in names]))]
         return f"({_union(profiles) if profiles else _empty_profiles(version.leaves, version.policy)})"
 

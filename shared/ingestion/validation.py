@@ -57,6 +57,11 @@ def json_kind(value: str) -> str:
     )
 
 
+def identities_given(values: list[str]) -> str:
+    """SQL counting the identity fields (their text `values`) a record gives: those not blank."""
+    return " + ".join(f"CASE WHEN nullif(trim({v}), '') IS NOT NULL THEN 1 ELSE 0 END" for v in values) or "0"
+
+
 def _problem(field: str, reason_sql: str) -> str:
     return f"{{'field': {quote_literal(field)}, 'reason': {reason_sql}}}"
 
@@ -159,13 +164,7 @@ class SchemaChecks:
             "len(list_filter(im_ids, lambda i: NOT regexp_full_match(CAST(i AS VARCHAR), '\"(.*[^\\s].*)\"'))) > 0)"
         )
         identity_fields = [i for i, f in enumerate(self.fields, start=1) if f.identity]
-        field_ids = (
-            " + ".join(
-                f"CASE WHEN nullif(trim(json_extract_string(v[{i}], '$')), '') IS NOT NULL THEN 1 ELSE 0 END"
-                for i in identity_fields
-            )
-            or "0"
-        )
+        field_ids = identities_given([f"json_extract_string(v[{i}], '$')" for i in identity_fields])
         named = ", ".join(["identityMap"] + [self.fields[i - 1].path for i in identity_fields])
         return [
             (
@@ -597,12 +596,8 @@ def _typed_checks(schema: Schema) -> list[str]:
             f"list_bool_or(list_transform({ns}, lambda e: e IS NULL OR regexp_full_match(coalesce(e.id, ''), '\\s*')))"
         )
     entries = " + ".join(f"coalesce(len({ns}), 0)" for ns in namespaces)
-    identity_fields = " + ".join(
-        f"CASE WHEN nullif(trim({_column(f.path)}), '') IS NOT NULL THEN 1 ELSE 0 END"
-        for f in schema.fields
-        if f.identity
-    )
-    checks.append(f"{entries} + {identity_fields or '0'} = 0")
+    field_ids = identities_given([_column(f.path) for f in schema.fields if f.identity])
+    checks.append(f"{entries} + {field_ids} = 0")
     return checks
 
 

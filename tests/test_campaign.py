@@ -195,6 +195,35 @@ def test_a_malformed_file_fails_its_load_and_changes_nothing(
     assert recipients.tables.lists.get("gold") == before
 
 
+def test_rows_a_load_cannot_use_are_rejected_and_counted_by_reason(settings, account, crm, recipients):
+    assert put_destination().status_code == 200
+    segment_job(settings, T1)
+    job = Activation.from_settings(settings).exports.run("gold-email", now=T1)
+    blobs = dlz(settings, account)
+    ann, bob, dee = (sha(f"{n}@example.com") for n in ("ann", "bob", "dee"))
+    rows = [
+        f"{ann},realized,Ann,gold",
+        f"{dee},exited,Dee,gold",  # an exit of someone not in the list: ignored
+        f"{ann},exited,Ann,gold",  # Ann again: only her first row counts
+        ",realized,Nobody,gold",
+        f"{bob},maybe,Bob,gold",
+        f"{sha('stranger@example.com')},realized,Stranger,gold",
+    ]
+    data = (GOOD_HEADER + "\n".join(rows) + "\n").encode()
+    name = tamper(blobs, job.links["manifest"].split("/", 1)[1], "Campaign_Gold_segmentgold_mixed.csv", data)
+    fire_blob_trigger(campaign_audience_load, blobs, name)
+    [load] = [j for j in recipients.tables.jobs.list(JobType.AUDIENCE_LOAD) if j.source.endswith("_mixed.csv")]
+    assert load.status is JobStatus.SUCCEEDED, load.errors
+    assert load.metrics["rejected"] == {
+        "duplicateIdentity": 1,
+        "missingIdentity": 1,
+        "invalidStatus": 1,
+        "unknownRecipient": 1,
+    }
+    assert load.metrics.items() >= {"rowsRead": 6, "added": 1, "removed": 0, "ignoredExits": 1, "listSize": 1}.items()
+    assert list_members("gold") == {"Ann@Example.com": "realized"}
+
+
 def test_a_file_that_does_not_match_its_manifest_is_refused(settings, account, crm, recipients):
     assert put_destination().status_code == 200
     segment_job(settings, T1)

@@ -8,6 +8,7 @@ import csv
 import gzip
 import hashlib
 import io
+from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
@@ -17,17 +18,30 @@ from shared.activation.manifest import ExportManifest, ManifestFile
 from shared.engine import scalar
 from shared.errors import ValidationError
 from shared.sql import parquet, quote_ident, quote_literal
+from shared.timing import Laps
 
 _DELIMITERS = ",;|\t"
 
 
-def check_checksum(path: Path, entry: ManifestFile) -> None:
-    """The file must be byte for byte the one the manifest describes (size and SHA-256)."""
+def receive_export(
+    con: duckdb.DuckDBPyConnection,
+    blocks: Iterable[bytes],
+    path: Path,
+    manifest: ExportManifest,
+    entry: ManifestFile,
+    *,
+    allowed: set[str],
+    phases: Laps,
+) -> None:
+    """Write the downloaded `blocks` of an export file to `path`, hashing them as they arrive, check the file
+    against its manifest (size and SHA-256), then fill `incoming` from it (`read_export`). Its phases:
+    `receive` (the download and the checksum) and `read`."""
     digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 * 1024 * 1024):
-            digest.update(chunk)
-            size += len(chunk)
+    with open(path, "wb") as fh:
+        for block in blocks:
+            fh.write(block)
+            digest.update(block)
+            size += len(block)
     name = entry.name
     if size != entry.bytes:
         raise ValidationError(
@@ -39,6 +53,9 @@ def check_checksum(path: Path, entry: ManifestFile) -> None:
             f"{name}: its SHA-256 is {digest.hexdigest()} but its manifest says {entry.sha256}; "
             "it was changed after export, so it is not loaded"
         )
+    phases.lap("receive")
+    read_export(con, path, manifest, entry, allowed=allowed)
+    phases.lap("read")
 
 
 def read_export(

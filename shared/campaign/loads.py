@@ -18,7 +18,7 @@ from shared.activation.destinations import ExportMode, SyncType
 from shared.activation.manifest import ExportManifest, ManifestFile
 from shared.activation.targets import TargetMapping
 from shared.campaign import recipients as rcp
-from shared.campaign.files import check_checksum, read_export
+from shared.campaign.files import receive_export
 from shared.campaign.snapshots import SnapshotRecord
 from shared.campaign.tables import CampaignTables
 from shared.engine import scalar
@@ -164,17 +164,14 @@ class AudienceLoads:
         with self.tables.session("load-") as (con, work), ThreadPoolExecutor(max_workers=1) as pool:
             # The snapshots the load will read are fetched while the file downloads and is checked.
             prefetch = pool.submit(self._prefetch, None if manifest.sync_type is SyncType.PROFILE else entry.segment_id)
+            allowed = set(mapping.columns) | {manifest.status_column or ""}
             try:
-                path = self.tables.dlz.download(name, work / "file")
+                blocks = self.tables.dlz.blocks(name)
+                receive_export(con, blocks, work / "file", manifest, entry, allowed=allowed, phases=phases)
             except NotFound as exc:
                 raise ValidationError(f"{name}: listed in its manifest but not in the DLZ (deleted?)") from exc
-            phases.lap("download")
-            check_checksum(path, entry)
-            phases.lap("checksum")
-            allowed = set(mapping.columns) | {manifest.status_column or ""}
-            read_export(con, path, manifest, entry, allowed=allowed)
             prefetch.result()
-            phases.lap("read")
+            phases.lap("prefetch")
 
             def sync() -> dict[str, Any]:
                 if manifest.sync_type is SyncType.PROFILE:
@@ -202,14 +199,14 @@ class AudienceLoads:
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE matched AS
             WITH r AS (SELECT {key} AS k, min(id) AS id FROM {source} WHERE {key} IS NOT NULL GROUP BY 1),
-            i AS (SELECT _row, {quote_ident(ident)} AS k, {status} AS status,
-                         row_number() OVER (PARTITION BY {quote_ident(ident)} ORDER BY _row) AS nth FROM incoming)
+            i AS (SELECT _row, {quote_ident(ident)} AS k, {status} AS status FROM incoming),
+            f AS (SELECT k, min(_row) AS first FROM i GROUP BY 1)
             SELECT i._row, i.status, r.id AS recipientId, CASE
                 WHEN i.k IS NULL THEN 'missingIdentity'
                 WHEN i.status IS NULL OR i.status NOT IN {STATUSES} THEN 'invalidStatus'
-                WHEN i.nth > 1 THEN 'duplicateIdentity'
+                WHEN i._row > f.first THEN 'duplicateIdentity'
                 WHEN r.id IS NULL THEN 'unknownRecipient' END AS reason
-            FROM i LEFT JOIN r ON r.k = i.k"""
+            FROM i JOIN f ON f.k IS NOT DISTINCT FROM i.k LEFT JOIN r ON r.k = i.k"""
         )
 
     def _rejected(self, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
@@ -279,36 +276,33 @@ class AudienceLoads:
         """The list after this file's `matched` members (written to `out`): active members added or kept, exits
         removed, and, when a full export's run is complete (`replace`), members from older runs dropped."""
         ts = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
-        con.execute(f"CREATE OR REPLACE TEMP TABLE cur AS SELECT * FROM {self.tables.list_source(current)}")
+        stale = f"c.run <> {quote_literal(run)}" if replace else "false"
+        # Each matched recipient once: active (realized or existing in some row) or only exited; then each
+        # member of the list beside what this file says of them.
         con.execute(
-            """CREATE OR REPLACE TEMP TABLE act AS SELECT recipientId, any_value(status) AS status FROM matched
-            WHERE reason IS NULL AND status <> 'exited' GROUP BY 1"""
+            f"""CREATE OR REPLACE TEMP TABLE beside AS
+            WITH m AS (SELECT recipientId, bool_or(status <> 'exited') AS active,
+                              any_value(status) FILTER (WHERE status <> 'exited') AS status
+                       FROM matched WHERE reason IS NULL GROUP BY 1)
+            SELECT c.recipientId AS member, c.status AS was, c.addedAt, c.updatedAt, c.run, {stale} AS stale,
+                   m.recipientId, m.active, m.status
+            FROM {self.tables.list_source(current)} c FULL JOIN m ON m.recipientId = c.recipientId"""
         )
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE ex AS SELECT DISTINCT recipientId FROM matched
-            WHERE reason IS NULL AND status = 'exited' AND recipientId NOT IN (SELECT recipientId FROM act)"""
-        )
-        added, updated, removed, exits = con.execute(
-            """SELECT (SELECT count(*) FROM act ANTI JOIN cur USING (recipientId)),
-                      (SELECT count(*) FROM act SEMI JOIN cur USING (recipientId)),
-                      (SELECT count(*) FROM ex SEMI JOIN cur USING (recipientId)),
-                      (SELECT count(*) FROM ex)"""
+        added, updated, removed, exits, replaced = con.execute(
+            """SELECT count(*) FILTER (active AND member IS NULL), count(*) FILTER (active AND member IS NOT NULL),
+                      count(*) FILTER (NOT active AND member IS NOT NULL), count(*) FILTER (NOT active),
+                      count(*) FILTER (recipientId IS NULL AND stale)
+               FROM beside"""
         ).fetchall()[0]
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE kept AS SELECT c.* FROM cur c ANTI JOIN act USING (recipientId) ANTI JOIN ex USING (recipientId)"
-        )
-        stale = f"run <> {quote_literal(run)}" if replace else "false"
-        replaced = con.execute(f"SELECT count(*) FROM kept WHERE {stale}").fetchall()[0][0]
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE next AS
-            SELECT * FROM kept WHERE NOT ({stale})
-            UNION ALL
-            SELECT a.recipientId, a.status, coalesce(c.addedAt, {ts}), {ts}, {quote_literal(run)}
-            FROM act a LEFT JOIN cur c USING (recipientId)
-            ORDER BY recipientId"""
-        )
-        count = con.execute("SELECT count(*) FROM next").fetchall()[0][0]
-        con.execute(f"COPY next TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)")
+        [(count,)] = con.execute(
+            f"""COPY (SELECT member AS recipientId, was AS status, addedAt, updatedAt, run FROM beside
+                      WHERE recipientId IS NULL AND NOT stale
+                      UNION ALL
+                      SELECT recipientId, status, coalesce(addedAt, {ts}), {ts}, {quote_literal(run)} FROM beside
+                      WHERE active
+                      ORDER BY recipientId)
+                TO {quote_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)"""
+        ).fetchall()
         return ListChange(added, updated, removed, exits, replaced, count)
 
     def _profile_sync(

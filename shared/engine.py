@@ -24,6 +24,14 @@ def connect(settings: Settings, *, spill_dir: str | None = None) -> duckdb.DuckD
     return con
 
 
+def beside(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Another connection to `con`'s database, to run a statement in a thread beside `con`'s: it sees the
+    database's tables (not `con`'s temp tables) and its settings, with the session's time zone set again."""
+    other = con.cursor()
+    other.execute("SET TimeZone = 'UTC'")
+    return other
+
+
 def _memory(value: str) -> str:
     if not value.replace(" ", "").rstrip("BKMGTIbkmgti").replace(".", "").isdigit():
         raise ValueError(f"DUCKDB_MEMORY_LIMIT {value!r} is not a size such as '1GB'")

@@ -431,14 +431,15 @@ class SegmentJobRunner:
             con = connect(self.settings, spill_dir=tmp)
             try:
                 columns = "".join(f", {quote_ident(sid)} BOOLEAN" for sid in chosen)
-                con.execute(f"CREATE TEMP TABLE job_results (profileId VARCHAR{columns})")
+                # Tables, not temp tables: the memberships are written by connections beside this one.
+                con.execute(f"CREATE TABLE job_results (profileId VARCHAR{columns})")
                 for r in results:
                     con.execute(f"INSERT INTO job_results BY NAME SELECT * FROM {parquet(r.path)}")
                 people = None
                 if plan.since is not None:
                     # Everyone touched is in scope, the people merged away too (they leave every segment).
                     touched = self.store.touched_since(version, plan.since, work / "touched")
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched}")
+                    con.execute(f"CREATE TABLE touched AS {touched}")
                     people = "SELECT profileId FROM touched"
                 pointers, counts = self._write_memberships(
                     con, job, plan.now, chosen, {sid: quote_ident(sid) for sid in chosen}, work, people

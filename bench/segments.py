@@ -135,8 +135,20 @@ def _job_result(job, seconds: float) -> dict:
 
 
 def stage_ours() -> dict:
+    """The job on a cold worker: every store file it reads is downloaded."""
+    cache = ProfileStore.from_settings(get_settings()).files.cache
+    if cache:
+        cache.forget()
     started = time.perf_counter()
     job = SegmentJobRunner.from_settings(get_settings()).run(now=NOW)
+    return _job_result(job, time.perf_counter() - started)
+
+
+def stage_warm() -> dict:
+    """The same job again, on the worker that ran it: the store files are in its cache (WORKER_CACHE_MB)
+    and the first run's memberships are the previous ones, as for a daily job on a warm instance."""
+    started = time.perf_counter()
+    job = SegmentJobRunner.from_settings(get_settings()).run(now=NOW, job_id="bench-warm")
     return _job_result(job, time.perf_counter() - started)
 
 
@@ -298,7 +310,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--people", type=int, default=100_000)
     parser.add_argument(
-        "--stage", choices=["ours", "floor", "postgres", "rebuild", "live", "read_json"], help=argparse.SUPPRESS
+        "--stage", choices=["ours", "warm", "floor", "postgres", "rebuild", "live", "read_json"], help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--skip-rebuild",
@@ -312,6 +324,7 @@ def main() -> None:
     if args.stage:
         stages = {
             "ours": stage_ours,
+            "warm": stage_warm,
             "floor": lambda: stage_floor(args.work / "store"),
             "postgres": lambda: stage_postgres(
                 stitched_sql(args.work / "store"), {sid: pql for sid, (pql, _) in segments().items()}, NOW
@@ -329,6 +342,7 @@ def main() -> None:
         floor = run_stage("bench.segments", "floor", "--work", str(work))
         postgres = run_stage("bench.segments", "postgres", "--work", str(work))
         ours = run_stage("bench.segments", "ours", "--work", str(work))
+        warm = run_stage("bench.segments", "warm", "--work", str(work))
         rebuilt = None if args.skip_rebuild else run_stage("bench.segments", "rebuild", "--work", str(work))
         live = run_stage("bench.segments", "live", "--work", str(work))
     finally:
@@ -337,6 +351,13 @@ def main() -> None:
     mismatched = {
         s: (ours["counts"][s], floor["counts"][s]) for s in segments() if ours["counts"][s] != floor["counts"][s]
     }
+    mismatched.update(
+        {
+            f"warm:{s}": (warm["counts"][s], ours["counts"][s])
+            for s in segments()
+            if warm["counts"][s] != ours["counts"][s]
+        }
+    )
     mismatched.update(
         {f"rebuild:{s}": (rebuilt["counts"][s], ours["counts"][s])
          for s in segments() if rebuilt and rebuilt["counts"][s] != ours["counts"][s]}
@@ -356,6 +377,10 @@ def main() -> None:
     print(
         f"{'ours: segment job (store on Azurite → memberships)':56s} {ours['seconds']:8.2f} "
         f"{ours['seconds'] / floor['seconds']:5.2f}x {ours['peak_rss_mb']:6,d} MB"
+    )
+    print(
+        f"{'  again on that worker (store files cached, memberships)':56s} {warm['seconds']:8.2f} "
+        f"{warm['seconds'] / floor['seconds']:5.2f}x {warm['peak_rss_mb']:6,d} MB"
     )
     print(
         f"{'  of which: evaluating the shards':56s} {ours['segmentation_seconds']:8.2f} "
@@ -407,6 +432,7 @@ def main() -> None:
             "setup": setup,
             "floor": floor,
             "ours": ours,
+            "warm": warm,
             "postgres": postgres,
             "rebuild": rebuilt,
             "live": live,

@@ -174,6 +174,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'INGESTION_MAX_REJECTED_RATIO', value: '0.005' }
         { name: 'IDENTITY_GRAPH_LIMIT', value: '50' }
         { name: 'PROFILE_SHARDS', value: '8' }
+        { name: 'WORKER_CACHE_MB', value: 'auto' }
         { name: 'PREVIEW_SAMPLE_PROFILES', value: '250000' }
         { name: 'PROFILE_VERSION_RETENTION_HOURS', value: '168' }
         { name: 'PROFILE_RETENTION_SCHEDULE', value: '0 45 3 * * *' }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +85,12 @@ class Settings(BaseSettings):
         gt=0,
         le=1024,
         description="Shards of the profile store (by a hash of the person key); a change takes effect at the next rebuild.",
+    )
+    worker_cache_mb: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
+        "auto",
+        description="Local disk (MB) a worker may fill with files that never change once written (profile store files, "
+        "published membership snapshots) that it read or wrote, so that its next job or batch downloads only what "
+        "changed. auto: half of what the cache and the free space of the temp disk come to; 0: no cache.",
     )
     preview_sample_profiles: int = Field(
         250_000,

@@ -389,11 +389,13 @@ def test_a_shard_that_keeps_failing_fails_the_job_and_the_previous_memberships_s
     put_segment("ca", 'homeAddress.stateProvince = "CA"')
     runner = SegmentJobRunner.from_settings(settings)
     before = runner.run(now=DAY1)
-    # One shard's merged profiles vanish from storage: its task fails on every delivery (the host retries it,
-    # then moves it to the poison queue), so the job's shards never all finish.
+    # One shard's merged profiles vanish from storage (and this worker's cache: a cold worker): its task fails
+    # on every delivery (the host retries it, then moves it to the poison queue), so the job's shards never
+    # all finish.
     store = ProfileStore.from_settings(settings, account)
     broken = next(s for s in store.version().shards if s.profiles)
     store.files.blobs.delete(broken.profiles)
+    store.files.cache.forget()
     job = runner.enqueue(now=DAY2)
     runner.run_queued({"jobId": job.id, "now": DAY2.isoformat(), "segments": None})
     for message in account.queue(settings.segment_shards_queue).receive_messages():

@@ -50,6 +50,7 @@ from shared.models import ApiModel, Metrics
 from shared.settings import Settings
 from shared.sql import parquet, quote_ident, quote_literal
 from shared.storage import BlobStore, StorageAccount
+from shared.storage.cache import FileCache, worker_cache
 from shared.timing import Laps
 
 log = logging.getLogger(__name__)
@@ -183,10 +184,14 @@ def shard_of(profile_id: str, shards: int) -> int:
 
 
 class StoreFiles:
-    """Where a store's files live: a blob container, or (for the CLI and a rebuild's staging) a folder."""
+    """Where a store's files live: a blob container, or (for the CLI and a rebuild's staging) a folder. Store
+    files never change once written (every name holds a writer's random id), so a worker keeps the ones it
+    fetched or wrote in a local cache (`cache`, WORKER_CACHE_MB) and fetches only what it lacks."""
 
-    def __init__(self, *, blobs: BlobStore | None = None, folder: Path | None = None) -> None:
-        self.blobs, self.folder = blobs, folder
+    def __init__(
+        self, *, blobs: BlobStore | None = None, folder: Path | None = None, cache: FileCache | None = None
+    ) -> None:
+        self.blobs, self.folder, self.cache = blobs, folder, cache
 
     def fetch(self, names: Iterable[str], into: Path) -> list[Path]:
         names = list(dict.fromkeys(names))
@@ -196,10 +201,18 @@ class StoreFiles:
 
         def one(name: str) -> Path:
             local = into / name.replace("/", "__")
-            return local if local.exists() else self.blobs.download(name, local)
+            if local.exists() or (self.cache and self.cache.take(self._key(name), local)):
+                return local
+            self.blobs.download(name, local)
+            if self.cache:
+                self.cache.keep(self._key(name), local)
+            return local
 
         with ThreadPoolExecutor(max_workers=8) as pool:
-            return list(pool.map(one, names))
+            fetched = list(pool.map(one, names))
+        if self.cache:
+            self.cache.trim()
+        return fetched
 
     def put(self, files: dict[str, Path], *, written_at: dt.datetime | None = None) -> None:
         if self.blobs is None:  # a folder: the new files are moved in (they are the caller's temporary files)
@@ -212,6 +225,13 @@ class StoreFiles:
         metadata = _written(written_at)
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda n: self.blobs.put_file(n, files[n], overwrite=False, metadata=metadata), files))
+        if self.cache:  # the next batch or job on this worker reads them from here
+            for name, path in files.items():
+                self.cache.keep(self._key(name), path)
+            self.cache.trim()
+
+    def _key(self, name: str) -> str:
+        return f"{self.blobs.name}/{name}"
 
     def pointer(self) -> tuple[bytes, str | None] | None:
         if self.blobs is None:
@@ -272,7 +292,10 @@ class ProfileStore:
         account = account or StorageAccount.from_settings(settings)
         return cls(
             settings=settings,
-            files=StoreFiles(blobs=BlobStore(account.container(settings.profiles_container))),
+            files=StoreFiles(
+                blobs=BlobStore(account.container(settings.profiles_container)),
+                cache=worker_cache(settings),
+            ),
             policies=MergePolicyStore.from_settings(settings, account),
             datasets=DatasetStore.from_settings(settings, account),
             lake=LakeStore.from_settings(settings, account),

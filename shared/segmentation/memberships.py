@@ -21,6 +21,7 @@ from shared.models import ApiModel
 from shared.settings import Settings
 from shared.sql import parquet, quote_literal
 from shared.storage import BlobStore, EntityTable, StorageAccount
+from shared.storage.cache import FileCache, worker_cache
 
 CURRENT = "current"  # the table partition where pointers lived before the pointer document (still read)
 POINTERS = "_current/pointers.json"  # the pointer document in the segments container
@@ -46,18 +47,23 @@ class MembershipPointer(ApiModel):
     exited: int = 0
     exited_earlier: int = 0
     store_version: str | None = Field(None, description="The profile store version the job read.")
+    etag: str | None = Field(
+        None, description="The snapshot's ETag as published: a worker's cached copy is used only if it is this one."
+    )
 
 
 class MembershipStore:
-    def __init__(self, blobs: BlobStore, pointers: EntityTable) -> None:
+    def __init__(self, blobs: BlobStore, pointers: EntityTable, cache: FileCache | None = None) -> None:
         self.blobs = blobs
         self.pointers = pointers
+        self.cache = cache  # snapshots this worker wrote or read, by name and ETag (WORKER_CACHE_MB)
 
     @classmethod
     def from_settings(cls, settings: Settings, account: StorageAccount) -> MembershipStore:
         return cls(
             BlobStore(account.container(settings.segments_container)),
             EntityTable(account.table(settings.table_name("memberships"))),
+            worker_cache(settings),
         )
 
     @staticmethod
@@ -98,15 +104,31 @@ class MembershipStore:
 
         def one(sid: str) -> Path | None:
             pointer = current.get(sid)
-            return self.blobs.download(pointer.snapshot, into / f"{sid}-previous.parquet") if pointer else None
+            if pointer is None:
+                return None
+            local = into / f"{sid}-previous.parquet"
+            key = self._key(pointer.snapshot, pointer.etag)
+            if not (key and self.cache and self.cache.take(key, local)):
+                self.blobs.download(pointer.snapshot, local)
+                if key and self.cache:
+                    self.cache.keep(key, local)
+            return local
 
         return {sid: pool.submit(one, sid) for sid in segment_ids}
 
-    def upload(self, job_id: str, segment_id: str, file: Path) -> str:
-        """Upload a segment's snapshot of this job; returns its blob path."""
+    def upload(self, job_id: str, segment_id: str, file: Path) -> tuple[str, str]:
+        """Upload a segment's snapshot of this job (and keep it in the worker's cache, by its ETag); returns its
+        blob path and ETag."""
         path = self.snapshot_path(segment_id, job_id)
-        self.blobs.put_file(path, file)
-        return path
+        etag = self.blobs.put_file(path, file)
+        if self.cache:
+            self.cache.keep(self._key(path, etag), file)
+        return path, etag
+
+    def _key(self, path: str, etag: str | None) -> str | None:
+        """A snapshot's name in the cache: the same job may write its blob again (a retried attempt), so the
+        ETag is part of it. None without an ETag (a pointer published before they were recorded)."""
+        return f"{self.blobs.name}/{path}@{etag.strip(chr(34))}" if etag else None
 
     def watermark(self) -> dt.datetime | None:
         """Until when the streaming job has seen ingested data."""

@@ -81,10 +81,11 @@ class SegmentJobRunner:
     def from_settings(cls, settings: Settings, account: StorageAccount | None = None) -> SegmentJobRunner:
         return cls(settings=settings, account=account or StorageAccount.from_settings(settings))
 
-    def run(self, *, now: dt.datetime, segment_ids: list[str] | None = None) -> Job:
-        """The batch job: every segment (or those named) for everyone, as of `now`."""
+    def run(self, *, now: dt.datetime, segment_ids: list[str] | None = None, job_id: str | None = None) -> Job:
+        """The batch job: every segment (or those named) for everyone, as of `now`. Its id comes from `now` and the
+        segments, so a timer firing twice runs it once; another `job_id` runs it again as of the same moment."""
         definitions = self.segments.trees()
-        job_id = segment_job_id(now, segment_ids)
+        job_id = job_id or segment_job_id(now, segment_ids)
         subject = ",".join(sorted(segment_ids)) if segment_ids else "all segments"
         return self._run(
             job_id,
@@ -472,19 +473,22 @@ class SegmentJobRunner:
                     scope_sql=people,
                 )
 
-            uploads: dict[str, Future[str]] = {}
+            uploads: dict[str, Future[tuple[str, str]]] = {}
 
             def upload(sid: str, file: Path) -> None:
                 uploads[sid] = pool.submit(self.memberships.upload, job.id, sid, file)
 
             parts = {sid: functools.partial(part, sid) for sid in chosen}
             _, counts = write_snapshots(con, parts, out=work / "memberships", now=now, written=upload)
-            paths = {sid: uploads[sid].result() for sid in chosen}
+            uploaded = {sid: uploads[sid].result() for sid in chosen}
+        if self.memberships.cache:
+            self.memberships.cache.trim()
         pointers = [
             MembershipPointer(
                 segment_id=sid,
                 job_id=job.id,
-                snapshot=paths[sid],
+                snapshot=uploaded[sid][0],
+                etag=uploaded[sid][1],
                 evaluated_at=now,
                 size=counts[sid]["realized"] + counts[sid]["existing"],
                 realized=counts[sid]["realized"],

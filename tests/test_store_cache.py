@@ -1,0 +1,83 @@
+"""A worker's cache of profile store files: store files never change once written, so a worker keeps those it
+read or wrote and downloads only what it lacks; past its budget it drops the least recently used, never a
+file a reader holds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from shared.identity import ProfileStore
+from shared.segmentation.runner import SegmentJobRunner
+from shared.storage import BlobStore
+from shared.storage.cache import FileCache
+from tests.conftest import NOW
+from tests.helpers import create_dataset, ndjson, profile
+from tests.test_segment_jobs import put_segment
+
+
+def test_a_worker_downloads_only_the_files_it_lacks(settings, landing_zone, account, monkeypatch):
+    """Store files, and the memberships a job compares with (published snapshots, by their ETag)."""
+    downloads: list[str] = []
+    download = BlobStore.download
+
+    def spy(self, name, path):
+        if self.name in (settings.profiles_container, settings.segments_container):
+            downloads.append(f"{self.name}/{name}")
+        return download(self, name, path)
+
+    monkeypatch.setattr(BlobStore, "download", spy)
+    store = ProfileStore.from_settings(settings, account)
+    store.files.cache.forget()
+    create_dataset(settings, "crm")
+    put_segment("gold", 'loyalty.tier = "gold"')
+    runner = SegmentJobRunner.from_settings(settings)
+
+    landing_zone.ingest_at("crm/a.ndjson", ndjson(profile("c-1", loyalty={"tier": "gold"})), now=NOW)
+    landing_zone.ingest_at(
+        "crm/b.ndjson",
+        ndjson(profile("c-1", "ann@example.com"), profile("c-2", loyalty={"tier": "gold"})),
+        now=NOW + dt.timedelta(minutes=1),
+    )
+    first = runner.run(now=NOW + dt.timedelta(hours=1))
+    second = runner.run(now=NOW + dt.timedelta(hours=2))
+    # The second batch and both jobs read only files this worker wrote: nothing was downloaded.
+    assert downloads == []
+    assert first.metrics["segmentedProfileCounter"] == second.metrics["segmentedProfileCounter"] == {"gold": 2}
+    assert second.metrics["segmentedProfileByStatusCounter"]["gold"]["existing"] == 2  # compared with the first
+
+    store.files.cache.forget()  # a cold worker downloads what it reads, and keeps it
+    third = runner.run(now=NOW + dt.timedelta(hours=3))
+    containers = {name.split("/", 1)[0] for name in downloads}
+    assert containers == {settings.profiles_container, settings.segments_container}
+    downloaded = list(downloads)
+    fourth = runner.run(now=NOW + dt.timedelta(hours=4))
+    assert downloads == downloaded
+    assert third.metrics["segmentedProfileCounter"] == fourth.metrics["segmentedProfileCounter"] == {"gold": 2}
+
+
+def test_past_its_budget_the_cache_drops_the_least_recently_used_and_never_a_reader_s_file(tmp_path):
+    cache = FileCache(tmp_path / "cache", budget_mb=1)
+    (tmp_path / "work").mkdir()
+    for n in range(3):
+        source = tmp_path / f"written-{n}"
+        source.write_bytes(bytes([n]) * 600_000)
+        cache.keep(f"s0000/f{n}.parquet", source)
+        old = 1_000_000 + n  # used in this order, long ago
+        os.utime(tmp_path / "cache" / f"s0000/f{n}.parquet", (old, old))
+    reader = tmp_path / "work" / "f0"
+    assert cache.take("s0000/f0.parquet", reader)  # used now: the last to go
+    assert not cache.take("s0000/missing.parquet", tmp_path / "work" / "missing")
+
+    assert cache.trim() == 1_200_000  # 1.8 MB held, 1 MiB allowed: f1, then f2
+    assert not cache.take("s0000/f1.parquet", tmp_path / "work" / "f1")
+    assert not cache.take("s0000/f2.parquet", tmp_path / "work" / "f2")
+    cache.forget()
+    assert reader.read_bytes() == bytes([0]) * 600_000  # the reader's link outlives the cache
+    assert not any(p.name.endswith(".partial") for p in tmp_path.rglob("*"))
+
+
+def test_an_unset_budget_is_half_of_the_cache_and_the_free_space(tmp_path):
+    cache = FileCache(tmp_path / "cache")
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    assert abs(cache._budget(0) - free // 2) < 64 * 2**20

@@ -7,12 +7,16 @@ from __future__ import annotations
 import datetime as dt
 import os
 
+from shared.activation import Activation
 from shared.identity import ProfileStore
+from shared.jobs import JobStatus
 from shared.segmentation.runner import SegmentJobRunner
 from shared.storage import BlobStore
 from shared.storage.cache import FileCache
+from tests import test_activation
 from tests.conftest import NOW
 from tests.helpers import create_dataset, ndjson, profile
+from tests.test_activation import T1, T2, put_destination, segment_job
 from tests.test_segment_jobs import put_segment
 
 
@@ -81,3 +85,31 @@ def test_an_unset_budget_is_half_of_the_cache_and_the_free_space(tmp_path):
     cache = FileCache(tmp_path / "cache")
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
     assert abs(cache._budget(0) - free // 2) < 64 * 2**20
+
+
+crm = test_activation.crm  # people in the CRM, segments "gold" and "all"
+
+
+def test_an_export_on_the_worker_that_ran_the_job_reads_the_memberships_it_wrote(settings, account, crm, monkeypatch):
+    downloads: list[str] = []
+    download = BlobStore.download
+
+    def spy(self, name, path):
+        if self.name == settings.segments_container:
+            downloads.append(name)
+        return download(self, name, path)
+
+    monkeypatch.setattr(BlobStore, "download", spy)
+    assert put_destination(exportMode="incremental").status_code == 200
+    exports = Activation.from_settings(settings).exports
+    segment_job(settings, T1)
+    assert exports.run("gold-email", now=T1).status is JobStatus.SUCCEEDED
+    assert downloads == []
+
+    ProfileStore.from_settings(settings, account).files.cache.forget()  # a cold worker
+    segment_job(settings, T2)  # downloads T1's memberships to compare with, and keeps them
+    compared = list(downloads)
+    assert compared
+    # The export reads T2's memberships (this worker wrote them) and T1's (last exported): both cached.
+    assert exports.run("gold-email", now=T2).status is JobStatus.SUCCEEDED
+    assert downloads == compared

@@ -64,6 +64,7 @@ class ExportState(ApiModel):
     segment_id: str
     job_id: str
     snapshot: str
+    etag: str | None = Field(None, description="The snapshot's ETag as published.")
     run_id: str
     exported_at: dt.datetime
 
@@ -257,11 +258,11 @@ class ExportRuns:
         """Download the memberships (and, for incremental runs, the snapshots last exported), build each
         segment's rows and write its files; each file is staged (uncommitted blocks) while the next is written."""
         # Local names: segment ids, and `_profiles`, which no segment id can be.
-        wanted = {sid: p.snapshot for sid, p in plan.pointers.items()}
+        wanted = {sid: (p.snapshot, p.etag) for sid, p in plan.pointers.items()}
         for sid in plan.pointers if plan.incremental else []:
             state = plan.states.find(sid)
             if state is not None and self.memberships.blobs.exists(state.snapshot):
-                wanted[f"{sid}-previous"] = state.snapshot
+                wanted[f"{sid}-previous"] = (state.snapshot, state.etag)
         local = self.memberships.download(wanted, work)
         profiles_sql = self.profiles.profiles_sql(self.profiles.by_id(plan.profiles.store_version), work / "profiles")
         members = [Members(sid, local[sid], local.get(f"{sid}-previous"), plan.incremental) for sid in plan.pointers]
@@ -297,7 +298,12 @@ class ExportRuns:
         plan.states.put_many(
             {
                 sid: ExportState(
-                    segment_id=sid, job_id=pointer.job_id, snapshot=pointer.snapshot, run_id=job.id, exported_at=now
+                    segment_id=sid,
+                    job_id=pointer.job_id,
+                    snapshot=pointer.snapshot,
+                    etag=pointer.etag,
+                    run_id=job.id,
+                    exported_at=now,
                 )
                 for sid, pointer in plan.pointers.items()
             }

@@ -87,10 +87,11 @@ class MembershipStore:
         """The profile store version of the job that published last: what activation exports attributes from."""
         return self.current(PROFILES)
 
-    def download(self, snapshots: dict[str, str], into: Path) -> dict[str, Path]:
-        """Download snapshots in parallel: {local file name: blob path} -> {local file name: local path}."""
+    def download(self, snapshots: dict[str, tuple[str, str | None]], into: Path) -> dict[str, Path]:
+        """Fetch published snapshots in parallel: {local file name: (blob path, ETag as published)} -> {local file
+        name: local path}; from this worker's cache when it holds that version."""
         with ThreadPoolExecutor(max_workers=8) as pool:
-            paths = pool.map(lambda name: self.blobs.download(snapshots[name], into / f"{name}.parquet"), snapshots)
+            paths = pool.map(lambda name: self._fetch(*snapshots[name], into / f"{name}.parquet"), snapshots)
             return dict(zip(snapshots, paths, strict=True))
 
     def download_all_current(self, segment_ids: list[str], into: Path) -> dict[str, Path | None]:
@@ -104,17 +105,18 @@ class MembershipStore:
 
         def one(sid: str) -> Path | None:
             pointer = current.get(sid)
-            if pointer is None:
-                return None
-            local = into / f"{sid}-previous.parquet"
-            key = self._key(pointer.snapshot, pointer.etag)
-            if not (key and self.cache and self.cache.take(key, local)):
-                self.blobs.download(pointer.snapshot, local)
-                if key and self.cache:
-                    self.cache.keep(key, local)
-            return local
+            return self._fetch(pointer.snapshot, pointer.etag, into / f"{sid}-previous.parquet") if pointer else None
 
         return {sid: pool.submit(one, sid) for sid in segment_ids}
+
+    def _fetch(self, path: str, etag: str | None, local: Path) -> Path:
+        """A published snapshot at `local`: this worker's copy of that version, or downloaded (and kept)."""
+        key = self._key(path, etag)
+        if not (key and self.cache and self.cache.take(key, local)):
+            self.blobs.download(path, local)
+            if key and self.cache:
+                self.cache.keep(key, local)
+        return local
 
     def upload(self, job_id: str, segment_id: str, file: Path) -> tuple[str, str]:
         """Upload a segment's snapshot of this job (and keep it in the worker's cache, by its ETag); returns its

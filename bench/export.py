@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from bench.segments import NOW, segments, start
+from bench.segments import NOW, forget_cache, segments, start
 from bench.stages import copy_profiles, report, run_stage, save_results
 from shared.activation import Activation, Destination
 from shared.identity import ProfileStore
@@ -39,7 +39,10 @@ DESTINATION = {
 
 
 def stage_ours() -> dict:
+    """The export on a cold worker: the memberships and the store's profiles are downloaded (a worker that ran
+    the segment job would have them in its cache, WORKER_CACHE_MB)."""
     settings = get_settings()
+    forget_cache()
     started = time.perf_counter()
     job = Activation.from_settings(settings).exports.run(DESTINATION["id"], now=NOW)
     seconds = time.perf_counter() - started
@@ -109,8 +112,8 @@ def main() -> None:
         # The floor starts from the same snapshots, already on local disk.
         store = MembershipStore.from_settings(settings, StorageAccount.from_settings(settings))
         (work / "snapshots").mkdir()
-        snapshots = {sid: store.current(sid).snapshot for sid in segments()}
-        store.download(snapshots, work / "snapshots")
+        current = store.current_pointers()
+        store.download({sid: (current[sid].snapshot, current[sid].etag) for sid in segments()}, work / "snapshots")
         profiles = ProfileStore.from_settings(settings)
         version = profiles.by_id(store.current_profiles().store_version)
         copy_profiles(profiles, version, work / "snapshots" / "profiles", work / "profile-files")

@@ -31,6 +31,7 @@ from shared.segmentation.runner import SegmentJobRunner
 from shared.settings import get_settings
 from shared.sql import parquet, quote_literal
 from shared.storage import StorageAccount
+from shared.storage.cache import worker_cache
 
 NOW = dt.datetime(2026, 11, 20, 6, 0, tzinfo=dt.UTC)  # events span the 30 days before INGESTED
 
@@ -134,11 +135,16 @@ def _job_result(job, seconds: float) -> dict:
     }
 
 
-def stage_ours() -> dict:
-    """The job on a cold worker: every store file it reads is downloaded."""
-    cache = ProfileStore.from_settings(get_settings()).files.cache
+def forget_cache() -> None:
+    """Make this machine a cold worker: nothing in the worker's cache (WORKER_CACHE_MB)."""
+    cache = worker_cache(get_settings())
     if cache:
         cache.forget()
+
+
+def stage_ours() -> dict:
+    """The job on a cold worker: every store file it reads is downloaded."""
+    forget_cache()
     started = time.perf_counter()
     job = SegmentJobRunner.from_settings(get_settings()).run(now=NOW)
     return _job_result(job, time.perf_counter() - started)
@@ -269,6 +275,7 @@ def _setup(work: Path, built: World) -> dict:
     disk for the floor and PostgreSQL."""
     settings = get_settings()
     account = StorageAccount.from_settings(settings)
+    forget_cache()  # a cold worker: an earlier run on this world may have left its store files cached
     started = time.perf_counter()
     job = built.ingest_last(BatchIngestion.from_settings(settings, account))
     last = {

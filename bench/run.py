@@ -85,22 +85,24 @@ def collect(people: int) -> list[dict]:
             "ratio": ingest["stages"]["function"]["seconds"] / ingest["stages"]["floor"]["seconds"],
             "peak_mb": ingest["stages"]["function"]["peak_rss_mb"],
         },
-        {
-            "stage": "segment job",
-            "baseline": "stitched floor: fused DuckDB query over the store's files, local",
-            "ours_s": seg["ours"]["seconds"],
-            "baseline_s": seg["floor"]["seconds"],
-            "ratio": seg["ours"]["seconds"] / seg["floor"]["seconds"],
-            "peak_mb": seg["ours"]["peak_rss_mb"],
-        },
-        {
-            "stage": "segment job again on a warm worker",
-            "baseline": "stitched floor (the store files in the worker's cache, the previous memberships there)",
-            "ours_s": seg["warm"]["seconds"],
-            "baseline_s": seg["floor"]["seconds"],
-            "ratio": seg["warm"]["seconds"] / seg["floor"]["seconds"],
-            "peak_mb": seg["warm"]["peak_rss_mb"],
-        },
+        *(
+            {
+                "stage": stage,
+                "baseline": baseline,
+                "ours_s": seg[run]["seconds"],
+                "baseline_s": seg["floor"]["seconds"],
+                "ratio": seg[run]["seconds"] / seg["floor"]["seconds"],
+                "peak_mb": seg[run]["peak_rss_mb"],
+            }
+            for stage, run, baseline in (
+                ("segment job", "ours", "stitched floor: fused DuckDB query over the store's files, local"),
+                (
+                    "segment job again on a warm worker",
+                    "warm",
+                    "the same floor (the store files in the worker's cache, the previous memberships there)",
+                ),
+            )
+        ),
         {
             "stage": "batch into the profile store",
             "baseline": "DuckDB read_json → local Parquet, the same file",

@@ -5,6 +5,7 @@ a file from a reader that holds it, and a reader's scratch folder costs no secon
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -36,7 +37,8 @@ class FileCache:
         except OSError as exc:  # another file system, or links refused: read it from storage instead
             log.debug("cannot link %s from the cache: %s", name, exc)
             return False
-        os.utime(cached)  # used now: dropped last
+        with contextlib.suppress(FileNotFoundError):  # dropped meanwhile by another trim: `target` holds it
+            os.utime(cached)  # used now: dropped last
         return True
 
     def keep(self, name: str, source: Path) -> None:

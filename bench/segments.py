@@ -137,9 +137,7 @@ def _job_result(job, seconds: float) -> dict:
 
 def forget_cache() -> None:
     """Make this machine a cold worker: nothing in the worker's cache (WORKER_CACHE_MB)."""
-    cache = worker_cache(get_settings())
-    if cache:
-        cache.forget()
+    worker_cache(get_settings()).forget()
 
 
 def stage_ours() -> dict:

@@ -9,6 +9,8 @@ import duckdb
 from shared.settings import Settings
 from shared.sql import quote_literal
 
+_SESSION = "SET TimeZone = 'UTC'"  # per connection; the other settings are the database's
+
 
 def connect(settings: Settings, *, spill_dir: str | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(
@@ -17,7 +19,7 @@ def connect(settings: Settings, *, spill_dir: str | None = None) -> duckdb.DuckD
             "autoload_known_extensions": True,
         }
     )
-    con.execute("SET TimeZone = 'UTC'")
+    con.execute(_SESSION)
     con.execute(f"SET memory_limit = '{_memory(settings.duckdb_memory_limit)}'")
     con.execute(f"SET threads = {int(settings.duckdb_threads)}")
     con.execute(f"SET temp_directory = {quote_literal(spill_dir or tempfile.gettempdir())}")
@@ -28,7 +30,7 @@ def beside(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     """Another connection to `con`'s database, to run a statement in a thread beside `con`'s: it sees the
     database's tables (not `con`'s temp tables) and its settings, with the session's time zone set again."""
     other = con.cursor()
-    other.execute("SET TimeZone = 'UTC'")
+    other.execute(_SESSION)
     return other
 
 

@@ -113,3 +113,13 @@ def test_an_export_on_the_worker_that_ran_the_job_reads_the_memberships_it_wrote
     # The export reads T2's memberships (this worker wrote them) and T1's (last exported): both cached.
     assert exports.run("gold-email", now=T2).status is JobStatus.SUCCEEDED
     assert downloads == compared
+
+
+def test_a_budget_of_zero_turns_the_cache_off(tmp_path):
+    cache = FileCache(tmp_path / "cache", budget_mb=0)
+    source = tmp_path / "written"
+    source.write_bytes(b"x")
+    cache.keep("s0000/f.parquet", source)
+    assert not (tmp_path / "cache").exists() and not cache.take("s0000/f.parquet", tmp_path / "copy")
+    fetched = cache.fetch("s0000/f.parquet", tmp_path / "fetched", lambda target: target.write_bytes(b"y"))
+    assert fetched.read_bytes() == b"y" and not (tmp_path / "cache").exists() and cache.trim() == 0

@@ -50,7 +50,7 @@ from shared.models import ApiModel, Metrics
 from shared.settings import Settings
 from shared.sql import parquet, quote_ident, quote_literal
 from shared.storage import BlobStore, StorageAccount
-from shared.storage.cache import FileCache, worker_cache
+from shared.storage.cache import ROOT, FileCache, worker_cache
 from shared.timing import Laps
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,8 @@ class StoreFiles:
     def __init__(
         self, *, blobs: BlobStore | None = None, folder: Path | None = None, cache: FileCache | None = None
     ) -> None:
-        self.blobs, self.folder, self.cache = blobs, folder, cache
+        self.blobs, self.folder = blobs, folder
+        self.cache = cache or FileCache(ROOT, budget_mb=0)
 
     def fetch(self, names: Iterable[str], into: Path) -> list[Path]:
         names = list(dict.fromkeys(names))
@@ -201,17 +202,13 @@ class StoreFiles:
 
         def one(name: str) -> Path:
             local = into / name.replace("/", "__")
-            if local.exists() or (self.cache and self.cache.take(self._key(name), local)):
+            if local.exists():
                 return local
-            self.blobs.download(name, local)
-            if self.cache:
-                self.cache.keep(self._key(name), local)
-            return local
+            return self.cache.fetch(self._key(name), local, lambda path: self.blobs.download(name, path))
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             fetched = list(pool.map(one, names))
-        if self.cache:
-            self.cache.trim()
+        self.cache.trim()
         return fetched
 
     def put(self, files: dict[str, Path], *, written_at: dt.datetime | None = None) -> None:
@@ -225,10 +222,9 @@ class StoreFiles:
         metadata = _written(written_at)
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda n: self.blobs.put_file(n, files[n], overwrite=False, metadata=metadata), files))
-        if self.cache:  # the next batch or job on this worker reads them from here
-            for name, path in files.items():
-                self.cache.keep(self._key(name), path)
-            self.cache.trim()
+        for name, path in files.items():  # the next batch or job on this worker reads them from here
+            self.cache.keep(self._key(name), path)
+        self.cache.trim()
 
     def _key(self, name: str) -> str:
         return f"{self.blobs.name}/{name}"

@@ -53,7 +53,7 @@ class MembershipPointer(ApiModel):
 
 
 class MembershipStore:
-    def __init__(self, blobs: BlobStore, pointers: EntityTable, cache: FileCache | None = None) -> None:
+    def __init__(self, blobs: BlobStore, pointers: EntityTable, cache: FileCache) -> None:
         self.blobs = blobs
         self.pointers = pointers
         self.cache = cache  # snapshots this worker wrote or read, by name and ETag (WORKER_CACHE_MB)
@@ -111,26 +111,23 @@ class MembershipStore:
 
     def _fetch(self, path: str, etag: str | None, local: Path) -> Path:
         """A published snapshot at `local`: this worker's copy of that version, or downloaded (and kept)."""
-        key = self._key(path, etag)
-        if not (key and self.cache and self.cache.take(key, local)):
-            self.blobs.download(path, local)
-            if key and self.cache:
-                self.cache.keep(key, local)
-        return local
+        return self.cache.fetch(self._key(path, etag), local, lambda target: self.blobs.download(path, target))
 
     def upload(self, job_id: str, segment_id: str, file: Path) -> tuple[str, str]:
         """Upload a segment's snapshot of this job (and keep it in the worker's cache, by its ETag); returns its
         blob path and ETag."""
         path = self.snapshot_path(segment_id, job_id)
         etag = self.blobs.put_file(path, file)
-        if self.cache:
-            self.cache.keep(self._key(path, etag), file)
+        self.cache.keep(self._key(path, etag), file)
         return path, etag
 
     def _key(self, path: str, etag: str | None) -> str | None:
         """A snapshot's name in the cache: the same job may write its blob again (a retried attempt), so the
         ETag is part of it. None without an ETag (a pointer published before they were recorded)."""
-        return f"{self.blobs.name}/{path}@{etag.strip(chr(34))}" if etag else None
+        if not etag:
+            return None
+        version = etag.strip('"')
+        return f"{self.blobs.name}/{path}@{version}"
 
     def watermark(self) -> dt.datetime | None:
         """Until when the streaming job has seen ingested data."""

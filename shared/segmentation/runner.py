@@ -481,8 +481,7 @@ class SegmentJobRunner:
             parts = {sid: functools.partial(part, sid) for sid in chosen}
             _, counts = write_snapshots(con, parts, out=work / "memberships", now=now, written=upload)
             uploaded = {sid: uploads[sid].result() for sid in chosen}
-        if self.memberships.cache:
-            self.memberships.cache.trim()
+        self.memberships.cache.trim()
         pointers = [
             MembershipPointer(
                 segment_id=sid,

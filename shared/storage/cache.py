@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.settings import Settings
@@ -23,12 +24,24 @@ _PARTIAL = ".partial"
 class FileCache:
     def __init__(self, folder: Path, *, budget_mb: int | None = None) -> None:
         """`budget_mb`: how much the cache may hold; None: half of what the cache and the free space of its
-        disk come to, measured each time it is trimmed."""
+        disk come to, measured each time it is trimmed; 0: nothing (the cache is off)."""
         self.folder = folder
         self.budget_mb = budget_mb
+        self.off = budget_mb == 0
+
+    def fetch(self, name: str | None, target: Path, download: Callable[[Path], object]) -> Path:
+        """`target` holding blob `name`: this worker's copy, or `download(target)`'s, then kept. Without a name
+        (a blob that may still change), always downloaded and never kept."""
+        if name is None or not self.take(name, target):
+            download(target)
+            if name is not None:
+                self.keep(name, target)
+        return target
 
     def take(self, name: str, target: Path) -> bool:
         """Put the cached copy of `name` at `target` (a hard link); False when there is none."""
+        if self.off:
+            return False
         cached = self._path(name)
         try:
             os.link(cached, target)
@@ -44,7 +57,7 @@ class FileCache:
     def keep(self, name: str, source: Path) -> None:
         """Keep `source`, the complete file of blob `name`, in the cache (a hard link to it)."""
         cached = self._path(name)
-        if cached.exists():
+        if self.off or cached.exists():
             return
         cached.parent.mkdir(parents=True, exist_ok=True)
         partial = cached.with_name(f"{cached.name}.{uuid.uuid4().hex}{_PARTIAL}")
@@ -57,6 +70,8 @@ class FileCache:
 
     def trim(self) -> int:
         """Drop the least recently used copies until the cache is within its budget; returns the bytes dropped."""
+        if self.off:
+            return 0
         entries = []
         for path in self.folder.rglob("*"):
             try:
@@ -89,10 +104,8 @@ class FileCache:
         return self.folder / name
 
 
-def worker_cache(settings: Settings) -> FileCache | None:
-    """This worker's cache (one budget for everything in it: WORKER_CACHE_MB); None when it is 0. Names are
-    blob names with their container in front."""
+def worker_cache(settings: Settings) -> FileCache:
+    """This worker's cache (one budget for everything in it: WORKER_CACHE_MB; 0 turns it off). Names are blob
+    names with their container in front."""
     budget = settings.worker_cache_mb
-    if budget == 0:
-        return None
     return FileCache(ROOT, budget_mb=None if budget == "auto" else budget)

@@ -125,7 +125,13 @@ def main() -> None:
             f"{label:40s} {r['seconds']:8.2f} {rows / r['seconds']:12,.0f} "
             f"{r['seconds'] / floor:5.2f}x {r['peak_rss_mb']:6,d} MB"
         )
-    assert results["function"]["metrics"]["status"] == "SUCCEEDED", results["function"]["metrics"]
+    metrics = results["function"]["metrics"]
+    assert metrics["status"] == "SUCCEEDED", metrics
+    phases = ", ".join(f"{k} {v:.2f}" for k, v in metrics.get("phaseSeconds", {}).items())
+    store = ", ".join(
+        f"{k.removesuffix('Seconds')} {v:.2f}" for k, v in metrics.get("profileStore", {}).items() if k.endswith("Seconds")
+    )
+    print(f"the function's phases (s): {phases}; of the store's update: {store}")
     summary = {"rows": rows, "megabytes": round(size_mb, 1), "stages": results}
     summary["ratios"] = {name: round(r["seconds"] / floor, 2) for name, r in results.items()}
     save_results("ingest", rows, summary)

@@ -139,6 +139,9 @@ def test_bad_rows_are_written_to_the_errors_file_with_row_field_and_reason(setti
     # 3 of 1000 rejected is 0.3%: under the 0.5% threshold, so the batch succeeds partially.
     assert job.status is JobStatus.SUCCEEDED
     assert job.metrics["rowsRejected"] == 3 and job.metrics["rowsAccepted"] == 997 and job.metrics["partial"]
+    # Where the time went, phase by phase, in the order they ran (the store's own phases are under profileStore).
+    assert list(job.metrics["phaseSeconds"]) == ["download", "validate", "errors", "write", "upload", "store"]
+    assert all(seconds >= 0 for seconds in job.metrics["phaseSeconds"].values())
     errors = errors_file(lake, job)
     assert [(e["row"], e["field"]) for e in errors] == [
         ("11", "commerce.order.priceTotal"),

@@ -26,6 +26,7 @@ from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.models import Metrics
 from shared.settings import Settings
 from shared.storage import BlobStore, StorageAccount, TooLarge
+from shared.timing import Laps
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class IngestionMetrics(Metrics):
     chunks: int | None = Field(None, description="How many chunks the file was validated in (INGESTION_CHUNK_BYTES).")
     profile_store: dict[str, Any] | None = Field(
         None, description="What the batch did to the profile store: new people, merges, rows, phase seconds."
+    )
+    phase_seconds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Where the batch's time went: download, validate, write (the lake file), upload, store.",
     )
     duration_seconds: float | None = None
 
@@ -194,8 +199,11 @@ class BatchIngestion:
                     checked.job, JobStatus.FAILED, started, now, checked.errors, errors_total=checked.errors_total
                 )
             # The validation's memory (its connection, the file's rows) is gone before the store's update runs.
+            laps = Laps()
             applied = {k: v for listener in self.listeners for k, v in listener(checked.accepted, now).items()}
+            laps.lap("store")
             metrics = IngestionMetrics.model_validate({**checked.metrics.model_dump(), **applied})
+            metrics.phase_seconds.update(laps)  # after the validation's phases
             job = checked.job.model_copy(update={"metrics": metrics.model_dump(exclude_none=True)})
             return self.jobs.finish(
                 job, JobStatus.SUCCEEDED, started, now, checked.errors, errors_total=checked.errors_total
@@ -204,7 +212,9 @@ class BatchIngestion:
     def _check(self, job: Job, path: str, etag: str, now: dt.datetime, tmp: Path) -> Checked:
         """Read and validate the file, a chunk at a time; write the accepted rows to the lake (unless too many
         were rejected) and the rejected ones to its errors file. Nothing this holds in memory outlives the call."""
+        laps = Laps()
         dataset_id, file_name, schema, landed, size = self._landed(path, etag, tmp)
+        laps.lap("download")
         settings = self.settings
         con = connect(settings, spill_dir=str(tmp))
         try:
@@ -222,6 +232,7 @@ class BatchIngestion:
                 chunk_bytes=settings.ingestion_chunk_bytes,
                 whole_file_limit=settings.ingestion_max_whole_file_bytes,
             )
+            laps.lap("validate")
             metrics = IngestionMetrics(
                 rows_read=checked.rows_read,
                 rows_accepted=checked.accepted,
@@ -240,17 +251,21 @@ class BatchIngestion:
                 checked.write_errors(tmp / "errors.csv")
                 self.lake.write_errors(dataset_id, job.id, tmp / "errors.csv")
                 links["errors"] = f"{self.lake.blobs.name}/{self.lake.errors_path(dataset_id, job.id)}"
+                laps.lap("errors")
             if checked.rows_read == 0:
                 raise ValidationError(f"{path}: the file has no rows")
             failure = self._too_many_rejected(checked)
             if failure is not None:
+                metrics = metrics.model_copy(update={"phase_seconds": dict(laps)})
                 job = job.model_copy(update={"metrics": metrics.model_dump(exclude_none=True), "links": links})
                 return Checked(job, metrics, [failure, *errors], checked.rejected + 1, None)
             checked.write_accepted(tmp / DATA_FILE)
+            laps.lap("write")
             self.lake.write_batch(dataset_id, job.id, tmp / DATA_FILE)
+            laps.lap("upload")
             links["data"] = f"{self.lake.blobs.name}/{self.lake.data_path(dataset_id, job.id)}"
             accepted = AcceptedBatch(dataset_id, schema, tmp / DATA_FILE, job.id, now)
-            metrics = metrics.model_copy(update={"partial": checked.rejected > 0})
+            metrics = metrics.model_copy(update={"partial": checked.rejected > 0, "phase_seconds": dict(laps)})
             return Checked(job.model_copy(update={"links": links}), metrics, errors, checked.rejected, accepted)
         finally:
             con.close()

@@ -129,7 +129,9 @@ def main() -> None:
     assert metrics["status"] == "SUCCEEDED", metrics
     phases = ", ".join(f"{k} {v:.2f}" for k, v in metrics.get("phaseSeconds", {}).items())
     store = ", ".join(
-        f"{k.removesuffix('Seconds')} {v:.2f}" for k, v in metrics.get("profileStore", {}).items() if k.endswith("Seconds")
+        f"{k.removesuffix('Seconds')} {v:.2f}"
+        for k, v in metrics.get("profileStore", {}).items()
+        if k.endswith("Seconds")
     )
     print(f"the function's phases (s): {phases}; of the store's update: {store}")
     summary = {"rows": rows, "megabytes": round(size_mb, 1), "stages": results}

@@ -73,6 +73,10 @@ class ShardFiles(ApiModel):
         """The files its merged profiles are read from (`profiles_sql_of`)."""
         return [f for f in (self.profiles, self.profile_updates, self.removed) if f]
 
+    def row_files(self) -> list[str]:
+        """The files its person-keyed rows are read from (`rows_sql_of`): fragments, events, people removed."""
+        return [*self.fragments, *self.events, *([self.removed] if self.removed else [])]
+
     def files(self) -> list[str]:
         """Every file of the shard."""
         return [*self.fragments, *self.events, *self.profile_files()]
@@ -631,6 +635,7 @@ class BatchStep:
         self.shards = [s.model_copy(deep=True) for s in version.shards]
         self.written: dict[str, Path] = {}
         self.rows_written = 0
+        self.identities = 0  # rows in the new graph
         self.is_profile = batch.schema.schema_class is SchemaClass.PROFILE
         out.mkdir(parents=True, exist_ok=True)
         con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {parquet(batch.file)}")
@@ -687,13 +692,13 @@ class BatchStep:
     def write_graph(self, stitched: Stitched) -> None:
         """The new graph: the untouched people's rows as they were, the touched people's as stitched."""
         self.written[self.graph_name] = self.out / f"graph-{self.uid}.parquet"
-        self.con.execute(
+        [(self.identities,)] = self.con.execute(
             f"""COPY (SELECT * FROM (
                     SELECT ns, id, profileId, lastSeen FROM {self.graph}
                     WHERE profileId NOT IN (SELECT profileId FROM {stitched.touched})
                     UNION ALL SELECT * FROM {stitched.graph_rows}))
                 TO {quote_literal(str(self.written[self.graph_name]))} (FORMAT parquet, COMPRESSION zstd)"""
-        )
+        ).fetchall()
         self.laps.lap("graphSeconds")
 
     def move_merged(self, stitched: Stitched) -> dict[str, str]:
@@ -703,8 +708,9 @@ class BatchStep:
         aliases = dict(self.con.execute(f"SELECT absorbed, profileId FROM {stitched.aliases}").fetchall())
         shards = sorted({shard_of(a, self.n) for a in aliases})
         with ThreadPoolExecutor(max_workers=1) as pool:
-            # One shard's rows move while the next shard's files download (a shard's events can be 100 MB).
-            fetching = [pool.submit(self.local, self.shards[s].files()) for s in shards]
+            # One shard's rows move while the next shard's files download (a shard's events can be 100 MB); its
+            # merged profiles are not read here.
+            fetching = [pool.submit(self.local, self.shards[s].row_files()) for s in shards]
             for s, fetched in zip(shards, fetching, strict=True):
                 fetched.result()
                 self._move_out_of(s, stitched)
@@ -780,9 +786,11 @@ class BatchStep:
                       {"UNION SELECT DISTINCT _person FROM batch_people" if self.is_profile else ""})"""
         )
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE remerged AS SELECT * FROM {people}")
-        # Their identities, read from the new graph once (not once per shard).
+        # Their identities, once (not once per shard): every remerged person was touched by the batch, and the
+        # stitched rows are a touched person's whole row set in the new graph; everyone's are in the new graph.
         self.con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE remerged_identities AS SELECT profileId, ns, id FROM {self.new_graph}
+            f"""CREATE OR REPLACE TEMP TABLE remerged_identities AS
+                SELECT profileId, ns, id FROM {self.new_graph if everyone else stitched.graph_rows}
                 WHERE profileId IN (SELECT profileId FROM remerged)"""
         )
         involved = {
@@ -846,9 +854,6 @@ class BatchStep:
             f"COPY (SELECT profileId FROM {stitched.touched} ORDER BY profileId) "
             f"TO {quote_literal(str(self.written[touched_name]))} (FORMAT parquet)"
         )
-        people_count, identity_count = self.con.execute(
-            f"SELECT count(DISTINCT profileId), count(*) FROM {self.new_graph}"
-        ).fetchall()[0]
         applied = AppliedBatch(
             batch_id=batch.batch_id,
             dataset_id=batch.dataset_id,
@@ -865,8 +870,9 @@ class BatchStep:
                 "shards": self.shards,
                 "leaves": leaves,
                 "batches": [*version.batches, applied],
-                "people": people_count,
-                "identities": identity_count,
+                # Every new person has an identity, and every merge takes one person away.
+                "people": version.people + stitched.new_people - stitched.merges,
+                "identities": self.identities,
                 "fragments": version.fragments + (added_rows if self.is_profile else 0),
                 "events": version.events + (0 if self.is_profile else added_rows),
             }

@@ -29,6 +29,7 @@ TARGETS = {
     "ingestion": ("≤ 1.5× the floor", lambda r: r <= 1.5),
     "segment job": ("≤ 1.5× the stitched floor", lambda r: r <= 1.5),
     "segment job again on a warm worker": ("≤ 1.5× the stitched floor", lambda r: r <= 1.5),
+    "segment job vs the floor writing the members": ("none: for reference", None),
     "batch into the profile store": ("≤ 4× read_json", lambda r: r <= 4),
     "streaming tick (10k events)": ("≤ 5 s", lambda r: r <= 1),
     "preview": ("≤ 3 s", lambda r: r <= 1),
@@ -104,6 +105,14 @@ def collect(people: int) -> list[dict]:
             )
         ),
         {
+            "stage": "segment job vs the floor writing the members",
+            "baseline": "the stitched floor, then each segment's members written to local Parquet (the job must)",
+            "ours_s": seg["ours"]["seconds"],
+            "baseline_s": seg["floor"]["seconds"] + seg["floor"].get("members_seconds", 0),
+            "ratio": seg["ours"]["seconds"] / (seg["floor"]["seconds"] + seg["floor"].get("members_seconds", 0)),
+            "peak_mb": seg["ours"]["peak_rss_mb"],
+        },
+        {
             "stage": "batch into the profile store",
             "baseline": "DuckDB read_json → local Parquet, the same file",
             "ours_s": seg["setup"]["last_batch"]["seconds"],
@@ -165,7 +174,10 @@ def collect(people: int) -> list[dict]:
     for r in rows:
         text, check = TARGETS[r["stage"]]
         r["target"] = text
-        r["met"] = None if r["ratio"] is None else bool(check(r["ratio"])) and (r["peak_mb"] or 0) < LIMIT_MB
+        if r["ratio"] is None or check is None:
+            r["met"] = None
+        else:
+            r["met"] = bool(check(r["ratio"])) and (r["peak_mb"] or 0) < LIMIT_MB
     return rows
 
 
@@ -177,7 +189,7 @@ def markdown(people: int, rows: list[dict]) -> str:
     for r in rows:
         base = f"{r['baseline_s']:.2f}" if r["baseline_s"] is not None else "—"
         ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "—"
-        met = {True: "yes", False: "no", None: "skipped"}[r["met"]]
+        met = {True: "yes", False: "no", None: "skipped" if r["ratio"] is None else "—"}[r["met"]]
         peak = f"{r['peak_mb']:,} MB" if r["peak_mb"] is not None else "n/a"
         lines.append(
             f"| {r['stage']} | {r['ours_s']:.2f} | {r['baseline']} | {base} | {ratio} | {r['target']} | "

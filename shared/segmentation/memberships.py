@@ -198,7 +198,7 @@ def membership_sql(
 # Person keys are random hex, so zstd's fastest level compresses them as well as its default (232 MB against
 # 246 MB for a job's 17M memberships at 1M people) and Parquet 2's encodings write and read faster: writing
 # them took 4.0 s instead of 6.2 s. Every reader is DuckDB or pyarrow, which read both.
-_SNAPSHOT_FORMAT = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, PARQUET_VERSION V2"
+SNAPSHOT_FORMAT = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, PARQUET_VERSION V2"
 
 
 # Two segments are written at once, each in its own connection: a segment's statement is a join and a Parquet
@@ -232,7 +232,7 @@ def write_snapshots(
         try:
             other.execute(
                 f"""COPY (SELECT profileId, status, lastQualificationTime, exitedAt FROM ({sql()}))
-                    TO {quote_literal(str(target))} ({_SNAPSHOT_FORMAT})"""
+                    TO {quote_literal(str(target))} ({SNAPSHOT_FORMAT})"""
             )
             written(sid, target)
             realized, existing, exited, earlier = other.execute(

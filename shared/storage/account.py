@@ -16,6 +16,10 @@ from shared.settings import Settings
 # Options every storage client gets: none in the app; the fault-injection tests give a transport that fails
 # chosen calls, and a shorter retry backoff (then `_account.cache_clear()`).
 CLIENT_OPTIONS: dict = {}
+# Downloads past the first 32 MiB come in 8 MiB ranges instead of the SDK's 4 MiB: each range is a request, and
+# a 250 MB blob came down from Azurite in 0.60 s instead of 1.05 s (57 MB: 0.14 s instead of 0.23 s), with as
+# much less CPU, four ranges at a time either way. Uploads were the same with 4, 8 or 16 MiB blocks.
+BLOB_OPTIONS = {"max_chunk_get_size": 8 << 20}
 
 # Azurite's well-known development account (public, documented by Microsoft).
 AZURITE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -60,7 +64,7 @@ class StorageAccount:
     def from_connection_string(cls, connection_string: str) -> StorageAccount:
         conn = expand_connection_string(connection_string)
         return cls(
-            BlobServiceClient.from_connection_string(conn, **CLIENT_OPTIONS),
+            BlobServiceClient.from_connection_string(conn, **BLOB_OPTIONS, **CLIENT_OPTIONS),
             TableServiceClient.from_connection_string(conn, **CLIENT_OPTIONS),
             QueueServiceClient.from_connection_string(conn, **CLIENT_OPTIONS),
         )
@@ -82,7 +86,7 @@ class StorageAccount:
         credential = ManagedIdentityCredential(client_id=client_id) if client_id else DefaultAzureCredential()
         url = f"https://{account_name}.{{}}.core.windows.net".format
         return cls(
-            BlobServiceClient(url("blob"), credential=credential, **CLIENT_OPTIONS),
+            BlobServiceClient(url("blob"), credential=credential, **BLOB_OPTIONS, **CLIENT_OPTIONS),
             TableServiceClient(url("table"), credential=credential, **CLIENT_OPTIONS),
             QueueServiceClient(url("queue"), credential=credential, **CLIENT_OPTIONS),
         )

@@ -3,6 +3,7 @@ own default ports (10000-10002, what `UseDevelopmentStorage=true` names) for `ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -19,17 +20,26 @@ BINARY = ROOT / "node_modules" / ".bin" / "azurite"
 DEFAULT_PORTS = (10000, 10001, 10002)  # blob, queue, table
 
 
+def free_ports(count: int) -> tuple[int, ...]:
+    """`count` distinct free ports: every socket stays bound until all are, so no two can be the same port."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return tuple(s.getsockname()[1] for s in sockets)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
-def _wait_for(port: int, deadline: float) -> None:
+def _wait_for(port: int, deadline: float, process: subprocess.Popen) -> None:
     while time.monotonic() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
+        if process.poll() is not None:
+            raise RuntimeError(f"Azurite exited before it opened port {port}")
         time.sleep(0.1)
     raise RuntimeError(f"Azurite did not open port {port} in time")
 
@@ -47,7 +57,7 @@ class Azurite:
         blob, queue, table = self.ports
         return azurite_connection_string(blob=blob, queue=queue, table=table)
 
-    def stop(self) -> None:
+    def stop(self, *, keep_location: bool = False) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -55,7 +65,7 @@ class Azurite:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self._owns_location:
+        if self._owns_location and not keep_location:
             shutil.rmtree(self.location, ignore_errors=True)
 
 
@@ -77,8 +87,28 @@ def start_azurite(
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 raise RuntimeError(f"port {port} is taken (another Azurite?); stop it, or use free ports")
-    ports = ports or (free_port(), free_port(), free_port())
     log = location / "azurite.log"
+    # Free ports are free when chosen, not when Azurite binds them: another process may take one meanwhile, and
+    # then Azurite exits (EADDRINUSE in its log). Free ones are chosen again, up to _ATTEMPTS times.
+    attempt = 1
+    while True:
+        try:
+            return _start(ports or free_ports(3), location, log, owns, in_memory=in_memory, timeout=timeout)
+        except RuntimeError:
+            taken = log.exists() and "EADDRINUSE" in log.read_text(errors="replace")
+            if ports or not taken or attempt == _ATTEMPTS:
+                if owns:
+                    shutil.rmtree(location, ignore_errors=True)
+                raise
+            attempt += 1
+
+
+_ATTEMPTS = 3
+
+
+def _start(
+    ports: tuple[int, int, int], location: Path, log: Path, owns: bool, *, in_memory: bool, timeout: float
+) -> Azurite:
     args = [
         str(BINARY),
         "--skipApiVersionCheck",
@@ -96,8 +126,8 @@ def start_azurite(
     deadline = time.monotonic() + timeout
     try:
         for port in ports:
-            _wait_for(port, deadline)
+            _wait_for(port, deadline, process)
     except RuntimeError:
-        azurite.stop()
+        azurite.stop(keep_location=True)  # the caller decides: it may start again in the same folder
         raise RuntimeError(f"Azurite failed to start; see {log}") from None
     return azurite

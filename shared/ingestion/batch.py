@@ -49,7 +49,10 @@ class IngestionMetrics(Metrics):
     )
     phase_seconds: dict[str, float] = Field(
         default_factory=dict,
-        description="Where the batch's time went: download, validate, write (the lake file), upload, store.",
+        description=(
+            "Where the batch's time went, in seconds: download, validate, errors (writing the errors file, when rows "
+            "were rejected), write (the lake file), upload, store (the profile store's update)."
+        ),
     )
     duration_seconds: float | None = None
 

@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
+
 from dev.azurite import Azurite, start_azurite
 from shared.settings import get_settings
+from shared.sql import quote_literal
 
 
 def report(result: dict) -> None:
@@ -50,10 +53,6 @@ def save_results(kind: str, size: int, payload: dict) -> Path:
 def copy_profiles(store, version, into: Path, work: Path) -> None:
     """Every merged profile of a store version as one local Parquet file in `into` (its compacted profiles
     with the profile updates over them, as the product reads them), for a floor to read."""
-    import duckdb
-
-    from shared.sql import quote_literal
-
     into.mkdir(parents=True, exist_ok=True)
     duckdb.execute(
         f"COPY {store.profiles_sql(version, work)} TO {quote_literal(str(into / 'all.parquet'))} (FORMAT parquet)"

@@ -612,12 +612,12 @@ def apply_batch(
     """The next version: `version` with `batch` applied. Returns it and the new files it names (to upload)."""
     step = BatchStep(con, version, batch, files, out)
     stitched = step.stitch()
-    step.write_graph(stitched)
+    identities = step.write_graph(stitched)
     aliases = step.move_merged(stitched)
     added_rows = step.add_rows(stitched)
     step.compact()
     leaves = step.remerge(stitched, aliases)
-    return step.next_version(stitched, leaves, added_rows, now=now), step.written
+    return step.next_version(stitched, leaves, added_rows, identities, now=now), step.written
 
 
 class BatchStep:
@@ -635,7 +635,6 @@ class BatchStep:
         self.shards = [s.model_copy(deep=True) for s in version.shards]
         self.written: dict[str, Path] = {}
         self.rows_written = 0
-        self.identities = 0  # rows in the new graph
         self.is_profile = batch.schema.schema_class is SchemaClass.PROFILE
         out.mkdir(parents=True, exist_ok=True)
         con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {parquet(batch.file)}")
@@ -689,10 +688,11 @@ class BatchStep:
         self.laps.lap("stitchSeconds")
         return stitched
 
-    def write_graph(self, stitched: Stitched) -> None:
-        """The new graph: the untouched people's rows as they were, the touched people's as stitched."""
+    def write_graph(self, stitched: Stitched) -> int:
+        """The new graph: the untouched people's rows as they were, the touched people's as stitched; how many
+        identities it holds."""
         self.written[self.graph_name] = self.out / f"graph-{self.uid}.parquet"
-        [(self.identities,)] = self.con.execute(
+        [(identities,)] = self.con.execute(
             f"""COPY (SELECT * FROM (
                     SELECT ns, id, profileId, lastSeen FROM {self.graph}
                     WHERE profileId NOT IN (SELECT profileId FROM {stitched.touched})
@@ -700,6 +700,7 @@ class BatchStep:
                 TO {quote_literal(str(self.written[self.graph_name]))} (FORMAT parquet, COMPRESSION zstd)"""
         ).fetchall()
         self.laps.lap("graphSeconds")
+        return identities
 
     def move_merged(self, stitched: Stitched) -> dict[str, str]:
         """Merged people's rows are copied to the shard of the person they joined, under that person's key; in
@@ -844,9 +845,10 @@ class BatchStep:
         return None
 
     def next_version(
-        self, stitched: Stitched, leaves: dict[str, str], added_rows: int, *, now: dt.datetime
+        self, stitched: Stitched, leaves: dict[str, str], added_rows: int, identities: int, *, now: dt.datetime
     ) -> StoreVersion:
-        """The version this batch makes: its files, counts, and the people it touched (for streaming ticks)."""
+        """The version this batch makes: its files, counts (`identities`: the new graph's), and the people it
+        touched (for streaming ticks)."""
         batch, version = self.batch, self.version
         touched_name = f"batches/{batch.batch_id}-{self.uid}.parquet"
         self.written[touched_name] = self.out / f"touched-{self.uid}.parquet"
@@ -872,7 +874,7 @@ class BatchStep:
                 "batches": [*version.batches, applied],
                 # Every new person has an identity, and every merge takes one person away.
                 "people": version.people + stitched.new_people - stitched.merges,
-                "identities": self.identities,
+                "identities": identities,
                 "fragments": version.fragments + (added_rows if self.is_profile else 0),
                 "events": version.events + (0 if self.is_profile else added_rows),
             }

@@ -64,8 +64,8 @@ def stage_floor(snapshots: Path, out: Path) -> dict:
     con.execute(f"SET threads = {settings.duckdb_threads}")
     started = time.perf_counter()
     members = " UNION ALL ".join(
-        f"SELECT {quote_literal(sid)} AS seg, profileId, status FROM read_parquet("
-        f"{quote_literal(str(snapshots / (sid + '.parquet')))}) WHERE status IN ('realized', 'existing')"
+        f"SELECT {quote_literal(sid)} AS seg, profileId, status FROM {parquet(snapshots / sid)} "
+        "WHERE status IN ('realized', 'existing')"
         for sid in segments()
     )
     email = "list_filter(p.identities, lambda x: x.namespace = 'Email')[1].id"
@@ -113,7 +113,7 @@ def main() -> None:
         store = MembershipStore.from_settings(settings, StorageAccount.from_settings(settings))
         (work / "snapshots").mkdir()
         current = store.current_pointers()
-        store.download({sid: (current[sid].snapshot, current[sid].etag) for sid in segments()}, work / "snapshots")
+        store.download({sid: current[sid].files() for sid in segments()}, work / "snapshots")
         profiles = ProfileStore.from_settings(settings)
         version = profiles.by_id(store.current_profiles().store_version)
         copy_profiles(profiles, version, work / "snapshots" / "profiles", work / "profile-files")

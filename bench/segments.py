@@ -122,11 +122,21 @@ def _col(sid: str) -> str:
 # Stages, each in its own process -------------------------------------------------------------------
 
 
+def wall_estimate(seconds: float, shards: list[dict], instances: int) -> float:
+    """The job's wall time on `instances` parallel instances, from one run of its shards one after another:
+    what is not a shard (planning, waiting for downloads, the fan-in's publishing) plus, for each round of
+    `instances` shards, the slowest of them."""
+    times = [s["seconds"] for s in sorted(shards, key=lambda s: s["shard"])]
+    rounds = [times[i : i + instances] for i in range(0, len(times), instances)]
+    return round(seconds - sum(times) + sum(max(r) for r in rounds), 3)
+
+
 def _job_result(job, seconds: float) -> dict:
     assert job.status.value == "SUCCEEDED", job.errors
     shards = job.metrics["shards"]
     return {
         "seconds": seconds,
+        "wall_estimate": {w: wall_estimate(seconds, shards, w) for w in (2, 4, len(shards)) if 0 < w <= len(shards)},
         "segmentation_seconds": job.metrics["segmentationSeconds"],
         "phases": {k: v for k, v in job.metrics.items() if k.endswith("Seconds") and k != "durationSeconds"},
         "shards": shards,
@@ -410,10 +420,13 @@ def main() -> None:
         f"{warm['seconds'] / floor['seconds']:5.2f}x {warm['peak_rss_mb']:6,d} MB"
     )
     print(
-        f"{'  of which: evaluating the shards':56s} {ours['segmentation_seconds']:8.2f} "
+        f"{'  of which: the shards (evaluation, memberships)':56s} {ours['segmentation_seconds']:8.2f} "
         f"{ours['segmentation_seconds'] / floor['seconds']:5.2f}x   slowest shard {ours['slowest_shard_seconds']:.2f} s "
         f"of {len(ours['shards'])}"
     )
+    for w, estimate in ours["wall_estimate"].items():
+        label = f"  estimated on {w} instances at once (cold)"
+        print(f"{label:56s} {estimate:8.2f} {estimate / floor['seconds']:5.2f}x")
     print(
         f"{'ingestion: last event batch into the full store':56s} {last['seconds']:8.2f} "
         f"{last['seconds'] / read_json['seconds']:5.2f}x  vs read_json → Parquet {read_json['seconds']:.2f} s "

@@ -16,7 +16,9 @@ def quote_literal(value: str) -> str:
 
 
 def parquet(path: str | Path) -> str:
-    """A Parquet file as a FROM source."""
+    """A Parquet file, or a folder of them (read as one), as a FROM source."""
+    if Path(path).is_dir():
+        path = Path(path) / "*.parquet"
     return f"read_parquet({quote_literal(str(path))})"
 
 

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import azure.functions as func
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from azure.functions.timer import TimerRequest
@@ -75,8 +76,9 @@ def put_segment(segment_id: str, pql: str) -> func.HttpResponse:
 def members(settings, account, segment_id: str) -> dict[str, str]:
     """The current membership of a segment: profile id -> status."""
     store = MembershipStore.from_settings(settings, account)
-    table = pq.read_table(io.BytesIO(store.blobs.get(store.current(segment_id).snapshot)))
-    return {row["profileId"]: row["status"] for row in table.to_pylist()}
+    files = store.current(segment_id).files()
+    rows = [row for path, _ in files for row in pq.read_table(io.BytesIO(store.blobs.get(path))).to_pylist()]
+    return {row["profileId"]: row["status"] for row in rows}
 
 
 def test_definitions_are_validated_on_save_with_a_clear_400(settings, crm):
@@ -123,6 +125,69 @@ def test_memberships_are_realized_then_existing_or_exited_across_two_jobs(settin
     day2 = members(settings, account, "ca-gold")
     assert day2[ann] == "exited"
     assert sorted(day2.values()) == ["exited", "realized"]
+
+
+def test_each_shard_writes_its_part_of_every_snapshot_and_a_snapshot_from_before_parts_is_compared_per_shard(
+    settings, account, crm
+):
+    put_segment("ca-gold", 'homeAddress.stateProvince = "CA" and loyalty.tier = "gold"')
+    runner = SegmentJobRunner.from_settings(settings)
+    runner.run(now=DAY1)
+    store = runner.memberships
+    first = store.current("ca-gold")
+    assert (len(first.parts), first.shards) == (1, settings.profile_shards)  # a shard without members has no part
+    assert first.parts[0].path.startswith(f"ca-gold/job={first.job_id}/") and first.parts[0].realized == 1
+    # The snapshot as written before snapshots had parts: one file, every shard's people in it.
+    day1 = members(settings, account, "ca-gold")
+    single = pa.Table.from_batches(
+        [b for path, _ in first.files() for b in pq.read_table(io.BytesIO(store.blobs.get(path))).to_batches()]
+    )
+    sink = io.BytesIO()
+    pq.write_table(single, sink)
+    etag = store.blobs.put("ca-gold/job=before/memberships.parquet", sink.getvalue())
+    legacy = first.model_copy(update={"snapshot": "ca-gold/job=before/memberships.parquet", "etag": etag})
+    store.publish([legacy.model_copy(update={"parts": None, "shards": None})])
+    assert store.current("ca-gold").files() == [("ca-gold/job=before/memberships.parquet", etag)]
+    # Day 2: Ann drops to silver, Cy moves to CA; each shard compares with its own people of the single file.
+    crm.ingest_at(
+        "crm/2.ndjson",
+        ndjson(profile("ann", loyalty={"tier": "silver"}), profile("cy", homeAddress={"stateProvince": "CA"})),
+        now=DAY1 + dt.timedelta(hours=2),
+    )
+    second = runner.run(now=DAY2)
+    assert second.metrics["segmentedProfileByStatusCounter"]["ca-gold"] == {
+        "realized": 1,
+        "existing": 0,
+        "exited": 1,
+        "exitedEarlier": 0,
+    }
+    day2 = members(settings, account, "ca-gold")
+    assert [day2[pid] for pid in day1] == ["exited"] and sorted(day2.values()) == ["exited", "realized"]
+    assert store.current("ca-gold").parts is not None
+
+
+def test_a_streaming_tick_rewrites_only_the_touched_shards_parts_and_keeps_the_others(settings, account, crm):
+    put_segment("ca", 'homeAddress.stateProvince = "CA"')
+    runner = SegmentJobRunner.from_settings(settings)
+    runner.run(now=DAY1)  # every shard's part
+    runner.run_streaming(now=DAY1 + dt.timedelta(minutes=1))  # the first tick: everyone so far
+    before = {p.shard: p for p in runner.memberships.current("ca").parts}
+    later = DAY1 + dt.timedelta(minutes=3)
+    crm.ingest_at("crm/move.ndjson", ndjson(profile("cy", homeAddress={"stateProvince": "CA"})), now=later)
+    tick = runner.run_streaming(now=later + dt.timedelta(minutes=2))
+    [touched] = [s["shard"] for s in tick.metrics["shards"]]
+    after = {p.shard: p for p in runner.memberships.current("ca").parts}
+    assert set(after) == set(before) | {touched}
+    assert after[touched].path.startswith(f"ca/job={tick.id}/") and after[touched].realized == 1
+    for shard in set(before) - {touched}:  # the same files, their members now existing ones
+        assert (after[shard].path, after[shard].etag) == (before[shard].path, before[shard].etag)
+        assert (after[shard].realized, after[shard].existing) == (0, before[shard].realized + before[shard].existing)
+    assert tick.metrics["segmentedProfileByStatusCounter"]["ca"] == {
+        "realized": 1,
+        "existing": 2,
+        "exited": 0,
+        "exitedEarlier": 0,
+    }
 
 
 def test_a_job_as_of_the_same_time_runs_once_and_gives_the_same_memberships(settings, account, crm):
@@ -332,10 +397,10 @@ def test_a_running_job_that_is_cancelled_publishes_nothing(settings, account, cr
     job = runner.enqueue(now=DAY1)
     real_upload = runner.memberships.upload
 
-    def cancel_while_running(job_id, segment_id, file):
-        path = real_upload(job_id, segment_id, file)
-        SegmentJobRunner.from_settings(settings).cancel(job_id)  # arrives while the job is PROCESSING
-        return path
+    def cancel_while_running(path, file):
+        etag = real_upload(path, file)  # a shard's memberships
+        SegmentJobRunner.from_settings(settings).cancel(job.id)  # arrives while the job is PROCESSING
+        return etag
 
     monkeypatch.setattr(runner.memberships, "upload", cancel_while_running)
     assert (

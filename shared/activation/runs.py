@@ -27,7 +27,7 @@ from shared.identity.store import ProfileStore
 from shared.jobs import Job, JobStatus, JobStore, JobType
 from shared.models import ApiModel, Metrics
 from shared.segmentation.definitions import SegmentStore
-from shared.segmentation.memberships import MembershipPointer, MembershipStore
+from shared.segmentation.memberships import MembershipPointer, MembershipStore, SnapshotFiles
 from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, ModelTable, StorageAccount
 from shared.storage.blobs import Staged
@@ -58,13 +58,11 @@ class DataflowRun(ApiModel):
     errors: list[str] = Field(default_factory=list)
 
 
-class ExportState(ApiModel):
+class ExportState(SnapshotFiles):
     """What a destination last exported of a segment: the snapshot incremental runs compare with."""
 
     segment_id: str
     job_id: str
-    snapshot: str
-    etag: str | None = Field(None, description="The snapshot's ETag as published.")
     run_id: str
     exported_at: dt.datetime
 
@@ -258,11 +256,12 @@ class ExportRuns:
         """Download the memberships (and, for incremental runs, the snapshots last exported), build each
         segment's rows and write its files; each file is staged (uncommitted blocks) while the next is written."""
         # Local names: segment ids, and `_profiles`, which no segment id can be.
-        wanted = {sid: (p.snapshot, p.etag) for sid, p in plan.pointers.items()}
+        wanted = {sid: p.files() for sid, p in plan.pointers.items()}
         for sid in plan.pointers if plan.incremental else []:
             state = plan.states.find(sid)
-            if state is not None and self.memberships.blobs.exists(state.snapshot):
-                wanted[f"{sid}-previous"] = (state.snapshot, state.etag)
+            # (A snapshot's files are written and kept together: the first stands for them all.)
+            if state is not None and self.memberships.blobs.exists(state.files()[0][0]):
+                wanted[f"{sid}-previous"] = state.files()
         local = self.memberships.download(wanted, work)
         profiles_sql = self.profiles.profiles_sql(self.profiles.by_id(plan.profiles.store_version), work / "profiles")
         members = [Members(sid, local[sid], local.get(f"{sid}-previous"), plan.incremental) for sid in plan.pointers]
@@ -302,6 +301,8 @@ class ExportRuns:
                     job_id=pointer.job_id,
                     snapshot=pointer.snapshot,
                     etag=pointer.etag,
+                    parts=pointer.parts,
+                    shards=pointer.shards,
                     run_id=job.id,
                     exported_at=now,
                 )

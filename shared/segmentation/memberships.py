@@ -1,6 +1,7 @@
 """Segment memberships: per segment and job, a Parquet snapshot of who is `realized` (entered in this job),
 `existing` (still in) or `exited` (left; kept for a retention period), with `lastQualificationTime`.
-A pointer per segment names the current snapshot. The pointers are one document, replaced in one
+A snapshot is one file per profile store shard (its `parts`), written by that shard's task: the fan-in only
+publishes. A pointer per segment names the current snapshot. The pointers are one document, replaced in one
 ETag-guarded write, so a job publishes any number of segments at once: a reader sees every segment of a
 job or none, and a failed job leaves the previous ones current."""
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -27,19 +28,63 @@ CURRENT = "current"  # the table partition where pointers lived before the point
 POINTERS = "_current/pointers.json"  # the pointer document in the segments container
 PROFILES = "_profiles"  # the pointer to the profile store version a job evaluated (no segment id starts with "_")
 WATERMARK = ("streaming", "watermark")
+STATUS_COUNTS = ("realized", "existing", "exited", "exitedEarlier")  # a snapshot's counts, as job metrics name them
 _EMPTY = (
     "SELECT NULL::VARCHAR AS profileId, NULL::VARCHAR AS status, NULL::TIMESTAMPTZ AS lastQualificationTime, "
     "NULL::TIMESTAMPTZ AS exitedAt WHERE false"
 )
 
 
-class MembershipPointer(ApiModel):
+class SnapshotPart(ApiModel):
+    """One shard's file of a segment's snapshot, and its counts by status."""
+
+    shard: int
+    path: str = Field(description="The blob in the segments container.")
+    etag: str | None = None
+    realized: int = 0
+    existing: int = 0
+    exited: int = 0
+    exited_earlier: int = 0
+
+    def carried(self) -> SnapshotPart:
+        """This part in a later job that did not evaluate its shard (a streaming tick): its members are existing
+        ones and its exits earlier ones."""
+        return self.model_copy(
+            update={
+                "realized": 0,
+                "existing": self.realized + self.existing,
+                "exited": 0,
+                "exited_earlier": self.exited + self.exited_earlier,
+            }
+        )
+
+
+class SnapshotFiles(ApiModel):
+    """Where a snapshot is: its parts, one per shard, or (as written before snapshots were sharded) one file."""
+
+    snapshot: str = Field(description="The snapshot's folder in the segments container (before parts: its file).")
+    etag: str | None = Field(None, description="The single file's ETag (snapshots without parts).")
+    parts: list[SnapshotPart] | None = Field(None, description="One file per profile store shard.")
+    shards: int | None = Field(None, description="How many shards the store had when the parts were written.")
+
+    def files(self, shards: list[int] | None = None) -> list[tuple[str, str | None]]:
+        """The snapshot's blobs and their ETags; with `shards`, only those shards' parts (all files when the
+        snapshot is not split that way)."""
+        if self.parts is None:
+            return [(self.snapshot, self.etag)]
+        return [(p.path, p.etag) for p in self.parts if shards is None or p.shard in shards]
+
+    def split_by(self, shards: int) -> bool:
+        """Whether the parts are the store's shards as they are now (else a shard must filter every file)."""
+        return self.parts is not None and self.shards == shards
+
+
+class MembershipPointer(SnapshotFiles):
     """Which snapshot is a segment's current membership (or, for `_profiles`, the profile store version a job
     evaluated): written by segment jobs, read by exports, preview and the streaming job."""
 
     segment_id: str
     job_id: str
-    snapshot: str = Field(description="The blob in the segments container.")
     evaluated_at: dt.datetime
     size: int = 0
     realized: int = 0
@@ -47,9 +92,30 @@ class MembershipPointer(ApiModel):
     exited: int = 0
     exited_earlier: int = 0
     store_version: str | None = Field(None, description="The profile store version the job read.")
-    etag: str | None = Field(
-        None, description="The snapshot's ETag as published: a worker's cached copy is used only if it is this one."
-    )
+
+    @classmethod
+    def of_parts(
+        cls, segment_id: str, job_id: str, parts: list[SnapshotPart], *, shards: int, evaluated_at: dt.datetime
+    ) -> MembershipPointer:
+        counts = {k: sum(getattr(p, k) for p in parts) for k in ("realized", "existing", "exited", "exited_earlier")}
+        return cls(
+            segment_id=segment_id,
+            job_id=job_id,
+            snapshot=f"{segment_id}/job={job_id}/",
+            parts=sorted(parts, key=lambda p: p.shard),
+            shards=shards,
+            evaluated_at=evaluated_at,
+            size=counts["realized"] + counts["existing"],
+            **counts,
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "realized": self.realized,
+            "existing": self.existing,
+            "exited": self.exited,
+            "exitedEarlier": self.exited_earlier,
+        }
 
 
 class MembershipStore:
@@ -67,8 +133,8 @@ class MembershipStore:
         )
 
     @staticmethod
-    def snapshot_path(segment_id: str, job_id: str) -> str:
-        return f"{segment_id}/job={job_id}/memberships.parquet"
+    def snapshot_path(segment_id: str, job_id: str, attempt: int, shard: int) -> str:
+        return f"{segment_id}/job={job_id}/attempt={attempt}/shard={shard:04d}.parquet"
 
     def current_pointers(self) -> dict[str, MembershipPointer]:
         """Every current pointer, by segment id (and `_profiles`)."""
@@ -87,39 +153,44 @@ class MembershipStore:
         """The profile store version of the job that published last: what activation exports attributes from."""
         return self.current(PROFILES)
 
-    def download(self, snapshots: dict[str, tuple[str, str | None]], into: Path) -> dict[str, Path]:
-        """Fetch published snapshots in parallel: {local file name: (blob path, ETag as published)} -> {local file
-        name: local path}; from this worker's cache when it holds that version."""
+    def download(self, snapshots: dict[str, list[tuple[str, str | None]]], into: Path) -> dict[str, Path]:
+        """Fetch published snapshots in parallel: {local name: its files (blob path, ETag as published)} ->
+        {local name: a local folder of its files, which `parquet()` reads as one}; each file from this worker's
+        cache when it holds that version."""
+        wanted = [
+            (blob, etag, into / name / f"{n:05d}.parquet")
+            for name, files in snapshots.items()
+            for n, (blob, etag) in enumerate(files)
+        ]
+        for name, files in snapshots.items():
+            (into / name).mkdir(parents=True, exist_ok=True)
+            if not files:  # a snapshot without rows has no parts
+                empty = quote_literal(str(into / name / "empty.parquet"))
+                with duckdb.connect() as con:
+                    con.execute(f"COPY ({_EMPTY}) TO {empty} (FORMAT parquet)")
         with ThreadPoolExecutor(max_workers=8) as pool:
-            paths = pool.map(lambda name: self._fetch(*snapshots[name], into / f"{name}.parquet"), snapshots)
-            return dict(zip(snapshots, paths, strict=True))
+            list(pool.map(lambda w: self._fetch(*w), wanted))
+        return {name: into / name for name in snapshots}
 
-    def download_all_current(self, segment_ids: list[str], into: Path) -> dict[str, Path | None]:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            return {sid: f.result() for sid, f in self.fetch_current(segment_ids, into, pool).items()}
-
-    def fetch_current(self, segment_ids: list[str], into: Path, pool: Executor) -> dict[str, Future[Path | None]]:
-        """Start downloading each segment's current snapshot on `pool`: its local path when done (None: the
-        segment has none yet), so a caller can use each as soon as it is there."""
+    def download_all_current(
+        self, segment_ids: list[str], into: Path, *, shards: list[int] | None = None
+    ) -> dict[str, Path | None]:
+        """Each segment's current snapshot in a local folder (None: it has none yet); with `shards`, only
+        those shards' parts when the snapshot is split by shard."""
         current = self.current_pointers()
-
-        def one(sid: str) -> Path | None:
-            pointer = current.get(sid)
-            return self._fetch(pointer.snapshot, pointer.etag, into / f"{sid}-previous.parquet") if pointer else None
-
-        return {sid: pool.submit(one, sid) for sid in segment_ids}
+        found = {sid: current[sid].files(shards) for sid in segment_ids if sid in current}
+        local = self.download(found, into)
+        return {sid: local.get(sid) for sid in segment_ids}
 
     def _fetch(self, path: str, etag: str | None, local: Path) -> Path:
-        """A published snapshot at `local`: this worker's copy of that version, or downloaded (and kept)."""
+        """A published snapshot file at `local`: this worker's copy of that version, or downloaded (and kept)."""
         return self.cache.fetch(self._key(path, etag), local, lambda target: self.blobs.download(path, target))
 
-    def upload(self, job_id: str, segment_id: str, file: Path) -> tuple[str, str]:
-        """Upload a segment's snapshot of this job (and keep it in the worker's cache, by its ETag); returns its
-        blob path and ETag."""
-        path = self.snapshot_path(segment_id, job_id)
+    def upload(self, path: str, file: Path) -> str:
+        """Upload a snapshot file (and keep it in the worker's cache, by its ETag); returns its ETag."""
         etag = self.blobs.put_file(path, file)
         self.cache.keep(self._key(path, etag), file)
-        return path, etag
+        return etag
 
     def _key(self, path: str, etag: str | None) -> str | None:
         """A snapshot's name in the cache: the same job may write its blob again (a retried attempt), so the
@@ -170,10 +241,14 @@ def membership_sql(
     now: dt.datetime,
     retention: dt.timedelta,
     scope_sql: str | None = None,
+    previous_where: str | None = None,
 ) -> str:
-    """The segment's new memberships: who qualifies now compared with the previous snapshot. With
-    `scope_sql` (the people evaluated), everyone else keeps their previous row unchanged."""
+    """The segment's new memberships: who qualifies now compared with the previous snapshot (its rows that
+    match `previous_where`, if given). With `scope_sql` (the people evaluated), everyone else keeps their
+    previous row unchanged."""
     prev = f"SELECT * FROM {parquet(previous)}" if previous else _EMPTY
+    if previous and previous_where:
+        prev += f" WHERE {previous_where}"
     at = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
     oldest = f"{quote_literal((now - retention).isoformat())}::TIMESTAMPTZ"
     in_scope = f"profileId IN ({scope_sql})" if scope_sql else "true"
@@ -219,38 +294,46 @@ def write_snapshots(
     out: Path,
     now: dt.datetime,
     written: Callable[[str, Path], None] = lambda sid, path: None,
-) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
+) -> tuple[dict[str, Path | None], dict[str, dict[str, int]]]:
     """Write every segment's memberships (a Parquet file per segment, straight from its statement, which `parts`
-    gives when it is the segment's turn) and count them by status; `written` hears of each file as soon as it is
-    there (to upload it while the next is written). One statement per segment, two at a time (`_AT_ONCE`), each
-    in a connection of its own to `con`'s database, so the statements read its tables, not temp tables: a single
-    statement over all segments would hold every segment's join at once, and writing one table partitioned by
-    segment took longer than the joins themselves."""
+    gives when it is the segment's turn; None when it has no rows) and count them by status; `written` hears of
+    each file as soon as it is there (to upload it while the next is written). One statement per segment, two
+    at a time (`_AT_ONCE`), each in a connection of its own to `con`'s database, so the statements read its
+    tables, not temp tables: a single statement over all segments would hold every segment's join at once, and
+    writing one table partitioned by segment took 3-4 times as long as the joins themselves."""
     out.mkdir(parents=True, exist_ok=True)
     at = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
     entered = f"status = 'realized' AND lastQualificationTime = {at}"
 
-    def one(n: int, sid: str, sql: Callable[[], str]) -> tuple[Path, dict[str, int]]:
+    def one(n: int, sid: str, sql: Callable[[], str]) -> Path | None:
         target = out / f"{n:05d}.parquet"
         other = beside(con)
         try:
-            other.execute(
+            [(rows,)] = other.execute(
                 f"""COPY (SELECT profileId, status, lastQualificationTime, exitedAt FROM ({sql()}))
                     TO {quote_literal(str(target))} ({SNAPSHOT_FORMAT})"""
-            )
-            written(sid, target)
-            realized, existing, exited, earlier = other.execute(
-                f"""SELECT count(*) FILTER (WHERE {entered}),
-                           count(*) FILTER (WHERE status <> 'exited' AND NOT ({entered})),
-                           count(*) FILTER (WHERE status = 'exited' AND exitedAt = {at}),
-                           count(*) FILTER (WHERE status = 'exited' AND exitedAt < {at})
-                    FROM {parquet(target)}"""
-            ).fetchall()[0]
+            ).fetchall()
         finally:
             other.close()
-        return target, {"realized": realized, "existing": existing, "exited": exited, "exitedEarlier": earlier}
+        if not rows:
+            return None
+        written(sid, target)
+        return target
 
     with ThreadPoolExecutor(max_workers=_AT_ONCE, thread_name_prefix="memberships") as pool:
         done = {sid: pool.submit(one, n, sid, sql) for n, (sid, sql) in enumerate(parts.items())}
-        results = {sid: future.result() for sid, future in done.items()}
-    return {sid: r[0] for sid, r in results.items()}, {sid: r[1] for sid, r in results.items()}
+        files = {sid: future.result() for sid, future in done.items()}
+    # Counted in one statement over every file (one per segment took a sixth of the writing's time).
+    counts = {sid: dict.fromkeys(STATUS_COUNTS, 0) for sid in files}
+    by_name = {str(path): sid for sid, path in files.items() if path is not None}
+    if by_name:
+        names = ", ".join(quote_literal(name) for name in by_name)
+        for name, *found in con.execute(
+            f"""SELECT filename, count(*) FILTER (WHERE {entered}),
+                       count(*) FILTER (WHERE status <> 'exited' AND NOT ({entered})),
+                       count(*) FILTER (WHERE status = 'exited' AND exitedAt = {at}),
+                       count(*) FILTER (WHERE status = 'exited' AND exitedAt < {at})
+                FROM read_parquet([{names}], filename = true) GROUP BY filename"""
+        ).fetchall():
+            counts[by_name[name]] = dict(zip(STATUS_COUNTS, found, strict=True))
+    return files, counts

@@ -18,14 +18,16 @@ import duckdb
 from shared.engine import connect, scalar
 from shared.errors import BridgeError, Conflict, NotFound, ValidationError
 from shared.identity.policies import MergePolicyStore
-from shared.identity.store import ProfileStore, StoreVersion, shard_sql
+from shared.identity.store import ProfileStore, shard_sql
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
 from shared.segmentation.memberships import (
     PROFILES,
+    STATUS_COUNTS,
     MembershipPointer,
     MembershipStore,
+    SnapshotPart,
     membership_sql,
     write_snapshots,
 )
@@ -37,12 +39,11 @@ from shared.segmentation.shards import (
     ShardResult,
     ShardStatus,
     ShardTask,
-    loads,
     shard_rows,
 )
 from shared.segmentation.streaming import streaming_eligible
 from shared.settings import Settings
-from shared.sql import parquet, quote_ident, quote_literal
+from shared.sql import quote_ident
 from shared.storage import StorageAccount
 from shared.storage.messages import QueueMessage
 from shared.timing import Laps
@@ -174,8 +175,8 @@ class SegmentJobRunner:
                     except BridgeError as exc:
                         self.shard_records.finish(record, ShardStatus.FAILED, error=exc.message[:2000])
                     else:
-                        name = f"_shards/job={plan.job_id}/attempt={plan.attempt}/shard={task.shard:04d}.parquet"
-                        self.memberships.blobs.put_file(name, result.path)
+                        name = f"_shards/job={plan.job_id}/attempt={plan.attempt}/shard={task.shard:04d}.json"
+                        self.memberships.blobs.put(name, result.model_dump_json(by_alias=True).encode())
                         self.shard_records.finish(
                             record, ShardStatus.DONE, result=name, metrics=result.metrics, failed=result.failed
                         )
@@ -200,17 +201,8 @@ class SegmentJobRunner:
         if failures:
             errors = [JobError(code="shard", message=f"shard {int(r['RowKey'])}: {r.get('error')}") for r in failures]
             return self.jobs.finish(job, JobStatus.FAILED, started, plan.now, errors)
-        with tempfile.TemporaryDirectory(prefix="segment-fan-in-") as tmp:
-            results = [
-                ShardResult(
-                    shard=int(r["RowKey"]),
-                    path=self.memberships.blobs.download(r["result"], Path(tmp) / f"{r['RowKey']}.parquet"),
-                    failed=loads(r.get("failed")),
-                    metrics=loads(r.get("metrics")),
-                )
-                for r in shards
-            ]
-            return self.jobs.attempt(job, plan.now, lambda _: self._publish(job, plan, results, started))
+        results = [ShardResult.model_validate_json(self.memberships.blobs.get(r["result"])) for r in shards]
+        return self.jobs.attempt(job, plan.now, lambda _: self._publish(job, plan, results, started))
 
     def resume_fan_in(self, job: Job) -> Job | None:
         """Publish a fanned-out job whose shards all finished but whose fan-in worker died before publishing
@@ -298,7 +290,10 @@ class SegmentJobRunner:
         version = self.store.version(now)
         version.check_policy(self.policies.default())
         shards = list(range(len(version.shards))) if chosen else []
-        if since is not None and chosen:
+        current = self.memberships.current_pointers()
+        # A tick evaluates only the touched people's shards, and the others keep their parts of each snapshot:
+        # unless a snapshot is not split by today's shards (written before, or with another shard count).
+        if since is not None and all(current[sid].split_by(len(version.shards)) for sid in chosen if sid in current):
             with tempfile.TemporaryDirectory(prefix="segment-plan-") as tmp, duckdb.connect() as con:
                 touched = self.store.touched_since(version, since, Path(tmp))
                 in_shards = con.execute(
@@ -318,13 +313,12 @@ class SegmentJobRunner:
 
     def evaluate_shard(self, plan: ShardPlan, shard: int, work: Path, *, files: Path | None = None) -> ShardResult:
         """One shard of a job, in its own DuckDB connection (as its own invocation would be): the segments
-        over that shard's profiles and events (a streaming job: its touched people only), written as
-        `(profileId, <one boolean column per segment>)` to a local Parquet file. `files` is where the shard's
-        store files already are (fetched ahead), if they are."""
+        over that shard's profiles and events (a streaming job: its touched people only), then each segment's
+        memberships of that shard against its previous ones, uploaded as the shard's part of the job's
+        snapshots. `files` is where the shard's store files already are (fetched ahead), if they are."""
         started, laps = time.monotonic(), Laps()
         version = self.store.by_id(plan.store_version)
         definitions = self.segments.trees()
-        out = work / f"shard-{shard:04d}.parquet"
         with tempfile.TemporaryDirectory(prefix=f"segment-shard-{shard}-") as tmp:
             con = connect(self.settings, spill_dir=tmp)
             try:
@@ -334,8 +328,9 @@ class SegmentJobRunner:
                 laps.lap("loadSeconds")
                 people = None
                 if plan.since is not None:
+                    # Everyone touched is in scope, the people merged away too (they leave every segment).
                     touched = self.store.touched_since(version, plan.since, Path(tmp) / "touched")
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched}")
+                    con.execute(f"CREATE OR REPLACE TABLE touched AS {touched}")  # a table: read beside `con`
                     people = "SELECT profileId FROM touched"
                 compiled = evaluate(
                     con,
@@ -347,19 +342,21 @@ class SegmentJobRunner:
                     isolate=True,
                 )
                 laps.lap("evaluateSeconds")
-                # Columns are named by segment, whatever the shard's compiler called them.
+                # Columns are named by segment, whatever the shard's compiler called them; a table, not a temp
+                # table, so that the memberships are written beside this connection.
                 select = "".join(f", {col} AS {quote_ident(sid)}" for sid, col in compiled.columns.items())
-                con.execute(
-                    f"COPY (SELECT profileId{select} FROM {RESULTS}) TO {quote_literal(str(out))} (FORMAT parquet)"
+                con.execute(f"CREATE TABLE shard_results AS SELECT profileId{select} FROM {RESULTS}")
+                rows = scalar(con, "SELECT count(*) FROM shard_results")
+                parts = self._write_memberships(
+                    con, plan, shard, len(version.shards), list(compiled.columns), Path(tmp), people
                 )
-                rows = scalar(con, f"SELECT count(*) FROM {RESULTS}")
                 peak = scalar(con, "SELECT max(memory_usage_bytes) FROM duckdb_memory()") or 0
-                laps.lap("writeSeconds")
+                laps.lap("membershipSeconds")
             finally:
                 con.close()
         return ShardResult(
             shard=shard,
-            path=out,
+            parts=parts,
             failed=compiled.failed,
             metrics=ShardMetrics.model_validate(
                 {
@@ -373,9 +370,65 @@ class SegmentJobRunner:
             ).model_dump(exclude_none=True),
         )
 
+    def _write_memberships(
+        self, con, plan: ShardPlan, shard: int, shards: int, chosen: list[str], work: Path, people: str | None
+    ) -> dict[str, SnapshotPart]:
+        """Each segment's new memberships in this shard against its current ones (this shard's part of them,
+        or, when the current snapshot is not split by today's shards, its rows in this shard), uploaded while
+        the next segment is written: the shard's part of each snapshot, with its counts."""
+        retention = dt.timedelta(days=self.settings.segment_exited_retention_days)
+        current = self.memberships.current_pointers()
+        in_shard = f"{shard_sql('profileId', shards)} = {shard}"
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            wanted, where = {}, {}
+            for sid in chosen:
+                pointer = current.get(sid)
+                if pointer is not None:
+                    split = pointer.split_by(shards)
+                    wanted[sid] = pointer.files([shard] if split else None)
+                    where[sid] = None if split else in_shard
+            previous = pool.submit(
+                self.memberships.download, {sid: f for sid, f in wanted.items() if f}, work / "previous"
+            )
+
+            def part(sid: str) -> str:
+                return membership_sql(
+                    segment_id=sid,
+                    qualified_sql=f"SELECT profileId FROM shard_results WHERE {quote_ident(sid)}",
+                    previous=previous.result().get(sid),
+                    previous_where=where.get(sid),
+                    now=plan.now,
+                    retention=retention,
+                    scope_sql=people,
+                )
+
+            uploads: dict[str, Future[str]] = {}
+
+            def upload(sid: str, file: Path) -> None:
+                path = self.memberships.snapshot_path(sid, plan.job_id, plan.attempt, shard)
+                uploads[sid] = pool.submit(self.memberships.upload, path, file)
+
+            parts = {sid: functools.partial(part, sid) for sid in chosen}
+            _, counts = write_snapshots(con, parts, out=work / "memberships", now=plan.now, written=upload)
+            etags = {sid: upload.result() for sid, upload in uploads.items()}  # a shard without rows has no part
+        self.memberships.cache.trim()
+        return {
+            sid: SnapshotPart(
+                shard=shard,
+                path=self.memberships.snapshot_path(sid, plan.job_id, plan.attempt, shard),
+                etag=etags[sid],
+                realized=counts[sid]["realized"],
+                existing=counts[sid]["existing"],
+                exited=counts[sid]["exited"],
+                exited_earlier=counts[sid]["exitedEarlier"],
+            )
+            for sid in etags
+        }
+
     def _publish(self, job: Job, plan: ShardPlan, results: list[ShardResult], started: float) -> Job:
-        """Fan-in: every shard's results become each segment's new memberships, published all at once (or,
-        when the job was cancelled meanwhile or taken over, nothing is published)."""
+        """Fan-in: every shard's parts become each segment's new snapshot, published all at once (or, when the
+        job was cancelled meanwhile or taken over, nothing is published). A shard the job did not evaluate (a
+        streaming tick's untouched ones) keeps its current part."""
         if not plan.segments:
             metrics = SegmentJobMetrics(segments=0, total_profiles=0)
             return self.jobs.finish(
@@ -391,16 +444,21 @@ class SegmentJobRunner:
             )
         version = self.store.by_id(plan.store_version) if plan.shards else self.store.version(plan.now)
         now = plan.now
-        memberships_started = time.monotonic()
-        pointers, counts, evaluated_people = self._memberships(job, plan, results, chosen, version)
-        membership_seconds = time.monotonic() - memberships_started
-        current = self.jobs.get(JobType.SEGMENT, job.id)
-        if current.attempt != job.attempt or current.status.terminal:
+        pointers = self._pointers(job, plan, results, chosen, len(version.shards))
+        counts = {sid: dict.fromkeys(STATUS_COUNTS, 0) for sid in chosen}
+        counts |= {p.segment_id: p.counts() for p in pointers}
+        pointers.append(
+            MembershipPointer(
+                segment_id=PROFILES, job_id=job.id, snapshot=version.id, evaluated_at=now, store_version=version.id
+            )
+        )
+        current_job = self.jobs.get(JobType.SEGMENT, job.id)
+        if current_job.attempt != job.attempt or current_job.status.terminal:
             raise Conflict(f"segment job {job.id} was taken over or ended meanwhile; this run does not publish")
-        if current.status is JobStatus.CANCELLING:
+        if current_job.status is JobStatus.CANCELLING:
             # Cancelled while running: nothing is published, the previous memberships stay current.
-            return self.jobs.finish(current, JobStatus.CANCELLED, started, now, [])
-        job = current
+            return self.jobs.finish(current_job, JobStatus.CANCELLED, started, now, [])
+        job = current_job
         self.memberships.publish(pointers)
         if plan.since is not None and version.as_of is not None and version.as_of > plan.since:
             self.memberships.advance_watermark(version.as_of)
@@ -408,10 +466,10 @@ class SegmentJobRunner:
         metrics = SegmentJobMetrics(
             segments=len(chosen),
             total_profiles=version.people,
-            evaluated_profiles=evaluated_people,
+            evaluated_profiles=sum(m.evaluated for m in shards),
             profile_store_version=version.id,
             segmentation_seconds=round(sum(m.seconds for m in shards), 3),
-            membership_seconds=round(membership_seconds, 3),
+            membership_seconds=round(sum(m.membership_seconds or 0 for m in shards), 3),
             shards=shards,
             segmented_profile_counter={sid: c["realized"] + c["existing"] for sid, c in counts.items()},
             segmented_profile_by_status_counter=counts,
@@ -422,79 +480,17 @@ class SegmentJobRunner:
         broken = [JobError(code="segment", message=f"segment {sid}: {why}") for sid, why in failed.items()]
         return self.jobs.finish(job, JobStatus.SUCCEEDED, started, now, broken, metrics=metrics)
 
-    def _memberships(
-        self, job: Job, plan: ShardPlan, results: list[ShardResult], chosen: list[str], version: StoreVersion
-    ) -> tuple[list[MembershipPointer], dict[str, dict[str, int]], int]:
-        """Each chosen segment's new memberships from the shards' results, written as snapshots: their pointers
-        (the `_profiles` one last), the counts per status, and how many people were evaluated."""
-        with tempfile.TemporaryDirectory(prefix="segment-publish-") as tmp:
-            work = Path(tmp)
-            con = connect(self.settings, spill_dir=tmp)
-            try:
-                columns = "".join(f", {quote_ident(sid)} BOOLEAN" for sid in chosen)
-                # Tables, not temp tables: the memberships are written by connections beside this one.
-                con.execute(f"CREATE TABLE job_results (profileId VARCHAR{columns})")
-                for r in results:
-                    con.execute(f"INSERT INTO job_results BY NAME SELECT * FROM {parquet(r.path)}")
-                people = None
-                if plan.since is not None:
-                    # Everyone touched is in scope, the people merged away too (they leave every segment).
-                    touched = self.store.touched_since(version, plan.since, work / "touched")
-                    con.execute(f"CREATE TABLE touched AS {touched}")
-                    people = "SELECT profileId FROM touched"
-                pointers, counts = self._write_memberships(
-                    con, job, plan.now, chosen, {sid: quote_ident(sid) for sid in chosen}, work, people
-                )
-                evaluated_people = scalar(con, "SELECT count(*) FROM job_results")
-            finally:
-                con.close()
-        pointers.append(
-            MembershipPointer(
-                segment_id=PROFILES, job_id=job.id, snapshot=version.id, evaluated_at=plan.now, store_version=version.id
-            )
-        )
-        return pointers, counts, evaluated_people
-
-    def _write_memberships(self, con, job: Job, now, chosen, columns, work: Path, people: str | None):
-        """Each segment's new memberships against its current ones, uploaded; their pointers and counts. The
-        current snapshots download while the first segments are written, and each new one uploads while the
-        next is written."""
-        retention = dt.timedelta(days=self.settings.segment_exited_retention_days)
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            previous = self.memberships.fetch_current(chosen, work, pool)
-
-            def part(sid: str) -> str:
-                return membership_sql(
-                    segment_id=sid,
-                    qualified_sql=f"SELECT profileId FROM job_results WHERE {columns[sid]}",
-                    previous=previous[sid].result(),
-                    now=now,
-                    retention=retention,
-                    scope_sql=people,
-                )
-
-            uploads: dict[str, Future[tuple[str, str]]] = {}
-
-            def upload(sid: str, file: Path) -> None:
-                uploads[sid] = pool.submit(self.memberships.upload, job.id, sid, file)
-
-            parts = {sid: functools.partial(part, sid) for sid in chosen}
-            _, counts = write_snapshots(con, parts, out=work / "memberships", now=now, written=upload)
-            uploaded = {sid: uploads[sid].result() for sid in chosen}
-        self.memberships.cache.trim()
-        pointers = [
-            MembershipPointer(
-                segment_id=sid,
-                job_id=job.id,
-                snapshot=uploaded[sid][0],
-                etag=uploaded[sid][1],
-                evaluated_at=now,
-                size=counts[sid]["realized"] + counts[sid]["existing"],
-                realized=counts[sid]["realized"],
-                existing=counts[sid]["existing"],
-                exited=counts[sid]["exited"],
-                exited_earlier=counts[sid]["exitedEarlier"],
-            )
-            for sid in chosen
-        ]
-        return pointers, counts
+    def _pointers(
+        self, job: Job, plan: ShardPlan, results: list[ShardResult], chosen: list[str], shards: int
+    ) -> list[MembershipPointer]:
+        """Each chosen segment's new snapshot: the evaluated shards' parts (a shard without rows has none), and
+        (for a streaming tick) the current parts of the shards it did not evaluate."""
+        current, evaluated = self.memberships.current_pointers(), set(plan.shards)
+        pointers = []
+        for sid in chosen:
+            before = current.get(sid)
+            kept = before.parts if plan.since is not None and before and before.split_by(shards) else []
+            parts = [r.parts[sid] for r in results if sid in r.parts]
+            parts += [p.carried() for p in kept or [] if p.shard not in evaluated]
+            pointers.append(MembershipPointer.of_parts(sid, job.id, parts, shards=shards, evaluated_at=plan.now))
+        return pointers

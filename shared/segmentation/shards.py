@@ -9,15 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from shared.errors import Conflict
-from shared.models import Metrics
+from shared.models import ApiModel, Metrics
+from shared.segmentation.memberships import SnapshotPart
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 from shared.storage.messages import QueueMessage
@@ -46,13 +45,13 @@ class ShardTask(QueueMessage):
     shard: int
 
 
-@dataclass
-class ShardResult:
-    """One evaluated shard: its results file `(profileId, <boolean per segment>)`, the segments that failed
-    in it, and its metrics (rows, seconds, memory)."""
+class ShardResult(ApiModel):
+    """One evaluated shard: each segment's part of the job's snapshots (uploaded, with its counts), the
+    segments that failed in it, and its metrics (rows, seconds, memory). A fanned-out shard task stores it as
+    a blob that its shard record names."""
 
     shard: int
-    path: Path
+    parts: dict[str, SnapshotPart]
     failed: dict[str, str]
     metrics: dict[str, Any]
 
@@ -66,7 +65,7 @@ class ShardMetrics(Metrics):
     seconds: float = 0
     load_seconds: float | None = None
     evaluate_seconds: float | None = None
-    write_seconds: float | None = None
+    membership_seconds: float | None = None
     duckdb_memory_mb: float | None = Field(None, alias="duckdbMemoryMB")
 
 

@@ -190,6 +190,38 @@ def test_a_streaming_tick_rewrites_only_the_touched_shards_parts_and_keeps_the_o
     }
 
 
+def test_a_streaming_tick_keeps_a_part_where_nobody_it_evaluated_qualifies_or_was_a_member(
+    settings, account, landing_zone, monkeypatch
+):
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("PROFILE_SHARDS", "1")  # everyone in one shard: the tick evaluates it
+    get_settings.cache_clear()
+    landing_zone.settings = get_settings()
+    create_dataset(settings, "crm")
+    landing_zone.ingest_at(
+        "crm/1.ndjson",
+        ndjson(profile("ann", loyalty={"tier": "gold"}), profile("bob", loyalty={"tier": "silver"})),
+        now=NOW,
+    )
+    put_segment("gold", 'loyalty.tier = "gold"')
+    put_segment("silver", 'loyalty.tier = "silver"')
+    runner = SegmentJobRunner.from_settings(get_settings())
+    runner.run(now=DAY1)
+    runner.run_streaming(now=DAY1 + dt.timedelta(minutes=1))
+    [gold], [silver] = (runner.memberships.current(sid).parts for sid in ("gold", "silver"))
+    # Cy arrives, gold: the gold part is written again; nobody the tick evaluated is or was silver.
+    later = DAY1 + dt.timedelta(minutes=3)
+    landing_zone.ingest_at("crm/2.ndjson", ndjson(profile("cy", loyalty={"tier": "gold"})), now=later)
+    tick = runner.run_streaming(now=later + dt.timedelta(minutes=2))
+    assert tick.metrics["evaluatedProfiles"] == 1
+    [gold_after], [silver_after] = (runner.memberships.current(sid).parts for sid in ("gold", "silver"))
+    assert gold_after.path != gold.path and (gold_after.realized, gold_after.existing) == (1, 1)
+    assert (silver_after.path, silver_after.etag) == (silver.path, silver.etag)
+    assert (silver_after.realized, silver_after.existing) == (0, 1)
+    assert list(members(get_settings(), account, "silver").values()) == ["existing"]  # Bob's row, as it was
+
+
 def test_a_job_as_of_the_same_time_runs_once_and_gives_the_same_memberships(settings, account, crm):
     put_segment("ca", 'homeAddress.stateProvince = "CA"')
     runner = SegmentJobRunner.from_settings(settings)

@@ -323,7 +323,7 @@ def write_snapshots(
     with ThreadPoolExecutor(max_workers=_AT_ONCE, thread_name_prefix="memberships") as pool:
         done = {sid: pool.submit(one, n, sid, sql) for n, (sid, sql) in enumerate(parts.items())}
         files = {sid: future.result() for sid, future in done.items()}
-    # Counted in one statement over every file (one per segment took a sixth of the writing's time).
+    # Counted in one statement over every file written, not one per segment.
     counts = {sid: dict.fromkeys(STATUS_COUNTS, 0) for sid in files}
     by_name = {str(path): sid for sid, path in files.items() if path is not None}
     if by_name:

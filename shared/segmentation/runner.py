@@ -43,7 +43,7 @@ from shared.segmentation.shards import (
 )
 from shared.segmentation.streaming import streaming_eligible
 from shared.settings import Settings
-from shared.sql import quote_ident
+from shared.sql import quote_ident, quote_literal
 from shared.storage import StorageAccount
 from shared.storage.messages import QueueMessage
 from shared.timing import Laps
@@ -380,16 +380,19 @@ class SegmentJobRunner:
         current = self.memberships.current_pointers()
         in_shard = f"{shard_sql('profileId', shards)} = {shard}"
         with ThreadPoolExecutor(max_workers=8) as pool:
-            wanted, where = {}, {}
+            wanted, where, before = {}, {}, {}
             for sid in chosen:
                 pointer = current.get(sid)
                 if pointer is not None:
                     split = pointer.split_by(shards)
                     wanted[sid] = pointer.files([shard] if split else None)
                     where[sid] = None if split else in_shard
+                    before.update((sid, p) for p in pointer.parts or [] if split and p.shard == shard)
             previous = pool.submit(
                 self.memberships.download, {sid: f for sid, f in wanted.items() if f}, work / "previous"
             )
+            kept = self._unchanged(con, before, previous.result(), people) if people else {}
+            chosen = [sid for sid in chosen if sid not in kept]
 
             def part(sid: str) -> str:
                 return membership_sql(
@@ -412,7 +415,7 @@ class SegmentJobRunner:
             _, counts = write_snapshots(con, parts, out=work / "memberships", now=plan.now, written=upload)
             etags = {sid: upload.result() for sid, upload in uploads.items()}  # a shard without rows has no part
         self.memberships.cache.trim()
-        return {
+        return kept | {
             sid: SnapshotPart(
                 shard=shard,
                 path=self.memberships.snapshot_path(sid, plan.job_id, plan.attempt, shard),
@@ -424,6 +427,30 @@ class SegmentJobRunner:
             )
             for sid in etags
         }
+
+    @staticmethod
+    def _unchanged(
+        con, before: dict[str, SnapshotPart], local: dict[str, Path], people: str
+    ) -> dict[str, SnapshotPart]:
+        """The parts a streaming tick leaves as they are (carried into its snapshots, not written again): those
+        where nobody it evaluated qualifies now or has a row before."""
+        if not before:
+            return {}
+        qualified = con.execute(
+            "SELECT "
+            + ", ".join(f"count(*) FILTER (WHERE {quote_ident(sid)})" for sid in before)
+            + " FROM shard_results"
+        ).fetchall()[0]
+        quiet = [sid for sid, n in zip(before, qualified, strict=True) if n == 0]
+        if not quiet:
+            return {}
+        files = {str(f): sid for sid in quiet for f in local[sid].glob("*.parquet")}
+        had_rows = con.execute(
+            f"""SELECT DISTINCT filename FROM read_parquet([{", ".join(map(quote_literal, files))}], filename = true)
+                WHERE profileId IN ({people})"""
+        ).fetchall()
+        touched = {files[name] for (name,) in had_rows}
+        return {sid: before[sid].carried() for sid in quiet if sid not in touched}
 
     def _publish(self, job: Job, plan: ShardPlan, results: list[ShardResult], started: float) -> Job:
         """Fan-in: every shard's parts become each segment's new snapshot, published all at once (or, when the

@@ -172,7 +172,3 @@ class ShardRecords:
 
 def shard_rows(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for key, r in sorted(records.items()) if not key.startswith("_")]
-
-
-def loads(value: str | None) -> dict:
-    return json.loads(value) if value else {}

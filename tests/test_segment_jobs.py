@@ -97,6 +97,18 @@ def test_definitions_are_validated_on_save_with_a_clear_400(settings, crm):
     assert [d["id"] for d in body(call(segments, "GET", "segments"))] == ["ca", "gold-ca"]
 
 
+ONE_IN_ONE_OUT = {"realized": 1, "existing": 0, "exited": 1, "exitedEarlier": 0}
+
+
+def ann_drops_to_silver_and_cy_moves_to_ca(crm) -> None:
+    """Day 2 of the crm fixture: Ann leaves "CA and gold", Cy joins it."""
+    crm.ingest_at(
+        "crm/2.ndjson",
+        ndjson(profile("ann", loyalty={"tier": "silver"}), profile("cy", homeAddress={"stateProvince": "CA"})),
+        now=DAY1 + dt.timedelta(hours=2),
+    )
+
+
 def test_memberships_are_realized_then_existing_or_exited_across_two_jobs(settings, account, crm):
     put_segment("ca-gold", 'homeAddress.stateProvince = "CA" and loyalty.tier = "gold"')
     put_segment("buyers", 'xEvent[eventType = "commerce.purchases"].count() >= 2')
@@ -108,19 +120,9 @@ def test_memberships_are_realized_then_existing_or_exited_across_two_jobs(settin
     day1 = members(settings, account, "ca-gold")
     assert list(day1.values()) == ["realized"]
     ann = next(iter(day1))
-    # Day 2: Ann drops to silver, Cy moves to CA.
-    crm.ingest_at(
-        "crm/2.ndjson",
-        ndjson(profile("ann", loyalty={"tier": "silver"}), profile("cy", homeAddress={"stateProvince": "CA"})),
-        now=DAY1 + dt.timedelta(hours=2),
-    )
+    ann_drops_to_silver_and_cy_moves_to_ca(crm)
     second = runner.run(now=DAY2)
-    assert second.metrics["segmentedProfileByStatusCounter"]["ca-gold"] == {
-        "realized": 1,
-        "existing": 0,
-        "exited": 1,
-        "exitedEarlier": 0,
-    }
+    assert second.metrics["segmentedProfileByStatusCounter"]["ca-gold"] == ONE_IN_ONE_OUT
     assert second.metrics["segmentedProfileByStatusCounter"]["buyers"]["existing"] == 1
     day2 = members(settings, account, "ca-gold")
     assert day2[ann] == "exited"
@@ -148,19 +150,9 @@ def test_each_shard_writes_its_part_of_every_snapshot_and_a_snapshot_from_before
     legacy = first.model_copy(update={"snapshot": "ca-gold/job=before/memberships.parquet", "etag": etag})
     store.publish([legacy.model_copy(update={"parts": None, "shards": None})])
     assert store.current("ca-gold").files() == [("ca-gold/job=before/memberships.parquet", etag)]
-    # Day 2: Ann drops to silver, Cy moves to CA; each shard compares with its own people of the single file.
-    crm.ingest_at(
-        "crm/2.ndjson",
-        ndjson(profile("ann", loyalty={"tier": "silver"}), profile("cy", homeAddress={"stateProvince": "CA"})),
-        now=DAY1 + dt.timedelta(hours=2),
-    )
+    ann_drops_to_silver_and_cy_moves_to_ca(crm)  # each shard compares with its own people of the single file
     second = runner.run(now=DAY2)
-    assert second.metrics["segmentedProfileByStatusCounter"]["ca-gold"] == {
-        "realized": 1,
-        "existing": 0,
-        "exited": 1,
-        "exitedEarlier": 0,
-    }
+    assert second.metrics["segmentedProfileByStatusCounter"]["ca-gold"] == ONE_IN_ONE_OUT
     day2 = members(settings, account, "ca-gold")
     assert [day2[pid] for pid in day1] == ["exited"] and sorted(day2.values()) == ["exited", "realized"]
     assert store.current("ca-gold").parts is not None

@@ -516,8 +516,8 @@ class SegmentJobRunner:
         pointers = []
         for sid in chosen:
             before = current.get(sid)
-            kept = before.parts if plan.since is not None and before and before.split_by(shards) else []
+            kept = (before.parts or []) if plan.since is not None and before and before.split_by(shards) else []
             parts = [r.parts[sid] for r in results if sid in r.parts]
-            parts += [p.carried() for p in kept or [] if p.shard not in evaluated]
+            parts += [p.carried() for p in kept if p.shard not in evaluated]
             pointers.append(MembershipPointer.of_parts(sid, job.id, parts, shards=shards, evaluated_at=plan.now))
         return pointers

@@ -141,6 +141,7 @@ def _job_result(job, seconds: float) -> dict:
         "phases": {k: v for k, v in job.metrics.items() if k.endswith("Seconds") and k != "durationSeconds"},
         "shards": shards,
         "slowest_shard_seconds": max((s["seconds"] for s in shards), default=0.0),
+        "shard_peak_rss_mb": max((s.get("peakRssMB") or 0 for s in shards), default=0.0),
         "counts": job.metrics["segmentedProfileCounter"],
         "profiles": job.metrics["totalProfiles"],
     }
@@ -422,7 +423,7 @@ def main() -> None:
     print(
         f"{'  of which: the shards (evaluation, memberships)':56s} {ours['segmentation_seconds']:8.2f} "
         f"{ours['segmentation_seconds'] / floor['seconds']:5.2f}x   slowest shard {ours['slowest_shard_seconds']:.2f} s "
-        f"of {len(ours['shards'])}"
+        f"of {len(ours['shards'])}, peak RSS {ours['shard_peak_rss_mb']:,.0f} MB"
     )
     for w, estimate in ours["wall_estimate"].items():
         label = f"  estimated on {w} instances at once (cold)"

@@ -248,7 +248,8 @@ def test_an_on_demand_job_is_queued_over_http_and_run_by_the_queue_trigger_once(
     done = body(call(segment_jobs, "GET", f"segment-jobs/{job['id']}", {"id": job["id"]}))
     assert done["status"] == "SUCCEEDED" and done["metrics"]["segmentedProfileCounter"] == {"ny": 1}
     assert [s["shard"] for s in done["metrics"]["shards"]] == list(range(settings.profile_shards))
-    assert {"profiles", "evaluated", "seconds", "duckdbMemoryMB"} <= set(done["metrics"]["shards"][0])
+    assert {"profiles", "evaluated", "seconds", "duckdbMemoryMB", "peakRssMB"} <= set(done["metrics"]["shards"][0])
+    assert done["metrics"]["shards"][0]["peakRssMB"] > 0
     # Redelivered messages find the job and the shard done, and run nothing.
     runner = SegmentJobRunner.from_settings(settings)
     assert runner.run_shard(json.loads(task)) is None

@@ -46,7 +46,7 @@ from shared.settings import Settings
 from shared.sql import quote_ident, quote_literal
 from shared.storage import StorageAccount
 from shared.storage.messages import QueueMessage
-from shared.timing import Laps
+from shared.timing import Laps, PeakRss
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +319,7 @@ class SegmentJobRunner:
         started, laps = time.monotonic(), Laps()
         version = self.store.by_id(plan.store_version)
         definitions = self.segments.trees()
-        with tempfile.TemporaryDirectory(prefix=f"segment-shard-{shard}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"segment-shard-{shard}-") as tmp, PeakRss() as memory:
             con = connect(self.settings, spill_dir=tmp)
             try:
                 profiles = self.store.open(
@@ -366,6 +366,7 @@ class SegmentJobRunner:
                     "seconds": round(time.monotonic() - started, 3),
                     **laps,
                     "duckdbMemoryMB": round(peak / 2**20, 1),
+                    "peakRssMB": memory.mb,
                 }
             ).model_dump(exclude_none=True),
         )

@@ -66,7 +66,15 @@ class ShardMetrics(Metrics):
     load_seconds: float | None = None
     evaluate_seconds: float | None = None
     membership_seconds: float | None = None
-    duckdb_memory_mb: float | None = Field(None, alias="duckdbMemoryMB")
+    duckdb_memory_mb: float | None = Field(
+        None, alias="duckdbMemoryMB", description="DuckDB's memory in use when the shard's work ended."
+    )
+    peak_rss_mb: float | None = Field(
+        None,
+        alias="peakRssMB",
+        description="The worker process's peak resident memory during the shard (sampled; its own invocation's "
+        "peak when shards run one per invocation).",
+    )
 
 
 class SegmentJobMetrics(Metrics):

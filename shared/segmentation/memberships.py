@@ -35,16 +35,26 @@ _EMPTY = (
 )
 
 
-class SnapshotPart(ApiModel):
+class StatusCounts(ApiModel):
+    """A snapshot's rows (or a part's) by status: realized (entered in this job), existing, exited in this job,
+    exited earlier."""
+
+    realized: int = 0
+    existing: int = 0
+    exited: int = 0
+    exited_earlier: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """As job metrics name them (`STATUS_COUNTS`)."""
+        return self.model_dump(include=set(StatusCounts.model_fields))
+
+
+class SnapshotPart(StatusCounts):
     """One shard's file of a segment's snapshot, and its counts by status."""
 
     shard: int
     path: str = Field(description="The blob in the segments container.")
     etag: str | None = None
-    realized: int = 0
-    existing: int = 0
-    exited: int = 0
-    exited_earlier: int = 0
 
     def carried(self) -> SnapshotPart:
         """This part in a later job that did not evaluate its shard (a streaming tick): its members are existing
@@ -79,7 +89,7 @@ class SnapshotFiles(ApiModel):
         return self.parts is not None and self.shards == shards
 
 
-class MembershipPointer(SnapshotFiles):
+class MembershipPointer(SnapshotFiles, StatusCounts):
     """Which snapshot is a segment's current membership (or, for `_profiles`, the profile store version a job
     evaluated): written by segment jobs, read by exports, preview and the streaming job."""
 
@@ -87,17 +97,13 @@ class MembershipPointer(SnapshotFiles):
     job_id: str
     evaluated_at: dt.datetime
     size: int = 0
-    realized: int = 0
-    existing: int = 0
-    exited: int = 0
-    exited_earlier: int = 0
     store_version: str | None = Field(None, description="The profile store version the job read.")
 
     @classmethod
     def of_parts(
         cls, segment_id: str, job_id: str, parts: list[SnapshotPart], *, shards: int, evaluated_at: dt.datetime
     ) -> MembershipPointer:
-        counts = {k: sum(getattr(p, k) for p in parts) for k in ("realized", "existing", "exited", "exited_earlier")}
+        counts = {k: sum(getattr(p, k) for p in parts) for k in StatusCounts.model_fields}
         return cls(
             segment_id=segment_id,
             job_id=job_id,
@@ -108,14 +114,6 @@ class MembershipPointer(SnapshotFiles):
             size=counts["realized"] + counts["existing"],
             **counts,
         )
-
-    def counts(self) -> dict[str, int]:
-        return {
-            "realized": self.realized,
-            "existing": self.existing,
-            "exited": self.exited,
-            "exitedEarlier": self.exited_earlier,
-        }
 
 
 class MembershipStore:

@@ -421,10 +421,7 @@ class SegmentJobRunner:
                 shard=shard,
                 path=self.memberships.snapshot_path(sid, plan.job_id, plan.attempt, shard),
                 etag=etags[sid],
-                realized=counts[sid]["realized"],
-                existing=counts[sid]["existing"],
-                exited=counts[sid]["exited"],
-                exited_earlier=counts[sid]["exitedEarlier"],
+                **counts[sid],
             )
             for sid in etags
         }

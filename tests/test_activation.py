@@ -443,42 +443,69 @@ def test_json_and_parquet_files_with_and_without_a_dedup_key_and_an_empty_segmen
     assert job.metrics["excluded"] == {"missingIdentity": 1}  # dee, gold but without an email
 
 
-@pytest.mark.parametrize("pieces", [1, 2])
-def test_export_files_from_partitioned_writes_whole_even_when_a_partition_comes_in_pieces(settings, tmp_path, pieces):
-    """The files written straight from the query, through real DuckDB: each segment's partition becomes its
-    file; a partition found in more than one piece (DuckDB past its open-file limit) is written again whole."""
+EXPORT_PROFILES = """(SELECT profileId, [{'namespace': 'Email', 'id': email}] AS identities,
+    {'name': {'firstName': 'F'}} AS person, {'tier': 'gold'} AS loyalty
+    FROM (VALUES ('p1', 'a@x.com'), ('p2', 'b@x.com')) AS t(profileId, email))"""
+
+
+def write_snapshots(folder, members: dict[str, list[str]]) -> None:
+    """Membership snapshots as the segment job writes them: a Parquet file per segment, every member realized."""
     import duckdb
 
-    from shared.activation import Destination
-    from shared.activation.export import Members, build_rows, install_transforms
-    from shared.engine import connect
-
-    for sid, ids in (("gold", ["p1", "p2"]), ("empty", [])):
+    for sid, ids in members.items():
         rows = " UNION ALL ".join(
             f"SELECT '{i}' AS profileId, 'realized' AS status, '{T1.isoformat()}'::TIMESTAMPTZ AS lastQualificationTime"
             for i in ids
         )
         duckdb.execute(
             f"COPY ({rows or 'SELECT NULL::VARCHAR AS profileId, NULL AS status, NULL::TIMESTAMPTZ AS lastQualificationTime WHERE false'}) "
-            f"TO '{tmp_path / sid}.parquet' (FORMAT parquet)"
+            f"TO '{folder / sid}.parquet' (FORMAT parquet)"
         )
-    profiles = """(SELECT profileId, [{'namespace': 'Email', 'id': email}] AS identities,
-        {'name': {'firstName': 'F'}} AS person, {'tier': 'gold'} AS loyalty
-        FROM (VALUES ('p1', 'a@x.com'), ('p2', 'b@x.com')) AS t(profileId, email))"""
-    d = Destination.model_validate({**destination(segments=["gold", "empty"]), "id": "gold-email", "format": "csv"})
+
+
+def export_rows(settings, segments: list[str], split_rows: int):
+    from shared.activation import Destination
+    from shared.activation.export import build_rows, install_transforms
+    from shared.engine import connect
+
+    d = Destination.model_validate({**destination(segments=segments), "id": "gold-email", "format": "csv"})
     con = connect(settings)
     install_transforms(con, country_code="1")
+    return build_rows(con, d, EXPORT_PROFILES, split_rows=split_rows)
+
+
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_export_files_from_partitioned_writes_whole_even_when_a_partition_comes_in_pieces(settings, tmp_path, pieces):
+    """The files written straight from the query, through real DuckDB: each segment's partition becomes its
+    file; a partition found in more than one piece (DuckDB past its open-file limit) is written again whole."""
+    from shared.activation.export import Members
+
+    write_snapshots(tmp_path, {"gold": ["p1", "p2"], "empty": []})
     members = [Members(sid, tmp_path / f"{sid}.parquet") for sid in ("gold", "empty")]
-    rows = build_rows(con, d, members, profiles, split_rows=100)
+    rows = export_rows(settings, ["gold", "empty"], split_rows=100)
     out = tmp_path / "files"
     if pieces == 2:  # as if DuckDB had written the partition of "gold" in two files
         (out / "group-0" / "seg=0" / "_part=1").mkdir(parents=True)
         (out / "group-0" / "seg=0" / "_part=1" / "data_9.csv").write_text("a piece\n")
-    written = rows.write(out)
+    written = rows.write(members, out)
     assert [(w.segment_id, w.part, w.rows) for w in written] == [("gold", 1, 2), ("empty", 1, 0)]
     gold = list(csv.DictReader(io.StringIO(written[0].path.read_text())))
     assert sorted(r["email_lc_sha256"] for r in gold) == sorted([sha("a@x.com"), sha("b@x.com")])
     assert written[1].path.read_text().splitlines() == ["email_lc_sha256,segmentMembershipStatus,firstName,loyaltyTier"]
+
+
+def test_a_segment_past_the_file_limit_before_its_exclusions_but_not_after_gets_one_file(settings, tmp_path):
+    """Whether a run numbers rows into parts is decided before it counts them, from the snapshots' footers:
+    a snapshot of 2 members under a 1-row limit is numbered, and the one member exported (p3 has no profile,
+    so no identity) still makes one file, counted after it was written."""
+    from shared.activation.export import Members, SegmentCounts
+
+    write_snapshots(tmp_path, {"gold": ["p1", "p3"]})
+    rows = export_rows(settings, ["gold"], split_rows=1)
+    written = rows.write([Members("gold", tmp_path / "gold.parquet")], tmp_path / "files")
+    assert [(w.segment_id, w.part, w.rows) for w in written] == [("gold", 1, 1)]
+    assert rows.counts == {"gold": SegmentCounts(received=2, activated=1, excluded={"missingIdentity": 1})}
+    assert list(csv.DictReader(io.StringIO(written[0].path.read_text())))[0]["email_lc_sha256"] == sha("a@x.com")
 
 
 def test_a_run_that_fails_before_its_manifest_leaves_no_visible_file(settings, account, crm, monkeypatch):

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 
 from shared.activation.destinations import MEMBERSHIP_STATUS, Destination, FileFormat
-from shared.sql import column_ref, parquet, quote_ident, quote_literal
+from shared.sql import column_ref, parquet, parquet_glob, quote_ident, quote_literal
 
 ACTIVE = "('realized', 'existing')"
 # E.164: a plus, a country code that does not start with 0, at most 15 digits in all.
@@ -73,10 +73,13 @@ def members_sql(m: Members, index: int) -> str:
 
 @dataclass
 class Written:
+    """A file written. Its rows are known once the run is counted, which may be after it is handed on for
+    upload (`PersonRows` counts while the last files upload)."""
+
     segment_id: str
     part: int
     path: Path
-    rows: int
+    rows: int = 0
 
 
 @dataclass
@@ -100,13 +103,23 @@ def _identity_sql(d: Destination) -> tuple[str, str]:
 
 
 class ExportRows:
-    """The rows of one export run in DuckDB: their counts per segment (received, activated, excluded by
-    reason), and `write` for the files, one per segment and part (every segment gets at least one: a header
-    only, for CSV, when nobody is exported). Two ways to get there, chosen by `build_rows`."""
+    """The rows of one export run in DuckDB: made once per run from the profiles (`build_rows`), then `write`
+    takes the segments' members and writes the files, one per segment and part (every segment gets at least
+    one: a header only, for CSV, when nobody is exported), and counts them per segment (received, activated,
+    excluded by reason). Two ways to get there, chosen by `build_rows`."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, d: Destination, members: list[Members], split_rows: int):
-        self.con, self.d, self.members, self.split_rows = con, d, members, split_rows
-        self.counts = {m.segment_id: SegmentCounts() for m in members}
+    def __init__(self, con: duckdb.DuckDBPyConnection, d: Destination, split_rows: int):
+        self.con, self.d, self.split_rows = con, d, split_rows
+        self.members: list[Members] = []
+        self.counts: dict[str, SegmentCounts] = {}
+
+    def write(
+        self, members: list[Members], out: Path, *, on_file: Callable[[Written], None] | None = None
+    ) -> list[Written]:
+        raise NotImplementedError
+
+    def _take(self, members: list[Members]) -> None:
+        self.members, self.counts = members, {m.segment_id: SegmentCounts() for m in members}
 
     def _count(self, sql: str) -> None:
         """Fill the counts from `sql`, rows of (segment index, reason or NULL, rows)."""
@@ -118,23 +131,10 @@ class ExportRows:
             else:
                 c.excluded[why] = n
 
-    @property
-    def split(self) -> bool:
-        """Whether some segment is past the file limit, so that its rows are numbered into parts."""
-        return any(c.activated > self.split_rows for c in self.counts.values())
-
-    def _part(self) -> str:
-        if not self.split:
-            return "1"
-        return f"(row_number() OVER (PARTITION BY seg ORDER BY profileId) - 1) // {int(self.split_rows)} + 1"
-
     def _parts(self, seg: int) -> list[tuple[int, int]]:
         """(part, rows) of a segment's files: parts of `split_rows` rows by profileId, at least one."""
         activated, size = self.counts[self.members[seg].segment_id].activated, int(self.split_rows)
         return [(k + 1, min(size, activated - k * size)) for k in range(max(1, -(-activated // size)))]
-
-    def write(self, out: Path, *, on_file: Callable[[Written], None] | None = None) -> list[Written]:
-        raise NotImplementedError
 
     def _target(self, out: Path, seg: int, part: int) -> Path:
         return out / f"{seg:03d}-{part:03d}.{self.d.extension}"
@@ -148,110 +148,128 @@ class ExportRows:
 
 
 class PersonRows(ExportRows):
-    """Without a deduplication key, whether a member is exported depends on the person alone: each person's
-    exported values and reason are computed once (`export_people`, a row per person, so a person in 20
-    segments is hashed once), the counts come from one aggregate, and the files are written straight from
-    the join of the members with the people, in a few partitioned COPY statements (about a quarter of the
-    segments each), each group's files uploaded while the next group is written."""
+    """Without a deduplication key, whether a member is exported depends on the person alone, so each
+    person's exported values and reason are computed once, before the members are known (`export_people`, a
+    row per person: a person in 20 segments is hashed once; a run does it while its memberships download).
+    The files are written straight from the join of the members with the people, in a few partitioned COPY
+    statements (about a quarter of the segments each), each group's files uploaded while the next group is
+    written; the counts come last, from one aggregate, while the last group's files upload."""
 
     GROUPS = 4
 
-    def __init__(self, con, d, members, split_rows, profiles: str) -> None:
-        super().__init__(con, d, members, split_rows)
+    def __init__(self, con, d, split_rows, profiles: str) -> None:
+        super().__init__(con, d, split_rows)
         raw, exported = _identity_sql(d)
         ident = quote_ident(d.identity.target)
-        attrs = _attributes(d)
         mandatory = [c for c in d.mandatory if c not in _status_columns(d)]  # a member always has a status
-        reason = _reason_sql(ident, mandatory, [])
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE export_people AS
-            WITH p AS (SELECT p.profileId, {raw} AS _raw{attrs} FROM {profiles} p),
+            WITH p AS (SELECT p.profileId, {raw} AS _raw{_attributes(d)} FROM {profiles} p),
             t AS (SELECT *, {exported} AS {ident} FROM p)
-            SELECT * EXCLUDE (_raw), {reason} AS _reason FROM t"""
+            SELECT * EXCLUDE (_raw), {_reason_sql(ident, mandatory, [])} AS _reason FROM t"""
         )
+
+    def write(
+        self, members: list[Members], out: Path, *, on_file: Callable[[Written], None] | None = None
+    ) -> list[Written]:
+        self._take(members)
+        columns = ", ".join(quote_ident(c) for c in self.d.columns())
+        status = "".join(f", m.status AS {quote_ident(c)}" for c in _status_columns(self.d))
+        options, part = _copy_options(self.d), self._part()
+        out.mkdir(parents=True, exist_ok=True)
+        # A file's rows have no order (part numbers follow profileId, not the file's order): let DuckDB write
+        # them from every thread.
+        self.con.execute("SET preserve_insertion_order = false")
+        written: list[Written] = []
+        size = -(-len(members) // self.GROUPS)
+        for g, first in enumerate(range(0, len(members), size)):
+            group = list(range(first, min(first + size, len(members))))
+            folder = out / f"group-{g}"
+            rows = f"""SELECT m.seg, m.profileId{status}, p.* EXCLUDE (profileId, _reason)
+                FROM ({_union(members, group)}) m JOIN export_people p USING (profileId) WHERE p._reason IS NULL"""
+            self.con.execute(
+                f"""COPY (SELECT seg, {part} AS _part, {columns} FROM ({rows}))
+                TO {quote_literal(str(folder))} ({options}, PARTITION_BY (seg, _part), OVERWRITE_OR_IGNORE true)"""
+            )
+            for seg in group:
+                file = _Partition(self, out, folder, seg, f"SELECT *, {part} AS _part FROM ({rows})", columns)
+                written += [self._finished(seg, p, file.whole(p), 0, on_file) for p in file.parts()]
         # A member whose person the store does not have has no identity either.
         self._count(
             f"""SELECT m.seg, CASE WHEN e.profileId IS NULL THEN 'missingIdentity' ELSE e._reason END, count(*)
             FROM ({_union(members)}) m LEFT JOIN (SELECT profileId, _reason FROM export_people) e USING (profileId)
             GROUP BY ALL ORDER BY ALL"""
         )
+        return self._numbered(written)
 
-    def write(self, out: Path, *, on_file: Callable[[Written], None] | None = None) -> list[Written]:
-        columns = ", ".join(quote_ident(c) for c in self.d.columns())
-        status = ", ".join(f"m.status AS {quote_ident(c)}" for c in _status_columns(self.d))
-        options = _copy_options(self.d)
-        out.mkdir(parents=True, exist_ok=True)
-        # A file's rows have no order (part numbers follow profileId, not the file's order): let DuckDB write
-        # them from every thread.
-        self.con.execute("SET preserve_insertion_order = false")
-        written: list[Written] = []
-        size = -(-len(self.members) // self.GROUPS)
-        for g, first in enumerate(range(0, len(self.members), size)):
-            group = list(range(first, min(first + size, len(self.members))))
-            folder = out / f"group-{g}"
-            rows = f"""SELECT m.seg, m.profileId{", " + status if status else ""}, p.* EXCLUDE (profileId, _reason)
-                FROM ({_union(self.members, group)}) m JOIN export_people p USING (profileId) WHERE p._reason IS NULL"""
-            if any(self.counts[self.members[i].segment_id].activated for i in group):
-                self.con.execute(
-                    f"""COPY (SELECT seg, {self._part()} AS _part, {columns} FROM ({rows}))
-                    TO {quote_literal(str(folder))} ({options}, PARTITION_BY (seg, _part), OVERWRITE_OR_IGNORE true)"""
-                )
-            for seg in group:
-                for part, n in self._parts(seg):
-                    target = self._target(out, seg, part)
-                    found = sorted((folder / f"seg={seg}" / f"_part={part}").glob("*")) if n else []
-                    if len(found) == 1:
-                        found[0].rename(target)
-                    elif not n:  # nobody to export: the file still exists, with a header only for CSV
-                        self.con.execute(
-                            f"COPY (SELECT {columns} FROM ({rows}) WHERE false) TO {quote_literal(str(target))} ({options})"
-                        )
-                    else:  # DuckDB wrote the partition in pieces (past its open-file limit): write it whole
-                        self.con.execute(
-                            f"""COPY (SELECT {columns} FROM (SELECT *, {self._part()} AS _part FROM ({rows}))
-                                WHERE seg = {seg} AND _part = {part}) TO {quote_literal(str(target))} ({options})"""
-                        )
-                    written.append(self._finished(seg, part, target, n, on_file))
+    def _part(self) -> str:
+        """Each row's part: 1, unless some segment's snapshots hold more rows than a file may (read from their
+        footers), when the rows are numbered into parts of `split_rows` by profileId."""
+        most = " UNION ALL ".join(
+            f"SELECT sum(num_rows) AS n FROM parquet_file_metadata({quote_literal(parquet_glob(path))})"
+            for m in self.members
+            for path in ([m.current, m.previous] if m.incremental and m.previous else [m.current])
+        )
+        if not most or (self.con.execute(f"SELECT max(n) FROM ({most})").fetchone()[0] or 0) <= self.split_rows:
+            return "1"
+        return f"(row_number() OVER (PARTITION BY seg ORDER BY profileId) - 1) // {int(self.split_rows)} + 1"
+
+    def _numbered(self, written: list[Written]) -> list[Written]:
+        """The written files with their rows, from the counts; every part the counts call for was written."""
+        expected = {(m.segment_id, p): n for seg, m in enumerate(self.members) for p, n in self._parts(seg)}
+        for w in written:
+            w.rows = expected.pop((w.segment_id, w.part))
+        if expected:
+            raise RuntimeError(f"the export wrote no file for {sorted(expected)}")
         return written
+
+
+@dataclass
+class _Partition:
+    """One segment's files from a group's partitioned COPY: a file per part that has rows."""
+
+    rows: PersonRows
+    out: Path
+    folder: Path
+    seg: int
+    numbered: str  # the group's rows, each with its `_part`
+    columns: str
+
+    def parts(self) -> list[int]:
+        """The parts DuckDB wrote, or [1] when nobody is exported: that file is still written, a header only
+        for CSV."""
+        found = sorted(int(p.name.removeprefix("_part=")) for p in (self.folder / f"seg={self.seg}").glob("_part=*"))
+        return found or [1]
+
+    def whole(self, part: int) -> Path:
+        """The part's file under its own name: DuckDB's file, or written again whole when DuckDB wrote the
+        partition in pieces (past its open-file limit) or wrote none (nobody to export)."""
+        target = self.rows._target(self.out, self.seg, part)
+        found = sorted((self.folder / f"seg={self.seg}" / f"_part={part}").glob("*"))
+        if len(found) == 1:
+            found[0].rename(target)
+            return target
+        which = f"seg = {self.seg} AND _part = {part}" if found else "false"
+        self.rows.con.execute(
+            f"""COPY (SELECT {self.columns} FROM ({self.numbered}) WHERE {which})
+            TO {quote_literal(str(target))} ({_copy_options(self.rows.d)})"""
+        )
+        return target
 
 
 class MemberRows(ExportRows):
     """With a deduplication key, members of one segment compete for a key, so every member's row is built
-    (`export_rows`, with its reason and its part) before any file is written from it."""
+    (`export_rows`, with its reason and its part) and counted before any file is written from it."""
 
-    def __init__(self, con, d, members, split_rows, profiles: str) -> None:
-        super().__init__(con, d, members, split_rows)
-        raw, exported = _identity_sql(d)
-        ident = quote_ident(d.identity.target)
-        status = "".join(f", m.status AS {quote_ident(c)}" for c in _status_columns(d))
-        reason = _reason_sql(ident, d.mandatory, d.dedup_key)
-        keys = ", ".join(quote_ident(c) for c in d.dedup_key)
-        # Among rows still exported, the most recently qualified member keeps the key.
-        rank = f"row_number() OVER (PARTITION BY seg, _reason IS NULL, {keys} ORDER BY qualifiedAt DESC, profileId)"
-        dedup = f"CASE WHEN _reason IS NULL AND {rank} > 1 THEN 'duplicateDedupKey' ELSE _reason END"
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE export_rows AS
-            WITH p AS (
-                SELECT p.profileId, {raw} AS _raw{_attributes(d)} FROM {profiles} p
-            ), t AS (SELECT *, {exported} AS {ident} FROM p),
-            j AS (
-                SELECT m.seg, m.profileId, m.qualifiedAt{status}, t.* EXCLUDE (profileId)
-                FROM ({_union(members)}) m LEFT JOIN t USING (profileId)
-            ),
-            r AS (SELECT *, {reason} AS _reason FROM j)
-            SELECT * EXCLUDE (_reason), {dedup} AS _reason FROM r"""
-        )
-        self._count("SELECT seg, _reason, count(*) FROM export_rows GROUP BY ALL ORDER BY ALL")
-        if self.split:  # only a run with a segment past the file limit pays for numbering rows into parts
-            con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE export_rows AS SELECT *, CASE WHEN _reason IS NULL THEN
-                    (row_number() OVER (PARTITION BY seg, _reason IS NULL ORDER BY profileId) - 1)
-                    // {int(split_rows)} + 1 END AS _part FROM export_rows"""
-            )
-        else:
-            con.execute("ALTER TABLE export_rows ADD COLUMN _part INTEGER DEFAULT 1")
+    def __init__(self, con, d, split_rows, profiles: str) -> None:
+        super().__init__(con, d, split_rows)
+        self.profiles = profiles
 
-    def write(self, out: Path, *, on_file: Callable[[Written], None] | None = None) -> list[Written]:
+    def write(
+        self, members: list[Members], out: Path, *, on_file: Callable[[Written], None] | None = None
+    ) -> list[Written]:
+        self._take(members)
+        self._build_rows()
         columns = ", ".join(quote_ident(c) for c in self.d.columns())
         options = _copy_options(self.d)
         out.mkdir(parents=True, exist_ok=True)
@@ -266,14 +284,45 @@ class MemberRows(ExportRows):
                 written.append(self._finished(seg, part, target, n, on_file))
         return written
 
+    def _build_rows(self) -> None:
+        d, con = self.d, self.con
+        raw, exported = _identity_sql(d)
+        ident = quote_ident(d.identity.target)
+        status = "".join(f", m.status AS {quote_ident(c)}" for c in _status_columns(d))
+        reason = _reason_sql(ident, d.mandatory, d.dedup_key)
+        keys = ", ".join(quote_ident(c) for c in d.dedup_key)
+        # Among rows still exported, the most recently qualified member keeps the key.
+        rank = f"row_number() OVER (PARTITION BY seg, _reason IS NULL, {keys} ORDER BY qualifiedAt DESC, profileId)"
+        dedup = f"CASE WHEN _reason IS NULL AND {rank} > 1 THEN 'duplicateDedupKey' ELSE _reason END"
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE export_rows AS
+            WITH p AS (
+                SELECT p.profileId, {raw} AS _raw{_attributes(d)} FROM {self.profiles} p
+            ), t AS (SELECT *, {exported} AS {ident} FROM p),
+            j AS (
+                SELECT m.seg, m.profileId, m.qualifiedAt{status}, t.* EXCLUDE (profileId)
+                FROM ({_union(self.members)}) m LEFT JOIN t USING (profileId)
+            ),
+            r AS (SELECT *, {reason} AS _reason FROM j)
+            SELECT * EXCLUDE (_reason), {dedup} AS _reason FROM r"""
+        )
+        self._count("SELECT seg, _reason, count(*) FROM export_rows GROUP BY ALL ORDER BY ALL")
+        if any(c.activated > self.split_rows for c in self.counts.values()):
+            # only a run with a segment past the file limit pays for numbering rows into parts
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE export_rows AS SELECT *, CASE WHEN _reason IS NULL THEN
+                    (row_number() OVER (PARTITION BY seg, _reason IS NULL ORDER BY profileId) - 1)
+                    // {int(self.split_rows)} + 1 END AS _part FROM export_rows"""
+            )
+        else:
+            con.execute("ALTER TABLE export_rows ADD COLUMN _part INTEGER DEFAULT 1")
 
-def build_rows(
-    con: duckdb.DuckDBPyConnection, d: Destination, members: list[Members], profiles: str, *, split_rows: int
-) -> ExportRows:
-    """Every member of every segment with its exported columns and, when it is excluded, why; with
-    attributes from `profiles` (a relation of merged profiles). Counted now, written by `.write`."""
+
+def build_rows(con: duckdb.DuckDBPyConnection, d: Destination, profiles: str, *, split_rows: int) -> ExportRows:
+    """The rows of one export run of `d`, with attributes from `profiles` (a relation of merged profiles):
+    what can be done per person is done now; `.write(members, …)` writes the files and counts them."""
     kind = MemberRows if d.dedup_key else PersonRows
-    return kind(con, d, members, split_rows, profiles)
+    return kind(con, d, split_rows, profiles)
 
 
 def _union(members: list[Members], indexes: list[int] | None = None) -> str:

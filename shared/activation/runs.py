@@ -253,21 +253,11 @@ class ExportRuns:
         return ExportPlan(profiles, pointers, skipped, states, d.export_mode is ExportMode.INCREMENTAL)
 
     def _build(self, d: Destination, plan: ExportPlan, work: Path, now: dt.datetime, phases: Laps) -> Built:
-        """Download the memberships (and, for incremental runs, the snapshots last exported), build each
-        segment's rows and write its files; each file is staged (uncommitted blocks) while the next is written."""
-        # Local names: segment ids, and `_profiles`, which no segment id can be.
-        wanted = {sid: p.files() for sid, p in plan.pointers.items()}
-        for sid in plan.pointers if plan.incremental else []:
-            state = plan.states.find(sid)
-            # (A snapshot's files are written and kept together: the first stands for them all.)
-            if state is not None and self.memberships.blobs.exists(state.files()[0][0]):
-                wanted[f"{sid}-previous"] = state.files()
-        local = self.memberships.download(wanted, work)
-        profiles_sql = self.profiles.profiles_sql(self.profiles.by_id(plan.profiles.store_version), work / "profiles")
-        members = [Members(sid, local[sid], local.get(f"{sid}-previous"), plan.incremental) for sid in plan.pointers]
-        phases.lap("download")
-        if not members:
-            return Built(members, [], {})
+        """Download the profiles and compute what each person exports while the memberships download (and,
+        for incremental runs, the snapshots last exported); then write each segment's files, each staged
+        (uncommitted blocks) while the next is written, and count them."""
+        if not plan.pointers:
+            return Built([], [], {})
         con = connect(self.settings, spill_dir=str(work))
         with ThreadPoolExecutor(max_workers=4) as pool:
             uploads: list[tuple[Any, Future[Staged]]] = []
@@ -276,17 +266,33 @@ class ExportRuns:
                 uploads.append((w, pool.submit(self.dlz.stage_file, d.file_name(w.segment_id, now, w.part), w.path)))
 
             try:
+                downloading = pool.submit(self._download_members, plan, work)
+                profiles_sql = self.profiles.profiles_sql(
+                    self.profiles.by_id(plan.profiles.store_version), work / "profiles"
+                )
                 install_transforms(con, country_code=self.settings.export_phone_country_code)
-                rows = build_rows(con, d, members, profiles_sql, split_rows=self.settings.export_split_rows)
-                counts = rows.counts
-                phases.lap("rows")
-                rows.write(work / "files", on_file=upload)
+                rows = build_rows(con, d, profiles_sql, split_rows=self.settings.export_split_rows)
+                members = downloading.result()
+                phases.lap("people")
+                rows.write(members, work / "files", on_file=upload)
                 phases.lap("write")
             finally:
                 con.close()
             staged = [(w, f.result()) for w, f in uploads]
         phases.lap("upload")
-        return Built(members, staged, counts)
+        return Built(members, staged, rows.counts)
+
+    def _download_members(self, plan: ExportPlan, work: Path) -> list[Members]:
+        """Each segment's current snapshot and, for incremental runs, the one last exported, each in its own
+        folder under `work/members` (any name a segment may have stays clear of the profiles and the files)."""
+        wanted = {sid: p.files() for sid, p in plan.pointers.items()}
+        for sid in plan.pointers if plan.incremental else []:
+            state = plan.states.find(sid)
+            # (A snapshot's files are written and kept together: the first stands for them all.)
+            if state is not None and self.memberships.blobs.exists(state.files()[0][0]):
+                wanted[f"{sid}-previous"] = state.files()
+        local = self.memberships.download(wanted, work / "members")
+        return [Members(sid, local[sid], local.get(f"{sid}-previous"), plan.incremental) for sid in plan.pointers]
 
     def _record(
         self, job: Job, d: Destination, plan: ExportPlan, built: Built, now: dt.datetime, seconds: float, phases: Laps

@@ -508,6 +508,19 @@ def test_a_segment_past_the_file_limit_before_its_exclusions_but_not_after_gets_
     assert list(csv.DictReader(io.StringIO(written[0].path.read_text())))[0]["email_lc_sha256"] == sha("a@x.com")
 
 
+def test_segments_are_written_in_groups_by_their_share_of_the_rows():
+    """The first and last groups are small (the uploads start early and end soon after the writing); a
+    segment is never cut, but goes where its middle row falls, and no group is empty."""
+    from shared.activation.export import _groups
+
+    shares = (0.1, 0.3, 0.3, 0.2, 0.1)
+    assert [len(g) for g in _groups([10] * 50, shares)] == [5, 15, 15, 10, 5]
+    assert _groups([100, 1, 1, 1], shares) == [[0], [1, 2, 3]]
+    assert _groups([1, 1, 100], shares) == [[0, 1], [2]]
+    assert _groups([0, 0, 0], shares) == [[0, 1, 2]]
+    assert _groups([], shares) == []
+
+
 def test_a_run_that_fails_before_its_manifest_leaves_no_visible_file(settings, account, crm, monkeypatch):
     assert put_destination(segments=["gold", "all"]).status_code == 200
     segment_job(settings, T1)

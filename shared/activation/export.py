@@ -4,8 +4,10 @@ a reason, deduplication, and files split every N rows. Storage is the caller's b
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 import duckdb
@@ -152,10 +154,12 @@ class PersonRows(ExportRows):
     person's exported values and reason are computed once, before the members are known (`export_people`, a
     row per person: a person in 20 segments is hashed once; a run does it while its memberships download).
     The files are written straight from the join of the members with the people, in a few partitioned COPY
-    statements (about a quarter of the segments each), each group's files uploaded while the next group is
-    written; the counts come last, from one aggregate, while the last group's files upload."""
+    statements over groups of segments, each group's files uploaded while the next group is written; the
+    counts come last, from one aggregate, while the last group's files upload."""
 
-    GROUPS = 4
+    # Each group's share of the rows: the first is small, so the uploads start early, and so is the last, so
+    # that little is left to upload when the writing ends.
+    SHARES = (0.1, 0.3, 0.3, 0.2, 0.1)
 
     def __init__(self, con, d, split_rows, profiles: str) -> None:
         super().__init__(con, d, split_rows)
@@ -175,15 +179,14 @@ class PersonRows(ExportRows):
         self._take(members)
         columns = ", ".join(quote_ident(c) for c in self.d.columns())
         status = "".join(f", m.status AS {quote_ident(c)}" for c in _status_columns(self.d))
-        options, part = _copy_options(self.d), self._part()
+        sizes = self._sizes()
+        options, part = _copy_options(self.d), self._part(sizes)
         out.mkdir(parents=True, exist_ok=True)
         # A file's rows have no order (part numbers follow profileId, not the file's order): let DuckDB write
         # them from every thread.
         self.con.execute("SET preserve_insertion_order = false")
         written: list[Written] = []
-        size = -(-len(members) // self.GROUPS)
-        for g, first in enumerate(range(0, len(members), size)):
-            group = list(range(first, min(first + size, len(members))))
+        for g, group in enumerate(_groups(sizes, self.SHARES)):
             folder = out / f"group-{g}"
             rows = f"""SELECT m.seg, m.profileId{status}, p.* EXCLUDE (profileId, _reason)
                 FROM ({_union(members, group)}) m JOIN export_people p USING (profileId) WHERE p._reason IS NULL"""
@@ -202,15 +205,21 @@ class PersonRows(ExportRows):
         )
         return self._numbered(written)
 
-    def _part(self) -> str:
-        """Each row's part: 1, unless some segment's snapshots hold more rows than a file may (read from their
-        footers), when the rows are numbered into parts of `split_rows` by profileId."""
-        most = " UNION ALL ".join(
-            f"SELECT sum(num_rows) AS n FROM parquet_file_metadata({quote_literal(parquet_glob(path))})"
-            for m in self.members
+    def _sizes(self) -> list[int]:
+        """Each segment's most rows: its snapshots' rows (the previous one's too, for changes), read from their
+        footers."""
+        files = " UNION ALL ".join(
+            f"SELECT {seg} AS seg, num_rows FROM parquet_file_metadata({quote_literal(parquet_glob(path))})"
+            for seg, m in enumerate(self.members)
             for path in ([m.current, m.previous] if m.incremental and m.previous else [m.current])
         )
-        if not most or (self.con.execute(f"SELECT max(n) FROM ({most})").fetchone()[0] or 0) <= self.split_rows:
+        found = dict(self.con.execute(f"SELECT seg, sum(num_rows) FROM ({files}) GROUP BY seg").fetchall())
+        return [int(found.get(seg) or 0) for seg in range(len(self.members))]
+
+    def _part(self, sizes: list[int]) -> str:
+        """Each row's part: 1, unless a segment may have more rows than a file may hold, when the rows are
+        numbered into parts of `split_rows` by profileId."""
+        if max(sizes, default=0) <= self.split_rows:
             return "1"
         return f"(row_number() OVER (PARTITION BY seg ORDER BY profileId) - 1) // {int(self.split_rows)} + 1"
 
@@ -323,6 +332,19 @@ def build_rows(con: duckdb.DuckDBPyConnection, d: Destination, profiles: str, *,
     what can be done per person is done now; `.write(members, …)` writes the files and counts them."""
     kind = MemberRows if d.dedup_key else PersonRows
     return kind(con, d, split_rows, profiles)
+
+
+def _groups(sizes: list[int], shares: tuple[float, ...]) -> list[list[int]]:
+    """The segments (their indexes, in order) cut into groups of about these shares of all their rows: each
+    goes to the group its middle row falls in, so that a segment is never cut."""
+    total, bounds = sum(sizes) or 1, list(accumulate(shares))
+    groups: list[list[int]] = [[] for _ in shares]
+    before = 0
+    for seg, n in enumerate(sizes):
+        middle = (before + n / 2) / total
+        groups[min(bisect_right(bounds, middle), len(shares) - 1)].append(seg)
+        before += n
+    return [g for g in groups if g]
 
 
 def _union(members: list[Members], indexes: list[int] | None = None) -> str:

@@ -123,3 +123,20 @@ def test_a_budget_of_zero_turns_the_cache_off(tmp_path):
     assert not (tmp_path / "cache").exists() and not cache.take("s0000/f.parquet", tmp_path / "copy")
     fetched = cache.fetch("s0000/f.parquet", tmp_path / "fetched", lambda target: target.write_bytes(b"y"))
     assert fetched.read_bytes() == b"y" and not (tmp_path / "cache").exists() and cache.trim() == 0
+
+
+def test_a_trim_passes_over_folders_another_worker_removes_meanwhile(tmp_path):
+    """Two workers on one machine share the cache: one's `forget` (or the folders it removes) must not fail
+    the other's trim, which an ingestion batch runs. Raced 30 times; the trim before this fix failed in most."""
+    import threading
+
+    cache = FileCache(tmp_path / "cache", budget_mb=1)
+    for _ in range(30):
+        for s in range(300):
+            part = tmp_path / "cache" / f"segments/s{s}/job=j/shard=0000.parquet"
+            part.parent.mkdir(parents=True, exist_ok=True)
+            part.write_bytes(b"x")
+        other = threading.Thread(target=cache.forget)
+        other.start()
+        cache.trim()
+        other.join()

@@ -73,13 +73,14 @@ class FileCache:
         if self.off:
             return 0
         entries = []
-        for path in self.folder.rglob("*"):
-            try:
-                if path.is_file() and not path.name.endswith(_PARTIAL):
+        # (os.walk passes over a folder removed meanwhile, as by another worker's `forget`; rglob raises.)
+        for folder, _, names in os.walk(self.folder):
+            for path in (Path(folder) / n for n in names if not n.endswith(_PARTIAL)):
+                try:
                     stat = path.stat()
-                    entries.append((stat.st_mtime, stat.st_size, path))
-            except FileNotFoundError:  # another worker dropped it meanwhile
-                continue
+                except FileNotFoundError:  # another worker dropped it meanwhile
+                    continue
+                entries.append((stat.st_mtime, stat.st_size, path))
         held = sum(size for _, size, _ in entries)
         budget = self._budget(held)
         dropped = 0

@@ -126,6 +126,26 @@ def test_a_full_export_writes_hashed_identities_a_file_per_segment_and_a_manifes
     assert manifest["columns"] == list(rows[0])
 
 
+def test_an_export_stages_its_files_block_by_block_as_duckdb_writes_them(settings, account, crm, monkeypatch):
+    """Blocks of 64 bytes and a flush every row: every file goes up in many blocks, its checksum the whole file's."""
+    from shared.activation.export import PersonRows
+    from shared.storage import growing
+
+    monkeypatch.setattr(growing, "BLOCK", 64)
+    monkeypatch.setattr(PersonRows, "FLUSH_ROWS", 1)
+    assert put_destination(segments=["gold", "all"]).status_code == 200
+    segment_job(settings, T1)
+    export_runs.build().get_user_function()(TimerRequest(past_due=False))
+    blobs = dlz(settings, account)
+    [manifest_name] = [n for n in blobs.names() if "_manifest_" in n]
+    manifest = json.loads(blobs.get(manifest_name))
+    assert {f["segmentId"] for f in manifest["files"]} == {"gold", "all"}
+    for f in manifest["files"]:
+        data = blobs.get(f["name"])
+        assert f["sha256"] == hashlib.sha256(data).hexdigest() and f["bytes"] == len(data) > 64
+        assert len(rows_of(blobs, f["name"])) == f["rows"] > 0
+
+
 def test_known_sha256_values_and_e164_normalisation(settings):
     from shared.activation.export import install_transforms
     from shared.engine import connect
@@ -485,8 +505,8 @@ def test_export_files_from_partitioned_writes_whole_even_when_a_partition_comes_
     rows = export_rows(settings, ["gold", "empty"], split_rows=100)
     out = tmp_path / "files"
     if pieces == 2:  # as if DuckDB had written the partition of "gold" in two files
-        (out / "group-0" / "seg=0" / "_part=1").mkdir(parents=True)
-        (out / "group-0" / "seg=0" / "_part=1" / "data_9.csv").write_text("a piece\n")
+        (out / "partitions" / "seg=0" / "_part=1").mkdir(parents=True)
+        (out / "partitions" / "seg=0" / "_part=1" / "data_9.csv").write_text("a piece\n")
     written = rows.write(members, out)
     assert [(w.segment_id, w.part, w.rows) for w in written] == [("gold", 1, 2), ("empty", 1, 0)]
     gold = list(csv.DictReader(io.StringIO(written[0].path.read_text())))
@@ -506,19 +526,6 @@ def test_a_segment_past_the_file_limit_before_its_exclusions_but_not_after_gets_
     assert [(w.segment_id, w.part, w.rows) for w in written] == [("gold", 1, 1)]
     assert rows.counts == {"gold": SegmentCounts(received=2, activated=1, excluded={"missingIdentity": 1})}
     assert list(csv.DictReader(io.StringIO(written[0].path.read_text())))[0]["email_lc_sha256"] == sha("a@x.com")
-
-
-def test_segments_are_written_in_groups_by_their_share_of_the_rows():
-    """The first and last groups are small (the uploads start early and end soon after the writing); a
-    segment is never cut, but goes where its middle row falls, and no group is empty."""
-    from shared.activation.export import _groups
-
-    shares = (0.1, 0.3, 0.3, 0.2, 0.1)
-    assert [len(g) for g in _groups([10] * 50, shares)] == [5, 15, 15, 10, 5]
-    assert _groups([100, 1, 1, 1], shares) == [[0], [1, 2, 3]]
-    assert _groups([1, 1, 100], shares) == [[0, 1], [2]]
-    assert _groups([0, 0, 0], shares) == [[0, 1, 2]]
-    assert _groups([], shares) == []
 
 
 def test_a_run_that_fails_before_its_manifest_leaves_no_visible_file(settings, account, crm, monkeypatch):

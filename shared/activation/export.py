@@ -4,11 +4,9 @@ a reason, deduplication, and files split every N rows. Storage is the caller's b
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import accumulate
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 
@@ -84,6 +82,16 @@ class Written:
     rows: int = 0
 
 
+class FileSink(Protocol):
+    """Where a run's files go as they are written (the run uploads them)."""
+
+    def growing(self, w: Written) -> None:
+        """A file about to be written by a writer that only appends to it; `finished` follows when it is done."""
+
+    def finished(self, w: Written) -> None:
+        """A complete file: the one announced as growing for its segment and part, or another one."""
+
+
 @dataclass
 class SegmentCounts:
     received: int = 0
@@ -115,9 +123,7 @@ class ExportRows:
         self.members: list[Members] = []
         self.counts: dict[str, SegmentCounts] = {}
 
-    def write(
-        self, members: list[Members], out: Path, *, on_file: Callable[[Written], None] | None = None
-    ) -> list[Written]:
+    def write(self, members: list[Members], out: Path, files: FileSink | None = None) -> list[Written]:
         raise NotImplementedError
 
     def _take(self, members: list[Members]) -> None:
@@ -141,11 +147,11 @@ class ExportRows:
     def _target(self, out: Path, seg: int, part: int) -> Path:
         return out / f"{seg:03d}-{part:03d}.{self.d.extension}"
 
-    def _finished(self, seg: int, part: int, target: Path, rows: int, on_file) -> Written:
-        """A file written: handed to `on_file` (to upload while the next is written)."""
-        w = Written(self.members[seg].segment_id, part, target, rows)
-        if on_file:
-            on_file(w)
+    def _finished(self, seg: int, part: int, path: Path, rows: int, files: FileSink | None) -> Written:
+        """A file written: handed to `files` (to upload while the next is written)."""
+        w = Written(self.members[seg].segment_id, part, path, rows)
+        if files:
+            files.finished(w)
         return w
 
 
@@ -153,13 +159,11 @@ class PersonRows(ExportRows):
     """Without a deduplication key, whether a member is exported depends on the person alone, so each
     person's exported values and reason are computed once, before the members are known (`export_people`, a
     row per person: a person in 20 segments is hashed once; a run does it while its memberships download).
-    The files are written straight from the join of the members with the people, in a few partitioned COPY
-    statements over groups of segments, each group's files uploaded while the next group is written; the
-    counts come last, from one aggregate, while the last group's files upload."""
+    The files are written straight from the join of the members with the people by one partitioned COPY,
+    which DuckDB is told to flush often, so that every segment's file grows from the start and is uploaded as
+    it grows (`FileSink.growing`); the counts come last, from one aggregate, while the last blocks upload."""
 
-    # Each group's share of the rows: the first is small, so the uploads start early, and so is the last, so
-    # that little is left to upload when the writing ends.
-    SHARES = (0.1, 0.3, 0.3, 0.2, 0.1)
+    FLUSH_ROWS = 20_000  # DuckDB's default, 524,288 rows per thread, holds most files back until the end
 
     def __init__(self, con, d, split_rows, profiles: str) -> None:
         super().__init__(con, d, split_rows)
@@ -173,30 +177,29 @@ class PersonRows(ExportRows):
             SELECT * EXCLUDE (_raw), {_reason_sql(ident, mandatory, [])} AS _reason FROM t"""
         )
 
-    def write(
-        self, members: list[Members], out: Path, *, on_file: Callable[[Written], None] | None = None
-    ) -> list[Written]:
+    def write(self, members: list[Members], out: Path, files: FileSink | None = None) -> list[Written]:
         self._take(members)
         columns = ", ".join(quote_ident(c) for c in self.d.columns())
         status = "".join(f", m.status AS {quote_ident(c)}" for c in _status_columns(self.d))
-        sizes = self._sizes()
-        options, part = _copy_options(self.d), self._part(sizes)
-        out.mkdir(parents=True, exist_ok=True)
+        numbered = f"""SELECT m.seg, m.profileId{status}, p.* EXCLUDE (profileId, _reason), {self._part()} AS _part
+            FROM ({_union(members)}) m JOIN export_people p USING (profileId) WHERE p._reason IS NULL"""
+        partitions = _Partitions(self, out, numbered, columns)
+        for seg, m in enumerate(members) if files else []:
+            files.growing(Written(m.segment_id, 1, partitions.duckdb_file(seg, 1)))
         # A file's rows have no order (part numbers follow profileId, not the file's order): let DuckDB write
         # them from every thread.
-        self.con.execute("SET preserve_insertion_order = false")
-        written: list[Written] = []
-        for g, group in enumerate(_groups(sizes, self.SHARES)):
-            folder = out / f"group-{g}"
-            rows = f"""SELECT m.seg, m.profileId{status}, p.* EXCLUDE (profileId, _reason)
-                FROM ({_union(members, group)}) m JOIN export_people p USING (profileId) WHERE p._reason IS NULL"""
-            self.con.execute(
-                f"""COPY (SELECT seg, {part} AS _part, {columns} FROM ({rows}))
-                TO {quote_literal(str(folder))} ({options}, PARTITION_BY (seg, _part), OVERWRITE_OR_IGNORE true)"""
-            )
-            for seg in group:
-                file = _Partition(self, out, folder, seg, f"SELECT *, {part} AS _part FROM ({rows})", columns)
-                written += [self._finished(seg, p, file.whole(p), 0, on_file) for p in file.parts()]
+        self.con.execute(
+            f"SET preserve_insertion_order = false; SET partitioned_write_flush_threshold = {self.FLUSH_ROWS}"
+        )
+        try:
+            partitions.write()
+        finally:
+            self.con.execute("RESET preserve_insertion_order; RESET partitioned_write_flush_threshold")
+        written = [
+            self._finished(seg, part, partitions.whole(seg, part), 0, files)
+            for seg in range(len(members))
+            for part in partitions.parts(seg)
+        ]
         # A member whose person the store does not have has no identity either.
         self._count(
             f"""SELECT m.seg, CASE WHEN e.profileId IS NULL THEN 'missingIdentity' ELSE e._reason END, count(*)
@@ -216,10 +219,10 @@ class PersonRows(ExportRows):
         found = dict(self.con.execute(f"SELECT seg, sum(num_rows) FROM ({files}) GROUP BY seg").fetchall())
         return [int(found.get(seg) or 0) for seg in range(len(self.members))]
 
-    def _part(self, sizes: list[int]) -> str:
+    def _part(self) -> str:
         """Each row's part: 1, unless a segment may have more rows than a file may hold, when the rows are
         numbered into parts of `split_rows` by profileId."""
-        if max(sizes, default=0) <= self.split_rows:
+        if max(self._sizes(), default=0) <= self.split_rows:
             return "1"
         return f"(row_number() OVER (PARTITION BY seg ORDER BY profileId) - 1) // {int(self.split_rows)} + 1"
 
@@ -234,31 +237,45 @@ class PersonRows(ExportRows):
 
 
 @dataclass
-class _Partition:
-    """One segment's files from a group's partitioned COPY: a file per part that has rows."""
+class _Partitions:
+    """The files of a partitioned COPY of every segment's rows: a file per segment and part that has rows."""
 
     rows: PersonRows
     out: Path
-    folder: Path
-    seg: int
-    numbered: str  # the group's rows, each with its `_part`
+    numbered: str  # the rows to export, each with its segment (`seg`) and `_part`
     columns: str
 
-    def parts(self) -> list[int]:
+    @property
+    def folder(self) -> Path:
+        return self.out / "partitions"
+
+    def write(self) -> None:
+        options, extension = _copy_options(self.rows.d), quote_literal(self.rows.d.extension)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.rows.con.execute(
+            f"""COPY (SELECT seg, _part, {self.columns} FROM ({self.numbered})) TO {quote_literal(str(self.folder))}
+            ({options}, PARTITION_BY (seg, _part), FILENAME_PATTERN 'data_{{i}}', FILE_EXTENSION {extension},
+             OVERWRITE_OR_IGNORE true)"""
+        )
+
+    def duckdb_file(self, seg: int, part: int) -> Path:
+        """Where DuckDB writes a part, when it writes it in one piece."""
+        return self.folder / f"seg={seg}" / f"_part={part}" / f"data_0.{self.rows.d.extension}"
+
+    def parts(self, seg: int) -> list[int]:
         """The parts DuckDB wrote, or [1] when nobody is exported: that file is still written, a header only
         for CSV."""
-        found = sorted(int(p.name.removeprefix("_part=")) for p in (self.folder / f"seg={self.seg}").glob("_part=*"))
+        found = sorted(int(p.name.removeprefix("_part=")) for p in (self.folder / f"seg={seg}").glob("_part=*"))
         return found or [1]
 
-    def whole(self, part: int) -> Path:
-        """The part's file under its own name: DuckDB's file, or written again whole when DuckDB wrote the
-        partition in pieces (past its open-file limit) or wrote none (nobody to export)."""
-        target = self.rows._target(self.out, self.seg, part)
-        found = sorted((self.folder / f"seg={self.seg}" / f"_part={part}").glob("*"))
-        if len(found) == 1:
-            found[0].rename(target)
-            return target
-        which = f"seg = {self.seg} AND _part = {part}" if found else "false"
+    def whole(self, seg: int, part: int) -> Path:
+        """The part's file: DuckDB's, or written again whole when DuckDB wrote the partition in pieces (past its
+        open-file limit) or wrote none (nobody to export)."""
+        found = sorted(self.duckdb_file(seg, part).parent.glob("*"))
+        if found == [self.duckdb_file(seg, part)]:
+            return found[0]
+        target = self.rows._target(self.out, seg, part)
+        which = f"seg = {seg} AND _part = {part}" if found else "false"
         self.rows.con.execute(
             f"""COPY (SELECT {self.columns} FROM ({self.numbered}) WHERE {which})
             TO {quote_literal(str(target))} ({_copy_options(self.rows.d)})"""
@@ -274,9 +291,7 @@ class MemberRows(ExportRows):
         super().__init__(con, d, split_rows)
         self.profiles = profiles
 
-    def write(
-        self, members: list[Members], out: Path, *, on_file: Callable[[Written], None] | None = None
-    ) -> list[Written]:
+    def write(self, members: list[Members], out: Path, files: FileSink | None = None) -> list[Written]:
         self._take(members)
         self._build_rows()
         columns = ", ".join(quote_ident(c) for c in self.d.columns())
@@ -290,7 +305,7 @@ class MemberRows(ExportRows):
                     f"""COPY (SELECT {columns} FROM export_rows WHERE seg = {seg} AND _part = {part} AND _reason IS NULL)
                         TO {quote_literal(str(target))} ({options})"""
                 )
-                written.append(self._finished(seg, part, target, n, on_file))
+                written.append(self._finished(seg, part, target, n, files))
         return written
 
     def _build_rows(self) -> None:
@@ -334,19 +349,6 @@ def build_rows(con: duckdb.DuckDBPyConnection, d: Destination, profiles: str, *,
     return kind(con, d, split_rows, profiles)
 
 
-def _groups(sizes: list[int], shares: tuple[float, ...]) -> list[list[int]]:
-    """The segments (their indexes, in order) cut into groups of about these shares of all their rows: each
-    goes to the group its middle row falls in, so that a segment is never cut."""
-    total, bounds = sum(sizes) or 1, list(accumulate(shares))
-    groups: list[list[int]] = [[] for _ in shares]
-    before = 0
-    for seg, n in enumerate(sizes):
-        middle = (before + n / 2) / total
-        groups[min(bisect_right(bounds, middle), len(shares) - 1)].append(seg)
-        before += n
-    return [g for g in groups if g]
-
-
 def _union(members: list[Members], indexes: list[int] | None = None) -> str:
     """The members of the segments at `indexes` (all of them by default), each row with its segment's index."""
     chosen = range(len(members)) if indexes is None else indexes
@@ -386,4 +388,13 @@ def _copy_options(d: Destination) -> str:
     return options + (", COMPRESSION gzip" if c.gzip else "")
 
 
-__all__ = ["ExportRows", "Members", "SegmentCounts", "Written", "build_rows", "install_transforms", "members_sql"]
+__all__ = [
+    "ExportRows",
+    "FileSink",
+    "Members",
+    "SegmentCounts",
+    "Written",
+    "build_rows",
+    "install_transforms",
+    "members_sql",
+]

@@ -9,7 +9,8 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from shared.activation.destinations import Destination, DestinationStore, ExportMode, Frequency
-from shared.activation.export import Members, SegmentCounts, build_rows, install_transforms
+from shared.activation.export import Members, SegmentCounts, Written, build_rows, install_transforms
 from shared.activation.governance import PolicyStore, check_governance
 from shared.activation.manifest import ExportManifest, ManifestFile, ManifestSegment
 from shared.activation.retention import EXPORTED
@@ -31,6 +32,7 @@ from shared.segmentation.memberships import MembershipPointer, MembershipStore, 
 from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, ModelTable, StorageAccount
 from shared.storage.blobs import Staged
+from shared.storage.growing import GrowingUploads
 from shared.storage.messages import QueueMessage
 from shared.timing import Laps
 
@@ -85,6 +87,28 @@ class Built:
     members: list[Members]
     staged: list[tuple[Any, Staged]]
     counts: dict[str, SegmentCounts]
+
+
+class _DlzFiles:
+    """A run's files into the DLZ as they are written, each under its blob name: staged while they grow, or
+    whole when they are finished."""
+
+    def __init__(self, uploads: GrowingUploads, d: Destination, now: dt.datetime) -> None:
+        self.uploads, self.d, self.now = uploads, d, now
+        self.staged: list[tuple[Written, Callable[[], Staged]]] = []
+
+    def growing(self, w: Written) -> None:
+        self.uploads.follow(self._name(w), w.path)
+
+    def finished(self, w: Written) -> None:
+        name = self._name(w)
+        if self.uploads.following(name) != w.path:  # not the file announced (pieces, or nobody exported)
+            self.uploads.drop(name)
+            self.uploads.follow(name, w.path)
+        self.staged.append((w, self.uploads.finish(name)))
+
+    def _name(self, w: Written) -> str:
+        return self.d.file_name(w.segment_id, self.now, w.part)
 
 
 class ExportMetrics(Metrics):
@@ -259,12 +283,8 @@ class ExportRuns:
         if not plan.pointers:
             return Built([], [], {})
         con = connect(self.settings, spill_dir=str(work))
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            uploads: list[tuple[Any, Future[Staged]]] = []
-
-            def upload(w: Any) -> None:
-                uploads.append((w, pool.submit(self.dlz.stage_file, d.file_name(w.segment_id, now, w.part), w.path)))
-
+        with ThreadPoolExecutor(max_workers=4) as pool, GrowingUploads(self.dlz, pool) as uploads:
+            files = _DlzFiles(uploads, d, now)
             try:
                 downloading = pool.submit(self._download_members, plan, work)
                 profiles_sql = self.profiles.profiles_sql(
@@ -274,11 +294,11 @@ class ExportRuns:
                 rows = build_rows(con, d, profiles_sql, split_rows=self.settings.export_split_rows)
                 members = downloading.result()
                 phases.lap("people")
-                rows.write(members, work / "files", on_file=upload)
+                rows.write(members, work / "files", files)
                 phases.lap("write")
             finally:
                 con.close()
-            staged = [(w, f.result()) for w, f in uploads]
+            staged = [(w, staged()) for w, staged in files.staged]
         phases.lap("upload")
         return Built(members, staged, rows.counts)
 

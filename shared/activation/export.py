@@ -349,10 +349,9 @@ def build_rows(con: duckdb.DuckDBPyConnection, d: Destination, profiles: str, *,
     return kind(con, d, split_rows, profiles)
 
 
-def _union(members: list[Members], indexes: list[int] | None = None) -> str:
-    """The members of the segments at `indexes` (all of them by default), each row with its segment's index."""
-    chosen = range(len(members)) if indexes is None else indexes
-    return " UNION ALL ".join(f"({members_sql(members[i], i)})" for i in chosen)
+def _union(members: list[Members]) -> str:
+    """The members of every segment, each row with its segment's index."""
+    return " UNION ALL ".join(f"({members_sql(m, i)})" for i, m in enumerate(members))
 
 
 def _status_columns(d: Destination) -> list[str]:

@@ -17,12 +17,9 @@ def quote_literal(value: str) -> str:
 
 def parquet(path: str | Path) -> str:
     """A Parquet file, or a folder of them (read as one), as a FROM source."""
-    return f"read_parquet({quote_literal(parquet_glob(path))})"
-
-
-def parquet_glob(path: str | Path) -> str:
-    """A Parquet file's path, or the glob of a folder's Parquet files."""
-    return str(Path(path) / "*.parquet") if Path(path).is_dir() else str(path)
+    if Path(path).is_dir():
+        path = Path(path) / "*.parquet"
+    return f"read_parquet({quote_literal(str(path))})"
 
 
 def column_ref(path: str, *, table: str | None = None) -> str:

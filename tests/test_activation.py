@@ -126,24 +126,28 @@ def test_a_full_export_writes_hashed_identities_a_file_per_segment_and_a_manifes
     assert manifest["columns"] == list(rows[0])
 
 
-def test_an_export_stages_its_files_block_by_block_as_duckdb_writes_them(settings, account, crm, monkeypatch):
-    """Blocks of 64 bytes and a flush every row: every file goes up in many blocks, its checksum the whole file's."""
-    from shared.activation.export import PersonRows
-    from shared.storage import growing
-
-    monkeypatch.setattr(growing, "BLOCK", 64)
-    monkeypatch.setattr(PersonRows, "FLUSH_ROWS", 1)
-    assert put_destination(segments=["gold", "all"]).status_code == 200
+def test_a_segment_may_be_called_like_the_run_s_own_folders(settings, account, crm):
+    """An export downloads each segment's snapshot into a folder named after it, beside the profiles' and
+    the files' folders and the folders of the snapshots last exported: segments called `profiles`, `files`
+    and `gold-previous` export their own members and nobody else's, in full runs and incremental ones."""
+    assert put_segment("profiles", 'loyalty.tier = "gold"').status_code == 200
+    assert put_segment("files", 'loyalty.tier = "silver"').status_code == 200
+    assert put_segment("gold-previous", 'loyalty.tier = "silver"').status_code == 200
+    assert put_destination(segments=["profiles", "files"]).status_code == 200
+    assert put_destination("changes", segments=["gold", "gold-previous"], exportMode="incremental").status_code == 200
+    exports = Activation.from_settings(settings).exports
     segment_job(settings, T1)
-    export_runs.build().get_user_function()(TimerRequest(past_due=False))
-    blobs = dlz(settings, account)
-    [manifest_name] = [n for n in blobs.names() if "_manifest_" in n]
-    manifest = json.loads(blobs.get(manifest_name))
-    assert {f["segmentId"] for f in manifest["files"]} == {"gold", "all"}
-    for f in manifest["files"]:
-        data = blobs.get(f["name"])
-        assert f["sha256"] == hashlib.sha256(data).hexdigest() and f["bytes"] == len(data) > 64
-        assert len(rows_of(blobs, f["name"])) == f["rows"] > 0
+
+    def activated(destination_id: str, now) -> dict[str, int]:
+        job = exports.run(destination_id, now=now)
+        assert job.status is JobStatus.SUCCEEDED, job.errors
+        manifest = json.loads(dlz(settings, account).get(job.source))
+        return {s: v["activated"] for s, v in manifest["segments"].items()}
+
+    assert activated("gold-email", T1) == {"profiles": 2, "files": 1}
+    assert activated("changes", T1) == {"gold": 2, "gold-previous": 1}
+    segment_job(settings, T2)
+    assert activated("changes", T2) == {"gold": 0, "gold-previous": 0}  # nobody entered or left
 
 
 def test_known_sha256_values_and_e164_normalisation(settings):
@@ -463,69 +467,42 @@ def test_json_and_parquet_files_with_and_without_a_dedup_key_and_an_empty_segmen
     assert job.metrics["excluded"] == {"missingIdentity": 1}  # dee, gold but without an email
 
 
-EXPORT_PROFILES = """(SELECT profileId, [{'namespace': 'Email', 'id': email}] AS identities,
-    {'name': {'firstName': 'F'}} AS person, {'tier': 'gold'} AS loyalty
-    FROM (VALUES ('p1', 'a@x.com'), ('p2', 'b@x.com')) AS t(profileId, email))"""
-
-
-def write_snapshots(folder, members: dict[str, list[str]]) -> None:
-    """Membership snapshots as the segment job writes them: a Parquet file per segment, every member realized."""
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_export_files_from_partitioned_writes_whole_even_when_a_partition_comes_in_pieces(settings, tmp_path, pieces):
+    """The files written straight from the query, through real DuckDB: each segment's partition becomes its
+    file; a partition found in more than one piece (DuckDB past its open-file limit) is written again whole."""
     import duckdb
 
-    for sid, ids in members.items():
+    from shared.activation import Destination
+    from shared.activation.export import Members, build_rows, install_transforms
+    from shared.engine import connect
+
+    for sid, ids in (("gold", ["p1", "p2"]), ("empty", [])):
         rows = " UNION ALL ".join(
             f"SELECT '{i}' AS profileId, 'realized' AS status, '{T1.isoformat()}'::TIMESTAMPTZ AS lastQualificationTime"
             for i in ids
         )
         duckdb.execute(
             f"COPY ({rows or 'SELECT NULL::VARCHAR AS profileId, NULL AS status, NULL::TIMESTAMPTZ AS lastQualificationTime WHERE false'}) "
-            f"TO '{folder / sid}.parquet' (FORMAT parquet)"
+            f"TO '{tmp_path / sid}.parquet' (FORMAT parquet)"
         )
-
-
-def export_rows(settings, segments: list[str], split_rows: int):
-    from shared.activation import Destination
-    from shared.activation.export import build_rows, install_transforms
-    from shared.engine import connect
-
-    d = Destination.model_validate({**destination(segments=segments), "id": "gold-email", "format": "csv"})
+    profiles = """(SELECT profileId, [{'namespace': 'Email', 'id': email}] AS identities,
+        {'name': {'firstName': 'F'}} AS person, {'tier': 'gold'} AS loyalty
+        FROM (VALUES ('p1', 'a@x.com'), ('p2', 'b@x.com')) AS t(profileId, email))"""
+    d = Destination.model_validate({**destination(segments=["gold", "empty"]), "id": "gold-email", "format": "csv"})
     con = connect(settings)
     install_transforms(con, country_code="1")
-    return build_rows(con, d, EXPORT_PROFILES, split_rows=split_rows)
-
-
-@pytest.mark.parametrize("pieces", [1, 2])
-def test_export_files_from_partitioned_writes_whole_even_when_a_partition_comes_in_pieces(settings, tmp_path, pieces):
-    """The files written straight from the query, through real DuckDB: each segment's partition becomes its
-    file; a partition found in more than one piece (DuckDB past its open-file limit) is written again whole."""
-    from shared.activation.export import Members
-
-    write_snapshots(tmp_path, {"gold": ["p1", "p2"], "empty": []})
     members = [Members(sid, tmp_path / f"{sid}.parquet") for sid in ("gold", "empty")]
-    rows = export_rows(settings, ["gold", "empty"], split_rows=100)
+    rows = build_rows(con, d, members, profiles, split_rows=100)
     out = tmp_path / "files"
     if pieces == 2:  # as if DuckDB had written the partition of "gold" in two files
-        (out / "partitions" / "seg=0" / "_part=1").mkdir(parents=True)
-        (out / "partitions" / "seg=0" / "_part=1" / "data_9.csv").write_text("a piece\n")
-    written = rows.write(members, out)
+        (out / "group-0" / "seg=0" / "_part=1").mkdir(parents=True)
+        (out / "group-0" / "seg=0" / "_part=1" / "data_9.csv").write_text("a piece\n")
+    written = rows.write(out)
     assert [(w.segment_id, w.part, w.rows) for w in written] == [("gold", 1, 2), ("empty", 1, 0)]
     gold = list(csv.DictReader(io.StringIO(written[0].path.read_text())))
     assert sorted(r["email_lc_sha256"] for r in gold) == sorted([sha("a@x.com"), sha("b@x.com")])
     assert written[1].path.read_text().splitlines() == ["email_lc_sha256,segmentMembershipStatus,firstName,loyaltyTier"]
-
-
-def test_a_segment_past_the_file_limit_before_its_exclusions_but_not_after_gets_one_file(settings, tmp_path):
-    """Whether a run numbers rows into parts is decided before it counts them, from the snapshots' footers:
-    a snapshot of 2 members under a 1-row limit is numbered, and the one member exported (p3 has no profile,
-    so no identity) still makes one file, counted after it was written."""
-    from shared.activation.export import Members, SegmentCounts
-
-    write_snapshots(tmp_path, {"gold": ["p1", "p3"]})
-    rows = export_rows(settings, ["gold"], split_rows=1)
-    written = rows.write([Members("gold", tmp_path / "gold.parquet")], tmp_path / "files")
-    assert [(w.segment_id, w.part, w.rows) for w in written] == [("gold", 1, 1)]
-    assert rows.counts == {"gold": SegmentCounts(received=2, activated=1, excluded={"missingIdentity": 1})}
-    assert list(csv.DictReader(io.StringIO(written[0].path.read_text())))[0]["email_lc_sha256"] == sha("a@x.com")
 
 
 def test_a_run_that_fails_before_its_manifest_leaves_no_visible_file(settings, account, crm, monkeypatch):

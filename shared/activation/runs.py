@@ -9,8 +9,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from pydantic import Field
 
 from shared.activation.destinations import Destination, DestinationStore, ExportMode, Frequency
-from shared.activation.export import Members, SegmentCounts, Written, build_rows, install_transforms
+from shared.activation.export import Members, SegmentCounts, build_rows, install_transforms
 from shared.activation.governance import PolicyStore, check_governance
 from shared.activation.manifest import ExportManifest, ManifestFile, ManifestSegment
 from shared.activation.retention import EXPORTED
@@ -32,7 +31,6 @@ from shared.segmentation.memberships import MembershipPointer, MembershipStore, 
 from shared.settings import Settings
 from shared.storage import BlobStore, EntityTable, ModelTable, StorageAccount
 from shared.storage.blobs import Staged
-from shared.storage.growing import GrowingUploads
 from shared.storage.messages import QueueMessage
 from shared.timing import Laps
 
@@ -87,28 +85,6 @@ class Built:
     members: list[Members]
     staged: list[tuple[Any, Staged]]
     counts: dict[str, SegmentCounts]
-
-
-class _DlzFiles:
-    """A run's files into the DLZ as they are written, each under its blob name: staged while they grow, or
-    whole when they are finished."""
-
-    def __init__(self, uploads: GrowingUploads, d: Destination, now: dt.datetime) -> None:
-        self.uploads, self.d, self.now = uploads, d, now
-        self.staged: list[tuple[Written, Callable[[], Staged]]] = []
-
-    def growing(self, w: Written) -> None:
-        self.uploads.follow(self._name(w), w.path)
-
-    def finished(self, w: Written) -> None:
-        name = self._name(w)
-        if self.uploads.following(name) != w.path:  # not the file announced (pieces, or nobody exported)
-            self.uploads.drop(name)
-            self.uploads.follow(name, w.path)
-        self.staged.append((w, self.uploads.finish(name)))
-
-    def _name(self, w: Written) -> str:
-        return self.d.file_name(w.segment_id, self.now, w.part)
 
 
 class ExportMetrics(Metrics):
@@ -277,42 +253,42 @@ class ExportRuns:
         return ExportPlan(profiles, pointers, skipped, states, d.export_mode is ExportMode.INCREMENTAL)
 
     def _build(self, d: Destination, plan: ExportPlan, work: Path, now: dt.datetime, phases: Laps) -> Built:
-        """Download the profiles and compute what each person exports while the memberships download (and,
-        for incremental runs, the snapshots last exported); then write each segment's files, each staged
-        (uncommitted blocks) while the next is written, and count them."""
-        if not plan.pointers:
-            return Built([], [], {})
-        con = connect(self.settings, spill_dir=str(work))
-        with ThreadPoolExecutor(max_workers=4) as pool, GrowingUploads(self.dlz, pool) as uploads:
-            files = _DlzFiles(uploads, d, now)
-            try:
-                downloading = pool.submit(self._download_members, plan, work)
-                profiles_sql = self.profiles.profiles_sql(
-                    self.profiles.by_id(plan.profiles.store_version), work / "profiles"
-                )
-                install_transforms(con, country_code=self.settings.export_phone_country_code)
-                rows = build_rows(con, d, profiles_sql, split_rows=self.settings.export_split_rows)
-                members = downloading.result()
-                phases.lap("people")
-                rows.write(members, work / "files", files)
-                phases.lap("write")
-            finally:
-                con.close()
-            staged = [(w, staged()) for w, staged in files.staged]
-        phases.lap("upload")
-        return Built(members, staged, rows.counts)
-
-    def _download_members(self, plan: ExportPlan, work: Path) -> list[Members]:
-        """Each segment's current snapshot and, for incremental runs, the one last exported, each in its own
-        folder under `work/members` (any name a segment may have stays clear of the profiles and the files)."""
+        """Download the memberships (and, for incremental runs, the snapshots last exported), build each
+        segment's rows and write its files; each file is staged (uncommitted blocks) while the next is written."""
+        # Each snapshot in a folder named after its segment under `members`, clear of the profiles' and the
+        # files' folders whatever a segment is called; the one last exported as `<segment>.previous`, which no
+        # segment id can be (they have no dots).
         wanted = {sid: p.files() for sid, p in plan.pointers.items()}
         for sid in plan.pointers if plan.incremental else []:
             state = plan.states.find(sid)
             # (A snapshot's files are written and kept together: the first stands for them all.)
             if state is not None and self.memberships.blobs.exists(state.files()[0][0]):
-                wanted[f"{sid}-previous"] = state.files()
+                wanted[f"{sid}.previous"] = state.files()
         local = self.memberships.download(wanted, work / "members")
-        return [Members(sid, local[sid], local.get(f"{sid}-previous"), plan.incremental) for sid in plan.pointers]
+        profiles_sql = self.profiles.profiles_sql(self.profiles.by_id(plan.profiles.store_version), work / "profiles")
+        members = [Members(sid, local[sid], local.get(f"{sid}.previous"), plan.incremental) for sid in plan.pointers]
+        phases.lap("download")
+        if not members:
+            return Built(members, [], {})
+        con = connect(self.settings, spill_dir=str(work))
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            uploads: list[tuple[Any, Future[Staged]]] = []
+
+            def upload(w: Any) -> None:
+                uploads.append((w, pool.submit(self.dlz.stage_file, d.file_name(w.segment_id, now, w.part), w.path)))
+
+            try:
+                install_transforms(con, country_code=self.settings.export_phone_country_code)
+                rows = build_rows(con, d, members, profiles_sql, split_rows=self.settings.export_split_rows)
+                counts = rows.counts
+                phases.lap("rows")
+                rows.write(work / "files", on_file=upload)
+                phases.lap("write")
+            finally:
+                con.close()
+            staged = [(w, f.result()) for w, f in uploads]
+        phases.lap("upload")
+        return Built(members, staged, counts)
 
     def _record(
         self, job: Job, d: Destination, plan: ExportPlan, built: Built, now: dt.datetime, seconds: float, phases: Laps

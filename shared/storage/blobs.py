@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from azure.storage.blob import BlobBlock, BlobProperties, ContainerClient
 from shared.errors import Conflict, NotFound
 
 _CONCURRENCY = 4
+_BLOCK = 8 * 1024 * 1024
 
 
 class TooLarge(Exception):
@@ -124,9 +126,18 @@ class BlobStore:
     def exists(self, name: str) -> bool:
         return self.container.get_blob_client(name).exists()
 
-    def stage_block(self, name: str, block_id: str, data: bytes) -> None:
-        """Upload one block of a blob without committing it (`commit` makes the blob's blocks visible)."""
-        self.container.get_blob_client(name).stage_block(block_id, data)
+    def stage_file(self, name: str, path: Path) -> Staged:
+        """Upload a file's blocks without committing them, hashing it on the way (SHA-256)."""
+        client = self.container.get_blob_client(name)
+        digest, blocks, size = hashlib.sha256(), [], 0
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_BLOCK):
+                block_id = f"{len(blocks):08d}"
+                client.stage_block(block_id, chunk)
+                digest.update(chunk)
+                blocks.append(block_id)
+                size += len(chunk)
+        return Staged(name, blocks, size, digest.hexdigest())
 
     def commit(self, staged: Staged, *, metadata: dict[str, str] | None = None) -> str:
         """Make a staged file visible, all at once; returns its ETag."""

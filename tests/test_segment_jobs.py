@@ -274,14 +274,15 @@ def test_a_failed_job_leaves_the_previous_memberships_current(settings, account,
     assert MembershipStore.from_settings(settings, account).current("ca").job_id == before
 
 
-def test_preview_gives_the_size_now_and_who_would_enter_and_exit(settings, crm):
-    put_segment("ca", 'homeAddress.stateProvince = "CA"')
+@pytest.mark.parametrize("segment_id", ["ca", "store"])  # `store`: the name of the preview's folder of store files
+def test_preview_gives_the_size_now_and_who_would_enter_and_exit(settings, crm, segment_id):
+    put_segment(segment_id, 'homeAddress.stateProvince = "CA"')
     SegmentJobRunner.from_settings(settings).run(now=DAY1)
     response = call(
         segment_preview,
         "POST",
         "segments-preview",
-        body={"expression": {"value": 'loyalty.tier = "gold"'}, "segmentId": "ca"},
+        body={"expression": {"value": 'loyalty.tier = "gold"'}, "segmentId": segment_id},
     )
     assert response.status_code == 200
     preview = body(response)

@@ -71,7 +71,9 @@ class SegmentInsight:
 
     def _changes(self, con, column: str, segment_id: str, tmp: Path, shards, count: int, scale: float) -> dict:
         """Who would enter and exit the segment's current membership (within the sampled shards, scaled)."""
-        current = self.runner.memberships.download_all_current([segment_id], tmp, shards=shards)[segment_id]
+        # (Under `members`: the store's files are in `store`, which may also be a segment's name.)
+        members = tmp / "members"
+        current = self.runner.memberships.download_all_current([segment_id], members, shards=shards)[segment_id]
         if current is None:
             return {}
         sampled = f" AND {shard_sql('profileId', count)} IN ({', '.join(map(str, shards))})" if shards else ""

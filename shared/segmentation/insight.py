@@ -71,8 +71,7 @@ class SegmentInsight:
 
     def _changes(self, con, column: str, segment_id: str, tmp: Path, shards, count: int, scale: float) -> dict:
         """Who would enter and exit the segment's current membership (within the sampled shards, scaled)."""
-        # (Under `members`: the store's files are in `store`, which may also be a segment's name.)
-        members = tmp / "members"
+        members = tmp / "members"  # a folder of their own: the store's files are in `store`, a possible segment id
         current = self.runner.memberships.download_all_current([segment_id], members, shards=shards)[segment_id]
         if current is None:
             return {}

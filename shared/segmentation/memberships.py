@@ -154,7 +154,8 @@ class MembershipStore:
     def download(self, snapshots: dict[str, list[tuple[str, str | None]]], into: Path) -> dict[str, Path]:
         """Fetch published snapshots in parallel: {local name: its files (blob path, ETag as published)} ->
         {local name: a local folder of its files, which `parquet()` reads as one}; each file from this worker's
-        cache when it holds that version."""
+        cache when it holds that version. `into` must be a folder of their own: a local name is a folder in it,
+        whatever it is called, and any other Parquet file there would be read as members."""
         wanted = [
             (blob, etag, into / name / f"{n:05d}.parquet")
             for name, files in snapshots.items()

@@ -67,10 +67,10 @@ def stage_floor(snapshots: Path, out: Path) -> dict:
     # 2026-12-04). Lower thresholds ran out of memory under 1 GB (100,000 and 120,000 did).
     con.execute("SET partitioned_write_flush_threshold = 250000")
     started = time.perf_counter()
-    members = " UNION ALL ".join(
-        f"SELECT {quote_literal(sid)} AS seg, profileId, status FROM {parquet(snapshots / sid)} "
+    # The job's shard files hold every segment's memberships (a `segment` column): each is read once.
+    members = (
+        f"SELECT segment AS seg, profileId, status FROM {parquet(snapshots / 'members')} "
         "WHERE status IN ('realized', 'existing')"
-        for sid in segments()
     )
     email = "list_filter(p.identities, lambda x: x.namespace = 'Email')[1].id"
     # The best hand-written way: each person's values (the hashed email, the attributes) once, then joined to
@@ -113,11 +113,11 @@ def main() -> None:
         assert seg.status.value == "SUCCEEDED", seg.errors
         activation = Activation.from_settings(settings)
         activation.destinations.save(Destination.model_validate({**DESTINATION, "segments": list(segments())}), now=NOW)
-        # The floor starts from the same snapshots, already on local disk.
+        # The floor starts from the same snapshots, already on local disk: the job's shard files.
         store = MembershipStore.from_settings(settings, StorageAccount.from_settings(settings))
-        (work / "snapshots").mkdir()
         current = store.current_pointers()
-        store.download({sid: current[sid].files() for sid in segments()}, work / "snapshots")
+        local = store.download({sid: current[sid].files() for sid in segments()}, work / "snapshots" / "members")
+        assert all(segment is not None for snapshot in local.values() for _, segment in snapshot.files)
         profiles = ProfileStore.from_settings(settings)
         version = profiles.by_id(store.current_profiles().store_version)
         copy_profiles(profiles, version, work / "snapshots" / "profiles", work / "profile-files")

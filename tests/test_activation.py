@@ -476,14 +476,16 @@ def test_export_files_from_partitioned_writes_whole_even_when_a_partition_comes_
     from shared.activation import Destination
     from shared.activation.export import Members, build_rows, install_transforms
     from shared.engine import connect
+    from shared.segmentation.memberships import LocalSnapshot
 
     for sid, ids in (("gold", ["p1", "p2"]), ("empty", [])):
         rows = " UNION ALL ".join(
-            f"SELECT '{i}' AS profileId, 'realized' AS status, '{T1.isoformat()}'::TIMESTAMPTZ AS lastQualificationTime"
+            f"SELECT '{i}' AS profileId, 'realized' AS status, '{T1.isoformat()}'::TIMESTAMPTZ AS lastQualificationTime, "
+            "NULL::TIMESTAMPTZ AS exitedAt"
             for i in ids
         )
         duckdb.execute(
-            f"COPY ({rows or 'SELECT NULL::VARCHAR AS profileId, NULL AS status, NULL::TIMESTAMPTZ AS lastQualificationTime WHERE false'}) "
+            f"COPY ({rows or 'SELECT NULL::VARCHAR AS profileId, NULL AS status, NULL::TIMESTAMPTZ AS lastQualificationTime, NULL::TIMESTAMPTZ AS exitedAt WHERE false'}) "
             f"TO '{tmp_path / sid}.parquet' (FORMAT parquet)"
         )
     profiles = """(SELECT profileId, [{'namespace': 'Email', 'id': email}] AS identities,
@@ -492,7 +494,7 @@ def test_export_files_from_partitioned_writes_whole_even_when_a_partition_comes_
     d = Destination.model_validate({**destination(segments=["gold", "empty"]), "id": "gold-email", "format": "csv"})
     con = connect(settings)
     install_transforms(con, country_code="1")
-    members = [Members(sid, tmp_path / f"{sid}.parquet") for sid in ("gold", "empty")]
+    members = [Members(sid, LocalSnapshot([(tmp_path / f"{sid}.parquet", None)])) for sid in ("gold", "empty")]
     rows = build_rows(con, d, members, profiles, split_rows=100)
     out = tmp_path / "files"
     if pieces == 2:  # as if DuckDB had written the partition of "gold" in two files

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import azure.functions as func
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from azure.functions.timer import TimerRequest
@@ -73,11 +74,21 @@ def put_segment(segment_id: str, pql: str) -> func.HttpResponse:
     )
 
 
+def snapshot_rows(store: MembershipStore, pointer) -> pa.Table:
+    """A snapshot's rows, read from its blobs (a shard file: only its segment's)."""
+    tables = []
+    for path, _, segment in pointer.files():
+        table = pq.read_table(io.BytesIO(store.blobs.get(path)))
+        if segment is not None:
+            table = table.filter(pc.equal(table["segment"], segment)).drop_columns(["segment"])
+        tables.append(table)
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
 def members(settings, account, segment_id: str) -> dict[str, str]:
     """The current membership of a segment: profile id -> status."""
     store = MembershipStore.from_settings(settings, account)
-    files = store.current(segment_id).files()
-    rows = [row for path, _ in files for row in pq.read_table(io.BytesIO(store.blobs.get(path))).to_pylist()]
+    rows = snapshot_rows(store, store.current(segment_id)).to_pylist()
     return {row["profileId"]: row["status"] for row in rows}
 
 
@@ -138,18 +149,16 @@ def test_each_shard_writes_its_part_of_every_snapshot_and_a_snapshot_from_before
     store = runner.memberships
     first = store.current("ca-gold")
     assert (len(first.parts), first.shards) == (1, settings.profile_shards)  # a shard without members has no part
-    assert first.parts[0].path.startswith(f"ca-gold/job={first.job_id}/") and first.parts[0].realized == 1
+    assert first.parts[0].path.startswith(f"_shards/job={first.job_id}/") and first.parts[0].realized == 1
+    assert first.parts[0].segment == "ca-gold"  # its rows of the shard's file of every segment
     # The snapshot as written before snapshots had parts: one file, every shard's people in it.
     day1 = members(settings, account, "ca-gold")
-    single = pa.Table.from_batches(
-        [b for path, _ in first.files() for b in pq.read_table(io.BytesIO(store.blobs.get(path))).to_batches()]
-    )
     sink = io.BytesIO()
-    pq.write_table(single, sink)
+    pq.write_table(snapshot_rows(store, first), sink)
     etag = store.blobs.put("ca-gold/job=before/memberships.parquet", sink.getvalue())
     legacy = first.model_copy(update={"snapshot": "ca-gold/job=before/memberships.parquet", "etag": etag})
     store.publish([legacy.model_copy(update={"parts": None, "shards": None})])
-    assert store.current("ca-gold").files() == [("ca-gold/job=before/memberships.parquet", etag)]
+    assert store.current("ca-gold").files() == [("ca-gold/job=before/memberships.parquet", etag, None)]
     ann_drops_to_silver_and_cy_moves_to_ca(crm)  # each shard compares with its own people of the single file
     second = runner.run(now=DAY2)
     assert second.metrics["segmentedProfileByStatusCounter"]["ca-gold"] == ONE_IN_ONE_OUT
@@ -170,7 +179,7 @@ def test_a_streaming_tick_rewrites_only_the_touched_shards_parts_and_keeps_the_o
     [touched] = [s["shard"] for s in tick.metrics["shards"]]
     after = {p.shard: p for p in runner.memberships.current("ca").parts}
     assert set(after) == set(before) | {touched}
-    assert after[touched].path.startswith(f"ca/job={tick.id}/") and after[touched].realized == 1
+    assert after[touched].path.startswith(f"_shards/job={tick.id}/") and after[touched].realized == 1
     for shard in set(before) - {touched}:  # the same files, their members now existing ones
         assert (after[shard].path, after[shard].etag) == (before[shard].path, before[shard].etag)
         assert (after[shard].realized, after[shard].existing) == (0, before[shard].realized + before[shard].existing)

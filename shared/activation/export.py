@@ -11,7 +11,8 @@ from pathlib import Path
 import duckdb
 
 from shared.activation.destinations import MEMBERSHIP_STATUS, Destination, FileFormat
-from shared.sql import column_ref, parquet, quote_ident, quote_literal
+from shared.segmentation.memberships import LocalSnapshot
+from shared.sql import column_ref, quote_ident, quote_literal
 
 ACTIVE = "('realized', 'existing')"
 # E.164: a plus, a country code that does not start with 0, at most 15 digits in all.
@@ -50,17 +51,17 @@ class Members:
     snapshot the previous successful run exported (None: a full backfill)."""
 
     segment_id: str
-    current: Path
-    previous: Path | None = None
+    current: LocalSnapshot
+    previous: LocalSnapshot | None = None
     incremental: bool = False
 
 
 def members_sql(m: Members, index: int) -> str:
-    cur = f"{parquet(m.current)}"
+    cur = m.current.source
     head = f"SELECT {index} AS seg, profileId"
     if not m.incremental or m.previous is None:
         return f"{head}, status, lastQualificationTime AS qualifiedAt FROM {cur} WHERE status IN {ACTIVE}"
-    prev = f"{parquet(m.previous)}"
+    prev = m.previous.source
     return f"""
         {head}, status, lastQualificationTime AS qualifiedAt FROM {cur}
         WHERE status IN {ACTIVE} AND profileId NOT IN (SELECT profileId FROM {prev} WHERE status IN {ACTIVE})

@@ -255,14 +255,12 @@ class ExportRuns:
     def _build(self, d: Destination, plan: ExportPlan, work: Path, now: dt.datetime, phases: Laps) -> Built:
         """Download the memberships (and, for incremental runs, the snapshots last exported), build each
         segment's rows and write its files; each file is staged (uncommitted blocks) while the next is written."""
-        # Each snapshot in a folder named after its segment under `members`, clear of the profiles' and the
-        # files' folders whatever a segment is called; the one last exported as `<segment>.previous`, which no
-        # segment id can be (they have no dots).
+        # The snapshot last exported is `<segment>.previous`, which no segment id can be (they have no dots).
         wanted = {sid: p.files() for sid, p in plan.pointers.items()}
         for sid in plan.pointers if plan.incremental else []:
             state = plan.states.find(sid)
             # (A snapshot's files are written and kept together: the first stands for them all.)
-            if state is not None and self.memberships.blobs.exists(state.files()[0][0]):
+            if state is not None and self.memberships.blobs.exists(state.files()[0].path):
                 wanted[f"{sid}.previous"] = state.files()
         local = self.memberships.download(wanted, work / "members")
         profiles_sql = self.profiles.profiles_sql(self.profiles.by_id(plan.profiles.store_version), work / "profiles")

@@ -21,7 +21,6 @@ from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
 from shared.segmentation.pql import ast, parse
 from shared.segmentation.pql.compiler import Compiler, Scope
 from shared.segmentation.runner import SegmentJobRunner
-from shared.sql import parquet
 
 PREVIEW = "__preview__"
 
@@ -71,12 +70,11 @@ class SegmentInsight:
 
     def _changes(self, con, column: str, segment_id: str, tmp: Path, shards, count: int, scale: float) -> dict:
         """Who would enter and exit the segment's current membership (within the sampled shards, scaled)."""
-        members = tmp / "members"  # a folder of their own: the store's files are in `store`, a possible segment id
-        current = self.runner.memberships.download_all_current([segment_id], members, shards=shards)[segment_id]
+        current = self.runner.memberships.download_all_current([segment_id], tmp / "members", shards=shards)[segment_id]
         if current is None:
             return {}
         sampled = f" AND {shard_sql('profileId', count)} IN ({', '.join(map(str, shards))})" if shards else ""
-        active = f"(SELECT profileId FROM {parquet(current)} WHERE status <> 'exited'{sampled})"
+        active = f"(SELECT profileId FROM {current.source} WHERE status <> 'exited'{sampled})"
         entering = con.execute(
             f"SELECT count(*) FROM {RESULTS} WHERE {column} AND profileId NOT IN {active}"
         ).fetchall()[0][0]

@@ -4,13 +4,12 @@ Each shard of the store is one query: every segment of the job, with one GROUP B
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import logging
 import shutil
 import tempfile
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -24,12 +23,14 @@ from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
 from shared.segmentation.memberships import (
     PROFILES,
+    SHARD_FILES,
     STATUS_COUNTS,
+    LocalSnapshot,
     MembershipPointer,
     MembershipStore,
     SnapshotPart,
     membership_sql,
-    write_snapshots,
+    write_shard,
 )
 from shared.segmentation.shards import (
     SegmentJobMetrics,
@@ -175,7 +176,7 @@ class SegmentJobRunner:
                     except BridgeError as exc:
                         self.shard_records.finish(record, ShardStatus.FAILED, error=exc.message[:2000])
                     else:
-                        name = f"_shards/job={plan.job_id}/attempt={plan.attempt}/shard={task.shard:04d}.json"
+                        name = f"{SHARD_FILES}/job={plan.job_id}/attempt={plan.attempt}/shard={task.shard:04d}.json"
                         self.memberships.blobs.put(name, result.model_dump_json(by_alias=True).encode())
                         self.shard_records.finish(
                             record, ShardStatus.DONE, result=name, metrics=result.metrics, failed=result.failed
@@ -375,60 +376,48 @@ class SegmentJobRunner:
         self, con, plan: ShardPlan, shard: int, shards: int, chosen: list[str], work: Path, people: str | None
     ) -> dict[str, SnapshotPart]:
         """Each segment's new memberships in this shard against its current ones (this shard's part of them,
-        or, when the current snapshot is not split by today's shards, its rows in this shard), uploaded while
-        the next segment is written: the shard's part of each snapshot, with its counts."""
+        or, when the current snapshot is not split by today's shards, its rows in this shard), written to the
+        shard's one file and uploaded: the shard's part of each snapshot, with its counts."""
         retention = dt.timedelta(days=self.settings.segment_exited_retention_days)
         current = self.memberships.current_pointers()
         in_shard = f"{shard_sql('profileId', shards)} = {shard}"
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            wanted, where, before = {}, {}, {}
-            for sid in chosen:
-                pointer = current.get(sid)
-                if pointer is not None:
-                    split = pointer.split_by(shards)
-                    wanted[sid] = pointer.files([shard] if split else None)
-                    where[sid] = None if split else in_shard
-                    before.update((sid, p) for p in pointer.parts or [] if split and p.shard == shard)
-            previous = pool.submit(
-                self.memberships.download, {sid: f for sid, f in wanted.items() if f}, work / "previous"
+        wanted, where, before = {}, {}, {}
+        for sid in chosen:
+            pointer = current.get(sid)
+            if pointer is not None:
+                split = pointer.split_by(shards)
+                wanted[sid] = pointer.files([shard] if split else None)
+                where[sid] = None if split else in_shard
+                before.update((sid, p) for p in pointer.parts or [] if split and p.shard == shard)
+        previous = self.memberships.download({sid: f for sid, f in wanted.items() if f}, work / "previous")
+        kept = self._unchanged(con, before, previous, people) if people else {}
+        parts = {
+            sid: membership_sql(
+                segment_id=sid,
+                qualified_sql=f"SELECT profileId FROM shard_results WHERE {quote_ident(sid)}",
+                previous=previous.get(sid),
+                previous_where=where.get(sid),
+                now=plan.now,
+                retention=retention,
+                scope_sql=people,
             )
-            kept = self._unchanged(con, before, previous.result(), people) if people else {}
-            chosen = [sid for sid in chosen if sid not in kept]
-
-            def part(sid: str) -> str:
-                return membership_sql(
-                    segment_id=sid,
-                    qualified_sql=f"SELECT profileId FROM shard_results WHERE {quote_ident(sid)}",
-                    previous=previous.result().get(sid),
-                    previous_where=where.get(sid),
-                    now=plan.now,
-                    retention=retention,
-                    scope_sql=people,
-                )
-
-            uploads: dict[str, Future[str]] = {}
-
-            def upload(sid: str, file: Path) -> None:
-                path = self.memberships.snapshot_path(sid, plan.job_id, plan.attempt, shard)
-                uploads[sid] = pool.submit(self.memberships.upload, path, file)
-
-            parts = {sid: functools.partial(part, sid) for sid in chosen}
-            _, counts = write_snapshots(con, parts, out=work / "memberships", now=plan.now, written=upload)
-            etags = {sid: upload.result() for sid, upload in uploads.items()}  # a shard without rows has no part
+            for sid in chosen
+            if sid not in kept
+        }
+        target = work / "memberships.parquet"
+        counts = write_shard(con, parts, target=target, now=plan.now)
+        if not counts:  # no segment has rows in this shard: no file, no parts
+            return kept
+        path = self.memberships.shard_path(plan.job_id, plan.attempt, shard)
+        etag = self.memberships.upload(path, target)
         self.memberships.cache.trim()
         return kept | {
-            sid: SnapshotPart(
-                shard=shard,
-                path=self.memberships.snapshot_path(sid, plan.job_id, plan.attempt, shard),
-                etag=etags[sid],
-                **counts[sid],
-            )
-            for sid in etags
+            sid: SnapshotPart(shard=shard, path=path, etag=etag, segment=sid, **found) for sid, found in counts.items()
         }
 
     @staticmethod
     def _unchanged(
-        con, before: dict[str, SnapshotPart], local: dict[str, Path], people: str
+        con, before: dict[str, SnapshotPart], local: dict[str, LocalSnapshot], people: str
     ) -> dict[str, SnapshotPart]:
         """The parts a streaming tick leaves as they are (carried into its snapshots, not written again): those
         where nobody it evaluated qualifies now or has a row before."""
@@ -442,12 +431,13 @@ class SegmentJobRunner:
         quiet = [sid for sid, n in zip(before, qualified, strict=True) if n == 0]
         if not quiet:
             return {}
-        files = {str(f): sid for sid in quiet for f in local[sid].glob("*.parquet")}
         had_rows = con.execute(
-            f"""SELECT DISTINCT filename FROM read_parquet([{", ".join(map(quote_literal, files))}], filename = true)
-                WHERE profileId IN ({people})"""
+            " UNION ALL ".join(
+                f"(SELECT {quote_literal(sid)} FROM {local[sid].source} WHERE profileId IN ({people}) LIMIT 1)"
+                for sid in quiet
+            )
         ).fetchall()
-        touched = {files[name] for (name,) in had_rows}
+        touched = {sid for (sid,) in had_rows}
         return {sid: before[sid].carried() for sid in quiet if sid not in touched}
 
     def _publish(self, job: Job, plan: ShardPlan, results: list[ShardResult], started: float) -> Job:

@@ -27,7 +27,6 @@ from shared.identity import ProfileStore
 from shared.ingestion import BatchIngestion
 from shared.segmentation.definitions import SegmentDefinition, SegmentStore
 from shared.segmentation.insight import SegmentInsight
-from shared.segmentation.memberships import SNAPSHOT_FORMAT
 from shared.segmentation.runner import SegmentJobRunner
 from shared.settings import get_settings
 from shared.sql import parquet, quote_literal
@@ -264,16 +263,17 @@ def stage_floor(store: Path) -> dict:
         "SELECT count(*), " + ", ".join(f"count_if({_col(s)})" for s in ids) + " FROM result"
     ).fetchall()[0]
     seconds = time.perf_counter() - started
-    # For reference, not the floor: the same result with each segment's members written to local Parquet, as
-    # the job must (in the snapshots' format, without a status or a comparison with the previous members).
-    members = store.parent / "floor-members"
-    members.mkdir(exist_ok=True)
+    # For reference, not the floor: the same result with every segment's members written to one local Parquet
+    # file, each segment's rows together, as the job must (without a status or a comparison with the previous
+    # members).
+    members = " UNION ALL ".join(
+        f"SELECT {quote_literal(sid)} AS segment, person AS profileId FROM result WHERE {_col(sid)}" for sid in ids
+    )
     started = time.perf_counter()
-    for n, sid in enumerate(ids):
-        con.execute(
-            f"COPY (SELECT person AS profileId FROM result WHERE {_col(sid)}) "
-            f"TO {quote_literal(str(members / f'{n:03d}.parquet'))} ({SNAPSHOT_FORMAT})"
-        )
+    con.execute(
+        f"COPY ({members}) TO {quote_literal(str(store.parent / 'floor-members.parquet'))} "
+        "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, PARQUET_VERSION V2)"
+    )
     return {
         "seconds": seconds,
         "members_seconds": time.perf_counter() - started,

@@ -191,6 +191,49 @@ def test_a_streaming_tick_rewrites_only_the_touched_shards_parts_and_keeps_the_o
     }
 
 
+def as_written_before_shard_files(store: MembershipStore, segment_id: str) -> None:
+    """Make a segment's current parts what jobs wrote before shard files: a file per shard and segment."""
+    pointer = store.current(segment_id)
+    parts = []
+    for part in pointer.parts:
+        sink = io.BytesIO()
+        pq.write_table(snapshot_rows(store, pointer.model_copy(update={"parts": [part]})), sink)
+        path = f"{segment_id}/job={pointer.job_id}/attempt=1/shard={part.shard:04d}.parquet"
+        parts.append(
+            part.model_copy(update={"path": path, "etag": store.blobs.put(path, sink.getvalue()), "segment": None})
+        )
+    store.publish([pointer.model_copy(update={"parts": parts})])
+
+
+def test_a_snapshot_may_mix_shard_files_with_parts_written_per_segment_before_them(settings, account, crm):
+    put_segment("ca", 'homeAddress.stateProvince = "CA"')
+    put_segment("ca-gold", 'homeAddress.stateProvince = "CA" and loyalty.tier = "gold"')
+    runner = SegmentJobRunner.from_settings(settings)
+    runner.run(now=DAY1)
+    runner.run_streaming(now=DAY1 + dt.timedelta(minutes=1))
+    for sid in ("ca", "ca-gold"):
+        as_written_before_shard_files(runner.memberships, sid)
+    later = DAY1 + dt.timedelta(minutes=3)
+    crm.ingest_at("crm/move.ndjson", ndjson(profile("cy", homeAddress={"stateProvince": "CA"})), now=later)
+    runner.run_streaming(now=later + dt.timedelta(minutes=2))  # the touched shard's part: a shard file
+    mixed = runner.memberships.current("ca")
+    assert {p.segment for p in mixed.parts} == {None, "ca"}
+    with tempfile.TemporaryDirectory() as tmp, connect(settings) as con:
+        local = runner.memberships.download_all_current(["ca", "ca-gold"], Path(tmp))
+        read = {
+            sid: dict(con.execute(f"SELECT profileId, status FROM {s.source}").fetchall()) for sid, s in local.items()
+        }
+    assert read == {sid: members(settings, account, sid) for sid in ("ca", "ca-gold")}
+    assert sorted(read["ca"].values()) == ["existing", "existing", "realized"]
+    again = runner.run(now=DAY2)  # compared with the mixed snapshots: nobody enters or leaves
+    assert again.metrics["segmentedProfileByStatusCounter"]["ca"] == {
+        "realized": 0,
+        "existing": 3,
+        "exited": 0,
+        "exitedEarlier": 0,
+    }
+
+
 def test_a_streaming_tick_keeps_a_part_where_nobody_it_evaluated_qualifies_or_was_a_member(
     settings, account, landing_zone, monkeypatch
 ):

@@ -30,6 +30,7 @@ from shared.segmentation.memberships import (
     MembershipStore,
     SnapshotPart,
     membership_sql,
+    segments_with,
     write_shard,
 )
 from shared.segmentation.shards import (
@@ -44,7 +45,7 @@ from shared.segmentation.shards import (
 )
 from shared.segmentation.streaming import streaming_eligible
 from shared.settings import Settings
-from shared.sql import quote_ident, quote_literal
+from shared.sql import quote_ident
 from shared.storage import StorageAccount
 from shared.storage.messages import QueueMessage
 from shared.timing import Laps, PeakRss
@@ -431,13 +432,7 @@ class SegmentJobRunner:
         quiet = [sid for sid, n in zip(before, qualified, strict=True) if n == 0]
         if not quiet:
             return {}
-        had_rows = con.execute(
-            " UNION ALL ".join(
-                f"(SELECT {quote_literal(sid)} FROM {local[sid].source} WHERE profileId IN ({people}) LIMIT 1)"
-                for sid in quiet
-            )
-        ).fetchall()
-        touched = {sid for (sid,) in had_rows}
+        touched = segments_with(con, {sid: local[sid] for sid in quiet}, people)
         return {sid: before[sid].carried() for sid in quiet if sid not in touched}
 
     def _publish(self, job: Job, plan: ShardPlan, results: list[ShardResult], started: float) -> Job:

@@ -263,17 +263,18 @@ def stage_floor(store: Path) -> dict:
         "SELECT count(*), " + ", ".join(f"count_if({_col(s)})" for s in ids) + " FROM result"
     ).fetchall()[0]
     seconds = time.perf_counter() - started
-    # For reference, not the floor: the same result with every segment's members written to one local Parquet
-    # file, each segment's rows together, as the job must (without a status or a comparison with the previous
-    # members).
-    members = " UNION ALL ".join(
-        f"SELECT {quote_literal(sid)} AS segment, person AS profileId FROM result WHERE {_col(sid)}" for sid in ids
-    )
+    # For reference, not the floor: the same result with each segment's members written to local Parquet, as
+    # the job must (without a status or a comparison with the previous members). A COPY per segment is the
+    # fastest way measured (0.80 s at 1M); one COPY of every segment's union took 2.9 s, one segment at a time.
+    members = store.parent / "floor-members"
+    members.mkdir(exist_ok=True)
     started = time.perf_counter()
-    con.execute(
-        f"COPY ({members}) TO {quote_literal(str(store.parent / 'floor-members.parquet'))} "
-        "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, PARQUET_VERSION V2)"
-    )
+    for n, sid in enumerate(ids):
+        con.execute(
+            f"COPY (SELECT person AS profileId FROM result WHERE {_col(sid)}) "
+            f"TO {quote_literal(str(members / f'{n:03d}.parquet'))} "
+            "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, PARQUET_VERSION V2)"
+        )
     return {
         "seconds": seconds,
         "members_seconds": time.perf_counter() - started,

@@ -210,6 +210,9 @@ def test_a_snapshot_may_mix_shard_files_with_parts_written_per_segment_before_th
     put_segment("ca-gold", 'homeAddress.stateProvince = "CA" and loyalty.tier = "gold"')
     runner = SegmentJobRunner.from_settings(settings)
     runner.run(now=DAY1)
+    store, job_id = runner.memberships, runner.memberships.current("ca").job_id
+    for sid in ("ca", "ca-gold"):  # both segments' parts of a shard are the shard's one file
+        assert all(p.path == store.shard_path(job_id, 1, p.shard) for p in store.current(sid).parts)
     runner.run_streaming(now=DAY1 + dt.timedelta(minutes=1))
     for sid in ("ca", "ca-gold"):
         as_written_before_shard_files(runner.memberships, sid)

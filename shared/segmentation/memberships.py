@@ -1,11 +1,12 @@
 """Segment memberships: per segment and job, a Parquet snapshot of who is `realized` (entered in this job),
 `existing` (still in) or `exited` (left; kept for a retention period), with `lastQualificationTime`.
 A snapshot has a part per profile store shard, written by that shard's task: the fan-in only publishes. A
-shard task writes one file for all its segments (a `segment` column, each segment's rows together), so a job
-writes and its readers fetch a file per shard, not one per shard and segment (400 requests at 50 segments and
-8 shards, each costing its ~10 ms however small). A pointer per segment names the current snapshot. The pointers are one document, replaced in one
-ETag-guarded write, so a job publishes any number of segments at once: a reader sees every segment of a
-job or none, and a failed job leaves the previous ones current."""
+shard task writes one file for all its segments (a `segment` column, a row group per segment), so a job
+writes and its readers fetch a file per shard, not one per shard and segment (400 requests at 50 segments
+and 8 shards, each costing its ~10 ms however small). A pointer per segment names the current snapshot.
+The pointers are one document, replaced in one ETag-guarded write, so a job publishes any number of
+segments at once: a reader sees every segment of a job or none, and a failed job leaves the previous ones
+current."""
 
 from __future__ import annotations
 

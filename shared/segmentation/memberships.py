@@ -277,13 +277,12 @@ def segments_with(con: duckdb.DuckDBPyConnection, snapshots: dict[str, LocalSnap
             else:
                 shared.setdefault(path, set()).add(segment)
     found = set()
-    if shared:
-        files = ", ".join(quote_literal(str(path)) for path in shared)
-        wanted = ", ".join(quote_literal(sid) for sid in set().union(*shared.values()))
-        found |= {sid for (sid,) in con.execute(
-            f"""SELECT DISTINCT segment FROM read_parquet([{files}])
-                WHERE segment IN ({wanted}) AND profileId IN ({people})"""
-        ).fetchall()}  # fmt: skip
+    if shared:  # a file's rows of the segments whose snapshots it is part of (it may hold others' older rows)
+        found |= {sid for (sid,) in con.execute(" UNION ".join(
+            f"""SELECT segment FROM read_parquet({quote_literal(str(path))})
+                WHERE segment IN ({", ".join(map(quote_literal, segments))}) AND profileId IN ({people})"""
+            for path, segments in shared.items()
+        )).fetchall()}  # fmt: skip
     if own:
         files = ", ".join(quote_literal(name) for name in own)
         found |= {own[name] for (name,) in con.execute(

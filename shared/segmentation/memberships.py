@@ -386,6 +386,9 @@ def write_shard(
     if writer is None:
         return {}
     writer.close()
+    # pyarrow's allocator (mimalloc) keeps what it freed; give it back before the shard's next work (a synthetic
+    # shard's loop: 280-300 MB resident without this, 240-256 MB with it).
+    pa.default_memory_pool().release_unused()
     at = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
     entered = f"status = 'realized' AND lastQualificationTime = {at}"
     found = con.execute(

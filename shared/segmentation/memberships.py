@@ -267,28 +267,22 @@ class LocalSnapshot:
 
 def segments_with(con: duckdb.DuckDBPyConnection, snapshots: dict[str, LocalSnapshot], people: str) -> set[str]:
     """The segments whose snapshot has a row of one of `people` (a query of profile ids): each file read once,
-    whichever segments' rows it holds."""
-    shared: dict[Path, set[str]] = {}
-    own: dict[str, str] = {}
+    for the segments whose snapshots it is part of (a shard file may also hold a segment's older rows)."""
+    reads, shared = [], {}  # reads: (a file, the segment its rows answer for, which of its rows)
     for sid, snapshot in snapshots.items():
         for path, segment in snapshot.files:
-            if segment is None:
-                own[str(path)] = sid
+            if segment is None:  # the segment's own file
+                reads.append((path, quote_literal(sid), "true"))
             else:
-                shared.setdefault(path, set()).add(segment)
-    found = set()
-    if shared:  # a file's rows of the segments whose snapshots it is part of (it may hold others' older rows)
-        found |= {sid for (sid,) in con.execute(" UNION ".join(
-            f"""SELECT segment FROM read_parquet({quote_literal(str(path))})
-                WHERE segment IN ({", ".join(map(quote_literal, segments))}) AND profileId IN ({people})"""
-            for path, segments in shared.items()
-        )).fetchall()}  # fmt: skip
-    if own:
-        files = ", ".join(quote_literal(name) for name in own)
-        found |= {own[name] for (name,) in con.execute(
-            f"SELECT DISTINCT filename FROM read_parquet([{files}], filename = true) WHERE profileId IN ({people})"
-        ).fetchall()}  # fmt: skip
-    return found
+                shared.setdefault(path, []).append(segment)
+    reads += [(path, "segment", f"segment IN ({', '.join(map(quote_literal, sids))})") for path, sids in shared.items()]
+    if not reads:
+        return set()
+    query = " UNION ".join(
+        f"SELECT {value} FROM read_parquet({quote_literal(str(path))}) WHERE {where} AND profileId IN ({people})"
+        for path, value, where in reads
+    )
+    return {sid for (sid,) in con.execute(query).fetchall()}
 
 
 def _pointers(document: bytes) -> dict[str, MembershipPointer]:

@@ -30,7 +30,7 @@ from shared.engine import connect
 from shared.identity import ProfileStore
 from shared.jobs import Job, JobStatus
 from shared.segmentation.definitions import SegmentDefinition, SegmentStore
-from shared.segmentation.memberships import MembershipStore
+from shared.segmentation.memberships import LocalSnapshot, MembershipStore, write_shard
 from shared.segmentation.runner import SegmentJobRunner
 from tests.conftest import NOW
 from tests.helpers import create_dataset, event, ndjson, profile
@@ -235,6 +235,36 @@ def test_a_snapshot_may_mix_shard_files_with_parts_written_per_segment_before_th
         "exited": 0,
         "exitedEarlier": 0,
     }
+
+
+def test_a_shards_memberships_are_the_same_written_a_statement_per_segment_or_all_in_one(settings, tmp_path):
+    # Small shards write all their segments in one statement, large ones a statement per segment.
+    results = "SELECT * FROM (VALUES ('p1', true, false, true), ('p2', true, true, false), ('p3', false, true, false)"
+    results += ', (\'p4\', false, false, false)) t(profileId, "ca", "ca-gold", "buy.ers")'
+    chosen, now = ["buy.ers", "ca", "ca-gold"], DAY2
+    with connect(settings) as con:
+        con.execute(f"CREATE TABLE before AS {results.replace('true, true', 'false, false')}")
+        con.execute(f"CREATE TABLE shard_results AS {results}")
+        kw = {"now": now, "retention": dt.timedelta(days=30)}
+        write_shard(
+            con, chosen, results="before", previous={}, target=tmp_path / "day1.parquet", **(kw | {"now": DAY1})
+        )
+        previous = {sid: LocalSnapshot([(tmp_path / "day1.parquet", sid)]) for sid in chosen}
+        con.execute("CREATE TABLE touched AS SELECT * FROM shard_results WHERE profileId = 'p2'")
+        # A streaming tick's: only the touched people evaluated, and a snapshot not split by today's shards.
+        for table, scope, where in [("shard_results", None, None), ("touched", "SELECT 'p2'", "profileId <> 'p3'")]:
+            kw |= {"previous": previous, "scope_sql": scope, "previous_where": where}
+            written = {
+                cells: write_shard(con, chosen, results=table, target=tmp_path / f"{cells}.parquet", cells=cells, **kw)
+                for cells in (1, 1000)
+            }
+            assert written[1] == written[1000] and written[1]["ca"]["realized"] == 1
+            rows = {cells: pq.read_table(tmp_path / f"{cells}.parquet").to_pylist() for cells in written}
+            assert sorted(rows[1], key=str) == sorted(rows[1000], key=str) and rows[1]
+            for cells in written:  # a row group per segment, in the segments' order
+                meta = pq.ParquetFile(tmp_path / f"{cells}.parquet").metadata
+                groups = [meta.row_group(i).column(0).statistics for i in range(meta.num_row_groups)]
+                assert [(g.min, g.max) for g in groups] == [(sid, sid) for sid in chosen]
 
 
 def test_a_streaming_tick_keeps_a_part_where_nobody_it_evaluated_qualifies_or_was_a_member(

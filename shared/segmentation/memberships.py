@@ -19,14 +19,15 @@ from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from shared.engine import beside
+from shared.engine import beside, scalar
 from shared.errors import Conflict
 from shared.models import ApiModel
 from shared.settings import Settings
-from shared.sql import parquet, quote_literal
+from shared.sql import parquet, quote_ident, quote_literal
 from shared.storage import BlobStore, EntityTable, StorageAccount
 from shared.storage.cache import FileCache, worker_cache
 
@@ -265,23 +266,26 @@ class LocalSnapshot:
         return "(" + (" UNION ALL ".join(selects) or _EMPTY) + ")"
 
 
-def segments_with(con: duckdb.DuckDBPyConnection, snapshots: dict[str, LocalSnapshot], people: str) -> set[str]:
-    """The segments whose snapshot has a row of one of `people` (a query of profile ids): each file read once,
-    for the segments whose snapshots it is part of (a shard file may also hold a segment's older rows)."""
-    reads, shared = [], {}  # reads: (a file, the segment its rows answer for, which of its rows)
+def snapshot_rows(snapshots: dict[str, LocalSnapshot]) -> str:
+    """Several segments' snapshots as one statement of `segment` and `COLUMNS`, each file read once, for the
+    segments whose snapshots it is part of (a shard file may also hold a segment's older rows)."""
+    reads, shared = [], {}
     for sid, snapshot in snapshots.items():
         for path, segment in snapshot.files:
             if segment is None:  # the segment's own file
-                reads.append((path, quote_literal(sid), "true"))
+                reads.append(f"SELECT {quote_literal(sid)} AS segment, {COLUMNS} FROM {parquet(path)}")
             else:
                 shared.setdefault(path, []).append(segment)
-    reads += [(path, "segment", f"segment IN ({', '.join(map(quote_literal, sids))})") for path, sids in shared.items()]
-    if not reads:
-        return set()
-    query = " UNION ".join(
-        f"SELECT {value} FROM read_parquet({quote_literal(str(path))}) WHERE {where} AND profileId IN ({people})"
-        for path, value, where in reads
-    )
+    reads += [
+        f"SELECT segment, {COLUMNS} FROM {parquet(path)} WHERE segment IN ({', '.join(map(quote_literal, sids))})"
+        for path, sids in shared.items()
+    ]
+    return " UNION ALL ".join(reads) or f"SELECT NULL::VARCHAR AS segment, * FROM ({_EMPTY})"
+
+
+def segments_with(con: duckdb.DuckDBPyConnection, snapshots: dict[str, LocalSnapshot], people: str) -> set[str]:
+    """The segments whose snapshot has a row of one of `people` (a query of profile ids)."""
+    query = f"SELECT DISTINCT segment FROM ({snapshot_rows(snapshots)}) WHERE profileId IN ({people})"
     return {sid for (sid,) in con.execute(query).fetchall()}
 
 
@@ -294,48 +298,58 @@ _ATTEMPTS = 8
 
 def membership_sql(
     *,
-    segment_id: str,
-    qualified_sql: str,
-    previous: LocalSnapshot | None,
+    results: str,
+    segments: list[str],
+    previous: dict[str, LocalSnapshot],
     now: dt.datetime,
     retention: dt.timedelta,
     scope_sql: str | None = None,
     previous_where: str | None = None,
 ) -> str:
-    """The segment's new memberships: who qualifies now compared with the previous snapshot (its rows that
-    match `previous_where`, if given). With `scope_sql` (the people evaluated), everyone else keeps their
-    previous row unchanged."""
-    prev = f"SELECT * FROM {previous.source}" if previous else _EMPTY
-    if previous and previous_where:
-        prev += f" WHERE {previous_where}"
+    """The new memberships of `segments` in one statement, in segment order: who qualifies now (true in the
+    segment's column of the table `results`, which has a `profileId`) compared with each segment's previous
+    snapshot, if it has one (its rows that match `previous_where`, if given). With `scope_sql` (the people
+    evaluated), everyone else keeps their previous row unchanged."""
+    cur = " UNION ALL ".join(
+        f"SELECT {quote_literal(sid)} AS segment, profileId FROM {results} WHERE {quote_ident(sid)}" for sid in segments
+    )
+    prev = snapshot_rows({sid: previous[sid] for sid in segments if sid in previous})
+    if previous_where:
+        prev = f"SELECT * FROM ({prev}) WHERE {previous_where}"
     at = f"{quote_literal(now.isoformat())}::TIMESTAMPTZ"
     oldest = f"{quote_literal((now - retention).isoformat())}::TIMESTAMPTZ"
     in_scope = f"profileId IN ({scope_sql})" if scope_sql else "true"
+    order = " ORDER BY segment" if len(segments) > 1 else ""
     return f"""
-        WITH cur AS ({qualified_sql}), prev_all AS ({prev}),
+        WITH cur AS ({cur}),
+             prev_all AS ({prev}),
              prev AS (SELECT * FROM prev_all WHERE {in_scope}),
              kept AS (SELECT * FROM prev_all WHERE NOT ({in_scope}))
-        SELECT {quote_literal(segment_id)} AS segment, profileId,
-               CASE WHEN c.profileId IS NOT NULL AND p.status IN ('realized', 'existing') THEN 'existing'
-                    WHEN c.profileId IS NOT NULL THEN 'realized'
-                    ELSE 'exited' END AS status,
-               CASE WHEN c.profileId IS NOT NULL THEN {at} ELSE p.lastQualificationTime END AS lastQualificationTime,
-               CASE WHEN c.profileId IS NOT NULL THEN NULL
-                    WHEN p.status = 'exited' THEN p.exitedAt ELSE {at} END AS exitedAt
-        FROM cur c FULL OUTER JOIN prev p USING (profileId)
-        WHERE c.profileId IS NOT NULL OR p.status IN ('realized', 'existing') OR p.exitedAt > {oldest}
-        UNION ALL
-        SELECT {quote_literal(segment_id)}, profileId, status, lastQualificationTime, exitedAt FROM kept
-        WHERE status <> 'exited' OR exitedAt > {oldest}"""
+        SELECT * FROM (
+            SELECT segment, profileId,
+                   CASE WHEN c.profileId IS NOT NULL AND p.status IN ('realized', 'existing') THEN 'existing'
+                        WHEN c.profileId IS NOT NULL THEN 'realized'
+                        ELSE 'exited' END AS status,
+                   CASE WHEN c.profileId IS NOT NULL THEN {at} ELSE p.lastQualificationTime END
+                       AS lastQualificationTime,
+                   CASE WHEN c.profileId IS NOT NULL THEN NULL
+                        WHEN p.status = 'exited' THEN p.exitedAt ELSE {at} END AS exitedAt
+            FROM cur c FULL OUTER JOIN prev p USING (segment, profileId)
+            WHERE c.profileId IS NOT NULL OR p.status IN ('realized', 'existing') OR p.exitedAt > {oldest}
+            UNION ALL
+            SELECT segment, profileId, status, lastQualificationTime, exitedAt FROM kept
+            WHERE status <> 'exited' OR exitedAt > {oldest}){order}"""
 
 
-# A shard's segments are computed two at a time, each in a connection of its own to `con`'s database (a
-# segment's join of a few hundred thousand rows is one of DuckDB's morsels, so one statement keeps one core
-# busy), and pyarrow writes each segment's rows as a row group of its own, which a reader's filter on
-# `segment` finds from the row groups' statistics. One COPY of the union of every segment took 0.70 s a shard
-# at 1M people (cold; 1.12 s warm, with previous memberships) against 0.53 s for 50 files written two at a
-# time, and row groups of mixed segments made every reader decode its neighbours' rows too.
+# A shard's segments are computed in statements of one or more segments (`_CELLS`), two at a time, each in a
+# connection of its own to `con`'s database, and pyarrow writes each segment's rows as a row group of its own,
+# which a reader's filter on `segment` finds from the row groups' statistics. Over a large shard, a statement
+# per segment: a segment's join of a few hundred thousand rows is one of DuckDB's morsels, so one statement
+# keeps one core busy, and one COPY of the union of every segment took 0.70 s a shard at 1M people (cold; 1.12 s
+# warm) against 0.53 s for a statement per segment. Over a small shard, a statement's fixed cost (a few ms)
+# is most of its time: a shard of 1,400 people wrote its 50 segments in 0.21 s in 50 statements, 0.03 s in one.
 _AT_ONCE = 2
+_CELLS = 200_000  # people × segments one statement covers, at least one segment
 _SCHEMA = pa.schema(
     [
         ("segment", pa.string()),
@@ -357,26 +371,49 @@ _WRITER = {
 
 
 def write_shard(
-    con: duckdb.DuckDBPyConnection, parts: dict[str, str], *, target: Path, now: dt.datetime
+    con: duckdb.DuckDBPyConnection,
+    segments: list[str],
+    *,
+    results: str,
+    previous: dict[str, LocalSnapshot],
+    target: Path,
+    now: dt.datetime,
+    retention: dt.timedelta,
+    scope_sql: str | None = None,
+    previous_where: str | None = None,
+    cells: int = _CELLS,
 ) -> dict[str, dict[str, int]]:
-    """Write a shard's memberships of every segment (`parts`: each segment's statement, `membership_sql`) to
-    one Parquet file, a row group per segment, and count them by status: {segment: counts}, for the segments
-    with rows in the shard (the file is not written when none has)."""
+    """Write a shard's new memberships of `segments` (`membership_sql`) to one Parquet file, a row group per
+    segment, and count them by status: {segment: counts}, for the segments with rows in the shard (the file is
+    not written when none has). A statement covers `cells` people × segments, at least one segment."""
+    size = max(1, cells // max(scalar(con, f"SELECT count(*) FROM {results}"), 1))
+    statements = [
+        membership_sql(
+            results=results,
+            segments=segments[i : i + size],
+            previous=previous,
+            now=now,
+            retention=retention,
+            scope_sql=scope_sql,
+            previous_where=previous_where,
+        )
+        for i in range(0, len(segments), size)
+    ]
 
     def rows(sql: str) -> pa.Table:
         other = beside(con)
         try:
-            return other.sql(f"SELECT segment, {COLUMNS} FROM ({sql})").to_arrow_table().cast(_SCHEMA)
+            return other.sql(sql).to_arrow_table().cast(_SCHEMA)
         finally:
             other.close()
 
     target.parent.mkdir(parents=True, exist_ok=True)
     writer = None
     with ThreadPoolExecutor(max_workers=_AT_ONCE, thread_name_prefix="memberships") as pool:
-        for table in pool.map(rows, parts.values()):
-            if table.num_rows:
+        for table in pool.map(rows, statements):
+            for group in _by_segment(table):
                 writer = writer or pq.ParquetWriter(target, _SCHEMA, **_WRITER)
-                writer.write_table(table, row_group_size=table.num_rows)
+                writer.write_table(group, row_group_size=group.num_rows)
     if writer is None:
         return {}
     writer.close()
@@ -393,3 +430,12 @@ def write_shard(
             FROM {parquet(target)} GROUP BY segment"""
     ).fetchall()
     return {segment: dict(zip(STATUS_COUNTS, counts, strict=True)) for segment, *counts in found}
+
+
+def _by_segment(table: pa.Table) -> list[pa.Table]:
+    """A statement's rows (in segment order) as one slice per segment."""
+    if not table.num_rows:
+        return []
+    runs = pc.run_end_encode(table.column("segment").combine_chunks())
+    ends = runs.run_ends.to_pylist()
+    return [table.slice(start, end - start) for start, end in zip([0, *ends[:-1]], ends, strict=True)]

@@ -29,7 +29,6 @@ from shared.segmentation.memberships import (
     MembershipPointer,
     MembershipStore,
     SnapshotPart,
-    membership_sql,
     segments_with,
     write_shard,
 )
@@ -45,7 +44,7 @@ from shared.segmentation.shards import (
 )
 from shared.segmentation.streaming import streaming_eligible
 from shared.settings import Settings
-from shared.sql import quote_ident
+from shared.sql import quote_ident, quote_literal
 from shared.storage import StorageAccount
 from shared.storage.messages import QueueMessage
 from shared.timing import Laps, PeakRss
@@ -379,34 +378,33 @@ class SegmentJobRunner:
         """Each segment's new memberships in this shard against its current ones (this shard's part of them,
         or, when the current snapshot is not split by today's shards, its rows in this shard), written to the
         shard's one file and uploaded: the shard's part of each snapshot, with its counts."""
-        retention = dt.timedelta(days=self.settings.segment_exited_retention_days)
         current = self.memberships.current_pointers()
-        in_shard = f"{shard_sql('profileId', shards)} = {shard}"
-        wanted, where, before = {}, {}, {}
+        wanted, before, unsplit = {}, {}, []
         for sid in chosen:
             pointer = current.get(sid)
             if pointer is not None:
                 split = pointer.split_by(shards)
+                unsplit += [] if split else [sid]
                 wanted[sid] = pointer.files([shard] if split else None)
-                where[sid] = None if split else in_shard
                 before.update((sid, p) for p in pointer.parts or [] if split and p.shard == shard)
         previous = self.memberships.download({sid: f for sid, f in wanted.items() if f}, work / "previous")
         kept = self._unchanged(con, before, previous, people) if people else {}
-        parts = {
-            sid: membership_sql(
-                segment_id=sid,
-                qualified_sql=f"SELECT profileId FROM shard_results WHERE {quote_ident(sid)}",
-                previous=previous.get(sid),
-                previous_where=where.get(sid),
-                now=plan.now,
-                retention=retention,
-                scope_sql=people,
-            )
-            for sid in chosen
-            if sid not in kept
-        }
         target = work / "memberships.parquet"
-        counts = write_shard(con, parts, target=target, now=plan.now)
+        counts = write_shard(
+            con,
+            [sid for sid in chosen if sid not in kept],
+            results="shard_results",
+            previous=previous,
+            target=target,
+            now=plan.now,
+            retention=dt.timedelta(days=self.settings.segment_exited_retention_days),
+            scope_sql=people,
+            previous_where=(
+                f"segment NOT IN ({', '.join(map(quote_literal, unsplit))}) OR {shard_sql('profileId', shards)} = {shard}"
+                if unsplit
+                else None
+            ),
+        )
         if not counts:  # no segment has rows in this shard: no file, no parts
             return kept
         path = self.memberships.shard_path(plan.job_id, plan.attempt, shard)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from shared.models import ApiModel
 from shared.settings import Settings
 from shared.storage import EntityTable, StorageAccount
 from shared.storage.tables import NEWEST_FIRST_DIGITS, decode_token, encode_token, newer_than_bound, newest_first
-from shared.timing import pause
+from shared.timing import Every
 
 INTERNAL = "internal"  # the code of an unexpected failure: raised again to the host, whose retry runs the job again
 MAX_STORED_ERRORS = 50
@@ -304,22 +303,18 @@ class JobStore:
     @contextmanager
     def leased(self, job: Job) -> Iterator[None]:
         """Renew the job's lease while the block runs (every third of the lease), so nobody takes it over."""
-        stop = threading.Event()
 
         def renew() -> None:
-            while not pause(stop, self.lease.total_seconds() / 3):
-                try:
-                    self._renew(job)
-                except Exception:  # noqa: BLE001 - a missed renewal is retried; the work goes on
-                    log.warning("could not renew the lease of %s job %s", job.type.value, job.id, exc_info=True)
+            try:
+                self._renew(job)
+            except Exception:  # noqa: BLE001 - a missed renewal is retried; the work goes on
+                log.warning("could not renew the lease of %s job %s", job.type.value, job.id, exc_info=True)
 
-        renewer = threading.Thread(target=renew, name=f"lease-{job.id}", daemon=True)
-        renewer.start()
+        renewer = Every(self.lease.total_seconds() / 3, renew, name=f"lease-{job.id}").start()
         try:
             yield
         finally:
-            stop.set()
-            renewer.join()
+            renewer.stop()
 
     def _renew(self, job: Job) -> None:
         latest = self.get(job.type, job.id)

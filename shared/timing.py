@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 
 _SLICE = 0.2
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096  # what /proc/self/statm counts in
@@ -21,6 +22,33 @@ def pause(stop: threading.Event, seconds: float) -> bool:
             return False
         time.sleep(min(_SLICE, left))
     return True
+
+
+class Every:
+    """Run `step` every `seconds` in a daemon thread, from `start()` until `stop()`. `stop` waits for a step
+    under way, and no step starts after it; it does not wait for the thread's pause to end (up to a slice: a
+    join took 0.1 s on average from every job and 10 ms from every shard)."""
+
+    def __init__(self, seconds: float, step: Callable[[], object], *, name: str) -> None:
+        self.seconds, self.step = seconds, step
+        self._stop, self._busy = threading.Event(), threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Every:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._busy:  # a step under way ends first
+            pass
+
+    def _run(self) -> None:
+        while not pause(self._stop, self.seconds):
+            with self._busy:
+                if self._stop.is_set():
+                    return
+                self.step()
 
 
 class Laps(dict[str, float]):
@@ -44,22 +72,16 @@ class PeakRss:
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
         self.mb: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+        self._sampler = Every(interval, self._read, name="peak-rss")
 
     def __enter__(self) -> PeakRss:
         self._read()
-        self._thread.start()
+        self._sampler.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._sampler.stop()
         self._read()
-
-    def _sample(self) -> None:
-        while not pause(self._stop, self.interval):
-            self._read()
 
     def _read(self) -> None:
         try:

@@ -38,12 +38,15 @@ def evaluate(
     definitions: Mapping[str, ast.Expr] | None = None,
     people: str | None = None,
     isolate: bool = False,
+    cache: dict | None = None,
 ) -> CompiledSegments:
     """Write `segment_results(profileId, s0, s1, …)`: one row per person, one boolean per segment.
     With `people` (a query of profile ids), only those people are evaluated: through views, so a streaming tick
     reads only the columns the definitions name (a copy of the shard's rows took 4.3 s of a 6.5 s tick at 1M
     people, the views 1.2 s). With `isolate`, a segment that
-    cannot be compiled or evaluated is left out and named in `failed`; otherwise it raises a PqlError."""
+    cannot be compiled or evaluated is left out and named in `failed`; otherwise it raises a PqlError.
+    `cache` keeps the statement for the next call with the same segments, tables and fields (a job's next
+    shard: compiling 50 segments takes 25-55 ms)."""
     profiles_table, events_table = profiles.profiles, profiles.events
     if people:
         con.execute(
@@ -60,7 +63,10 @@ def evaluate(
             chosen, profiles=profiles_table, events=events_table, isolate=isolate
         )
 
-    compiled = compile_(segments)
+    key = (tuple(segments), profiles_table, events_table, profiles.now, repr(fields))
+    compiled = (cache or {}).get(key) or compile_(segments)
+    if cache is not None:
+        cache[key] = compiled
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULTS} AS {compiled.sql}", compiled.params)
         return compiled

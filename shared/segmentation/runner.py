@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -17,7 +18,8 @@ import duckdb
 from shared.engine import connect, scalar
 from shared.errors import BridgeError, Conflict, NotFound, ValidationError
 from shared.identity.policies import MergePolicyStore
-from shared.identity.store import ProfileStore, shard_sql
+from shared.identity.store import ProfileStore, StoreVersion, shard_sql
+from shared.ingestion.schemas import Schema
 from shared.jobs import Job, JobError, JobStatus, JobStore, JobType
 from shared.segmentation.definitions import SegmentStore
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
@@ -32,6 +34,7 @@ from shared.segmentation.memberships import (
     segments_with,
     write_shard,
 )
+from shared.segmentation.pql import ast
 from shared.segmentation.shards import (
     SegmentJobMetrics,
     ShardMetrics,
@@ -65,6 +68,19 @@ def segment_job_id(now: dt.datetime, segment_ids: list[str] | None) -> str:
     scope = ",".join(sorted(segment_ids)) if segment_ids else "*"
     digest = hashlib.sha256(scope.encode()).hexdigest()[:8]
     return f"seg-{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{digest}"
+
+
+@dataclass
+class JobInputs:
+    """What every shard of a job reads alike: read once for the job when its shards run here, by each task
+    when they are fanned out."""
+
+    version: StoreVersion
+    definitions: dict[str, ast.Expr]
+    event_schemas: list[Schema]
+    current: dict[str, MembershipPointer]  # the memberships the job compares with
+    touched: str | None  # a streaming tick's people (SQL over their files, fetched once)
+    compiled: dict = field(default_factory=dict)  # the shards' statement, compiled once (`evaluate`)
 
 
 class SegmentJobRunner:
@@ -172,7 +188,7 @@ class SegmentJobRunner:
             else:
                 with tempfile.TemporaryDirectory(prefix="segment-shard-task-") as tmp:
                     try:
-                        result = self.evaluate_shard(plan, task.shard, Path(tmp))
+                        result = self.evaluate_shard(plan, task.shard, Path(tmp), self._inputs(plan, Path(tmp)))
                     except BridgeError as exc:
                         self.shard_records.finish(record, ShardStatus.FAILED, error=exc.message[:2000])
                     else:
@@ -264,9 +280,10 @@ class SegmentJobRunner:
         plan = self._plan(job, now, chosen, definitions, since=since)
         if not plan.shards:
             return self._publish(job, plan, [], started)
-        version = self.store.by_id(plan.store_version)
         with tempfile.TemporaryDirectory(prefix="segment-job-") as tmp, ThreadPoolExecutor(max_workers=1) as pool:
             work = Path(tmp)
+            inputs = self._inputs(plan, work)
+            version = inputs.version
             files = {shard: work / f"store-{shard:04d}" for shard in plan.shards}
             # While a shard is evaluated, the next one's files download (the fan-out gets this from its instances).
             fetching = pool.submit(self.store.fetch, version, [plan.shards[0]], files[plan.shards[0]])
@@ -276,7 +293,7 @@ class SegmentJobRunner:
                 if n + 1 < len(plan.shards):
                     following = plan.shards[n + 1]
                     fetching = pool.submit(self.store.fetch, version, [following], files[following])
-                results.append(self.evaluate_shard(plan, shard, work, files=files[shard]))
+                results.append(self.evaluate_shard(plan, shard, work, inputs, files=files[shard]))
                 shutil.rmtree(files[shard], ignore_errors=True)
             return self._publish(job, plan, results, started)
 
@@ -312,14 +329,27 @@ class SegmentJobRunner:
             since=since,
         )
 
-    def evaluate_shard(self, plan: ShardPlan, shard: int, work: Path, *, files: Path | None = None) -> ShardResult:
+    def _inputs(self, plan: ShardPlan, work: Path) -> JobInputs:
+        """What every shard of the job reads alike (a streaming tick's touched people fetched to `work`)."""
+        version = self.store.by_id(plan.store_version)
+        touched = self.store.touched_since(version, plan.since, work / "touched") if plan.since is not None else None
+        return JobInputs(
+            version=version,
+            definitions=self.segments.trees(),
+            event_schemas=self.segments.event_schemas(),
+            current=self.memberships.current_pointers(),
+            touched=touched,
+        )
+
+    def evaluate_shard(
+        self, plan: ShardPlan, shard: int, work: Path, inputs: JobInputs, *, files: Path | None = None
+    ) -> ShardResult:
         """One shard of a job, in its own DuckDB connection (as its own invocation would be): the segments
         over that shard's profiles and events (a streaming job: its touched people only), then each segment's
         memberships of that shard against its previous ones, uploaded as the shard's part of the job's
         snapshots. `files` is where the shard's store files already are (fetched ahead), if they are."""
         started, laps = time.monotonic(), Laps()
-        version = self.store.by_id(plan.store_version)
-        definitions = self.segments.trees()
+        version, definitions = inputs.version, inputs.definitions
         with tempfile.TemporaryDirectory(prefix=f"segment-shard-{shard}-") as tmp, PeakRss() as memory:
             con = connect(self.settings, spill_dir=tmp)
             try:
@@ -328,19 +358,19 @@ class SegmentJobRunner:
                 )
                 laps.lap("loadSeconds")
                 people = None
-                if plan.since is not None:
+                if inputs.touched is not None:
                     # Everyone touched is in scope, the people merged away too (they leave every segment).
-                    touched = self.store.touched_since(version, plan.since, Path(tmp) / "touched")
-                    con.execute(f"CREATE OR REPLACE TABLE touched AS {touched}")  # a table: read beside `con`
+                    con.execute(f"CREATE OR REPLACE TABLE touched AS {inputs.touched}")  # a table: read beside `con`
                     people = "SELECT profileId FROM touched"
                 compiled = evaluate(
                     con,
                     profiles,
                     {sid: definitions[sid] for sid in plan.segments if sid in definitions},
-                    fields=fields_of(profiles, self.segments.event_schemas()),
+                    fields=fields_of(profiles, inputs.event_schemas),
                     definitions=definitions,
                     people=people,
                     isolate=True,
+                    cache=inputs.compiled,
                 )
                 laps.lap("evaluateSeconds")
                 # Columns are named by segment, whatever the shard's compiler called them; a table, not a temp
@@ -348,9 +378,7 @@ class SegmentJobRunner:
                 select = "".join(f", {col} AS {quote_ident(sid)}" for sid, col in compiled.columns.items())
                 con.execute(f"CREATE TABLE shard_results AS SELECT profileId{select} FROM {RESULTS}")
                 rows = scalar(con, "SELECT count(*) FROM shard_results")
-                parts = self._write_memberships(
-                    con, plan, shard, len(version.shards), list(compiled.columns), Path(tmp), people
-                )
+                parts = self._write_memberships(con, plan, shard, inputs, list(compiled.columns), Path(tmp), people)
                 peak = scalar(con, "SELECT max(memory_usage_bytes) FROM duckdb_memory()") or 0
                 laps.lap("membershipSeconds")
             finally:
@@ -373,15 +401,15 @@ class SegmentJobRunner:
         )
 
     def _write_memberships(
-        self, con, plan: ShardPlan, shard: int, shards: int, chosen: list[str], work: Path, people: str | None
+        self, con, plan: ShardPlan, shard: int, inputs: JobInputs, chosen: list[str], work: Path, people: str | None
     ) -> dict[str, SnapshotPart]:
         """Each segment's new memberships in this shard against its current ones (this shard's part of them,
         or, when the current snapshot is not split by today's shards, its rows in this shard), written to the
         shard's one file and uploaded: the shard's part of each snapshot, with its counts."""
-        current = self.memberships.current_pointers()
+        shards = len(inputs.version.shards)
         wanted, before, unsplit = {}, {}, []
         for sid in chosen:
-            pointer = current.get(sid)
+            pointer = inputs.current.get(sid)
             if pointer is not None:
                 split = pointer.split_by(shards)
                 unsplit += [] if split else [sid]

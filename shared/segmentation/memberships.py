@@ -347,9 +347,11 @@ def membership_sql(
 # per segment: a segment's join of a few hundred thousand rows is one of DuckDB's morsels, so one statement
 # keeps one core busy, and one COPY of the union of every segment took 0.70 s a shard at 1M people (cold; 1.12 s
 # warm) against 0.53 s for a statement per segment. Over a small shard, a statement's fixed cost (a few ms)
-# is most of its time: a shard of 1,400 people wrote its 50 segments in 0.21 s in 50 statements, 0.03 s in one.
+# is most of its time. 50 segments with previous memberships (synthetic shards, best of three), by the
+# segments per statement: 5,000 people 0.19 s (1), 0.09 (5), 0.07 (50); 20,000 people 0.22, 0.15, 0.14;
+# 50,000 people 0.29, 0.23, 0.27; 100,000 people 0.41, 0.44, 0.50.
 _AT_ONCE = 2
-_CELLS = 200_000  # people × segments one statement covers, at least one segment
+_CELLS = 150_000  # people × segments one statement covers, at least one segment
 _SCHEMA = pa.schema(
     [
         ("segment", pa.string()),

@@ -188,7 +188,7 @@ class SegmentJobRunner:
             else:
                 with tempfile.TemporaryDirectory(prefix="segment-shard-task-") as tmp:
                     try:
-                        result = self.evaluate_shard(plan, task.shard, Path(tmp), self._inputs(plan, Path(tmp)))
+                        result = self.evaluate_shard(plan, task.shard, self._inputs(plan, Path(tmp)))
                     except BridgeError as exc:
                         self.shard_records.finish(record, ShardStatus.FAILED, error=exc.message[:2000])
                     else:
@@ -293,7 +293,7 @@ class SegmentJobRunner:
                 if n + 1 < len(plan.shards):
                     following = plan.shards[n + 1]
                     fetching = pool.submit(self.store.fetch, version, [following], files[following])
-                results.append(self.evaluate_shard(plan, shard, work, inputs, files=files[shard]))
+                results.append(self.evaluate_shard(plan, shard, inputs, files=files[shard]))
                 shutil.rmtree(files[shard], ignore_errors=True)
             return self._publish(job, plan, results, started)
 
@@ -342,7 +342,7 @@ class SegmentJobRunner:
         )
 
     def evaluate_shard(
-        self, plan: ShardPlan, shard: int, work: Path, inputs: JobInputs, *, files: Path | None = None
+        self, plan: ShardPlan, shard: int, inputs: JobInputs, *, files: Path | None = None
     ) -> ShardResult:
         """One shard of a job, in its own DuckDB connection (as its own invocation would be): the segments
         over that shard's profiles and events (a streaming job: its touched people only), then each segment's

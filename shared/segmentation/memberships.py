@@ -438,6 +438,9 @@ def _by_segment(table: pa.Table) -> list[pa.Table]:
     """A statement's rows (in segment order) as one slice per segment."""
     if not table.num_rows:
         return []
-    runs = pc.run_end_encode(table.column("segment").combine_chunks())
+    segment = table.column("segment")
+    if segment[0] == segment[-1]:  # one segment (a large shard's statements): nothing to find
+        return [table]
+    runs = pc.run_end_encode(segment.combine_chunks())
     ends = runs.run_ends.to_pylist()
     return [table.slice(start, end - start) for start, end in zip([0, *ends[:-1]], ends, strict=True)]

@@ -255,32 +255,34 @@ class LocalSnapshot:
     @property
     def source(self) -> str:
         """The snapshot's rows (`COLUMNS`) as a FROM source."""
-        reads: dict[str | None, list[str]] = {}
-        for path, segment in self.files:
-            reads.setdefault(segment, []).append(quote_literal(str(path)))
-        selects = [
-            f"SELECT {COLUMNS} FROM read_parquet([{', '.join(paths)}])"
-            + ("" if segment is None else f" WHERE segment = {quote_literal(segment)}")
-            for segment, paths in reads.items()
-        ]
-        return "(" + (" UNION ALL ".join(selects) or _EMPTY) + ")"
+        return f"(SELECT {COLUMNS} FROM ({snapshot_rows({'': self})}))"
 
 
 def snapshot_rows(snapshots: dict[str, LocalSnapshot]) -> str:
-    """Several segments' snapshots as one statement of `segment` and `COLUMNS`, each file read once, for the
-    segments whose snapshots it is part of (a shard file may also hold a segment's older rows)."""
-    reads, shared = [], {}
+    """Several segments' snapshots as one statement of `segment` and `COLUMNS`: each file read once, for the
+    segments whose snapshots it is part of (a shard file may also hold a segment's older rows), and the files
+    read alike read together."""
+    own: dict[str, list[Path]] = {}  # a segment's own files (written before shard files)
+    shared: dict[Path, list[str]] = {}  # a shard file: the segments it is part of
     for sid, snapshot in snapshots.items():
         for path, segment in snapshot.files:
-            if segment is None:  # the segment's own file
-                reads.append(f"SELECT {quote_literal(sid)} AS segment, {COLUMNS} FROM {parquet(path)}")
+            if segment is None:
+                own.setdefault(sid, []).append(path)
             else:
                 shared.setdefault(path, []).append(segment)
+    alike: dict[tuple[str, ...], list[Path]] = {}
+    for path, sids in shared.items():
+        alike.setdefault(tuple(sids), []).append(path)
+    reads = [f"SELECT {quote_literal(sid)} AS segment, {COLUMNS} FROM {_files(paths)}" for sid, paths in own.items()]
     reads += [
-        f"SELECT segment, {COLUMNS} FROM {parquet(path)} WHERE segment IN ({', '.join(map(quote_literal, sids))})"
-        for path, sids in shared.items()
+        f"SELECT segment, {COLUMNS} FROM {_files(paths)} WHERE segment IN ({', '.join(map(quote_literal, sids))})"
+        for sids, paths in alike.items()
     ]
     return " UNION ALL ".join(reads) or f"SELECT NULL::VARCHAR AS segment, * FROM ({_EMPTY})"
+
+
+def _files(paths: list[Path]) -> str:
+    return f"read_parquet([{', '.join(quote_literal(str(p)) for p in paths)}])"
 
 
 def segments_with(con: duckdb.DuckDBPyConnection, snapshots: dict[str, LocalSnapshot], people: str) -> set[str]:

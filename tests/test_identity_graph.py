@@ -6,8 +6,9 @@ import duckdb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.identity.graph import GRAPH_COLUMNS, stitch
+from shared.identity.graph import stitch
 from shared.identity.profiles import normalized_id
+from shared.identity.store import graph_of
 
 NAMESPACES = ["ECID", "Email", "CRMID"]
 fragment = st.lists(st.tuples(st.sampled_from(NAMESPACES), st.integers(0, 12)), min_size=1, max_size=4)
@@ -43,17 +44,12 @@ def test_people_are_the_connected_components_of_shared_identities(fragments):
     ]
     con.execute("CREATE TEMP TABLE identity_rows (rid BIGINT, ns VARCHAR, id VARCHAR, is_primary BOOLEAN)")
     con.executemany("INSERT INTO identity_rows VALUES (?, ?, ?, ?)", rows)
-    empty = (
-        "(SELECT "
-        + ", ".join(f"NULL::{c.split()[1]} AS {c.split()[0]}" for c in GRAPH_COLUMNS.split(", "))
-        + " WHERE false)"
-    )
     stitched = stitch(
         con,
         identities=f"""SELECT DISTINCT rid, ns, {normalized_id("ns", "id")} AS id,
                               TIMESTAMPTZ '2026-11-20 00:00:00+00' AS _ingestedAt FROM identity_rows""",
         records=len(fragments),
-        graph=empty,
+        graph=graph_of(None, [], lambda names: []),  # an empty store's
         batch_id="b1",
         limit=1000,
     )

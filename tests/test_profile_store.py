@@ -18,7 +18,16 @@ from hypothesis import strategies as st
 from shared.engine import connect
 from shared.identity import DEFAULT_POLICY, ProfileStore, StoreVersion
 from shared.identity import store as store_module
-from shared.identity.store import MAX_DELTAS, StoreFiles, profiles_sql_of, replay, rows_sql_of, shard_of
+from shared.identity.store import (
+    GRAPH_UPDATES_SHARE,
+    MAX_DELTAS,
+    StoreFiles,
+    graph_of,
+    profiles_sql_of,
+    replay,
+    rows_sql_of,
+    shard_of,
+)
 from shared.ingestion.batch import AcceptedBatch
 from shared.ingestion.schemas import EVENT_SCHEMA, PROFILE_SCHEMA
 from shared.ingestion.validation import check_file
@@ -39,9 +48,8 @@ def _contents(store: ProfileStore, version: StoreVersion, work: Path) -> dict:
     con = duckdb.connect()
     files = store.files
     out = {"graph": [], "shards": []}
-    if version.graph:
-        (g,) = files.fetch([version.graph], work)
-        out["graph"] = con.execute(f"SELECT ns, id, profileId FROM '{g}' ORDER BY ALL").fetchall()
+    graph = graph_of(version.graph, version.graph_updates, lambda names: files.fetch(names, work))("")
+    out["graph"] = con.execute(f"SELECT ns, id, profileId FROM {graph} ORDER BY ALL").fetchall()
     for shard in version.shards:
         entry = {}
         profiles = profiles_sql_of(shard, lambda names: files.fetch(names, work))
@@ -304,11 +312,18 @@ def _model(batches_records: list[list[dict]]) -> tuple[set[frozenset[str]], dict
 @given(
     records=st.lists(record, min_size=1, max_size=14),
     cuts=st.lists(st.integers(0, 20), max_size=4),
-    compact_after=st.sampled_from([0, 1, 2, MAX_DELTAS]),  # files per shard past which a batch compacts it
+    compact_after=st.sampled_from([0, 1, 2, MAX_DELTAS]),  # files per shard (graph updates) past which it compacts
+    graph_share=st.sampled_from([GRAPH_UPDATES_SHARE, 100.0]),  # 100: a small graph is not compacted for its size
 )
-def test_stores_built_batch_by_batch_stitch_and_merge_like_the_whole_lake_at_once(records, cuts, compact_after):
+def test_stores_built_batch_by_batch_stitch_and_merge_like_the_whole_lake_at_once(
+    records, cuts, compact_after, graph_share
+):
     settings = Settings(profile_shards=3)
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(store_module, "MAX_DELTAS", compact_after):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mock.patch.object(store_module, "MAX_DELTAS", compact_after),
+        mock.patch.object(store_module, "GRAPH_UPDATES_SHARE", graph_share),
+    ):
         work = Path(tmp)
         con = connect(settings, spill_dir=tmp)
         batches = _batches(records, cuts, work, con)
@@ -320,6 +335,9 @@ def test_stores_built_batch_by_batch_stitch_and_merge_like_the_whole_lake_at_onc
             f"SELECT profileId, identities, json_extract_string(to_json(p), '$.loyalty.tier') FROM {profiles.profiles} p"
         ).fetchall()
         events = dict(con.execute(f"SELECT profileId, count(*) FROM {profiles.events} GROUP BY ALL").fetchall())
+        # The graph as its compacted file and updates give it (MAX_DELTAS: updates past which it is rewritten).
+        graph = graph_of(version.graph, version.graph_updates, lambda names: store.files.fetch(names, work))("")
+        graph_people = con.execute(f"SELECT list(ns || ':' || id) FROM {graph} GROUP BY profileId").fetchall()
         con.close()
     # Batches in application order, with their records (the cut order: events before profiles per chunk).
     by_batch = []
@@ -332,6 +350,8 @@ def test_stores_built_batch_by_batch_stitch_and_merge_like_the_whole_lake_at_onc
     people, tiers = _model(by_batch)
     stored = {frozenset(f"{i['namespace']}:{i['id']}" for i in ids): (pid, tier) for pid, ids, tier in rows}
     assert set(stored) == people
+    assert {frozenset(ids) for (ids,) in graph_people} == people
+    assert version.identities == sum(len(p) for p in people)
     assert {p: t for p, (_, t) in stored.items()} == tiers
     expected_events = {
         p: sum(1 for rows_ in by_batch for r in rows_ if r["event"] and f"CRMID:{r['crm']}" in p) for p in people
@@ -340,7 +360,7 @@ def test_stores_built_batch_by_batch_stitch_and_merge_like_the_whole_lake_at_onc
     assert json.dumps(version.summary(), default=str)  # the summary serializes
 
 
-def test_the_retention_timer_deletes_files_no_kept_version_names(settings, landing_zone, account, clock):
+def test_the_retention_timer_deletes_files_no_kept_version_names(settings, landing_zone, account, clock, monkeypatch):
     from azure.functions.timer import TimerRequest
 
     from functions.catalog import profile_store_retention
@@ -350,6 +370,7 @@ def test_the_retention_timer_deletes_files_no_kept_version_names(settings, landi
     def retention() -> None:
         profile_store_retention.build().get_user_function()(TimerRequest(past_due=False))
 
+    monkeypatch.setattr(store_module, "MAX_DELTAS", 0)  # every batch writes the whole graph, not an update
     create_dataset(settings, "crm")
     put_segment("everyone", "true")
     store = ProfileStore.from_settings(settings, account)

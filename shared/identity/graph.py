@@ -10,6 +10,7 @@ jumping: a few set-based passes rather than a loop over rows."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
@@ -19,6 +20,9 @@ from shared.sql import quote_literal
 
 MAX_PASSES = 200
 GRAPH_COLUMNS = "ns VARCHAR, id VARCHAR, profileId VARCHAR, lastSeen TIMESTAMPTZ"
+# The graph as a reader gives it: `graph(clause)` is SQL of the rows (GRAPH_COLUMNS) that `SELECT ... FROM <rows> g
+# <clause>` keeps, the clause a filter of rows one at a time (a WHERE, a SEMI JOIN), applied as each file is read.
+GraphRows = Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Stitched:
     graph_rows: str  # (ns, id, profileId, lastSeen): the new rows of every person the batch touched
     changed: str  # (profileId): people whose identities changed (new, merged or dropped)
     touched: str  # (profileId): every person the batch named, the absorbed ones too
+    replaced_rows: int  # how many rows the touched people had in the graph before (`graph_rows` replace them)
     new_people: int
     merges: int
     identities_dropped: int
@@ -49,36 +54,19 @@ def stitch(
     *,
     identities: str,
     records: int,
-    graph: str,
+    graph: GraphRows,
     batch_id: str,
     limit: int,
     retired: str | None = None,
 ) -> Stitched:
     """Stitch a batch, given `identities(rid, ns, id)` (the batch's records and their normalized identities)
-    and `graph(ns, id, profileId, lastSeen)` (the graph before it). `records` is how many records the batch has.
-    The batch's time is each record's `lastSeen` there: `identities` also carries `_ingestedAt`. `retired`
-    (profileId) names keys of people merged away, which a new person must not take either."""
+    and the graph before it (`graph`). `records` is how many records the batch has. The batch's time is each
+    record's `lastSeen` there: `identities` also carries `_ingestedAt`. `retired` (profileId) names keys of
+    people merged away, which a new person must not take either. The graph is read twice: for the batch's
+    identities, then for the rows of the people they belong to and of the names new people would take."""
     _batch_graph(con, identities, graph)
     components(con)
-    taken = f" UNION ALL SELECT profileId FROM {retired}" if retired else ""
-    # Each component's person: the smallest known person it joins, or a new one named by its smallest identity
-    # (salted by the batch when that name is taken, e.g. by a person that once held the identity).
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE component_people AS
-        WITH c AS (
-            SELECT l.label, min(k.profileId) AS known_person, count(DISTINCT k.profileId) AS joined,
-                   'p' || left(md5(min(n.ns || ':' || n.id)), 23) AS fresh,
-                   'p' || left(md5(min(n.ns || ':' || n.id) || '@' || {quote_literal(batch_id)}), 23) AS salted
-            FROM labels l JOIN nodes n USING (node) LEFT JOIN known k USING (ns, id) GROUP BY l.label
-        ), taken AS (  -- the new names already taken: only they are looked up in the graph
-            SELECT profileId FROM (SELECT profileId FROM {graph}{taken})
-            WHERE profileId IN (SELECT fresh FROM c WHERE known_person IS NULL)
-        )
-        SELECT label, joined,
-               coalesce(known_person,
-                        CASE WHEN fresh IN (SELECT profileId FROM taken) THEN salted ELSE fresh END) AS profileId
-        FROM c"""
-    )
+    _name_people(con, graph, batch_id, retired)
     con.execute(
         """CREATE OR REPLACE TEMP TABLE record_people AS
         SELECT f.rid, c.profileId FROM fragment_labels f JOIN component_people c USING (label) WHERE f.rid >= 0"""
@@ -89,13 +77,14 @@ def stitch(
         FROM known k JOIN nodes n USING (ns, id) JOIN labels l USING (node) JOIN component_people c USING (label)
         WHERE k.profileId <> c.profileId"""
     )
-    _regraph(con, graph, limit)
+    _regraph(con, limit)
     return Stitched(
         record_people="record_people",
         aliases="aliases",
         graph_rows="graph_rows",
         changed="changed_people",
         touched="touched_people",
+        replaced_rows=scalar(con, "SELECT count(*) FROM replaced_rows"),
         new_people=scalar(con, "SELECT count(*) FROM component_people WHERE joined = 0"),
         merges=scalar(con, "SELECT count(*) FROM aliases"),
         identities_dropped=scalar(con, "SELECT count(*) FROM dropped"),
@@ -103,16 +92,41 @@ def stitch(
     )
 
 
-def _batch_graph(con: duckdb.DuckDBPyConnection, identities: str, graph: str) -> None:
+def _name_people(con: duckdb.DuckDBPyConnection, graph: GraphRows, batch_id: str, retired: str | None) -> None:
+    """`component_people`: each component's person, and `person_rows`: the graph's rows of the known people and
+    of the names new people would take (one read of the graph)."""
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE components_found AS
+        SELECT l.label, min(k.profileId) AS known_person, count(DISTINCT k.profileId) AS joined,
+               'p' || left(md5(min(n.ns || ':' || n.id)), 23) AS fresh,
+               'p' || left(md5(min(n.ns || ':' || n.id) || '@' || {quote_literal(batch_id)}), 23) AS salted
+        FROM labels l JOIN nodes n USING (node) LEFT JOIN known k USING (ns, id) GROUP BY l.label"""
+    )
+    new = "FROM components_found WHERE known_person IS NULL"  # the names a new person may take
+    named = (
+        f"WHERE profileId IN (SELECT profileId FROM known UNION ALL SELECT fresh {new} UNION ALL SELECT salted {new})"
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE person_rows AS SELECT * FROM {graph(named)}")
+    taken = f" UNION ALL SELECT profileId FROM {retired}" if retired else ""
+    # Each component's person: the smallest known person it joins, or a new one named by its smallest identity
+    # (salted by the batch when that name is taken, e.g. by a person that once held the identity).
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE component_people AS
+        WITH taken AS (SELECT profileId FROM person_rows{taken})
+        SELECT label, joined,
+               coalesce(known_person,
+                        CASE WHEN fresh IN (SELECT profileId FROM taken) THEN salted ELSE fresh END) AS profileId
+        FROM components_found"""
+    )
+
+
+def _batch_graph(con: duckdb.DuckDBPyConnection, identities: str, graph: GraphRows) -> None:
     """The small graph a batch is stitched over: its identities as `nodes`, and as `edges` its records and the
     known people those identities already belong to (people get negative group numbers)."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE batch_identities AS SELECT * FROM ({identities})")
-    # The only lookup into the graph: the batch's distinct identities, joined with it.
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE known AS
-        SELECT g.ns, g.id, g.profileId FROM (SELECT DISTINCT ns, id FROM batch_identities) b
-        JOIN {graph} g USING (ns, id)"""
-    )
+    # The lookup of the batch's identities (an identity is one row of the graph).
+    lookup = "SEMI JOIN (SELECT DISTINCT ns, id FROM batch_identities) b USING (ns, id)"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE known AS SELECT ns, id, profileId FROM {graph(lookup)}")
     con.execute(
         """CREATE OR REPLACE TEMP TABLE nodes AS
         SELECT row_number() OVER (ORDER BY ns, id) AS node, ns, id, lastSeen
@@ -127,19 +141,23 @@ def _batch_graph(con: duckdb.DuckDBPyConnection, identities: str, graph: str) ->
     )
 
 
-def _regraph(con: duckdb.DuckDBPyConnection, graph: str, limit: int) -> None:
+def _regraph(con: duckdb.DuckDBPyConnection, limit: int) -> None:
     """`graph_rows`: the whole new graph of every person the batch touched (their old identities, those of
-    the people merged into them and the batch's), cut to the `limit` most recently seen; `dropped`: the cut."""
+    the people merged into them and the batch's), cut to the `limit` most recently seen; `dropped`: the cut;
+    `replaced_rows`: the touched people's rows before."""
     con.execute(
         """CREATE OR REPLACE TEMP TABLE touched_people AS
         SELECT profileId FROM component_people UNION SELECT absorbed FROM aliases"""
     )
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE candidate_rows AS
+        """CREATE OR REPLACE TEMP TABLE replaced_rows AS
+        SELECT ns, id, profileId, lastSeen FROM person_rows WHERE profileId IN (SELECT profileId FROM touched_people)"""
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE candidate_rows AS
         SELECT ns, id, profileId, max(lastSeen) AS lastSeen FROM (
             SELECT g.ns, g.id, coalesce(a.profileId, g.profileId) AS profileId, g.lastSeen
-            FROM {graph} g LEFT JOIN aliases a ON a.absorbed = g.profileId
-            WHERE g.profileId IN (SELECT profileId FROM touched_people)
+            FROM replaced_rows g LEFT JOIN aliases a ON a.absorbed = g.profileId
             UNION ALL
             SELECT n.ns, n.id, c.profileId, n.lastSeen
             FROM nodes n JOIN labels l USING (node) JOIN component_people c USING (label)

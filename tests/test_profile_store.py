@@ -95,6 +95,30 @@ def test_ingestion_keeps_the_store_and_a_rebuild_gives_the_same_store(settings, 
     assert fetched and not any("events" in name for name in fetched)
 
 
+def test_a_small_batch_writes_a_graph_update_and_the_graph_is_rewritten_past_its_share(
+    settings, landing_zone, account, tmp_path
+):
+    create_dataset(settings, "crm")
+    people = [profile(f"c-{i}", f"p{i}@example.com") for i in range(10)]
+    landing_zone.ingest_at("crm/a.ndjson", ndjson(*people), now=NOW)
+    store = ProfileStore.from_settings(settings, account)
+    first = store.version()
+    assert (first.identities, first.graph_updates) == (20, [])  # an empty graph is written whole
+    landing_zone.ingest_at("crm/b.ndjson", ndjson(profile("c-1", "new@example.com")), now=NOW + dt.timedelta(minutes=1))
+    second = store.version()
+    # c-1's 3 rows are written, not the graph's 21; the graph file is the first one's.
+    assert second.graph == first.graph and [u.identities for u in second.graph_updates] == [3]
+    assert second.identities == 21 and second.summary()["graphUpdates"] == 1
+    graph = _contents(store, second, tmp_path / "second")["graph"]
+    assert len(graph) == 21 and ("Email", "new@example.com", _key("CRMID", "c-1")) in graph
+    more = [profile(f"c-{i}", f"x{i}@example.com") for i in range(2, 10)]
+    landing_zone.ingest_at("crm/c.ndjson", ndjson(*more), now=NOW + dt.timedelta(minutes=2))
+    third = store.version()
+    # Updates of 3 + 24 rows would pass GRAPH_UPDATES_SHARE of the graph's 21 identities: it is rewritten whole.
+    assert third.graph != first.graph and third.graph_updates == [] and third.identities == 29
+    assert len(_contents(store, third, tmp_path / "third")["graph"]) == 29
+
+
 def test_a_redelivered_batch_changes_nothing(settings, landing_zone, account):
     create_dataset(settings, "crm")
     landing_zone.ingest_at("crm/a.ndjson", ndjson(profile("c-1", "ann@example.com")), now=NOW)

@@ -163,6 +163,7 @@ class StoreVersion(ApiModel):
             batches=len(self.batches),
             merges=sum(b.counts.get("merges", 0) for b in self.batches),
             identities_dropped=sum(b.counts.get("identitiesDropped", 0) for b in self.batches),
+            graph_updates=len(self.graph_updates),
             last_batch=last.model_dump(by_alias=True, exclude={"touched"}) if last else None,
             merge_policy=self.policy.id,
         ).model_dump(exclude={"duration_seconds"})
@@ -181,6 +182,9 @@ class StoreSummary(Metrics):
     batches: int = 0
     merges: int = Field(0, description="People merged when a batch linked them.")
     identities_dropped: int = Field(0, description="Graph identities dropped over IDENTITY_GRAPH_LIMIT.")
+    graph_updates: int = Field(
+        0, description="Batches whose change to the identity graph is kept as an update since it was last compacted."
+    )
     last_batch: dict[str, Any] | None = None
     merge_policy: str = ""
     duration_seconds: float | None = None  # when it is a rebuild's metrics

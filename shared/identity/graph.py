@@ -129,7 +129,7 @@ def _batch_graph(con: duckdb.DuckDBPyConnection, identities: str, graph: GraphRo
     con.execute(f"CREATE OR REPLACE TEMP TABLE known AS SELECT ns, id, profileId FROM {graph(lookup)}")
     con.execute(
         """CREATE OR REPLACE TEMP TABLE nodes AS
-        SELECT row_number() OVER (ORDER BY ns, id) AS node, ns, id, lastSeen
+        SELECT row_number() OVER () AS node, ns, id, lastSeen
         FROM (SELECT ns, id, max(_ingestedAt) AS lastSeen FROM batch_identities GROUP BY ns, id)"""
     )
     # Records and known people are both groups of identities: people get negative group numbers.
@@ -163,15 +163,18 @@ def _regraph(con: duckdb.DuckDBPyConnection, limit: int) -> None:
             FROM nodes n JOIN labels l USING (node) JOIN component_people c USING (label)
         ) GROUP BY ns, id, profileId"""
     )
+    # Only the people over the limit are ranked (a sort of their rows): most people are far below it.
     con.execute(
-        """CREATE OR REPLACE TEMP TABLE ranked_rows AS
+        f"""CREATE OR REPLACE TEMP TABLE ranked_rows AS
         SELECT *, row_number() OVER (PARTITION BY profileId ORDER BY lastSeen DESC, ns, id) AS keep_rank
-        FROM candidate_rows"""
+        FROM candidate_rows WHERE profileId IN (
+            SELECT profileId FROM candidate_rows GROUP BY profileId HAVING count(*) > {int(limit)})"""
     )
     con.execute(f"CREATE OR REPLACE TEMP TABLE dropped AS SELECT * FROM ranked_rows WHERE keep_rank > {int(limit)}")
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE graph_rows AS
-        SELECT ns, id, profileId, lastSeen FROM ranked_rows WHERE keep_rank <= {int(limit)}"""
+        SELECT * FROM candidate_rows WHERE profileId NOT IN (SELECT profileId FROM ranked_rows)
+        UNION ALL SELECT ns, id, profileId, lastSeen FROM ranked_rows WHERE keep_rank <= {int(limit)}"""
     )
     # A person's identities changed when the batch brought a new one, merged people or cut some.
     con.execute(

@@ -542,10 +542,11 @@ def graph_of(graph: str | None, updates: list[GraphUpdate], local) -> GraphRows:
     """The identity graph from its compacted file and the updates since (their files fetched with `local` now),
     as `GraphRows`: a person's rows are those of the last file that names them (the clause filters each file's
     rows before that)."""
-    paths = local([*([graph] if graph else []), *(n for u in updates for n in (u.rows, u.people))])
-    files = ([(0, paths.pop(0))] if graph else []) + [(v, paths[2 * v - 2]) for v in range(1, len(updates) + 1)]
+    names = [n for u in updates for n in (u.rows, u.people)]
+    paths = local([graph, *names] if graph else names)
+    files = ([(0, paths.pop(0))] if graph else []) + list(enumerate(paths[0::2], 1))  # (version, rows file)
     people = " UNION ALL ".join(
-        f"SELECT profileId, {v} AS _v FROM ({_read([paths[2 * v - 1]])})" for v in range(1, len(updates) + 1)
+        f"SELECT profileId, {v} AS _v FROM ({_read([p])})" for v, p in enumerate(paths[1::2], 1)
     )
 
     def rows(clause: str) -> str:

@@ -703,15 +703,14 @@ class BatchStep:
         """A shard's rows of one kind (as they are now in this batch's work), without the removed people."""
         return rows_sql_of(getattr(self.shards[s], kind), self.shards[s].removed, self.local)
 
-    def write_by_shard(self, sql: str, kind: str, tag: str, *, sort: bool = False) -> dict[int, list[str]]:
+    def write_by_shard(self, sql: str, kind: str, tag: str) -> dict[int, list[str]]:
         """Write rows (with `profileId`) into one file per shard they fall in; returns the names by shard and
-        keeps how many rows it wrote (`rows_written`). Only compaction sorts them by person (`sort`), so that a
-        reader of one person skips most row groups: sorting a 7.4M-row batch took 9 of its 30 s, and a batch's
-        files are small beside its shard's compacted one."""
+        keeps how many rows it wrote (`rows_written`). They are not sorted by person (only a compaction's are,
+        `_write_sorted`): sorting a 7.4M-row batch took 9 of its 30 s, and a batch's files are small beside its
+        shard's compacted one."""
         folder = self.out / f"{kind}-{tag}-{self.uid}"
-        order = " ORDER BY profileId" if sort else ""
         self.rows_written = self.con.execute(
-            f"""COPY (SELECT *, {shard_sql("profileId", self.n)} AS _shard FROM ({sql}){order})
+            f"""COPY (SELECT *, {shard_sql("profileId", self.n)} AS _shard FROM ({sql}))
                 TO {quote_literal(str(folder))} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (_shard))"""
         ).fetchall()[0][0]
         names: dict[int, list[str]] = {}
@@ -837,12 +836,10 @@ class BatchStep:
             if max(len(files_of_shard.fragments), len(files_of_shard.events)) > MAX_DELTAS:
                 for k in ("fragments", "events"):
                     if getattr(files_of_shard, k):
-                        compacted = self.write_by_shard(
-                            f"SELECT * FROM {self.shard_rows(s, k)}", k, f"compact{s}", sort=True
-                        )
-                        setattr(files_of_shard, k, compacted.get(s, []))
+                        compacted = self._write_sorted(s, f"SELECT * FROM {self.shard_rows(s, k)}", k)
+                        setattr(files_of_shard, k, [compacted] if compacted else [])
                 profiles = profiles_sql_of(files_of_shard, self.local)
-                files_of_shard.profiles = self._write_profiles(s, f"SELECT * FROM {profiles}") if profiles else None
+                files_of_shard.profiles = self._write_sorted(s, f"SELECT * FROM {profiles}") if profiles else None
                 files_of_shard.profile_updates = files_of_shard.removed = None
         self.laps.lap("rowsSeconds")
 
@@ -893,7 +890,7 @@ class BatchStep:
             leaves=leaves,
         )
         if not keep_others:
-            shard.profiles, shard.profile_updates = self._write_profiles(s, f"SELECT * FROM ({merged})"), None
+            shard.profiles, shard.profile_updates = self._write_sorted(s, f"SELECT * FROM ({merged})"), None
             return
         earlier = (
             f"""SELECT * FROM ({_read(self.local([shard.profile_updates]))})
@@ -902,10 +899,12 @@ class BatchStep:
             if shard.profile_updates
             else ""
         )
-        shard.profile_updates = self._write_profiles(s, f"{earlier}SELECT * FROM ({merged})", "updates")
+        shard.profile_updates = self._write_sorted(s, f"{earlier}SELECT * FROM ({merged})", "updates")
 
-    def _write_profiles(self, s: int, sql: str, kind: str = "profiles") -> str | None:
-        """Write a shard's profiles (or profile updates) sorted by key; the new file's name, None if no rows."""
+    def _write_sorted(self, s: int, sql: str, kind: str = "profiles") -> str | None:
+        """Write rows of shard `s` (its profiles, profile updates, or a compaction's fragments or events) to one
+        file sorted by person, so that a reader of one person skips most row groups; the new file's name, None if
+        no rows. (An ORDER BY inside a PARTITION_BY copy is not kept: its row groups overlapped.)"""
         name = f"s{s:04d}/{kind}-{self.uid}.parquet"
         self.written[name] = self.out / f"{kind}-{s}-{self.uid}.parquet"
         count = self.con.execute(

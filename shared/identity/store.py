@@ -663,6 +663,7 @@ def apply_batch(
     """The next version: `version` with `batch` applied. Returns it and the new files it names (to upload)."""
     step = BatchStep(con, version, batch, files, out)
     stitched = step.stitch()
+    step.write_touched(stitched)
     identities = step.write_graph(stitched)
     aliases = step.move_merged(stitched)
     added_rows = step.add_rows(stitched)
@@ -738,38 +739,35 @@ class BatchStep:
         self.laps.lap("stitchSeconds")
         return stitched
 
+    def _write(self, name: str, sql: str) -> int:
+        """Write the rows of `sql` to the new store file `name` (under `out`, named in `written`); how many."""
+        self.written[name] = self.out / name.replace("/", "__")
+        target = quote_literal(str(self.written[name]))
+        return self.con.execute(f"COPY ({sql}) TO {target} (FORMAT parquet, COMPRESSION zstd)").fetchall()[0][0]
+
+    def write_touched(self, stitched: Stitched) -> None:
+        """The people the batch touched (its graph update's people, and what streaming ticks read)."""
+        self._write(self.touched_name, f"SELECT profileId FROM {stitched.touched} ORDER BY profileId")
+
     def write_graph(self, stitched: Stitched) -> int:
-        """The touched people's rows as stitched, and who they are (the batch's touched file, which streaming
-        ticks read too), as a graph update. Past MAX_DELTAS updates, the whole graph instead: the untouched
-        people's rows as they were and the touched people's as stitched; also when the updates would hold more than
-        GRAPH_UPDATES_SHARE of the graph's identities. Returns how many identities the graph holds.
-        An update costs what the batch touched, not the whole graph (at 1M people, 4.45M identities: 0.98 s to
-        write and 37 MB to upload per batch, however small)."""
-        self.written[self.touched_name] = self.out / f"touched-{self.uid}.parquet"
-        self.con.execute(
-            f"COPY (SELECT profileId FROM {stitched.touched} ORDER BY profileId) "
-            f"TO {quote_literal(str(self.written[self.touched_name]))} (FORMAT parquet)"
-        )
+        """The touched people's rows as stitched, as a graph update. Past MAX_DELTAS updates, or when the updates
+        would hold more than GRAPH_UPDATES_SHARE of the graph's identities, the whole graph instead: the untouched
+        people's rows as they were and the touched people's as stitched. Returns how many identities the graph
+        holds. An update costs what the batch touched, not the whole graph (at 1M people, 4.45M identities: 0.98 s
+        to write and 37 MB to upload per batch, however small)."""
         rows = scalar(self.con, f"SELECT count(*) FROM {stitched.graph_rows}")
         pending = rows + sum(u.identities for u in self.graph_updates)
         if len(self.graph_updates) < MAX_DELTAS and pending <= self.version.identities * GRAPH_UPDATES_SHARE:
             name = f"graph/{self.uid}-update.parquet"
-            self.written[name] = self.out / f"graph-update-{self.uid}.parquet"
-            self.con.execute(
-                f"""COPY (SELECT ns, id, profileId, lastSeen FROM {stitched.graph_rows})
-                    TO {quote_literal(str(self.written[name]))} (FORMAT parquet, COMPRESSION zstd)"""
-            )
+            self._write(name, f"SELECT ns, id, profileId, lastSeen FROM {stitched.graph_rows}")
             self.graph_updates.append(GraphUpdate(rows=name, people=self.touched_name, identities=rows))
             identities = self.version.identities + rows - stitched.replaced_rows
         else:
             self.graph_file, self.graph_updates = f"graph/{self.uid}.parquet", []
-            self.written[self.graph_file] = self.out / f"graph-{self.uid}.parquet"
-            [(identities,)] = self.con.execute(
-                f"""COPY (SELECT * FROM (
-                        SELECT * FROM {self.graph(f"WHERE profileId NOT IN (SELECT profileId FROM {stitched.touched})")}
-                        UNION ALL SELECT * FROM {stitched.graph_rows}))
-                    TO {quote_literal(str(self.written[self.graph_file]))} (FORMAT parquet, COMPRESSION zstd)"""
-            ).fetchall()
+            untouched = self.graph(f"WHERE profileId NOT IN (SELECT profileId FROM {stitched.touched})")
+            identities = self._write(
+                self.graph_file, f"SELECT * FROM {untouched} UNION ALL SELECT * FROM {stitched.graph_rows}"
+            )
         self.laps.lap("graphSeconds")
         return identities
 
@@ -803,14 +801,10 @@ class BatchStep:
             for target, names in moved.items():
                 getattr(self.shards[target], kind).extend(names)
         removed = f"s{s:04d}/removed-{self.uid}.parquet"
-        self.written[removed] = self.out / f"removed-{s}-{self.uid}.parquet"
         previous = self.shards[s].removed
         earlier = f"SELECT profileId FROM ({_read(self.local([previous]))}) UNION ALL " if previous else ""
         in_shard = f"{shard_sql('absorbed', self.n)} = {s}"
-        self.con.execute(
-            f"""COPY ({earlier}SELECT absorbed AS profileId FROM {stitched.aliases} WHERE {in_shard})
-                TO {quote_literal(str(self.written[removed]))} (FORMAT parquet)"""
-        )
+        self._write(removed, f"{earlier}SELECT absorbed AS profileId FROM {stitched.aliases} WHERE {in_shard}")
         self.shards[s].removed = removed
 
     def add_rows(self, stitched: Stitched) -> int:
@@ -906,12 +900,7 @@ class BatchStep:
         file sorted by person, so that a reader of one person skips most row groups; the new file's name, None if
         no rows. (An ORDER BY inside a PARTITION_BY copy is not kept: its row groups overlapped.)"""
         name = f"s{s:04d}/{kind}-{self.uid}.parquet"
-        self.written[name] = self.out / f"{kind}-{s}-{self.uid}.parquet"
-        count = self.con.execute(
-            f"COPY (SELECT * FROM ({sql}) ORDER BY profileId) "
-            f"TO {quote_literal(str(self.written[name]))} (FORMAT parquet, COMPRESSION zstd)"
-        ).fetchall()[0][0]
-        if count:
+        if self._write(name, f"SELECT * FROM ({sql}) ORDER BY profileId"):
             return name
         del self.written[name]
         return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -78,6 +79,13 @@ def _end_to_end(src: Path) -> tuple[float, dict]:
     return elapsed, {"status": job.status.value, **job.metrics}
 
 
+STAGES = {
+    "floor": "DuckDB read_json → Parquet (floor)",
+    "service": "ours: read + validate + Parquet",
+    "function": "ours: blob trigger → lake on Azurite",
+}
+
+
 def _run_stage(name: str, src: Path, work: Path) -> None:
     if name == "floor":
         result = {"seconds": _floor(src, work / "floor.parquet")}
@@ -95,6 +103,18 @@ def _run_stage(name: str, src: Path, work: Path) -> None:
     report(result)
 
 
+def _stages(work: Path, rows_wanted: int) -> tuple[dict, int, float]:
+    """Write the sample to `work` and run each stage on it, in its own process: {stage: result}, rows, MB."""
+    sample = write_sample(
+        work / "sample", people=max(1, rows_wanted // 5), events_per_person=5, now=NOW, events_per_file=rows_wanted
+    )
+    src, rows = sample.events, sample.events_count
+    size_mb = src.stat().st_size / 1e6
+    print(f"{rows:,} NDJSON event rows, {size_mb:.0f} MB; each stage in its own process (peak RSS is its own)")
+    results = {name: run_stage("bench.ingest", name, "--src", str(src), "--work", str(work)) for name in STAGES}
+    return results, rows, size_mb
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -105,21 +125,13 @@ def main() -> None:
     if args.stage:
         return _run_stage(args.stage, args.src, args.work)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    sample = write_sample(
-        work / "sample", people=max(1, args.rows // 5), events_per_person=5, now=NOW, events_per_file=args.rows
-    )
-    src, rows = sample.events, sample.events_count
-    size_mb = src.stat().st_size / 1e6
-    print(f"{rows:,} NDJSON event rows, {size_mb:.0f} MB; each stage in its own process (peak RSS is its own)")
-    stages = {
-        "floor": "DuckDB read_json → Parquet (floor)",
-        "service": "ours: read + validate + Parquet",
-        "function": "ours: blob trigger → lake on Azurite",
-    }
-    results = {name: run_stage("bench.ingest", name, "--src", str(src), "--work", str(work)) for name in stages}
+    try:
+        results, rows, size_mb = _stages(work, args.rows)
+    finally:  # the sample and the stages' files: 395 MB at 1M rows, left in /tmp by every run before
+        shutil.rmtree(work, ignore_errors=True)
     floor = results["floor"]["seconds"]
     print(f"{'stage':40s} {'seconds':>8s} {'rows/s':>12s} {'ratio':>6s} {'peak RSS':>9s}")
-    for name, label in stages.items():
+    for name, label in STAGES.items():
         r = results[name]
         print(
             f"{label:40s} {r['seconds']:8.2f} {rows / r['seconds']:12,.0f} "

@@ -372,7 +372,10 @@ _SCHEMA = pa.schema(
 )
 # Person keys are random hex, so zstd's fastest level compresses them as well as its default (232 MB against
 # 246 MB for a job's 17M memberships at 1M people) and Parquet 2's pages write and read faster (4.0 s instead of
-# 6.2 s, written by DuckDB). Every key is distinct, so a dictionary pays only for `segment` and `status`.
+# 6.2 s, written by DuckDB). Every key is distinct, so a dictionary pays only for `segment` and `status`; a
+# segment's keys come mostly in the store's order, so DELTA_BYTE_ARRAY (each key as its difference from the one
+# before) stores them smaller and faster than plain strings (a shard of 140k people: 19.8 against 21.2 MB, 0.22
+# against 0.24 s).
 _WRITER = {
     "compression": "zstd",
     "compression_level": 1,

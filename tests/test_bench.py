@@ -47,3 +47,17 @@ def test_the_bench_world_is_keyed_by_size_and_by_the_code_that_makes_it(tmp_path
     before = world.world_key(1000)
     (tmp_path / "dev" / "sample.py").write_text("v2")
     assert world.world_key(1000) != before
+
+
+def test_from_10m_people_the_world_has_fewer_events_a_person_and_more_shards(monkeypatch):
+    from bench import run, world
+
+    monkeypatch.delenv("PROFILE_SHARDS", raising=False)
+    assert world.shape(1_000_000) == world.Shape(events_per_person=20, events_per_file=400_000, shards=8)
+    assert world.shape(10_000_000) == world.Shape(events_per_person=5, events_per_file=2_000_000, shards=32)
+    eight = world.world_key(10_000_000)
+    monkeypatch.setenv("PROFILE_SHARDS", "8")  # the setting wins, and makes another world
+    assert world.shape(10_000_000).shards == 8 and world.world_key(10_000_000) != eight
+    assert run.default_stages(1_000_000) == run.STAGES
+    assert run.default_stages(10_000_000) == ("ingest", "segments")
+    assert run.ingest_rows(10_000_000) == 1_000_000 and run.ingest_rows(100_000) == 100_000

@@ -135,7 +135,9 @@ def _job_result(job, seconds: float) -> dict:
     shards = job.metrics["shards"]
     return {
         "seconds": seconds,
-        "wall_estimate": {w: wall_estimate(seconds, shards, w) for w in (2, 4, len(shards)) if 0 < w <= len(shards)},
+        "wall_estimate": {
+            w: wall_estimate(seconds, shards, w) for w in sorted({2, 4, 8, len(shards)}) if w <= len(shards)
+        },
         "segmentation_seconds": job.metrics["segmentationSeconds"],
         "phases": {k: v for k, v in job.metrics.items() if k.endswith("Seconds") and k != "durationSeconds"},
         "shards": shards,
@@ -339,6 +341,13 @@ def start(people: int, work: Path, *, rebuild_world: bool = False) -> tuple[Azur
         raise
 
 
+def _print_shards(shards: list[dict]) -> None:
+    """Each shard's seconds and the worker's peak RSS during it, eight shards a line."""
+    cells = [f"{s['shard']}: {s['seconds']:.2f} s {s.get('peakRssMB') or 0:,.0f} MB" for s in shards]
+    for i in range(0, len(cells), 8):
+        print(f"  {'shards' if i == 0 else '':8s}" + ", ".join(cells[i : i + 8]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--people", type=int, default=100_000)
@@ -426,6 +435,7 @@ def main() -> None:
         f"{ours['segmentation_seconds'] / floor['seconds']:5.2f}x   slowest shard {ours['slowest_shard_seconds']:.2f} s "
         f"of {len(ours['shards'])}, peak RSS {ours['shard_peak_rss_mb']:,.0f} MB"
     )
+    _print_shards(ours["shards"])
     for w, estimate in ours["wall_estimate"].items():
         label = f"  estimated on {w} instances at once (cold)"
         print(f"{label:56s} {estimate:8.2f} {estimate / floor['seconds']:5.2f}x")

@@ -176,6 +176,44 @@ def test_people_merged_across_shards_move_to_the_shard_of_the_surviving_key(sett
     assert any(isinstance(v, dict) and v.get("tier") == "gold" for v in merged)  # its loyalty, merged
 
 
+def test_rows_moved_from_several_shards_reach_their_target_in_one_file_a_kind(settings, landing_zone, account):
+    """A file per source and target shard made every shard pass MAX_DELTAS at each batch with merges."""
+    shards = settings.profile_shards
+    ids = [f"c-{i}" for i in range(2000)]
+    shard = {i: shard_of(_key("CRMID", i), shards) for i in ids}
+    target = shard[ids[0]]
+    # Two pairs, each surviving (the smaller key) in `target`, absorbing a person from another shard each.
+    pairs, sources = [], set()
+    for x in ids:
+        for y in ids:
+            kx, ky = _key("CRMID", x), _key("CRMID", y)
+            if kx < ky and shard[x] == target and shard[y] not in sources | {target} and x not in sum(pairs, ()):
+                pairs.append((x, y))
+                sources.add(shard[y])
+                break
+        if len(pairs) == 2:
+            break
+    create_dataset(settings, "web", schema_id="xdm-experienceevent")
+    people = [i for pair in pairs for i in pair]
+    landing_zone.ingest_at(
+        "web/a.ndjson",
+        ndjson(*(event(f"e-{i}", "2026-11-20T10:00:00Z", "web.pageViews", CRMID=i) for i in people)),
+        now=NOW,
+    )
+    before = set(ProfileStore.from_settings(settings, account).version().shards[target].events)
+    link = [{**event(f"e-{x}{y}", "2026-11-20T11:00:00Z", "web.pageViews"),
+             "identityMap": {"CRMID": [{"id": x}, {"id": y}]}} for x, y in pairs]  # fmt: skip
+    job = landing_zone.ingest_at("web/link.ndjson", ndjson(*link), now=NOW + dt.timedelta(minutes=1))
+    assert job.metrics["profileStore"]["merges"] == 2
+    version = ProfileStore.from_settings(settings, account).version()
+    added = [n for n in version.shards[target].events if n not in before]
+    assert len(added) == 2  # the batch's own rows, and the rows moved in from both shards
+    with tempfile.TemporaryDirectory() as tmp:
+        home = _contents(ProfileStore.from_settings(settings, account), version, Path(tmp))["shards"][target]
+    for x, y in pairs:
+        assert sorted(e for p, e in home["events"] if p == _key("CRMID", x)) == sorted([f"e-{x}", f"e-{x}{y}", f"e-{y}"])
+
+
 def test_the_graph_limit_keeps_the_most_recently_seen_identities_of_the_people_a_batch_touches(
     settings, landing, account, monkeypatch
 ):

@@ -774,38 +774,47 @@ class BatchStep:
     def move_merged(self, stitched: Stitched) -> dict[str, str]:
         """Merged people's rows are copied to the shard of the person they joined, under that person's key; in
         their old shard the absorbed keys are listed as removed (readers skip them) until it is compacted.
-        Returns the merges: absorbed key → surviving key."""
+        The rows moved out of every shard go to their targets together, one file a target shard and kind (a
+        file per source and target made each shard pass MAX_DELTAS, and be compacted, at every batch with
+        merges once the store had 32 shards). Returns the merges: absorbed key → surviving key."""
         aliases = dict(self.con.execute(f"SELECT absorbed, profileId FROM {stitched.aliases}").fetchall())
         shards = sorted({shard_of(a, self.n) for a in aliases})
+        moved: dict[str, list[Path]] = {"fragments": [], "events": []}
         with ThreadPoolExecutor(max_workers=1) as pool:
-            # One shard's rows move while the next shard's files download (a shard's events can be 100 MB); its
-            # merged profiles are not read here.
+            # One shard's rows are picked out while the next shard's files download (a shard's events can be
+            # 100 MB); its merged profiles are not read here.
             fetching = [pool.submit(self.local, self.shards[s].row_files()) for s in shards]
             for s, fetched in zip(shards, fetching, strict=True):
                 fetched.result()
-                self._move_out_of(s, stitched)
+                for kind, path in self._move_out_of(s, stitched).items():
+                    moved[kind].append(path)
+        for kind, paths in moved.items():
+            if paths:
+                for target, names in self.write_by_shard(_read(paths), kind, "moved").items():
+                    getattr(self.shards[target], kind).extend(names)
         self.laps.lap("moveSeconds")
         return aliases
 
-    def _move_out_of(self, s: int, stitched: Stitched) -> None:
-        """Copy the rows of the people merged away from shard `s` to their survivors' shards; list them as removed."""
+    def _move_out_of(self, s: int, stitched: Stitched) -> dict[str, Path]:
+        """Pick out the rows of the people merged away from shard `s`, under their survivors' keys, into a local
+        file per kind (for `move_merged` to write to their shards); list them as removed."""
+        picked = {}
         for kind in ("fragments", "events"):
             if not getattr(self.shards[s], kind):
                 continue
-            moved = self.write_by_shard(
-                f"""SELECT src.* REPLACE (a.profileId AS profileId) FROM {self.shard_rows(s, kind)} src
-                    JOIN {stitched.aliases} a ON src.profileId = a.absorbed""",
-                kind,
-                f"moved{s}",
+            picked[kind] = self.out / f"moved-{kind}-{s}-{self.uid}.parquet"
+            self.con.execute(
+                f"""COPY (SELECT src.* REPLACE (a.profileId AS profileId) FROM {self.shard_rows(s, kind)} src
+                          JOIN {stitched.aliases} a ON src.profileId = a.absorbed)
+                    TO {quote_literal(str(picked[kind]))} (FORMAT parquet, COMPRESSION zstd)"""
             )
-            for target, names in moved.items():
-                getattr(self.shards[target], kind).extend(names)
         removed = f"s{s:04d}/removed-{self.uid}.parquet"
         previous = self.shards[s].removed
         earlier = f"SELECT profileId FROM ({_read(self.local([previous]))}) UNION ALL " if previous else ""
         in_shard = f"{shard_sql('absorbed', self.n)} = {s}"
         self._write(removed, f"{earlier}SELECT absorbed AS profileId FROM {stitched.aliases} WHERE {in_shard}")
         self.shards[s].removed = removed
+        return picked
 
     def add_rows(self, stitched: Stitched) -> int:
         """The batch's rows, keyed by their person, into each person's shard (fragments or events); how many."""

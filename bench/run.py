@@ -13,7 +13,7 @@ Each stage runs in its own process (`bench/<stage>.py`, which can be run alone) 
 From 10M people up, the ingestion stage times a file of 1M rows (10M rows would be 2.9 GB, over the 2 GiB
 file limit; its own 2 GiB row is `python -m bench.ingest --rows 7400000`), and the export and Campaign stages
 run only when asked (`--stages all`): their targets are set at 1M, and at 10M the export alone would write
-128M rows (12 GB of CSV) twice.
+128M rows (12 GB of CSV) twice. For the same reason the segment stage leaves out PostgreSQL there.
 Writes `bench/results/<date>-<size>.json`, prints a Markdown table, and redraws `bench/results/scaling.png`
 (time against size, log-log) from the latest summary of every size."""
 
@@ -324,7 +324,13 @@ def main() -> None:
         # it runs only when asked (`make bench SIZE=1M REBUILD=1`, or `python -m bench.segments` alone).
         rebuild = args.rebuild or people < 1_000_000
         if "segments" in stages:
-            _run("bench.segments", "--people", str(people), *([] if rebuild else ["--skip-rebuild"]))
+            _run(
+                "bench.segments",
+                "--people",
+                str(people),
+                *([] if rebuild else ["--skip-rebuild"]),
+                *(["--skip-postgres"] if people >= BIG else []),  # its target is set at 1M
+            )
         for stage in ("export", "campaign"):
             if stage in stages:
                 _run(f"bench.{stage}", "--people", str(people))

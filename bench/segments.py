@@ -359,6 +359,9 @@ def main() -> None:
         action="store_true",
         help="leave out the from-scratch rebuild (at 1M it is as long as ingesting everything)",
     )
+    parser.add_argument(
+        "--skip-postgres", action="store_true", help="leave out PostgreSQL (at 10M, loading 50M events takes minutes)"
+    )
     parser.add_argument("--rebuild-world", action="store_true", help="ingest the world again even if it is current")
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
@@ -382,7 +385,11 @@ def main() -> None:
     try:
         read_json = run_stage("bench.segments", "read_json", "--file", setup["last_batch"]["file"], "--work", str(work))
         floor = run_stage("bench.segments", "floor", "--work", str(work))
-        postgres = run_stage("bench.segments", "postgres", "--work", str(work))
+        postgres = (
+            {"skipped": "left out (--skip-postgres)"}
+            if args.skip_postgres
+            else run_stage("bench.segments", "postgres", "--work", str(work))
+        )
         ours = run_stage("bench.segments", "ours", "--work", str(work))
         warm = run_stage("bench.segments", "warm", "--work", str(work))
         rebuilt = None if args.skip_rebuild else run_stage("bench.segments", "rebuild", "--work", str(work))

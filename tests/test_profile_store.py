@@ -180,17 +180,14 @@ def test_rows_moved_from_several_shards_reach_their_target_in_one_file_a_kind(se
     """A file per source and target shard made every shard pass MAX_DELTAS at each batch with merges."""
     shards = settings.profile_shards
     ids = [f"c-{i}" for i in range(2000)]
-    shard = {i: shard_of(_key("CRMID", i), shards) for i in ids}
+    key = {i: _key("CRMID", i) for i in ids}
+    shard = {i: shard_of(key[i], shards) for i in ids}
     target = shard[ids[0]]
-    # Two pairs, each surviving (the smaller key) in `target`, absorbing a person from another shard each.
-    pairs, sources = [], set()
-    for x in ids:
-        for y in ids:
-            kx, ky = _key("CRMID", x), _key("CRMID", y)
-            if kx < ky and shard[x] == target and shard[y] not in sources | {target} and x not in sum(pairs, ()):
-                pairs.append((x, y))
-                sources.add(shard[y])
-                break
+    # Two people who survive in `target` (the smaller key survives), each absorbing someone from another shard.
+    pairs: list[tuple[str, str]] = []
+    for x in (i for i in ids if shard[i] == target):
+        taken = {target, *(shard[y] for _, y in pairs)}
+        pairs += [next((x, y) for y in ids if key[y] > key[x] and shard[y] not in taken)]
         if len(pairs) == 2:
             break
     create_dataset(settings, "web", schema_id="xdm-experienceevent")
@@ -209,9 +206,9 @@ def test_rows_moved_from_several_shards_reach_their_target_in_one_file_a_kind(se
     added = [n for n in version.shards[target].events if n not in before]
     assert len(added) == 2  # the batch's own rows, and the rows moved in from both shards
     with tempfile.TemporaryDirectory() as tmp:
-        home = _contents(ProfileStore.from_settings(settings, account), version, Path(tmp))["shards"][target]
+        there = _contents(ProfileStore.from_settings(settings, account), version, Path(tmp))["shards"][target]
     for x, y in pairs:
-        assert sorted(e for p, e in home["events"] if p == _key("CRMID", x)) == sorted([f"e-{x}", f"e-{x}{y}", f"e-{y}"])
+        assert sorted(e for p, e in there["events"] if p == key[x]) == sorted([f"e-{x}", f"e-{x}{y}", f"e-{y}"])
 
 
 def test_the_graph_limit_keeps_the_most_recently_seen_identities_of_the_people_a_batch_touches(

@@ -16,12 +16,21 @@ from shared.settings import get_settings
 from shared.sql import quote_literal
 
 
+def peak_rss_mb() -> int:
+    """This process's peak RSS (the kernel's VmHWM) since it started or since `reset_peak_rss`."""
+    status = Path("/proc/self/status").read_text()
+    return round(next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024)
+
+
+def reset_peak_rss() -> None:
+    """Start the peak afresh from the current RSS (`5` to clear_refs resets VmHWM, Linux 4.0 and later)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def report(result: dict) -> None:
     """What a stage prints: its result and its own peak RSS. The kernel's VmHWM starts afresh at exec,
     whereas `ru_maxrss` of a forked child starts at its parent's size (the parent that generated the data)."""
-    status = Path("/proc/self/status").read_text()
-    hwm_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-    print(json.dumps({**result, "peak_rss_mb": round(hwm_kb / 1024)}))
+    print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
 
 
 def run_stage(module: str, name: str, *args: str) -> dict:

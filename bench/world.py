@@ -7,7 +7,7 @@ export stages used to do it once each. A world is an Azurite data folder (datase
 store) kept under `.bench/worlds/` (or `BENCH_WORLDS`), keyed by the size and a digest of what made it: the
 generator and the code that writes the lake and the store. When either changes, the key changes and the
 world is built again; older worlds of the same size are removed. A stage never works in the world itself:
-`checkout` copies its Azurite folder into the stage's own work folder (a few seconds at 1M).
+`checkout` copies its Azurite folder into the stage's own work folder (about 30 s at 1M).
 
 The world holds the lake and the profile store of every landing file but the last event file, which each run
 ingests itself and times (the last batch into a store that already holds everyone), so that figure is always
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import shared.app  # noqa: F401 (the service graph: ingestion keeps the profile store)
-from bench.stages import use_azurite
+from bench.stages import peak_rss_mb, reset_peak_rss, use_azurite
 from dev.sample import write_sample
 from shared.identity.store import ProfileStore
 from shared.ingestion import BatchIngestion, Dataset, DatasetStore
@@ -68,10 +68,10 @@ def shape(people: int) -> Shape:
     """Up to 1M: 20 events a person in files of 400k, 8 shards. From 10M: 5 events a person in files of 2M, and
     a shard per 312,500 people. PROFILE_SHARDS, when set, gives the shards."""
     big = people >= 10_000_000
-    shape = Shape(5, 2_000_000, people // 312_500) if big else Shape(20, 400_000, 8)
+    made = Shape(5, 2_000_000, people // 312_500) if big else Shape(20, 400_000, 8)
     if os.environ.get("PROFILE_SHARDS"):
-        shape = Shape(shape.events_per_person, shape.events_per_file, int(os.environ["PROFILE_SHARDS"]))
-    return shape
+        made = Shape(made.events_per_person, made.events_per_file, int(os.environ["PROFILE_SHARDS"]))
+    return made
 
 
 def use_shape(people: int) -> Shape:
@@ -191,6 +191,7 @@ def _ingest(people: int, out: Path) -> tuple[int, int, str]:
         *(("web", f) for f in sample.event_files),
     ]
     for n, (ds, file) in enumerate(files[:-1]):
+        reset_peak_rss()  # each file's own peak, as its invocation's would be
         started = time.perf_counter()
         ingest_file(ingestion, ds, file, n)
         file.unlink()
@@ -198,15 +199,10 @@ def _ingest(people: int, out: Path) -> tuple[int, int, str]:
         # as the expiry timer would once the retention has passed: the replaced versions' files go
         store.expire(now=INGESTED + dt.timedelta(hours=settings.profile_version_retention_hours, seconds=n + 1))
         took = time.perf_counter() - started
-        print(f"  {n + 1}/{len(files)} {ds}/{file.name} {took:.1f} s, peak RSS {_peak_mb():,} MB", flush=True)
+        print(f"  {n + 1}/{len(files)} {ds}/{file.name} {took:.1f} s, peak RSS {peak_rss_mb():,} MB", flush=True)
     files[-1][1].rename(out / LAST_FILE)
     shutil.rmtree(out / "sample")
     return len(files) - 1, sample.events_count, files[-1][1].name
-
-
-def _peak_mb() -> int:
-    status = Path("/proc/self/status").read_text()
-    return round(next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024)
 
 
 def ingest_file(ingestion: BatchIngestion, dataset: str, file: Path, n: int, *, name: str | None = None):

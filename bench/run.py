@@ -315,6 +315,8 @@ def main() -> None:
     args = parser.parse_args()
     people = people_of(args.size)
     stages = default_stages(people) if not args.stages else STAGES if args.stages == "all" else args.stages.split(",")
+    if unknown := [s for s in stages if s not in STAGES]:
+        parser.error(f"--stages: no stage {', '.join(unknown)} (stages: {', '.join(STAGES)}, or all)")
     if not args.report_only:
         for left_out in (s for s in STAGES if s not in stages):
             print(f"left out: {left_out} (--stages all runs it)")

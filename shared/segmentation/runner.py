@@ -70,6 +70,13 @@ def segment_job_id(now: dt.datetime, segment_ids: list[str] | None) -> str:
     return f"seg-{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{digest}"
 
 
+def touched_everyone(version: StoreVersion, since: dt.datetime) -> bool:
+    """Whether every batch in the store was ingested after a tick's watermark (the first tick, or the first
+    after the store was rebuilt): then everyone was touched, and the tick evaluates everyone, as the daily job
+    does, without reading who was (at 10M people, the first tick's list is every batch's people, 50M rows)."""
+    return all(b.ingested_at > since for b in version.batches)
+
+
 @dataclass
 class JobInputs:
     """What every shard of a job reads alike: read once for the job when its shards run here, by each task
@@ -311,7 +318,11 @@ class SegmentJobRunner:
         current = self.memberships.current_pointers()
         # A tick evaluates only the touched people's shards, and the others keep their parts of each snapshot:
         # unless a snapshot is not split by today's shards (written before, or with another shard count).
-        if since is not None and all(current[sid].split_by(len(version.shards)) for sid in chosen if sid in current):
+        if (
+            since is not None
+            and not touched_everyone(version, since)
+            and all(current[sid].split_by(len(version.shards)) for sid in chosen if sid in current)
+        ):
             with tempfile.TemporaryDirectory(prefix="segment-plan-") as tmp, duckdb.connect() as con:
                 touched = self.store.touched_since(version, since, Path(tmp))
                 in_shards = con.execute(
@@ -332,7 +343,11 @@ class SegmentJobRunner:
     def _inputs(self, plan: ShardPlan, work: Path) -> JobInputs:
         """What every shard of the job reads alike (a streaming tick's touched people fetched to `work`)."""
         version = self.store.by_id(plan.store_version)
-        touched = self.store.touched_since(version, plan.since, work / "touched") if plan.since is not None else None
+        touched = (
+            self.store.touched_since(version, plan.since, work / "touched")
+            if plan.since is not None and not touched_everyone(version, plan.since)
+            else None
+        )
         return JobInputs(
             version=version,
             definitions=self.segments.trees(),
@@ -360,7 +375,11 @@ class SegmentJobRunner:
                 people = None
                 if inputs.touched is not None:
                     # Everyone touched is in scope, the people merged away too (they leave every segment).
-                    con.execute(f"CREATE OR REPLACE TABLE touched AS {inputs.touched}")  # a table: read beside `con`
+                    # Only this shard's: at 10M people a tick after large batches touches millions.
+                    con.execute(  # a table: read beside `con`
+                        f"""CREATE OR REPLACE TABLE touched AS SELECT profileId FROM ({inputs.touched})
+                            WHERE {shard_sql("profileId", len(version.shards))} = {int(shard)}"""
+                    )
                     people = "SELECT profileId FROM touched"
                 compiled = evaluate(
                     con,

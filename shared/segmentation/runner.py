@@ -71,9 +71,9 @@ def segment_job_id(now: dt.datetime, segment_ids: list[str] | None) -> str:
 
 
 def touched_everyone(version: StoreVersion, since: dt.datetime) -> bool:
-    """Whether every batch in the store was ingested after a tick's watermark (the first tick, or the first
-    after the store was rebuilt): then everyone was touched, and the tick evaluates everyone, as the daily job
-    does, without reading who was (at 10M people, the first tick's list is every batch's people, 50M rows)."""
+    """Whether every batch in the store was ingested after a tick's watermark (the first tick): then everyone
+    was touched, and the tick evaluates everyone, as the daily job does, without reading who was (at 10M
+    people, the first tick's list is every batch's people, 50M rows)."""
     return all(b.ingested_at > since for b in version.batches)
 
 

@@ -417,7 +417,8 @@ def main() -> None:
              for s in segments() if postgres["counts"][s] != ours["counts"][s]}
         )  # fmt: skip
     last = setup["last_batch"]
-    print(f"{args.people:,} people, {args.people * 20:,} events, 50 segments; each stage in its own process")
+    events = setup["world"]["events"]  # 20 a person, 5 from 10M (`bench.world.shape`)
+    print(f"{args.people:,} people, {events:,} events, 50 segments; each stage in its own process")
     print(f"{'stage':56s} {'seconds':>8s} {'ratio':>6s} {'peak RSS':>9s}")
     print(
         f"{'stitched floor: fused DuckDB query over the store, local':56s} {floor['seconds']:8.2f} {1:5.2f}x "

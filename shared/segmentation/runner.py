@@ -77,6 +77,19 @@ def touched_everyone(version: StoreVersion, since: dt.datetime) -> bool:
     return all(b.ingested_at > since for b in version.batches)
 
 
+def _touched_in_shard(con: duckdb.DuckDBPyConnection, inputs: JobInputs, shard: int) -> str | None:
+    """A streaming tick's people in this shard, as a table (read beside `con`); None for every job else.
+    Everyone touched is in scope, the people merged away too (they leave every segment), but only this shard's:
+    at 10M people a tick after large batches touches millions."""
+    if inputs.touched is None:
+        return None
+    con.execute(
+        f"""CREATE OR REPLACE TABLE touched AS SELECT profileId FROM ({inputs.touched})
+            WHERE {shard_sql("profileId", len(inputs.version.shards))} = {int(shard)}"""
+    )
+    return "SELECT profileId FROM touched"
+
+
 @dataclass
 class JobInputs:
     """What every shard of a job reads alike: read once for the job when its shards run here, by each task
@@ -372,15 +385,7 @@ class SegmentJobRunner:
                     con, now=plan.now, workdir=files or Path(tmp) / "store", shards=[shard], version=version
                 )
                 laps.lap("loadSeconds")
-                people = None
-                if inputs.touched is not None:
-                    # Everyone touched is in scope, the people merged away too (they leave every segment).
-                    # Only this shard's: at 10M people a tick after large batches touches millions.
-                    con.execute(  # a table: read beside `con`
-                        f"""CREATE OR REPLACE TABLE touched AS SELECT profileId FROM ({inputs.touched})
-                            WHERE {shard_sql("profileId", len(version.shards))} = {int(shard)}"""
-                    )
-                    people = "SELECT profileId FROM touched"
+                people = _touched_in_shard(con, inputs, shard)
                 compiled = evaluate(
                     con,
                     profiles,

@@ -460,7 +460,7 @@ def test_streaming_reevaluates_eligible_segments_only_for_people_touched_since_t
     assert set(first.metrics["segmentedProfileCounter"]) == {"ca", "recent-buyers"}
     assert first.metrics["evaluatedProfiles"] == 3  # no watermark yet: everyone
     # ... evaluated as the daily job does, every shard, without reading who each batch touched (at 10M people
-    # that list is every batch's people): a tick over the touched people's shards would evaluate 3 at most.
+    # that list is every batch's people); a tick over the touched people's shards would evaluate 3 shards at most.
     assert len(first.metrics["shards"]) == settings.profile_shards
     assert first.metrics["segmentedProfileCounter"]["ca"] == 2
     # Cy moves to California; nobody else changes.

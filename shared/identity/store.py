@@ -411,9 +411,13 @@ class ProfileStore:
         profiles = [p for s in version.shards if (p := profiles_sql_of(s, lambda names: [fetched[n] for n in names]))]
         return f"({_union(profiles) if profiles else _empty_profiles(version.leaves, version.policy)})"
 
-    def touched_since(self, version: StoreVersion, since: dt.datetime, workdir: Path) -> str:
+    def touched_since(self, version: StoreVersion, since: dt.datetime, workdir: Path) -> str | None:
         """SQL of the people (`profileId`) touched by the batches ingested after `since`, their files fetched
-        to `workdir`: the people merged away too, who must leave every segment."""
+        to `workdir`: the people merged away too, who must leave every segment. None when that is every batch
+        in the store (a first streaming tick): everyone was touched, and the list (at 10M people, every batch's
+        people, 50M rows) is not read."""
+        if all(b.ingested_at > since for b in version.batches):
+            return None
         files = self.files.fetch([b.touched for b in version.batches if b.ingested_at > since], workdir)
         if not files:
             return "SELECT NULL::VARCHAR AS profileId WHERE false"

@@ -70,13 +70,6 @@ def segment_job_id(now: dt.datetime, segment_ids: list[str] | None) -> str:
     return f"seg-{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{digest}"
 
 
-def touched_everyone(version: StoreVersion, since: dt.datetime) -> bool:
-    """Whether every batch in the store was ingested after a tick's watermark (the first tick): then everyone
-    was touched, and the tick evaluates everyone, as the daily job does, without reading who was (at 10M
-    people, the first tick's list is every batch's people, 50M rows)."""
-    return all(b.ingested_at > since for b in version.batches)
-
-
 def _touched_in_shard(con: duckdb.DuckDBPyConnection, inputs: JobInputs, shard: int) -> str | None:
     """A streaming tick's people in this shard, as a table (read beside `con`); None for every job else.
     Everyone touched is in scope, the people merged away too (they leave every segment), but only this shard's:
@@ -331,18 +324,14 @@ class SegmentJobRunner:
         current = self.memberships.current_pointers()
         # A tick evaluates only the touched people's shards, and the others keep their parts of each snapshot:
         # unless a snapshot is not split by today's shards (written before, or with another shard count).
-        if (
-            since is not None
-            and not touched_everyone(version, since)
-            and all(current[sid].split_by(len(version.shards)) for sid in chosen if sid in current)
-        ):
+        # A first tick (everyone touched: `touched_since` is None) evaluates every shard, as the daily job does.
+        if since is not None and all(current[sid].split_by(len(version.shards)) for sid in chosen if sid in current):
             with tempfile.TemporaryDirectory(prefix="segment-plan-") as tmp, duckdb.connect() as con:
                 touched = self.store.touched_since(version, since, Path(tmp))
-                in_shards = con.execute(
-                    f"SELECT DISTINCT {shard_sql('profileId', len(version.shards))} FROM ({touched})"
-                ).fetchall()
-            hit = {r[0] for r in in_shards}
-            shards = [s for s in shards if s in hit]
+                in_shard = f"SELECT DISTINCT {shard_sql('profileId', len(version.shards))} FROM ({touched})"
+                hit = None if touched is None else {r[0] for r in con.execute(in_shard).fetchall()}
+            if hit is not None:
+                shards = [s for s in shards if s in hit]
         return ShardPlan(
             job_id=job.id,
             attempt=job.attempt,
@@ -356,11 +345,7 @@ class SegmentJobRunner:
     def _inputs(self, plan: ShardPlan, work: Path) -> JobInputs:
         """What every shard of the job reads alike (a streaming tick's touched people fetched to `work`)."""
         version = self.store.by_id(plan.store_version)
-        touched = (
-            self.store.touched_since(version, plan.since, work / "touched")
-            if plan.since is not None and not touched_everyone(version, plan.since)
-            else None
-        )
+        touched = self.store.touched_since(version, plan.since, work / "touched") if plan.since is not None else None
         return JobInputs(
             version=version,
             definitions=self.segments.trees(),

@@ -63,8 +63,9 @@ class Settings(BaseSettings):
     ingestion_chunk_bytes: int = Field(
         64 * 1024 * 1024,
         gt=0,
-        description="NDJSON and CSV are validated this many bytes of whole rows at a time (Parquet: about as many "
-        "decoded bytes).",
+        description="NDJSON is validated this many bytes of whole rows at a time, CSV a quarter of it (its rows "
+        "become JSON objects, several times their size), Parquet about as many decoded bytes. A CSV row must fit "
+        "in its chunk.",
     )
     ingestion_max_rejected_ratio: float = Field(
         0.005,

@@ -19,6 +19,25 @@ from shared.engine import scalar
 from shared.sql import quote_literal
 
 MAX_PASSES = 200
+# What stitching builds on its way to `Stitched` and drops once done.
+_WORK_TABLES = (
+    "batch_identities",
+    "known",
+    "nodes",
+    "edges",
+    "labels",
+    "fragment_labels",
+    "next_labels",
+    "component_known",
+    "component_names",
+    "components_found",
+    "person_rows",
+    "component_people",
+    "replaced_rows",
+    "candidate_rows",
+    "ranked_rows",
+    "dropped",
+)
 GRAPH_COLUMNS = "ns VARCHAR, id VARCHAR, profileId VARCHAR, lastSeen TIMESTAMPTZ"
 # The graph as a reader gives it: `graph(clause)` is SQL of the rows (GRAPH_COLUMNS) that `SELECT ... FROM <rows> g
 # <clause>` keeps, the clause a filter of rows one at a time (a WHERE, a SEMI JOIN), applied as each file is read.
@@ -78,7 +97,7 @@ def stitch(
         WHERE k.profileId <> c.profileId"""
     )
     _regraph(con, limit)
-    return Stitched(
+    stitched = Stitched(
         record_people="record_people",
         aliases="aliases",
         graph_rows="graph_rows",
@@ -90,17 +109,36 @@ def stitch(
         identities_dropped=scalar(con, "SELECT count(*) FROM dropped"),
         records_unlinked=records - scalar(con, "SELECT count(DISTINCT rid) FROM record_people"),
     )
+    # The work tables go before the rows are written: a temp table's blocks can spill, but they are written out
+    # to make room, and a 5M-row profile batch into a 10M-person store ran out of a 600MB DUCKDB_MEMORY_LIMIT
+    # beside them.
+    for table in _WORK_TABLES:
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    return stitched
 
 
 def _name_people(con: duckdb.DuckDBPyConnection, graph: GraphRows, batch_id: str, retired: str | None) -> None:
     """`component_people`: each component's person, and `person_rows`: the graph's rows of the known people and
     of the names new people would take (one read of the graph)."""
+    # Each component's known people, then its smallest identity, each in a statement of its own: as one query
+    # (both aggregates over the same joins) it ran out of a 600MB DUCKDB_MEMORY_LIMIT on a 5M-row profile batch
+    # into a 10M-person store, where each part alone spills.
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE component_known AS
+        SELECT label, min(profileId) AS known_person, count(*) AS joined
+        FROM (SELECT DISTINCT l.label, k.profileId FROM labels l JOIN nodes n USING (node) JOIN known k USING (ns, id))
+        GROUP BY label"""
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE component_names AS
+        SELECT l.label, min(n.ns || ':' || n.id) AS identity FROM labels l JOIN nodes n USING (node) GROUP BY l.label"""
+    )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE components_found AS
-        SELECT l.label, min(k.profileId) AS known_person, count(DISTINCT k.profileId) AS joined,
-               'p' || left(md5(min(n.ns || ':' || n.id)), 23) AS fresh,
-               'p' || left(md5(min(n.ns || ':' || n.id) || '@' || {quote_literal(batch_id)}), 23) AS salted
-        FROM labels l JOIN nodes n USING (node) LEFT JOIN known k USING (ns, id) GROUP BY l.label"""
+        SELECT c.label, k.known_person, coalesce(k.joined, 0) AS joined,
+               'p' || left(md5(c.identity), 23) AS fresh,
+               'p' || left(md5(c.identity || '@' || {quote_literal(batch_id)}), 23) AS salted
+        FROM component_names c LEFT JOIN component_known k USING (label)"""
     )
     new = "FROM components_found WHERE known_person IS NULL"  # the names a new person may take
     named = (

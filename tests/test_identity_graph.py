@@ -62,3 +62,7 @@ def test_people_are_the_connected_components_of_shared_identities(fragments):
     # Emails differ only by case and spaces here ('  X3' vs 'x3'), so they must still join.
     expected = union_find_people([[(ns, n) for ns, n in ids] for ids in fragments])
     assert {frozenset(g) for g in got.values()} == expected
+    # Stitching leaves only what it returns: its work tables would hold the memory the rows are written with.
+    left = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()}
+    returned = (stitched.record_people, stitched.aliases, stitched.graph_rows, stitched.changed, stitched.touched)
+    assert left == {"identity_rows", *returned}

@@ -209,7 +209,7 @@ def _ingest(people: int, out: Path) -> tuple[int, int, str]:
 def ingest_file(ingestion: BatchIngestion, dataset: str, file: Path, n: int, *, name: str | None = None):
     """Land `file` in `dataset` and ingest it as the n-th file of the world (each a second after the last)."""
     path = f"{dataset}/{name or file.name}"
-    etag = ingestion.landing.put(path, file.read_bytes())
+    etag = ingestion.landing.put_file(path, file)  # streamed: the file's bytes are not the batch's peak RSS
     job = ingestion.ingest(path, etag=etag, now=INGESTED + dt.timedelta(seconds=n))
     assert job.status.value == "SUCCEEDED", (path, job.errors)
     return job

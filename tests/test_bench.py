@@ -61,3 +61,15 @@ def test_from_10m_people_the_world_has_fewer_events_a_person_and_more_shards(mon
     assert run.default_stages(1_000_000) == run.STAGES
     assert run.default_stages(10_000_000) == ("ingest", "segments")
     assert run.ingest_rows(10_000_000) == 1_000_000 and run.ingest_rows(100_000) == 100_000
+
+
+def test_the_memory_sampler_charges_rss_to_the_product_code_that_is_running():
+    import duckdb
+
+    from bench.memory import Sampler
+    from shared.engine import scalar
+
+    with Sampler(every=0.01) as sampler:
+        scalar(duckdb.connect(), "SELECT sum(i) FROM range(400000000) t(i)")  # a few tenths of a second
+    sites = [site for site in sampler.sites if site.startswith("engine.scalar:")]
+    assert sites and sampler.sites[sites[0]] > 0

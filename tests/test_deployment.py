@@ -19,7 +19,7 @@ IN_AZURE = {
     "BLOB_TRIGGER_SOURCE": "EventGrid",  # Flex Consumption has no container scan
     "AzureWebJobsStorage__accountName": "storage.name",  # the identity-based connection
     "AzureWebJobsStorage__clientId": "identity.properties.clientId",
-    "DUCKDB_MEMORY_LIMIT": "${instanceMemoryMB * 6 / 10}MB",  # sized to the instance
+    "DUCKDB_MEMORY_LIMIT": "${instanceMemoryMB * 4 / 10}MB",  # sized to the instance
 }
 
 

@@ -1,0 +1,128 @@
+"""Where a batch's memory goes: one file ingested into a fresh copy of a world, the process's RSS sampled every
+50 ms and each sample charged to the product code the main thread was in. Prints the batch's time, its peak RSS
+(VmHWM, reset before the batch) and phases, and the places with the highest RSS seen.
+
+    python -m bench.memory --people 10000000 last       # the world's last event file (2M events at 10M)
+    python -m bench.memory --people 10000000 loyalty    # the sample's loyalty CSV of that size (5M rows at 10M)
+    python -m bench.memory --world .bench/worlds/<dir> last   # a world kept from older code (its key moved on)
+
+DUCKDB_MEMORY_LIMIT and INGESTION_CHUNK_BYTES are read from the environment, as the product reads them."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.segments import forget_cache
+from bench.stages import peak_rss_mb, reset_peak_rss, use_azurite
+from bench.world import INGESTED, ROOT, World, use_shape, world
+from dev.sample import write_sample
+from shared.ingestion import BatchIngestion
+from shared.settings import get_settings
+from shared.storage import StorageAccount
+
+_PRODUCT = f"{ROOT / 'shared'}/"
+
+
+class Sampler:
+    """RSS every `every` seconds, the highest seen at each place (the innermost three product frames)."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.every, self.sites = every, {}
+        self._stop = threading.Event()
+        self._main = threading.main_thread().ident
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            frame, chain = sys._current_frames().get(self._main), []
+            while frame is not None and len(chain) < 3:
+                if frame.f_code.co_filename.startswith(_PRODUCT):
+                    chain.append(f"{Path(frame.f_code.co_filename).stem}.{frame.f_code.co_name}:{frame.f_lineno}")
+                frame = frame.f_back
+            site, rss = " < ".join(chain) or "(outside the product)", _rss_mb()
+            self.sites[site] = max(rss, self.sites.get(site, 0))
+
+    def top(self, n: int = 15) -> list[tuple[str, int]]:
+        return sorted(self.sites.items(), key=lambda kv: -kv[1])[:n]
+
+
+def _rss_mb() -> int:
+    status = Path("/proc/self/status").read_text()
+    return round(next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024)
+
+
+def _file(built: World, which: str, work: Path) -> tuple[str, Path]:
+    """(dataset, local file) of the batch to ingest."""
+    if which == "last":
+        return "web", built.last_file
+    sample = write_sample(work / "sample", people=built.info["people"], events_per_person=0, now=INGESTED)
+    return "loyalty", sample.loyalty
+
+
+def measure(built: World, which: str, work: Path) -> dict:
+    shutil.copytree(built.azurite, work / "azurite", ignore=shutil.ignore_patterns("azurite.log"))
+    dataset, file = _file(built, which, work)
+    azurite = use_azurite(location=work / "azurite")
+    try:
+        settings = get_settings()
+        ingestion = BatchIngestion.from_settings(settings, StorageAccount.from_settings(settings))
+        path = f"{dataset}/memory-{file.name}"
+        etag = ingestion.landing.put_file(path, file)  # landed before the peak is reset: not the batch's memory
+        forget_cache()
+        reset_peak_rss()
+        started = time.perf_counter()
+        with Sampler() as sampler:
+            # after every batch of the world (its files are ingested a second apart from INGESTED)
+            job = ingestion.ingest(path, etag=etag, now=INGESTED + dt.timedelta(seconds=built.info["files"] + 1))
+        return {
+            "file": path,
+            "status": job.status.value,
+            "duckdb_memory_limit": settings.duckdb_memory_limit,
+            "seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_mb": peak_rss_mb(),
+            "phase_seconds": job.metrics.get("phaseSeconds"),
+            "profile_store": job.metrics.get("profileStore"),
+            "sites": dict(sampler.top()),
+        }
+    finally:
+        azurite.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Peak RSS of one batch into a copy of a world, and where it is.")
+    parser.add_argument("which", choices=["last", "loyalty"])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--people", type=int, help="the world of this size (built first when missing)")
+    group.add_argument("--world", type=Path, help="a world's folder, used as it is")
+    args = parser.parse_args()
+    if args.world:
+        built = World(args.world, json.loads((args.world / "world.json").read_text()))
+        use_shape(built.info["people"])
+    else:
+        built = world(args.people)
+    with tempfile.TemporaryDirectory(prefix="memory-", dir=ROOT / ".bench") as work:
+        result = measure(built, args.which, Path(work))
+    sites = result.pop("sites")
+    print(json.dumps(result, indent=2))
+    for site, rss in sites.items():
+        print(f"{rss:7,} MB  {site}")
+
+
+if __name__ == "__main__":
+    main()

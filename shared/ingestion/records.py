@@ -265,8 +265,9 @@ _CSV_GROWTH = 4
 def _read_csv(
     path: Path, file_name: str, schema: Schema, con: duckdb.DuckDBPyConnection, chunk_bytes: int
 ) -> Iterator[Records]:
-    """The rows as JSON objects, a block of about `chunk_bytes` ÷ _CSV_GROWTH at a time (pyarrow's streaming reader). A row
-    with the wrong number of columns is skipped and reported with its data row number, in its chunk."""
+    """The rows as JSON objects, a block of about `chunk_bytes` ÷ _CSV_GROWTH at a time (pyarrow's streaming
+    reader). A row with the wrong number of columns is skipped and reported with its data row number, in its
+    chunk."""
     with open(path, "rb") as fh:
         head = fh.read(1 << 24)  # the whole header line, however many columns it names
     try:

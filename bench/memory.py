@@ -49,7 +49,8 @@ class Sampler:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every):
+        while not self._stop.is_set():  # time.sleep, not Event.wait: a wait's timeout never comes under faketime
+            time.sleep(self.every)
             frame, chain = sys._current_frames().get(self._main), []
             while frame is not None and len(chain) < 3:
                 if frame.f_code.co_filename.startswith(_PRODUCT):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import shutil
 import sys
 import tempfile
 import threading
@@ -27,45 +26,38 @@ from dev.sample import write_sample
 from shared.ingestion import BatchIngestion
 from shared.settings import get_settings
 from shared.storage import StorageAccount
+from shared.timing import Every, rss_mb
 
 _PRODUCT = f"{ROOT / 'shared'}/"
 
 
 class Sampler:
-    """RSS every `every` seconds, the highest seen at each place (the innermost three product frames)."""
+    """RSS every `every` seconds (`shared.timing.Every`), the highest seen at each place: the innermost three
+    product frames the main thread is in."""
 
     def __init__(self, every: float = 0.05) -> None:
-        self.every, self.sites = every, {}
-        self._stop = threading.Event()
+        self.sites: dict[str, float] = {}
         self._main = threading.main_thread().ident
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._every = Every(every, self._sample, name="memory-sampler")
 
     def __enter__(self) -> Sampler:
-        self._thread.start()
+        self._every.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._every.stop()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():  # time.sleep, not Event.wait: a wait's timeout never comes under faketime
-            time.sleep(self.every)
-            frame, chain = sys._current_frames().get(self._main), []
-            while frame is not None and len(chain) < 3:
-                if frame.f_code.co_filename.startswith(_PRODUCT):
-                    chain.append(f"{Path(frame.f_code.co_filename).stem}.{frame.f_code.co_name}:{frame.f_lineno}")
-                frame = frame.f_back
-            site, rss = " < ".join(chain) or "(outside the product)", _rss_mb()
-            self.sites[site] = max(rss, self.sites.get(site, 0))
+    def _sample(self) -> None:
+        frame, chain = sys._current_frames().get(self._main), []
+        while frame is not None and len(chain) < 3:
+            if frame.f_code.co_filename.startswith(_PRODUCT):
+                chain.append(f"{Path(frame.f_code.co_filename).stem}.{frame.f_code.co_name}:{frame.f_lineno}")
+            frame = frame.f_back
+        site, rss = " < ".join(chain) or "(outside the product)", rss_mb() or 0.0
+        self.sites[site] = max(rss, self.sites.get(site, 0.0))
 
-    def top(self, n: int = 15) -> list[tuple[str, int]]:
+    def top(self, n: int = 15) -> list[tuple[str, float]]:
         return sorted(self.sites.items(), key=lambda kv: -kv[1])[:n]
-
-
-def _rss_mb() -> int:
-    status = Path("/proc/self/status").read_text()
-    return round(next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024)
 
 
 def _file(built: World, which: str, work: Path) -> tuple[str, Path]:
@@ -77,7 +69,7 @@ def _file(built: World, which: str, work: Path) -> tuple[str, Path]:
 
 
 def measure(built: World, which: str, work: Path) -> dict:
-    shutil.copytree(built.azurite, work / "azurite", ignore=shutil.ignore_patterns("azurite.log"))
+    built.copy_to(work)
     dataset, file = _file(built, which, work)
     azurite = use_azurite(location=work / "azurite")
     try:
@@ -122,7 +114,7 @@ def main() -> None:
     sites = result.pop("sites")
     print(json.dumps(result, indent=2))
     for site, rss in sites.items():
-        print(f"{rss:7,} MB  {site}")
+        print(f"{rss:7,.0f} MB  {site}")
 
 
 if __name__ == "__main__":

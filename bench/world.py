@@ -98,6 +98,12 @@ class World:
     def last_file(self) -> Path:
         return self.path / LAST_FILE
 
+    def copy_to(self, work: Path) -> None:
+        """Copy its Azurite folder to `work/azurite`, for a stage to start Azurite on and change at will."""
+        started = time.perf_counter()
+        shutil.copytree(self.azurite, work / "azurite", ignore=shutil.ignore_patterns("azurite.log"))
+        print(f"copied the world's Azurite folder in {time.perf_counter() - started:.1f} s")
+
     def ingest_last(self, ingestion: BatchIngestion):
         """Ingest the last event file into the checked-out world (its store already holds everyone)."""
         return ingest_file(ingestion, "web", self.last_file, self.info["files"], name=self.info["last_name"])
@@ -134,9 +140,7 @@ def world(people: int, *, rebuild: bool = False) -> World:
 def checkout(people: int, work: Path, *, rebuild: bool = False) -> World:
     """Copy the world's Azurite folder to `work/azurite`, for a stage to start Azurite on and change at will."""
     built = world(people, rebuild=rebuild)
-    started = time.perf_counter()
-    shutil.copytree(built.azurite, work / "azurite", ignore=shutil.ignore_patterns("azurite.log"))
-    print(f"copied the world's Azurite folder in {time.perf_counter() - started:.1f} s")
+    built.copy_to(work)
     return built
 
 

@@ -63,6 +63,16 @@ class Laps(dict[str, float]):
         self[name], self._clock = round(now - self._clock, 3), now
 
 
+def rss_mb() -> float | None:
+    """The process's resident memory now (MB), from /proc/self/statm; None where there is no /proc."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * _PAGE / 2**20, 1)
+
+
 class PeakRss:
     """The process's peak resident memory (MB) while a block runs, sampled every `interval` seconds from
     /proc/self/statm (Linux, where the Functions host runs the worker); None where there is no /proc. The
@@ -84,10 +94,6 @@ class PeakRss:
         self._read()
 
     def _read(self) -> None:
-        try:
-            with open("/proc/self/statm") as statm:
-                pages = int(statm.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            return
-        mb = round(pages * _PAGE / 2**20, 1)
-        self.mb = mb if self.mb is None else max(self.mb, mb)
+        mb = rss_mb()
+        if mb is not None:
+            self.mb = mb if self.mb is None else max(self.mb, mb)

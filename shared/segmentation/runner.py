@@ -328,10 +328,10 @@ class SegmentJobRunner:
         if since is not None and all(current[sid].split_by(len(version.shards)) for sid in chosen if sid in current):
             with tempfile.TemporaryDirectory(prefix="segment-plan-") as tmp, duckdb.connect() as con:
                 touched = self.store.touched_since(version, since, Path(tmp))
-                in_shard = f"SELECT DISTINCT {shard_sql('profileId', len(version.shards))} FROM ({touched})"
-                hit = None if touched is None else {r[0] for r in con.execute(in_shard).fetchall()}
-            if hit is not None:
-                shards = [s for s in shards if s in hit]
+                if touched is not None:
+                    in_shards = f"SELECT DISTINCT {shard_sql('profileId', len(version.shards))} FROM ({touched})"
+                    hit = {r[0] for r in con.execute(in_shards).fetchall()}
+                    shards = [s for s in shards if s in hit]
         return ShardPlan(
             job_id=job.id,
             attempt=job.attempt,

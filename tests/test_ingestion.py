@@ -229,6 +229,16 @@ def test_a_file_over_the_size_limit_fails(settings, landing_zone, lake, monkeypa
     assert "over the limit of 100 (INGESTION_MAX_FILE_BYTES)" in job.errors[0].message
 
 
+def test_a_csv_row_longer_than_its_chunk_fails_naming_the_setting(settings, landing_zone, lake, monkeypatch):
+    _chunked(monkeypatch, 4_000)  # CSV chunks of 1,000 bytes
+    create_dataset(settings, "crm")
+    text = "identityMap.Email,person.name.firstName\nann@example.com,Ann\n" + f"bob@example.com,{'B' * 3_000}\n"
+    job = landing_zone.ingest("crm/long.csv", text)
+    assert job.status is JobStatus.FAILED
+    assert "a row is longer than a CSV chunk (1,000 bytes, a quarter of INGESTION_CHUNK_BYTES)" in job.errors[0].message
+    assert lake.batch_files("crm") == []
+
+
 def test_the_same_blob_delivered_twice_is_ingested_once(settings, landing_zone, lake):
     create_dataset(settings, "crm")
     first = landing_zone.ingest("crm/a.ndjson", ndjson(ANN))

@@ -286,12 +286,11 @@ def _read_csv(
 
     to_json = f"SELECT {_csv_to_json(columns, schema)}::VARCHAR AS record FROM _source"
     numbering = _RowNumbers()
+    block = max(1, min(chunk_bytes // _CSV_GROWTH, (1 << 31) - 1))
     try:
         reader = pacsv.open_csv(
             path,
-            read_options=pacsv.ReadOptions(
-                use_threads=False, block_size=min(chunk_bytes // _CSV_GROWTH, (1 << 31) - 1)
-            ),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in header},
@@ -307,6 +306,11 @@ def _read_csv(
                 table=_batched(pa.table({"_row": rows, "record": records})), text_values=True, row_errors=errors
             )
     except pa.ArrowInvalid as exc:
+        if "straddl" in str(exc):  # pyarrow: "straddling object straddles two block boundaries"
+            raise ValidationError(
+                f"{file_name}: a row is longer than a CSV chunk ({block:,} bytes, a quarter of "
+                "INGESTION_CHUNK_BYTES); raise INGESTION_CHUNK_BYTES or shorten the row"
+            ) from exc
         raise ValidationError(f"{file_name}: not readable as CSV: {_first_line(exc)}") from exc
     if bad_rows or not numbering.next_row > 1:  # bad rows after the last good one; or a header alone
         yield Records(table=_numbered(pa.array([], pa.large_string())), text_values=True, row_errors=bad_rows)

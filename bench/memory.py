@@ -1,6 +1,7 @@
-"""Where a batch's memory goes: one file ingested into a fresh copy of a world, the process's RSS sampled every
-50 ms and each sample charged to the product code the main thread was in. Prints the batch's time, its peak RSS
-(VmHWM, reset before the batch) and phases, and the places with the highest RSS seen.
+"""Where a batch's memory and time go: one file ingested into a fresh copy of a world, the process's RSS sampled
+every 50 ms and each sample charged to the product code the main thread was in. Prints the batch's time, its peak
+RSS (VmHWM, reset before the batch) and phases, the places with the highest RSS seen, and those where the time
+went.
 
     python -m bench.memory --people 10000000 last       # the world's last event file (2M events at 10M)
     python -m bench.memory --people 10000000 loyalty    # the sample's loyalty CSV of that size (5M rows at 10M)
@@ -37,6 +38,8 @@ class Sampler:
 
     def __init__(self, every: float = 0.05) -> None:
         self.sites: dict[str, float] = {}
+        self.samples: dict[str, int] = {}  # how many samples found the main thread there: its time, in `every`s
+        self.every = every
         self._main = threading.main_thread().ident
         self._every = Every(every, self._sample, name="memory-sampler")
 
@@ -55,9 +58,15 @@ class Sampler:
             frame = frame.f_back
         site, rss = " < ".join(chain) or "(outside the product)", rss_mb() or 0.0
         self.sites[site] = max(rss, self.sites.get(site, 0.0))
+        self.samples[site] = self.samples.get(site, 0) + 1
 
     def top(self, n: int = 15) -> list[tuple[str, float]]:
         return sorted(self.sites.items(), key=lambda kv: -kv[1])[:n]
+
+    def slowest(self, n: int = 15) -> list[tuple[str, float]]:
+        """The places the main thread spent the most time in: (site, seconds, as sampled)."""
+        ranked = sorted(self.samples.items(), key=lambda kv: -kv[1])[:n]
+        return [(site, round(count * self.every, 2)) for site, count in ranked]
 
 
 def _file(built: World, which: str, work: Path) -> tuple[str, Path]:
@@ -92,6 +101,7 @@ def measure(built: World, which: str, work: Path) -> dict:
             "phase_seconds": job.metrics.get("phaseSeconds"),
             "profile_store": job.metrics.get("profileStore"),
             "sites": dict(sampler.top()),
+            "slowest": dict(sampler.slowest()),
         }
     finally:
         azurite.stop()
@@ -111,10 +121,14 @@ def main() -> None:
         built = world(args.people)
     with tempfile.TemporaryDirectory(prefix="memory-", dir=ROOT / ".bench") as work:
         result = measure(built, args.which, Path(work))
-    sites = result.pop("sites")
+    sites, slowest = result.pop("sites"), result.pop("slowest")
     print(json.dumps(result, indent=2))
+    print("the highest RSS at each place:")
     for site, rss in sites.items():
         print(f"{rss:7,.0f} MB  {site}")
+    print("where the time went (sampled):")
+    for site, seconds in slowest.items():
+        print(f"{seconds:7.2f} s   {site}")
 
 
 if __name__ == "__main__":

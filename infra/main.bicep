@@ -201,7 +201,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'WEBHOOK_RETRY_SECONDS', value: '30' }
         { name: 'WEBHOOK_RETRY_HOURS', value: '24' }
         // DuckDB gets 40% of an instance's memory and spills the rest to local disk: at 10M people a batch's
-        // process holds up to about 0.9 GB outside DuckDB (README, Benchmarks, 10M people).
+        // process peaks at about 1 GB with 600MB (README, Benchmarks, 10M people).
         { name: 'DUCKDB_MEMORY_LIMIT', value: '${instanceMemoryMB * 4 / 10}MB' }
         { name: 'DUCKDB_THREADS', value: '2' }
       ]

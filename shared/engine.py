@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
+import os
 import tempfile
 
 import duckdb
@@ -10,6 +14,37 @@ from shared.settings import Settings
 from shared.sql import quote_literal
 
 _SESSION = "SET TimeZone = 'UTC'"  # per connection; the other settings are the database's
+log = logging.getLogger(__name__)
+
+# glibc serves a large allocation (128 KiB and up) with a mapping of its own, until one is freed: then it raises that
+# threshold to the freed size (up to 32 MiB) and serves later ones from its heaps, which keep what is freed. A batch's
+# buffers of 16-32 MiB (DuckDB's, Arrow's, the SDKs') thus stayed resident beside the next statement's: at 10M
+# people a 2M-event batch peaked at 1,447-1,526 MB in six runs (600MB limit) and held 800 MB with its connection
+# closed. With the threshold fixed, those go back when freed: 964-1,005 MB (`python -m bench.memory`). Fixed at 16
+# MiB: the same peak as at 128 KiB, 512 KiB or 4 MiB, with the fewest mappings (at 128 KiB, every allocation past
+# it is a mapping of its own). Set once, at import, before any connection; MALLOC_MMAP_THRESHOLD_ in the
+# environment overrides it.
+_MMAP_THRESHOLD = 16 * 2**20
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
+
+
+def _fix_mmap_threshold() -> bool:
+    """Fix glibc's mmap threshold (see above); False where the environment sets it, or the C library is not
+    glibc (macOS, musl)."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:  # glibc read it at start-up: the operator's choice stands
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        log.debug("no mallopt in the C library (%s): freed memory is given back as the allocator chooses", name)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+
+
+MMAP_THRESHOLD_FIXED = _fix_mmap_threshold()
 
 
 def connect(settings: Settings, *, spill_dir: str | None = None) -> duckdb.DuckDBPyConnection:

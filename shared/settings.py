@@ -238,8 +238,8 @@ class Settings(BaseSettings):
     )
     duckdb_memory_limit: str = Field(
         "600MB",
-        description="DuckDB's memory limit; it spills past it. A batch's process holds up to about 0.9 GB more "
-        "(Python, Arrow, the SDKs), so the default fits the Consumption plan's 1.5 GB at 10M people.",
+        description="DuckDB's memory limit; it spills past it. At 10M people a batch's process peaks at about "
+        "1 GB with the default, within the Consumption plan's 1.5 GB.",
     )
     duckdb_threads: int = Field(
         2,

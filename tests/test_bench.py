@@ -63,7 +63,7 @@ def test_from_10m_people_the_world_has_fewer_events_a_person_and_more_shards(mon
     assert run.ingest_rows(10_000_000) == 1_000_000 and run.ingest_rows(100_000) == 100_000
 
 
-def test_the_memory_sampler_charges_rss_to_the_product_code_that_is_running():
+def test_the_memory_sampler_charges_rss_and_time_to_the_product_code_that_is_running():
     import duckdb
 
     from bench.memory import Sampler
@@ -78,3 +78,5 @@ def test_the_memory_sampler_charges_rss_to_the_product_code_that_is_running():
             if sites():
                 break
     assert sites() and sampler.sites[sites()[0]] > 0
+    slowest = dict(sampler.slowest())
+    assert slowest[sites()[0]] >= sampler.every  # each sample there counts one interval of its time

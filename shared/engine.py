@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import tempfile
@@ -33,13 +32,10 @@ def _fix_mmap_threshold() -> bool:
     glibc (macOS, musl)."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:  # glibc read it at start-up: the operator's choice stands
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
-        log.debug("no mallopt in the C library (%s): freed memory is given back as the allocator chooses", name)
+    try:  # the process's own symbols, which hold the C library's (no search for it on disk)
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        log.debug("no mallopt in this process's C library: freed memory is given back as the allocator chooses")
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
 

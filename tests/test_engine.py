@@ -1,4 +1,4 @@
-"""The process the product runs in gives freed DuckDB blocks back to the system (shared.engine)."""
+"""The process the product runs in gives its large freed buffers back to the system (shared.engine)."""
 
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ def _mapped(mode: str, **malloc: str) -> int:
 
 
 @pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc 2.33 or later only (mallinfo2)")
-def test_a_freed_block_is_given_back_to_the_system_once_the_product_is_imported():
-    # Without the product, glibc raises its mmap threshold when the first block is freed, and keeps the next
+def test_a_large_freed_buffer_is_given_back_to_the_system_once_the_product_is_imported():
+    # Without the product, glibc raises its mmap threshold when the first buffer is freed, and keeps the next
     # ones in its heaps (at 10M people a batch peaked 450-550 MB higher that way).
     assert _mapped("plain") == 0
     assert _mapped("product") == 1

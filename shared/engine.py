@@ -27,20 +27,20 @@ _MMAP_THRESHOLD = 16 * 2**20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
 
 
-def _fix_mmap_threshold() -> bool:
-    """Fix glibc's mmap threshold (see above); False where the environment sets it, or the C library is not
-    glibc (macOS, musl)."""
+def _fix_mmap_threshold() -> None:
+    """Fix glibc's mmap threshold (see above), unless the environment sets it or the C library is not glibc
+    (macOS, musl)."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:  # glibc read it at start-up: the operator's choice stands
-        return False
+        return
     try:  # the process's own symbols, which hold the C library's (no search for it on disk)
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):
         log.debug("no mallopt in this process's C library: freed memory is given back as the allocator chooses")
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
 
 
-MMAP_THRESHOLD_FIXED = _fix_mmap_threshold()
+_fix_mmap_threshold()
 
 
 def connect(settings: Settings, *, spill_dir: str | None = None) -> duckdb.DuckDBPyConnection:

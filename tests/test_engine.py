@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # In a fresh interpreter: a 24 MiB buffer is allocated and freed, then another; prints 1 when the second one is a
 # mapping of its own (given back to the system when freed), 0 when glibc served it from a heap it keeps.
 _PROBE = """
-import ctypes, ctypes.util, sys
+import ctypes, sys
 if sys.argv[1] == "product":
     import shared.engine  # noqa: F401
 
@@ -24,7 +23,7 @@ class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
-libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc = ctypes.CDLL(None)  # the process's own symbols, as shared.engine reads them
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -37,10 +36,9 @@ print(libc.mallinfo2().hblks - before)
 
 
 def _glibc_with_mallinfo2() -> bool:
-    name = ctypes.util.find_library("c")
     try:
-        return bool(name) and hasattr(ctypes.CDLL(name), "mallinfo2")
-    except OSError:
+        return hasattr(ctypes.CDLL(None), "mallinfo2")
+    except (OSError, TypeError):
         return False
 
 

@@ -241,10 +241,20 @@ def test_a_file_that_does_not_match_its_manifest_is_refused(settings, account, c
     [alert] = body(call(alerts, "GET", "alerts?type=audienceLoad.failed"))
     assert alert["jobId"] == load.id and "its manifest says" in alert["message"]
 
-    blobs.put(name, data[:-1] + b"X", metadata={"manifest": job.links["manifest"].split("/", 1)[1]})
-    fire_blob_trigger(campaign_audience_load, blobs, name)
-    [changed] = [j for j in recipients.tables.jobs.list(JobType.AUDIENCE_LOAD) if j.id != load.id]
-    assert "SHA-256" in changed.errors[0].message and recipients.tables.lists.find("gold") is None
+    loads = {load.id}
+
+    def refused(replaced: bytes) -> str:
+        blobs.put(name, replaced, metadata={"manifest": job.links["manifest"].split("/", 1)[1]})
+        fire_blob_trigger(campaign_audience_load, blobs, name)
+        [new] = [j for j in recipients.tables.jobs.list(JobType.AUDIENCE_LOAD) if j.id not in loads]
+        loads.add(new.id)
+        assert new.status is JobStatus.FAILED and recipients.tables.lists.find("gold") is None
+        return new.errors[0].message
+
+    assert f"has {len(data) + 5} bytes but its manifest says {len(data)}" in refused(data + b"extra")
+    assert "SHA-256" in refused(data[:-1] + b"X")
+    # The checksum is decided before what reading found: a header that cannot be read is refused as changed.
+    assert "SHA-256" in refused(b"nonsense" + data[len(b"nonsense") :])
 
 
 @pytest.fixture(params=["delta", "rewrite"])

@@ -8,7 +8,7 @@ import csv
 import gzip
 import hashlib
 import io
-from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -16,8 +16,9 @@ import duckdb
 from shared.activation.destinations import CsvOptions
 from shared.activation.manifest import ExportManifest, ManifestFile
 from shared.engine import scalar
-from shared.errors import ValidationError
+from shared.errors import Conflict, NotFound, ValidationError
 from shared.sql import parquet, quote_ident, quote_literal
+from shared.storage import BlobStore, TooLarge
 from shared.timing import Laps
 
 _DELIMITERS = ",;|\t"
@@ -25,7 +26,8 @@ _DELIMITERS = ",;|\t"
 
 def receive_export(
     con: duckdb.DuckDBPyConnection,
-    blocks: Iterable[bytes],
+    dlz: BlobStore,
+    etag: str,
     path: Path,
     manifest: ExportManifest,
     entry: ManifestFile,
@@ -33,28 +35,36 @@ def receive_export(
     allowed: set[str],
     phases: Laps,
 ) -> None:
-    """Write the downloaded `blocks` of an export file to `path`, hashing them as they arrive, check the file
-    against its manifest (size and SHA-256), then fill `incoming` from it (`read_export`). Its phases:
-    `receive` (the download and the checksum) and `read`."""
-    digest, size = hashlib.sha256(), 0
-    with open(path, "wb") as fh:
-        for block in blocks:
-            fh.write(block)
-            digest.update(block)
-            size += len(block)
+    """Download the version `etag` of an export file to `path` and check it against its manifest, its size
+    first, then its SHA-256 while DuckDB fills `incoming` from it (`read_export`). The checksum is decided
+    before what reading found: a file that is not what its manifest says is refused for that, whatever else
+    is wrong with it. Its phases: `receive` (the download) and `read` (reading and hashing side by side)."""
     name = entry.name
+    try:
+        size = dlz.download_version(name, etag, path, max_bytes=entry.bytes)
+    except TooLarge as exc:  # nothing of it is read
+        size = exc.size
+    except (NotFound, Conflict) as exc:
+        raise ValidationError(
+            f"{name}: listed in its manifest but not in the DLZ as version {etag} (deleted or replaced since)"
+        ) from exc
     if size != entry.bytes:
         raise ValidationError(
             f"{name}: the file has {size} bytes but its manifest says {entry.bytes}; "
             "it was truncated or replaced, so it is not loaded"
         )
-    if digest.hexdigest() != entry.sha256:
-        raise ValidationError(
-            f"{name}: its SHA-256 is {digest.hexdigest()} but its manifest says {entry.sha256}; "
-            "it was changed after export, so it is not loaded"
-        )
     phases.lap("receive")
-    read_export(con, path, manifest, entry, allowed=allowed)
+    with ThreadPoolExecutor(max_workers=1) as pool, open(path, "rb") as fh:
+        digest = pool.submit(hashlib.file_digest, fh, "sha256")  # hashlib lets go of the GIL: a core of its own
+        try:
+            read_export(con, path, manifest, entry, allowed=allowed)
+        finally:
+            found = digest.result().hexdigest()
+            if found != entry.sha256:
+                raise ValidationError(
+                    f"{name}: its SHA-256 is {found} but its manifest says {entry.sha256}; "
+                    "it was changed after export, so it is not loaded"
+                )
     phases.lap("read")
 
 

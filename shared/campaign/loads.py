@@ -155,9 +155,11 @@ class AudienceLoads:
             log.info("%s (ETag %s) is already %s", name, etag, claim.job.status.value)
             return claim.job
         job = claim.job
-        return self.tables.jobs.run(job, now, lambda: (self._load(job, manifest, entry, now), {}))
+        return self.tables.jobs.run(job, now, lambda: (self._load(job, etag, manifest, entry, now), {}))
 
-    def _load(self, job: Job, manifest: ExportManifest, entry: ManifestFile, now: dt.datetime) -> dict[str, Any]:
+    def _load(
+        self, job: Job, etag: str, manifest: ExportManifest, entry: ManifestFile, now: dt.datetime
+    ) -> dict[str, Any]:
         name = entry.name
         mapping = self.tables.targets.get(manifest.target_mapping)
         phases = Laps()
@@ -165,11 +167,7 @@ class AudienceLoads:
             # The snapshots the load will read are fetched while the file downloads and is checked.
             prefetch = pool.submit(self._prefetch, None if manifest.sync_type is SyncType.PROFILE else entry.segment_id)
             allowed = set(mapping.columns) | {manifest.status_column or ""}
-            try:
-                blocks = self.tables.dlz.blocks(name)
-                receive_export(con, blocks, work / "file", manifest, entry, allowed=allowed, phases=phases)
-            except NotFound as exc:
-                raise ValidationError(f"{name}: listed in its manifest but not in the DLZ (deleted?)") from exc
+            receive_export(con, self.tables.dlz, etag, work / "file", manifest, entry, allowed=allowed, phases=phases)
             prefetch.result()
             phases.lap("prefetch")
 

@@ -28,6 +28,7 @@ from functions.segmentation import (
 )
 from shared.engine import connect
 from shared.identity import ProfileStore
+from shared.identity.store import shard_of
 from shared.jobs import Job, JobStatus
 from shared.segmentation.definitions import SegmentDefinition, SegmentStore
 from shared.segmentation.memberships import LocalSnapshot, MembershipStore, write_shard
@@ -402,6 +403,37 @@ def test_a_preview_over_a_large_store_samples_shards_and_says_so_with_its_confid
         call(segment_preview, "POST", "segments-preview", body={"expression": {"value": 'loyalty.tier = "gold"'}})
     )
     assert (exact["size"], exact["sampled"]) == (100, False) and "confidence" not in exact
+
+
+def test_a_preview_over_every_shard_adds_up_each_shards_counts_and_samples(
+    settings, account, landing_zone, monkeypatch
+):
+    """A preview evaluates one shard after another (one shard in memory at any size): its size, who would enter
+    and exit, and its samples (the lowest profile ids of all shards) are those of the whole store."""
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("PROFILE_SHARDS", "4")
+    get_settings.cache_clear()
+    create_dataset(settings, "crm")
+    tiers = ["gold", "silver", "bronze"]
+    people = [profile(f"c{i:03d}", loyalty={"tier": tiers[i % 3]}) for i in range(120)]
+    landing_zone.ingest_at("crm/1.ndjson", ndjson(*people), now=NOW)
+    put_segment("gold", 'loyalty.tier = "gold"')
+    put_segment("silver", 'loyalty.tier = "silver"')
+    SegmentJobRunner.from_settings(get_settings()).run(now=NOW)
+    gold, silver = members(settings, account, "gold"), members(settings, account, "silver")
+    assert len({shard_of(p, 4) for p in gold}) == 4  # the preview has every shard to add up
+    preview = body(
+        call(
+            segment_preview,
+            "POST",
+            "segments-preview",
+            body={"expression": {"value": 'loyalty.tier = "gold"'}, "segmentId": "silver"},
+        )
+    )
+    assert (preview["size"], preview["sampled"], preview["totalProfiles"]) == (40, False, 120)
+    assert (preview["entering"], preview["exiting"]) == (40, 40)  # gold enters, silver exits
+    assert [s["profileId"] for s in preview["samples"]] == sorted(gold)[:5] and not set(gold) & set(silver)
 
 
 def test_explain_shows_each_condition_with_its_values_and_events(settings, crm):

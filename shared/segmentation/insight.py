@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
-from shared.engine import connect
+from shared.engine import connect, scalar
 from shared.errors import NotFound
-from shared.identity.store import StoreVersion, shard_of, shard_sql
+from shared.identity.store import shard_of, shard_sql
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
+from shared.segmentation.memberships import LocalSnapshot
 from shared.segmentation.pql import ast, parse
 from shared.segmentation.pql.compiler import Compiler, Scope
 from shared.segmentation.runner import SegmentJobRunner
@@ -33,32 +35,53 @@ class SegmentInsight:
         """The size an expression has now, who would enter and exit the segment it would replace, and a few
         members. Over a store of more than PREVIEW_SAMPLE_PROFILES people only enough shards for that many are
         read (each is a random sample, by the hash of the person key): the counts are scaled up, and the
-        answer says it sampled and gives the size's 95% confidence interval."""
+        answer says it sampled and gives the size's 95% confidence interval. Shards are evaluated one after
+        another, as a job's are, so that a preview holds one shard in memory whatever the store's size."""
         tree = parse(pql)
         version = self.runner.store.version(now)
-        shards = self._sample(version.people, len(version.shards))
+        sampled = self._sample(version.people, len(version.shards))
+        hits = read = entering = exiting = 0
+        found: list[tuple[str, Any]] = []
         with tempfile.TemporaryDirectory(prefix="preview-") as tmp:
-            con, profiles = self._profiles(tmp, now, shards=shards, version=version)
-            compiled = evaluate(
-                con,
-                profiles,
-                {PREVIEW: tree},
-                fields=fields_of(profiles, self.runner.segments.event_schemas()),
-                definitions=self.runner.segments.trees(),
-            )
-            column = compiled.columns[PREVIEW]
-            hits = con.execute(f"SELECT count(*) FROM {RESULTS} WHERE {column}").fetchall()[0][0]
-            read = profiles.stats["profiles"]
-            result = _estimate(hits, read, version.people if shards is not None else read) | {"evaluatedAt": now}
+            current = self._current(segment_id, Path(tmp), sampled)
+            con, cache = connect(self.runner.settings, spill_dir=tmp), {}
+            try:
+                for shard in range(len(version.shards)) if sampled is None else sampled:
+                    workdir = Path(tmp) / f"store-{shard}"
+                    profiles = self.runner.store.open(
+                        con,
+                        now=now,
+                        workdir=workdir,
+                        shards=[shard],
+                        version=version,
+                        policy=self.runner.policies.default(),
+                    )
+                    compiled = evaluate(
+                        con,
+                        profiles,
+                        {PREVIEW: tree},
+                        fields=fields_of(profiles, self.runner.segments.event_schemas()),
+                        definitions=self.runner.segments.trees(),
+                        cache=cache,
+                    )
+                    column = compiled.columns[PREVIEW]
+                    hits += scalar(con, f"SELECT count(*) FROM {RESULTS} WHERE {column}")
+                    read += profiles.stats["profiles"]
+                    if current is not None:
+                        shard_entering, shard_exiting = _changes(con, column, current, shard, len(version.shards))
+                        entering, exiting = entering + shard_entering, exiting + shard_exiting
+                    found += con.execute(
+                        f"""SELECT p.profileId, p.identities FROM {profiles.profiles} p JOIN {RESULTS} r USING (profileId)
+                            WHERE r.{column} ORDER BY p.profileId LIMIT {int(samples)}"""
+                    ).fetchall()
+                    shutil.rmtree(workdir, ignore_errors=True)
+            finally:
+                con.close()
+        result = _estimate(hits, read, version.people if sampled is not None else read) | {"evaluatedAt": now}
+        if current is not None:
             scale = result["totalProfiles"] / read if read else 1.0
-            if segment_id:
-                result |= self._changes(con, column, segment_id, Path(tmp), shards, len(version.shards), scale)
-            rows = con.execute(
-                f"""SELECT p.profileId, p.identities FROM {profiles.profiles} p JOIN {RESULTS} r USING (profileId)
-                    WHERE r.{column} ORDER BY p.profileId LIMIT {int(samples)}"""
-            ).fetchall()
-            result["samples"] = [{"profileId": pid, "identities": ids} for pid, ids in rows]
-            con.close()
+            result |= {"entering": round(entering * scale), "exiting": round(exiting * scale)}
+        result["samples"] = [{"profileId": pid, "identities": ids} for pid, ids in sorted(found)[: int(samples)]]
         return result
 
     def _sample(self, people: int, shards: int) -> list[int] | None:
@@ -68,26 +91,17 @@ class SegmentInsight:
             return None
         return list(range(min(shards, math.ceil(shards * limit / people))))
 
-    def _changes(self, con, column: str, segment_id: str, tmp: Path, shards, count: int, scale: float) -> dict:
-        """Who would enter and exit the segment's current membership (within the sampled shards, scaled)."""
-        current = self.runner.memberships.download_all_current([segment_id], tmp / "members", shards=shards)[segment_id]
-        if current is None:
-            return {}
-        sampled = f" AND {shard_sql('profileId', count)} IN ({', '.join(map(str, shards))})" if shards else ""
-        active = f"(SELECT profileId FROM {current.source} WHERE status <> 'exited'{sampled})"
-        entering = con.execute(
-            f"SELECT count(*) FROM {RESULTS} WHERE {column} AND profileId NOT IN {active}"
-        ).fetchall()[0][0]
-        exiting = con.execute(
-            f"SELECT count(*) FROM {active} m WHERE m.profileId NOT IN (SELECT profileId FROM {RESULTS} WHERE {column})"
-        ).fetchall()[0][0]
-        return {"entering": round(entering * scale), "exiting": round(exiting * scale)}
+    def _current(self, segment_id: str | None, tmp: Path, shards: list[int] | None) -> LocalSnapshot | None:
+        """The current membership of the segment a preview would replace (of the sampled shards), if it has one."""
+        if not segment_id:
+            return None
+        return self.runner.memberships.download_all_current([segment_id], tmp / "members", shards=shards)[segment_id]
 
     def explain(self, segment_id: str, profile_id: str, *, now: dt.datetime) -> dict[str, Any]:
         definition = self.runner.segments.get(segment_id)
         text, tree = definition.expression.value, definition.tree()
         with tempfile.TemporaryDirectory(prefix="explain-") as tmp:
-            con, profiles = self._profiles(tmp, now, shard_of_profile=profile_id)
+            con, profiles = self._profile_shard(tmp, now, profile_id)
             con.execute(
                 f"CREATE TEMP TABLE one_profile AS SELECT * FROM {profiles.profiles} WHERE profileId = $pid",
                 {"pid": profile_id},
@@ -128,32 +142,33 @@ class SegmentInsight:
             "conditions": conditions,
         }
 
-    def _profiles(
-        self,
-        tmp: str,
-        now: dt.datetime,
-        *,
-        shard_of_profile: str | None = None,
-        shards: list[int] | None = None,
-        version: StoreVersion | None = None,
-    ):
-        """The store as of `now`: the given shards, or only the one a profile id falls in, or all of them."""
+    def _profile_shard(self, tmp: str, now: dt.datetime, profile_id: str):
+        """The store as of `now`: only the shard a profile id falls in."""
         store = self.runner.store
-        version = version or store.version(now)
-        if shard_of_profile is not None:
-            if not re.fullmatch(r"p[0-9a-f]{8,}", shard_of_profile):
-                raise NotFound(f"no profile {shard_of_profile!r}: profile ids look like p3f2a…")
-            shards = [shard_of(shard_of_profile, len(version.shards))]
+        version = store.version(now)
+        if not re.fullmatch(r"p[0-9a-f]{8,}", profile_id):
+            raise NotFound(f"no profile {profile_id!r}: profile ids look like p3f2a…")
         con = connect(self.runner.settings, spill_dir=tmp)
         profiles = store.open(
             con,
             now=now,
             workdir=Path(tmp) / "store",
-            shards=shards,
+            shards=[shard_of(profile_id, len(version.shards))],
             version=version,
             policy=self.runner.policies.default(),
         )
         return con, profiles
+
+
+def _changes(con, column: str, current: LocalSnapshot, shard: int, shards: int) -> tuple[int, int]:
+    """Who in one shard would enter and exit the current membership (`current`, the sampled shards' parts)."""
+    active = f"(SELECT profileId FROM {current.source} WHERE status <> 'exited' AND {shard_sql('profileId', shards)} = {shard})"
+    entering = scalar(con, f"SELECT count(*) FROM {RESULTS} WHERE {column} AND profileId NOT IN {active}")
+    exiting = scalar(
+        con,
+        f"SELECT count(*) FROM {active} m WHERE m.profileId NOT IN (SELECT profileId FROM {RESULTS} WHERE {column})",
+    )
+    return entering, exiting
 
 
 def _estimate(hits: int, read: int, total: int, z: float = 1.96) -> dict[str, Any]:

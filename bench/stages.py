@@ -63,6 +63,5 @@ def copy_profiles(store, version, into: Path, work: Path) -> None:
     """Every merged profile of a store version as one local Parquet file in `into` (its compacted profiles
     with the profile updates over them, as the product reads them), for a floor to read."""
     into.mkdir(parents=True, exist_ok=True)
-    duckdb.execute(
-        f"COPY {store.profiles_sql(version, work)} TO {quote_literal(str(into / 'all.parquet'))} (FORMAT parquet)"
-    )
+    shards = " UNION ALL BY NAME ".join(f"SELECT * FROM {p}" for p in store.profiles_by_shard(version, work))
+    duckdb.execute(f"COPY ({shards}) TO {quote_literal(str(into / 'all.parquet'))} (FORMAT parquet)")

@@ -488,9 +488,12 @@ def test_export_files_from_partitioned_writes_whole_even_when_a_partition_comes_
             f"COPY ({rows or 'SELECT NULL::VARCHAR AS profileId, NULL AS status, NULL::TIMESTAMPTZ AS lastQualificationTime, NULL::TIMESTAMPTZ AS exitedAt WHERE false'}) "
             f"TO '{tmp_path / sid}.parquet' (FORMAT parquet)"
         )
-    profiles = """(SELECT profileId, [{'namespace': 'Email', 'id': email}] AS identities,
-        {'name': {'firstName': 'F'}} AS person, {'tier': 'gold'} AS loyalty
-        FROM (VALUES ('p1', 'a@x.com'), ('p2', 'b@x.com')) AS t(profileId, email))"""
+    profiles = [  # two shards, read one at a time
+        f"""(SELECT profileId, [{{'namespace': 'Email', 'id': email}}] AS identities,
+        {{'name': {{'firstName': 'F'}}}} AS person, {{'tier': 'gold'}} AS loyalty
+        FROM (VALUES ('{pid}', '{email}')) AS t(profileId, email))"""
+        for pid, email in (("p1", "a@x.com"), ("p2", "b@x.com"))
+    ]
     d = Destination.model_validate({**destination(segments=["gold", "empty"]), "id": "gold-email", "format": "csv"})
     con = connect(settings)
     install_transforms(con, country_code="1")

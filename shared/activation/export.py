@@ -157,18 +157,22 @@ class PersonRows(ExportRows):
 
     GROUPS = 4
 
-    def __init__(self, con, d, members, split_rows, profiles: str) -> None:
+    def __init__(self, con, d, members, split_rows, profiles: list[str]) -> None:
         super().__init__(con, d, members, split_rows)
         raw, exported = _identity_sql(d)
         ident = quote_ident(d.identity.target)
         attrs = _attributes(d)
         mandatory = [c for c in d.mandatory if c not in _status_columns(d)]  # a member always has a status
         reason = _reason_sql(ident, mandatory, [])
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE export_people AS
-            WITH p AS (SELECT p.profileId, {raw} AS _raw{attrs} FROM {profiles} p),
+        _by_shard(
+            con,
+            "export_people",
+            profiles,
+            lambda shard: (
+                f"""WITH p AS (SELECT p.profileId, {raw} AS _raw{attrs} FROM {shard} p),
             t AS (SELECT *, {exported} AS {ident} FROM p)
             SELECT * EXCLUDE (_raw), {reason} AS _reason FROM t"""
+            ),
         )
         # A member whose person the store does not have has no identity either.
         self._count(
@@ -220,7 +224,7 @@ class MemberRows(ExportRows):
     """With a deduplication key, members of one segment compete for a key, so every member's row is built
     (`export_rows`, with its reason and its part) before any file is written from it."""
 
-    def __init__(self, con, d, members, split_rows, profiles: str) -> None:
+    def __init__(self, con, d, members, split_rows, profiles: list[str]) -> None:
         super().__init__(con, d, members, split_rows)
         raw, exported = _identity_sql(d)
         ident = quote_ident(d.identity.target)
@@ -230,11 +234,18 @@ class MemberRows(ExportRows):
         # Among rows still exported, the most recently qualified member keeps the key.
         rank = f"row_number() OVER (PARTITION BY seg, _reason IS NULL, {keys} ORDER BY qualifiedAt DESC, profileId)"
         dedup = f"CASE WHEN _reason IS NULL AND {rank} > 1 THEN 'duplicateDedupKey' ELSE _reason END"
+        _by_shard(
+            con,
+            "export_people",
+            profiles,
+            lambda shard: (
+                f"""WITH p AS (SELECT p.profileId, {raw} AS _raw{_attributes(d)} FROM {shard} p)
+            SELECT *, {exported} AS {ident} FROM p"""
+            ),
+        )
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE export_rows AS
-            WITH p AS (
-                SELECT p.profileId, {raw} AS _raw{_attributes(d)} FROM {profiles} p
-            ), t AS (SELECT *, {exported} AS {ident} FROM p),
+            WITH t AS (SELECT * FROM export_people),
             j AS (
                 SELECT m.seg, m.profileId, m.qualifiedAt{status}, t.* EXCLUDE (profileId)
                 FROM ({_union(members)}) m LEFT JOIN t USING (profileId)
@@ -269,12 +280,20 @@ class MemberRows(ExportRows):
 
 
 def build_rows(
-    con: duckdb.DuckDBPyConnection, d: Destination, members: list[Members], profiles: str, *, split_rows: int
+    con: duckdb.DuckDBPyConnection, d: Destination, members: list[Members], profiles: list[str], *, split_rows: int
 ) -> ExportRows:
     """Every member of every segment with its exported columns and, when it is excluded, why; with
-    attributes from `profiles` (a relation of merged profiles). Counted now, written by `.write`."""
+    attributes from `profiles` (relations of merged profiles, one a shard). Counted now, written by `.write`."""
     kind = MemberRows if d.dedup_key else PersonRows
     return kind(con, d, members, split_rows, profiles)
+
+
+def _by_shard(con: duckdb.DuckDBPyConnection, table: str, profiles: list[str], select: Callable[[str], str]) -> None:
+    """The temp table `table` of what `select` makes of each relation of `profiles`, a statement each: one
+    shard's files are read at a time (at 10M people, one statement over all 32 ran out of 600MB)."""
+    for i, shard in enumerate(profiles):
+        sql = select(shard)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}" if i == 0 else f"INSERT INTO {table} {sql}")
 
 
 def _union(members: list[Members], indexes: list[int] | None = None) -> str:

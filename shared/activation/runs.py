@@ -263,7 +263,7 @@ class ExportRuns:
             if state is not None and self.memberships.blobs.exists(state.files()[0].path):
                 wanted[f"{sid}.previous"] = state.files()
         local = self.memberships.download(wanted, work / "members")
-        profiles_sql = self.profiles.profiles_sql(self.profiles.by_id(plan.profiles.store_version), work / "profiles")
+        profiles = self.profiles.profiles_by_shard(self.profiles.by_id(plan.profiles.store_version), work / "profiles")
         members = [Members(sid, local[sid], local.get(f"{sid}.previous"), plan.incremental) for sid in plan.pointers]
         phases.lap("download")
         if not members:
@@ -277,7 +277,7 @@ class ExportRuns:
 
             try:
                 install_transforms(con, country_code=self.settings.export_phone_country_code)
-                rows = build_rows(con, d, members, profiles_sql, split_rows=self.settings.export_split_rows)
+                rows = build_rows(con, d, members, profiles, split_rows=self.settings.export_split_rows)
                 counts = rows.counts
                 phases.lap("rows")
                 rows.write(work / "files", on_file=upload)

@@ -5,6 +5,7 @@ went.
 
     python -m bench.memory --people 10000000 last       # the world's last event file (2M events at 10M)
     python -m bench.memory --people 10000000 loyalty    # the sample's loyalty CSV of that size (5M rows at 10M)
+    python -m bench.memory --people 10000000 export     # an export's people: every merged profile, a shard at a time
     python -m bench.memory --world .bench/worlds/<dir> last   # a world kept from older code (its key moved on)
 
 DUCKDB_MEMORY_LIMIT and INGESTION_CHUNK_BYTES are read from the environment, as the product reads them."""
@@ -20,12 +21,21 @@ import threading
 import time
 from pathlib import Path
 
+import duckdb
+
+from bench.export import DESTINATION
 from bench.segments import forget_cache
 from bench.stages import peak_rss_mb, reset_peak_rss, use_azurite
 from bench.world import INGESTED, ROOT, World, use_shape, world
 from dev.sample import write_sample
+from shared.activation import Destination
+from shared.activation.export import Members, build_rows, install_transforms
+from shared.engine import connect
+from shared.identity import ProfileStore
 from shared.ingestion import BatchIngestion
+from shared.segmentation.memberships import LocalSnapshot
 from shared.settings import get_settings
+from shared.sql import quote_literal
 from shared.storage import StorageAccount
 from shared.timing import Every, rss_mb
 
@@ -77,8 +87,49 @@ def _file(built: World, which: str, work: Path) -> tuple[str, Path]:
     return "loyalty", sample.loyalty
 
 
+def export_people(built: World, work: Path) -> dict:
+    """What an export of the world's store reads of it: every person's exported values (`build_rows` for
+    `bench.export`'s destination, with one segment of nobody, so that no file is written), from the store's
+    profiles a shard at a time."""
+    settings = get_settings()
+    store = ProfileStore.from_settings(settings, StorageAccount.from_settings(settings))
+    version = store.version(INGESTED + dt.timedelta(seconds=built.info["files"]))
+    nobody = work / "nobody.parquet"
+    duckdb.execute(
+        f"""COPY (SELECT NULL::VARCHAR AS profileId, NULL::VARCHAR AS status, NULL::TIMESTAMPTZ AS lastQualificationTime,
+                   NULL::TIMESTAMPTZ AS exitedAt WHERE false) TO {quote_literal(str(nobody))} (FORMAT parquet)"""
+    )
+    d = Destination.model_validate({**DESTINATION, "segments": ["nobody"]})
+    profiles = store.profiles_by_shard(version, work / "profiles")
+    reset_peak_rss()
+    started = time.perf_counter()
+    con = connect(settings, spill_dir=str(work))
+    try:
+        install_transforms(con, country_code=settings.export_phone_country_code)
+        with Sampler() as sampler:
+            build_rows(con, d, [Members("nobody", LocalSnapshot([(nobody, None)]))], profiles, split_rows=10**9)
+        people = con.execute("SELECT count(*) FROM export_people").fetchall()[0][0]
+    finally:
+        con.close()
+    return {
+        "file": f"the export's people ({people:,} in {len(profiles)} shards)",
+        "status": "SUCCEEDED",
+        "duckdb_memory_limit": settings.duckdb_memory_limit,
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": peak_rss_mb(),
+        "sites": dict(sampler.top()),
+        "slowest": dict(sampler.slowest()),
+    }
+
+
 def measure(built: World, which: str, work: Path) -> dict:
     built.copy_to(work)
+    if which == "export":
+        azurite = use_azurite(location=work / "azurite")
+        try:
+            return export_people(built, work)
+        finally:
+            azurite.stop()
     dataset, file = _file(built, which, work)
     azurite = use_azurite(location=work / "azurite")
     try:
@@ -109,7 +160,7 @@ def measure(built: World, which: str, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Peak RSS of one batch into a copy of a world, and where it is.")
-    parser.add_argument("which", choices=["last", "loyalty"])
+    parser.add_argument("which", choices=["last", "loyalty", "export"])
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--people", type=int, help="the world of this size (built first when missing)")
     group.add_argument("--world", type=Path, help="a world's folder, used as it is")

@@ -434,6 +434,19 @@ def test_a_preview_over_every_shard_adds_up_each_shards_counts_and_samples(
     assert (preview["size"], preview["sampled"], preview["totalProfiles"]) == (40, False, 120)
     assert (preview["entering"], preview["exiting"]) == (40, 40)  # gold enters, silver exits
     assert [s["profileId"] for s in preview["samples"]] == sorted(gold)[:5] and not set(gold) & set(silver)
+    # Rebuilt into two shards, the memberships (in four parts) are read whole and filtered by today's shards.
+    monkeypatch.setenv("PROFILE_SHARDS", "2")
+    get_settings.cache_clear()
+    assert len(ProfileStore.from_settings(get_settings(), account).rebuild(now=NOW).shards) == 2
+    again = body(
+        call(
+            segment_preview,
+            "POST",
+            "segments-preview",
+            body={"expression": {"value": 'loyalty.tier = "gold"'}, "segmentId": "silver"},
+        )
+    )
+    assert (again["size"], again["entering"], again["exiting"]) == (40, 40, 40)
 
 
 def test_explain_shows_each_condition_with_its_values_and_events(settings, crm):

@@ -9,6 +9,7 @@ import math
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,24 @@ from shared.segmentation.runner import SegmentJobRunner
 PREVIEW = "__preview__"
 
 
+@dataclass
+class ShardPreview:
+    """What a preview found in the shards it evaluated: members, people read, who would enter and exit, and
+    the lowest profile ids among the members (with their identities), from each shard."""
+
+    hits: int = 0
+    read: int = 0
+    entering: int = 0
+    exiting: int = 0
+    found: list = field(default_factory=list)
+
+    def __iadd__(self, other: ShardPreview) -> ShardPreview:
+        self.hits, self.read = self.hits + other.hits, self.read + other.read
+        self.entering, self.exiting = self.entering + other.entering, self.exiting + other.exiting
+        self.found += other.found
+        return self
+
+
 class SegmentInsight:
     def __init__(self, runner: SegmentJobRunner) -> None:
         self.runner = runner  # its stores and profile builder, shared rather than built again
@@ -40,49 +59,56 @@ class SegmentInsight:
         tree = parse(pql)
         version = self.runner.store.version(now)
         sampled = self._sample(version.people, len(version.shards))
-        hits = read = entering = exiting = 0
-        found: list[tuple[str, Any]] = []
+        pointer = self.runner.memberships.current_pointers().get(segment_id) if segment_id else None
+        totals = ShardPreview()
         with tempfile.TemporaryDirectory(prefix="preview-") as tmp:
-            current = self._current(segment_id, Path(tmp), sampled)
             con, cache = connect(self.runner.settings, spill_dir=tmp), {}
             try:
                 for shard in range(len(version.shards)) if sampled is None else sampled:
-                    workdir = Path(tmp) / f"store-{shard}"
-                    profiles = self.runner.store.open(
-                        con,
-                        now=now,
-                        workdir=workdir,
-                        shards=[shard],
-                        version=version,
-                        policy=self.runner.policies.default(),
-                    )
-                    compiled = evaluate(
-                        con,
-                        profiles,
-                        {PREVIEW: tree},
-                        fields=fields_of(profiles, self.runner.segments.event_schemas()),
-                        definitions=self.runner.segments.trees(),
-                        cache=cache,
-                    )
-                    column = compiled.columns[PREVIEW]
-                    hits += scalar(con, f"SELECT count(*) FROM {RESULTS} WHERE {column}")
-                    read += profiles.stats["profiles"]
-                    if current is not None:
-                        shard_entering, shard_exiting = _changes(con, column, current, shard, len(version.shards))
-                        entering, exiting = entering + shard_entering, exiting + shard_exiting
-                    found += con.execute(
-                        f"""SELECT p.profileId, p.identities FROM {profiles.profiles} p JOIN {RESULTS} r USING (profileId)
-                            WHERE r.{column} ORDER BY p.profileId LIMIT {int(samples)}"""
-                    ).fetchall()
-                    shutil.rmtree(workdir, ignore_errors=True)
+                    work = Path(tmp) / f"shard-{shard}"
+                    current = None
+                    if pointer is not None:  # only this shard's part, when the snapshot is split by today's shards
+                        split = pointer.split_by(len(version.shards))
+                        files = {"current": pointer.files([shard] if split else None)}
+                        current = self.runner.memberships.download(files, work / "members")["current"]
+                    totals += self._preview_shard(con, cache, tree, now, version, shard, current, work, samples)
+                    shutil.rmtree(work, ignore_errors=True)
             finally:
                 con.close()
-        result = _estimate(hits, read, version.people if sampled is not None else read) | {"evaluatedAt": now}
-        if current is not None:
+        read = totals.read
+        result = _estimate(totals.hits, read, version.people if sampled is not None else read) | {"evaluatedAt": now}
+        if pointer is not None:
             scale = result["totalProfiles"] / read if read else 1.0
-            result |= {"entering": round(entering * scale), "exiting": round(exiting * scale)}
-        result["samples"] = [{"profileId": pid, "identities": ids} for pid, ids in sorted(found)[: int(samples)]]
+            result |= {"entering": round(totals.entering * scale), "exiting": round(totals.exiting * scale)}
+        found = sorted(totals.found)[: int(samples)]
+        result["samples"] = [{"profileId": pid, "identities": ids} for pid, ids in found]
         return result
+
+    def _preview_shard(
+        self, con, cache: dict, tree, now: dt.datetime, version, shard: int, current, work: Path, samples: int
+    ) -> ShardPreview:
+        """The preview's counts in one shard, against `current` (the segment's membership there, if any)."""
+        profiles = self.runner.store.open(
+            con, now=now, workdir=work / "store", shards=[shard], version=version, policy=self.runner.policies.default()
+        )
+        compiled = evaluate(
+            con,
+            profiles,
+            {PREVIEW: tree},
+            fields=fields_of(profiles, self.runner.segments.event_schemas()),
+            definitions=self.runner.segments.trees(),
+            cache=cache,
+        )
+        column = compiled.columns[PREVIEW]
+        entering = exiting = 0
+        if current is not None:
+            entering, exiting = _changes(con, column, current, shard, len(version.shards))
+        found = con.execute(
+            f"""SELECT p.profileId, p.identities FROM {profiles.profiles} p JOIN {RESULTS} r USING (profileId)
+                WHERE r.{column} ORDER BY p.profileId LIMIT {int(samples)}"""
+        ).fetchall()
+        hits = scalar(con, f"SELECT count(*) FROM {RESULTS} WHERE {column}")
+        return ShardPreview(hits, profiles.stats["profiles"], entering, exiting, found)
 
     def _sample(self, people: int, shards: int) -> list[int] | None:
         """The shards a preview reads: all (None) up to PREVIEW_SAMPLE_PROFILES people, else the first few."""
@@ -90,12 +116,6 @@ class SegmentInsight:
         if people <= limit or shards == 1:
             return None
         return list(range(min(shards, math.ceil(shards * limit / people))))
-
-    def _current(self, segment_id: str | None, tmp: Path, shards: list[int] | None) -> LocalSnapshot | None:
-        """The current membership of the segment a preview would replace (of the sampled shards), if it has one."""
-        if not segment_id:
-            return None
-        return self.runner.memberships.download_all_current([segment_id], tmp / "members", shards=shards)[segment_id]
 
     def explain(self, segment_id: str, profile_id: str, *, now: dt.datetime) -> dict[str, Any]:
         definition = self.runner.segments.get(segment_id)

@@ -223,7 +223,8 @@ def test_a_snapshot_may_mix_shard_files_with_parts_written_per_segment_before_th
     mixed = runner.memberships.current("ca")
     assert {p.segment for p in mixed.parts} == {None, "ca"}
     with tempfile.TemporaryDirectory() as tmp, connect(settings) as con:
-        local = runner.memberships.download_all_current(["ca", "ca-gold"], Path(tmp))
+        pointers = runner.memberships.current_pointers()
+        local = runner.memberships.download({sid: pointers[sid].files() for sid in ("ca", "ca-gold")}, Path(tmp))
         read = {
             sid: dict(con.execute(f"SELECT profileId, status FROM {s.source}").fetchall()) for sid, s in local.items()
         }

@@ -103,8 +103,9 @@ class SnapshotFiles(ApiModel):
     shards: int | None = Field(None, description="How many shards the store had when the parts were written.")
 
     def files(self, shards: list[int] | None = None) -> list[MemberFile]:
-        """The snapshot's blobs; with `shards`, only those shards' parts (all files when the snapshot is not
-        split that way)."""
+        """The snapshot's blobs; with `shards`, only the parts of those shard numbers (a snapshot of one file
+        has no parts: that file). Only meaningful when `split_by` today's shards: parts split by another count
+        are other people."""
         if self.parts is None:
             return [MemberFile(self.snapshot, self.etag)]
         return [MemberFile(p.path, p.etag, p.segment) for p in self.parts if shards is None or p.shard in shards]
@@ -190,16 +191,6 @@ class MembershipStore:
             name: LocalSnapshot([(local[f.path, f.etag], f.segment) for f in files])
             for name, files in snapshots.items()
         }
-
-    def download_all_current(
-        self, segment_ids: list[str], into: Path, *, shards: list[int] | None = None
-    ) -> dict[str, LocalSnapshot | None]:
-        """Each segment's current snapshot on local disk (None: it has none yet); with `shards`, only those
-        shards' parts when the snapshot is split by shard."""
-        current = self.current_pointers()
-        found = {sid: current[sid].files(shards) for sid in segment_ids if sid in current}
-        local = self.download(found, into)
-        return {sid: local.get(sid) for sid in segment_ids}
 
     def _fetch(self, path: str, etag: str | None, local: Path) -> Path:
         """A published snapshot file at `local`: this worker's copy of that version, or downloaded (and kept)."""

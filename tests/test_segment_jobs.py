@@ -424,14 +424,8 @@ def test_a_preview_over_every_shard_adds_up_each_shards_counts_and_samples(
     SegmentJobRunner.from_settings(get_settings()).run(now=NOW)
     gold, silver = members(settings, account, "gold"), members(settings, account, "silver")
     assert len({shard_of(p, 4) for p in gold}) == 4  # the preview has every shard to add up
-    preview = body(
-        call(
-            segment_preview,
-            "POST",
-            "segments-preview",
-            body={"expression": {"value": 'loyalty.tier = "gold"'}, "segmentId": "silver"},
-        )
-    )
+    gold_against_silver = {"expression": {"value": 'loyalty.tier = "gold"'}, "segmentId": "silver"}
+    preview = body(call(segment_preview, "POST", "segments-preview", body=gold_against_silver))
     assert (preview["size"], preview["sampled"], preview["totalProfiles"]) == (40, False, 120)
     assert (preview["entering"], preview["exiting"]) == (40, 40)  # gold enters, silver exits
     assert [s["profileId"] for s in preview["samples"]] == sorted(gold)[:5] and not set(gold) & set(silver)
@@ -439,14 +433,7 @@ def test_a_preview_over_every_shard_adds_up_each_shards_counts_and_samples(
     monkeypatch.setenv("PROFILE_SHARDS", "2")
     get_settings.cache_clear()
     assert len(ProfileStore.from_settings(get_settings(), account).rebuild(now=NOW).shards) == 2
-    again = body(
-        call(
-            segment_preview,
-            "POST",
-            "segments-preview",
-            body={"expression": {"value": 'loyalty.tier = "gold"'}, "segmentId": "silver"},
-        )
-    )
+    again = body(call(segment_preview, "POST", "segments-preview", body=gold_against_silver))
     assert (again["size"], again["entering"], again["exiting"]) == (40, 40, 40)
 
 

@@ -408,7 +408,7 @@ class ProfileStore:
     def profiles_by_shard(self, version: StoreVersion, workdir: Path) -> list[str]:
         """Relations (SQL) of the merged profiles of `version`, one per shard that has any (one empty relation
         when none has), their files copied to `workdir`. Read them one at a time: at 10M people one statement
-        over all 32 shards ran out of DUCKDB_MEMORY_LIMIT=600MB, where one a shard holds 770 MB of RSS."""
+        over all 32 shards ran out of DUCKDB_MEMORY_LIMIT=600MB, where a statement a shard peaks at 774 MB of RSS."""
         fetched = self._fetched([n for s in version.shards for n in s.profile_files()], workdir)  # not the events
         profiles = [p for s in version.shards if (p := profiles_sql_of(s, lambda names: [fetched[n] for n in names]))]
         return [f"({p})" for p in profiles] or [f"({_empty_profiles(version.leaves, version.policy)})"]

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import sqlglot
 from sqlglot import exp
 
 from shared.engine import connect, scalar
 from shared.errors import NotFound
-from shared.identity.store import shard_of, shard_sql
+from shared.identity.store import StoreVersion, shard_of, shard_sql
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
 from shared.segmentation.memberships import LocalSnapshot
 from shared.segmentation.pql import ast, parse
@@ -37,7 +38,7 @@ class ShardPreview:
     read: int = 0
     entering: int = 0
     exiting: int = 0
-    found: list = field(default_factory=list)
+    found: list[tuple[str, Any]] = field(default_factory=list)
 
     def __iadd__(self, other: ShardPreview) -> ShardPreview:
         self.hits, self.read = self.hits + other.hits, self.read + other.read
@@ -85,7 +86,16 @@ class SegmentInsight:
         return result
 
     def _preview_shard(
-        self, con, cache: dict, tree, now: dt.datetime, version, shard: int, current, work: Path, samples: int
+        self,
+        con: duckdb.DuckDBPyConnection,
+        cache: dict,
+        tree: ast.Expr,
+        now: dt.datetime,
+        version: StoreVersion,
+        shard: int,
+        current: LocalSnapshot | None,
+        work: Path,
+        samples: int,
     ) -> ShardPreview:
         """The preview's counts in one shard, against `current` (the segment's membership there, if any)."""
         profiles = self.runner.store.open(
@@ -181,7 +191,8 @@ class SegmentInsight:
 
 
 def _changes(con, column: str, current: LocalSnapshot, shard: int, shards: int) -> tuple[int, int]:
-    """Who in one shard would enter and exit the current membership (`current`, the sampled shards' parts)."""
+    """Who in one shard would enter and exit the segment's current membership (`current`: the shard's part, or
+    the whole snapshot when it is split by another shard count)."""
     active = f"(SELECT profileId FROM {current.source} WHERE status <> 'exited' AND {shard_sql('profileId', shards)} = {shard})"
     entering = scalar(con, f"SELECT count(*) FROM {RESULTS} WHERE {column} AND profileId NOT IN {active}")
     exiting = scalar(

@@ -90,14 +90,6 @@ class BlobStore:
             self.container.download_blob(name, max_concurrency=_CONCURRENCY).readinto(fh)
         return path
 
-    def blocks(self, name: str) -> Iterator[bytes]:
-        """A blob's bytes, block by block as they download, for work done on each while the rest downloads."""
-        try:
-            downloader = self.container.download_blob(name, max_concurrency=_CONCURRENCY)
-        except ResourceNotFoundError as exc:
-            raise NotFound(f"no blob {name!r} in container {self.name!r}") from exc
-        yield from downloader.chunks()
-
     def download_version(self, name: str, etag: str, path: Path, *, max_bytes: int) -> int:
         """Stream the version `etag` of a blob to `path`, a few blocks in memory at a time; returns its size.
         `NotFound` when the blob is gone, `Conflict` when it was replaced, `TooLarge` past `max_bytes` (checked

@@ -21,8 +21,6 @@ import threading
 import time
 from pathlib import Path
 
-import duckdb
-
 from bench.export import DESTINATION
 from bench.segments import forget_cache
 from bench.stages import peak_rss_mb, reset_peak_rss, use_azurite
@@ -35,7 +33,6 @@ from shared.identity import ProfileStore
 from shared.ingestion import BatchIngestion
 from shared.segmentation.memberships import LocalSnapshot
 from shared.settings import get_settings
-from shared.sql import quote_literal
 from shared.storage import StorageAccount
 from shared.timing import Every, rss_mb
 
@@ -94,11 +91,6 @@ def export_people(built: World, work: Path) -> dict:
     settings = get_settings()
     store = ProfileStore.from_settings(settings, StorageAccount.from_settings(settings))
     version = store.version(INGESTED + dt.timedelta(seconds=built.info["files"]))
-    nobody = work / "nobody.parquet"
-    duckdb.execute(
-        f"""COPY (SELECT NULL::VARCHAR AS profileId, NULL::VARCHAR AS status, NULL::TIMESTAMPTZ AS lastQualificationTime,
-                   NULL::TIMESTAMPTZ AS exitedAt WHERE false) TO {quote_literal(str(nobody))} (FORMAT parquet)"""
-    )
     d = Destination.model_validate({**DESTINATION, "segments": ["nobody"]})
     profiles = store.profiles_by_shard(version, work / "profiles")
     reset_peak_rss()
@@ -107,7 +99,7 @@ def export_people(built: World, work: Path) -> dict:
     try:
         install_transforms(con, country_code=settings.export_phone_country_code)
         with Sampler() as sampler:
-            build_rows(con, d, [Members("nobody", LocalSnapshot([(nobody, None)]))], profiles, split_rows=10**9)
+            build_rows(con, d, [Members("nobody", LocalSnapshot([]))], profiles, split_rows=10**9)
         people = con.execute("SELECT count(*) FROM export_people").fetchall()[0][0]
     finally:
         con.close()
@@ -124,15 +116,11 @@ def export_people(built: World, work: Path) -> dict:
 
 def measure(built: World, which: str, work: Path) -> dict:
     built.copy_to(work)
-    if which == "export":
-        azurite = use_azurite(location=work / "azurite")
-        try:
-            return export_people(built, work)
-        finally:
-            azurite.stop()
-    dataset, file = _file(built, which, work)
     azurite = use_azurite(location=work / "azurite")
     try:
+        if which == "export":
+            return export_people(built, work)
+        dataset, file = _file(built, which, work)
         settings = get_settings()
         ingestion = BatchIngestion.from_settings(settings, StorageAccount.from_settings(settings))
         path = f"{dataset}/memory-{file.name}"

@@ -109,6 +109,19 @@ class ExportRows:
         self.con, self.d, self.members, self.split_rows = con, d, members, split_rows
         self.counts = {m.segment_id: SegmentCounts() for m in members}
 
+    def _people(self, profiles: list[str], select: str) -> None:
+        """`export_people`: `select` over each person's profile id, raw identity (`_raw`), mapped attributes and
+        exported identity, a statement per relation of `profiles` (a shard's), so that one shard's files are
+        read at a time (at 10M people, one statement over all 32 shards ran out of 600MB)."""
+        raw, exported = _identity_sql(self.d)
+        for i, shard in enumerate(profiles):
+            sql = f"""WITH p AS (SELECT p.profileId, {raw} AS _raw{_attributes(self.d)} FROM {shard} p),
+                t AS (SELECT *, {exported} AS {quote_ident(self.d.identity.target)} FROM p)
+                SELECT {select} FROM t"""
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE export_people AS {sql}" if i == 0 else f"INSERT INTO export_people {sql}"
+            )
+
     def _count(self, sql: str) -> None:
         """Fill the counts from `sql`, rows of (segment index, reason or NULL, rows)."""
         for seg, why, n in self.con.execute(sql).fetchall():
@@ -159,21 +172,9 @@ class PersonRows(ExportRows):
 
     def __init__(self, con, d, members, split_rows, profiles: list[str]) -> None:
         super().__init__(con, d, members, split_rows)
-        raw, exported = _identity_sql(d)
-        ident = quote_ident(d.identity.target)
-        attrs = _attributes(d)
         mandatory = [c for c in d.mandatory if c not in _status_columns(d)]  # a member always has a status
-        reason = _reason_sql(ident, mandatory, [])
-        _by_shard(
-            con,
-            "export_people",
-            profiles,
-            lambda shard: (
-                f"""WITH p AS (SELECT p.profileId, {raw} AS _raw{attrs} FROM {shard} p),
-            t AS (SELECT *, {exported} AS {ident} FROM p)
-            SELECT * EXCLUDE (_raw), {reason} AS _reason FROM t"""
-            ),
-        )
+        reason = _reason_sql(quote_ident(d.identity.target), mandatory, [])
+        self._people(profiles, f"* EXCLUDE (_raw), {reason} AS _reason")
         # A member whose person the store does not have has no identity either.
         self._count(
             f"""SELECT m.seg, CASE WHEN e.profileId IS NULL THEN 'missingIdentity' ELSE e._reason END, count(*)
@@ -226,7 +227,6 @@ class MemberRows(ExportRows):
 
     def __init__(self, con, d, members, split_rows, profiles: list[str]) -> None:
         super().__init__(con, d, members, split_rows)
-        raw, exported = _identity_sql(d)
         ident = quote_ident(d.identity.target)
         status = "".join(f", m.status AS {quote_ident(c)}" for c in _status_columns(d))
         reason = _reason_sql(ident, d.mandatory, d.dedup_key)
@@ -234,21 +234,12 @@ class MemberRows(ExportRows):
         # Among rows still exported, the most recently qualified member keeps the key.
         rank = f"row_number() OVER (PARTITION BY seg, _reason IS NULL, {keys} ORDER BY qualifiedAt DESC, profileId)"
         dedup = f"CASE WHEN _reason IS NULL AND {rank} > 1 THEN 'duplicateDedupKey' ELSE _reason END"
-        _by_shard(
-            con,
-            "export_people",
-            profiles,
-            lambda shard: (
-                f"""WITH p AS (SELECT p.profileId, {raw} AS _raw{_attributes(d)} FROM {shard} p)
-            SELECT *, {exported} AS {ident} FROM p"""
-            ),
-        )
+        self._people(profiles, "*")
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE export_rows AS
-            WITH t AS (SELECT * FROM export_people),
-            j AS (
+            WITH j AS (
                 SELECT m.seg, m.profileId, m.qualifiedAt{status}, t.* EXCLUDE (profileId)
-                FROM ({_union(members)}) m LEFT JOIN t USING (profileId)
+                FROM ({_union(members)}) m LEFT JOIN export_people t USING (profileId)
             ),
             r AS (SELECT *, {reason} AS _reason FROM j)
             SELECT * EXCLUDE (_reason), {dedup} AS _reason FROM r"""
@@ -286,14 +277,6 @@ def build_rows(
     attributes from `profiles` (relations of merged profiles, one a shard). Counted now, written by `.write`."""
     kind = MemberRows if d.dedup_key else PersonRows
     return kind(con, d, members, split_rows, profiles)
-
-
-def _by_shard(con: duckdb.DuckDBPyConnection, table: str, profiles: list[str], select: Callable[[str], str]) -> None:
-    """The temp table `table` of what `select` makes of each relation of `profiles`, a statement each: one
-    shard's files are read at a time (at 10M people, one statement over all 32 ran out of 600MB)."""
-    for i, shard in enumerate(profiles):
-        sql = select(shard)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}" if i == 0 else f"INSERT INTO {table} {sql}")
 
 
 def _union(members: list[Members], indexes: list[int] | None = None) -> str:

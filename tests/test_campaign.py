@@ -255,6 +255,12 @@ def test_a_file_that_does_not_match_its_manifest_is_refused(settings, account, c
     assert "SHA-256" in refused(data[:-1] + b"X")
     # The checksum is decided before what reading found: a header that cannot be read is refused as changed.
     assert "SHA-256" in refused(b"nonsense" + data[len(b"nonsense") :])
+    # Deleted before its manifest's trigger loads it: refused, naming it, and nothing else changes.
+    blobs.delete(name)
+    fire_blob_trigger(campaign_audience_load, blobs, job.links["manifest"].split("/", 1)[1])
+    [gone] = [j for j in recipients.tables.jobs.list(JobType.AUDIENCE_LOAD) if j.id not in loads]
+    assert gone.status is JobStatus.FAILED and recipients.tables.lists.find("gold") is None
+    assert f"{name}: listed in its manifest but not in the DLZ" in gone.errors[0].message
 
 
 @pytest.fixture(params=["delta", "rewrite"])

@@ -135,6 +135,24 @@ def test_sums_take_events_stitched_by_any_identity_and_compare_instants(world):
     assert world('xEvent[eventType = "commerce.purchases"].avg(commerce.order.priceTotal) = 55', events) == {"ann"}
 
 
+def test_an_event_filter_counts_a_null_field_as_not_equal_under_not_and_unmatched_under_or(world):
+    """A comparison with a missing field is false inside xEvent[…] too, so `not` of it holds (the filter keeps
+    only what is true: a null that reached a NOT would drop the event)."""
+    events = [
+        purchase("e1", "2026-11-21T09:00:00Z", 10, CRMID="ann"),
+        event("e2", "2026-11-21T09:00:00Z", PURCHASE, CRMID="ann"),  # no price
+        event("e3", "2026-11-21T09:00:00Z", PURCHASE, CRMID="joe"),  # no price
+        event("e4", "2026-11-21T09:00:00Z", "message.open", CRMID="jo"),
+    ]
+    assert world("xEvent[not (commerce.order.priceTotal = 10)].count() >= 1", events) == {"ann", "joe", "jo"}
+    assert world("xEvent[not (commerce.order.priceTotal = 10)].count() = 1", events) == {"ann", "joe", "jo"}
+    either = 'xEvent[commerce.order.priceTotal = 10 or eventType = "message.open"].count() = 1'
+    assert world(either, events) == {"ann", "jo"}
+    both = 'xEvent[not (commerce.order.priceTotal = 10 and eventType = "commerce.purchases")].count() = 2'
+    assert world(both, events) == set()
+    assert world(both.replace("= 2", "= 1"), events) == {"ann", "joe", "jo"}
+
+
 def test_exists_with_an_event_alias(world):
     events = [event("o1", "2026-11-21T09:00:00Z", "message.open", CRMID="jo")]
     assert world('exists E from xEvent where (E.eventType = "message.open")', events) == {"jo"}

@@ -69,7 +69,7 @@ class Lines:
     """A chunk of NDJSON lines as they were read: whole lines, the first numbered `first`. Validation reads them
     typed at once when it can (`validation.typed_lines`), and as `records()` otherwise."""
 
-    data: bytes
+    data: bytes | bytearray
     file_name: str
     first: int
 
@@ -177,23 +177,28 @@ _NEWLINE = pa.scalar(10, pa.uint8())  # a uint8 scalar: an int one made `equal` 
 
 
 def _read_lines(path: Path, file_name: str, chunk_bytes: int) -> Iterator[Lines]:
-    """The file's lines, whole lines of about `chunk_bytes` at a time (a longer line is read whole)."""
+    """The file's lines, whole lines of about `chunk_bytes` at a time (a longer line is read whole). Each chunk is
+    read into a buffer of its own, behind the part line the chunk before left over: only that part is copied
+    (joining and cutting the chunks as bytes copied each twice, 0.3 s of a 289 MB file's 2.5 s)."""
     first, carry = 1, b""
     with open(path, "rb") as fh:
         while True:
-            block = fh.read(chunk_bytes)
-            data = carry + block if carry else block
-            cut = len(data) if not block else data.rfind(b"\n") + 1
-            if not block and not data:
+            data = bytearray(len(carry) + chunk_bytes)
+            data[: len(carry)] = carry
+            read = fh.readinto(memoryview(data)[len(carry) :])
+            end = len(carry) + read
+            cut = end if not read else data.rfind(b"\n", 0, end) + 1
+            if not end:
                 return
             if cut == 0:  # no line ends in this chunk yet: read on
-                carry = data
+                carry = bytes(data[:end])
                 continue
-            lines = Lines(data[:cut] if cut < len(data) else data, file_name, first)
-            carry = data[cut:]
+            carry = bytes(data[cut:end])
+            del data[cut:]  # the last whole line's end: a shrink in place (what follows it was copied above)
+            lines = Lines(data, file_name, first)
             first += lines.rows
             yield lines
-            if not block:
+            if not read:
                 return
 
 

@@ -190,15 +190,17 @@ def _regraph(con: duckdb.DuckDBPyConnection, limit: int) -> None:
         """CREATE OR REPLACE TEMP TABLE replaced_rows AS
         SELECT ns, id, profileId, lastSeen FROM person_rows WHERE profileId IN (SELECT profileId FROM touched_people)"""
     )
+    # An identity is one row of the graph and one node of the batch, and where it is both, its person is the
+    # same (the component's person, which its old one was merged into): a join by identity, not a GROUP BY of
+    # both by identity and person (0.47 s of a 400k-event batch into a 1M-person store).
     con.execute(
         """CREATE OR REPLACE TEMP TABLE candidate_rows AS
-        SELECT ns, id, profileId, max(lastSeen) AS lastSeen FROM (
-            SELECT g.ns, g.id, coalesce(a.profileId, g.profileId) AS profileId, g.lastSeen
-            FROM replaced_rows g LEFT JOIN aliases a ON a.absorbed = g.profileId
-            UNION ALL
-            SELECT n.ns, n.id, c.profileId, n.lastSeen
-            FROM nodes n JOIN labels l USING (node) JOIN component_people c USING (label)
-        ) GROUP BY ns, id, profileId"""
+        SELECT ns, id, coalesce(g.profileId, b.profileId) AS profileId, greatest(g.lastSeen, b.lastSeen) AS lastSeen
+        FROM (SELECT g.ns, g.id, coalesce(a.profileId, g.profileId) AS profileId, g.lastSeen
+              FROM replaced_rows g LEFT JOIN aliases a ON a.absorbed = g.profileId) g
+        FULL OUTER JOIN (SELECT n.ns, n.id, c.profileId, n.lastSeen
+                         FROM nodes n JOIN labels l USING (node) JOIN component_people c USING (label)) b
+        USING (ns, id)"""
     )
     # Only the people over the limit are ranked (a sort of their rows): most people are far below it.
     con.execute(

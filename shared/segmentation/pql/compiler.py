@@ -221,10 +221,7 @@ class Compiler:
             per_person = (
                 exp.select(exp.alias_(event_person.copy(), "profileId", copy=False), *aggregates, copy=False)
                 .from_(exp.to_table(events).as_("e", copy=False), copy=False)
-                .where(
-                    exp.LTE(this=self.dialect.column("e", ("timestamp",)), expression=self.param(self.now)),
-                    copy=False,
-                )
+                .where(self._not_after_now(), copy=False)
                 .group_by(event_person, copy=False)
             )
             on = exp.EQ(this=person.copy(), expression=exp.column("profileId", table="a"))
@@ -425,7 +422,7 @@ class Compiler:
             times = self.aggregate(
                 exp.Filter(
                     this=exp.ArrayAgg(this=self.dialect.column("e", ("timestamp",))),
-                    expression=_where(condition),
+                    expression=exp.Where(this=condition),
                 )
             )
             if previous is not None:
@@ -485,7 +482,7 @@ class Compiler:
             # threshold would then flip between runs.
             sql = exp.cast(sql, exp.DataType.build("DECIMAL(38, 9)"))
         agg = {"sum": exp.Sum, "avg": exp.Avg, "min": exp.Min, "max": exp.Max}[function](this=sql)
-        column = self.aggregate(exp.Filter(this=agg, expression=_where(where)))
+        column = self.aggregate(exp.Filter(this=agg, expression=exp.Where(this=where)))
         return _zero_if_null(column) if function == "sum" else column
 
     def _value_arithmetic(self, node: ast.Arithmetic, scope: Scope) -> V:
@@ -791,10 +788,21 @@ class Compiler:
         return exp.Placeholder(this=self._bound[key])
 
     def aggregate(self, tree: exp.Expression) -> exp.Expression:
-        """The column of an event aggregate; the same aggregate in several segments is computed once."""
+        """The column of an event aggregate; the same aggregate in several segments is computed once. Its FILTER
+        keeps only the truth of its condition (`_truth`), less what the aggregation's WHERE holds for every
+        event (not after `now`): the wrappers and the repeated bound cost a step per event and aggregate (a
+        shard's 24 aggregates over 2.5M events: 0.42-0.62 s with them, 0.36-0.47 s without)."""
+        if isinstance(tree, exp.Filter):
+            condition = _truth(tree.expression.this, holds=self._not_after_now())
+            tree = exp.Filter(this=tree.this, expression=exp.Where(this=condition))
         if tree not in self.aggregates:
             self.aggregates[tree] = f"a{len(self.aggregates)}"
         return exp.column(self.aggregates[tree], table="a")
+
+    def _not_after_now(self) -> exp.Expression:
+        """What the aggregation of events holds for every event it reads: events after `now` are never inside
+        a window, so they are left out once."""
+        return exp.LTE(this=self.dialect.column("e", ("timestamp",)), expression=self.param(self.now))
 
     def _require_profile_scope(self, node: ast.Node, scope: Scope, what: str) -> None:
         if scope.kind != "profile":
@@ -860,25 +868,24 @@ def _zero_if_null(value: exp.Expression) -> exp.Expression:
 
 
 def _count_where(condition: exp.Expression) -> exp.Expression:
-    return exp.Filter(this=exp.Count(this=exp.Star()), expression=_where(condition))
+    return exp.Filter(this=exp.Count(this=exp.Star()), expression=exp.Where(this=condition))
 
 
-def _where(condition: exp.Expression) -> exp.Where:
-    """An aggregate's FILTER clause, which keeps the rows where the condition is true (null is not): the
-    two-valued wrappers along its ANDs and ORs change nothing there, and cost a step per row and condition
-    (a shard's 24 event aggregates over 2.5M events: 0.39-0.43 s with them, 0.37-0.41 without)."""
-    return exp.Where(this=_truth(condition))
-
-
-def _truth(condition: exp.Expression) -> exp.Expression:
-    """`condition` where only its being true matters: COALESCE(x, false) is x along ANDs and ORs (not under a
-    NOT, where a null and a false differ)."""
+def _truth(condition: exp.Expression, holds: exp.Expression) -> exp.Expression:
+    """`condition` where only its being true matters (a FILTER clause: a null keeps no row, as a false does),
+    in rows where `holds` is true: COALESCE(x, false) is x along ANDs and ORs (not under a NOT, where a null
+    and a false differ), and `holds` as a term of an AND is left out."""
+    if condition == holds:
+        return exp.true()
     if isinstance(condition, exp.Coalesce) and condition.expressions == [exp.false()]:
-        return _truth(condition.this)
+        return _truth(condition.this, holds)
     if isinstance(condition, exp.Paren):
-        return exp.paren(_truth(condition.this), copy=False)
-    if isinstance(condition, exp.And | exp.Or):
-        return type(condition)(this=_truth(condition.this), expression=_truth(condition.expression))
+        return exp.paren(_truth(condition.this, holds), copy=False)
+    if isinstance(condition, exp.And):
+        terms = [t for t in (_truth(condition.this, holds), _truth(condition.expression, holds)) if t != exp.true()]
+        return exp.and_(*terms, copy=False) if terms else exp.true()
+    if isinstance(condition, exp.Or):
+        return exp.Or(this=_truth(condition.this, holds), expression=_truth(condition.expression, holds))
     return condition
 
 

@@ -179,7 +179,8 @@ _NEWLINE = pa.scalar(10, pa.uint8())  # a uint8 scalar: an int one made `equal` 
 def _read_lines(path: Path, file_name: str, chunk_bytes: int) -> Iterator[Lines]:
     """The file's lines, whole lines of about `chunk_bytes` at a time (a longer line is read whole). Each chunk is
     read into a buffer of its own, behind the part line the chunk before left over: only that part is copied
-    (joining and cutting the chunks as bytes copied each twice, 0.3 s of a 289 MB file's 2.5 s)."""
+    (joining and cutting the chunks as bytes copied each twice: a 289 MB file's lines took 0.55-0.73 s to read,
+    now 0.38-0.41 s)."""
     first, carry = 1, b""
     with open(path, "rb") as fh:
         while True:

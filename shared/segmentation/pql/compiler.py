@@ -791,7 +791,8 @@ class Compiler:
         """The column of an event aggregate; the same aggregate in several segments is computed once. Its FILTER
         keeps only the truth of its condition (`_truth`), less what the aggregation's WHERE holds for every
         event (not after `now`): the wrappers and the repeated bound cost a step per event and aggregate (a
-        shard's 24 aggregates over 2.5M events: 0.42-0.62 s with them, 0.36-0.47 s without)."""
+        1M-person store's shard, 50 segments: 0.42-0.63 s with them, 0.35-0.46 s without, and 0.34-0.37 s for the
+        stitched floor's hand-written query)."""
         if isinstance(tree, exp.Filter):
             condition = _truth(tree.expression.this, holds=self._not_after_now())
             tree = exp.Filter(this=tree.this, expression=exp.Where(this=condition))

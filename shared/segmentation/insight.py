@@ -21,7 +21,7 @@ from shared.engine import connect, scalar
 from shared.errors import NotFound
 from shared.identity.store import StoreVersion, shard_of, shard_sql
 from shared.segmentation.evaluation import RESULTS, evaluate, fields_of
-from shared.segmentation.memberships import LocalSnapshot
+from shared.segmentation.memberships import LocalSnapshot, MemberFile
 from shared.segmentation.pql import ast, parse
 from shared.segmentation.pql.compiler import Compiler, Scope
 from shared.segmentation.runner import SegmentJobRunner
@@ -64,14 +64,14 @@ class SegmentInsight:
         totals = ShardPreview()
         with tempfile.TemporaryDirectory(prefix="preview-") as tmp:
             con, cache = connect(self.runner.settings, spill_dir=tmp), {}
+            split = pointer is not None and pointer.split_by(len(version.shards))
             try:
+                # A snapshot split by other shards (or not at all) is fetched once, and each shard filters it.
+                whole = self._current(pointer.files(), Path(tmp) / "members") if pointer and not split else None
                 for shard in range(len(version.shards)) if sampled is None else sampled:
                     work = Path(tmp) / f"shard-{shard}"
-                    current = None
-                    if pointer is not None:  # only this shard's part, when the snapshot is split by today's shards
-                        split = pointer.split_by(len(version.shards))
-                        files = {"current": pointer.files([shard] if split else None)}
-                        current = self.runner.memberships.download(files, work / "members")["current"]
+                    # Split by today's shards: only this shard's part.
+                    current = self._current(pointer.files([shard]), work / "members") if split else whole
                     totals += self._preview_shard(con, cache, tree, now, version, shard, current, work, samples)
                     shutil.rmtree(work, ignore_errors=True)
             finally:
@@ -84,6 +84,10 @@ class SegmentInsight:
         found = sorted(totals.found)[: int(samples)]
         result["samples"] = [{"profileId": pid, "identities": ids} for pid, ids in found]
         return result
+
+    def _current(self, files: list[MemberFile], into: Path) -> LocalSnapshot:
+        """The segment's current membership (those of its files) on local disk."""
+        return self.runner.memberships.download({"current": files}, into)["current"]
 
     def _preview_shard(
         self,

@@ -21,6 +21,7 @@ from shared.identity import store as store_module
 from shared.identity.store import (
     GRAPH_UPDATES_SHARE,
     MAX_DELTAS,
+    ROWS_PER_WRITE,
     StoreFiles,
     graph_of,
     profiles_sql_of,
@@ -373,15 +374,17 @@ def _model(batches_records: list[list[dict]]) -> tuple[set[frozenset[str]], dict
     cuts=st.lists(st.integers(0, 20), max_size=4),
     compact_after=st.sampled_from([0, 1, 2, MAX_DELTAS]),  # files per shard (graph updates) past which it compacts
     graph_share=st.sampled_from([GRAPH_UPDATES_SHARE, 100.0]),  # 100: a small graph is not compacted for its size
+    rows_per_write=st.sampled_from([1, 3, ROWS_PER_WRITE]),  # a batch's rows into the shards, this many a statement
 )
 def test_stores_built_batch_by_batch_stitch_and_merge_like_the_whole_lake_at_once(
-    records, cuts, compact_after, graph_share
+    records, cuts, compact_after, graph_share, rows_per_write
 ):
     settings = Settings(profile_shards=3)
     with (
         tempfile.TemporaryDirectory() as tmp,
         mock.patch.object(store_module, "MAX_DELTAS", compact_after),
         mock.patch.object(store_module, "GRAPH_UPDATES_SHARE", graph_share),
+        mock.patch.object(store_module, "ROWS_PER_WRITE", rows_per_write),
     ):
         work = Path(tmp)
         con = connect(settings, spill_dir=tmp)

@@ -842,11 +842,12 @@ class BatchStep:
         kind = "fragments" if self.is_profile else "events"
         added = 0
         for n, lo in enumerate(ranges):
-            # Both sides filtered, so that the join holds one range; the lake file is in `_row` order, so the
-            # batch's side reads only the range's row groups.
-            hi = lo + ROWS_PER_WRITE - 1
-            view = f"({people(f'WHERE b._row BETWEEN {lo} AND {hi} AND rp.rid BETWEEN {lo} AND {hi}')})"
-            view = view if len(ranges) > 1 else "batch_people"
+            view = "batch_people"
+            if len(ranges) > 1:
+                # Both sides filtered, so that the join holds one range; the lake file is in `_row` order, so the
+                # batch's side reads only the range's row groups.
+                hi = lo + ROWS_PER_WRITE - 1
+                view = f"({people(f'WHERE b._row BETWEEN {lo} AND {hi} AND rp.rid BETWEEN {lo} AND {hi}')})"
             rows_sql = (
                 fragment_sql(view, self.batch.schema, self.batch.dataset_id, person="_person")
                 if self.is_profile

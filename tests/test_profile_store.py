@@ -11,6 +11,7 @@ from pathlib import Path
 from unittest import mock
 
 import duckdb
+import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -63,7 +64,11 @@ def _contents(store: ProfileStore, version: StoreVersion, work: Path) -> dict:
     return out
 
 
-def test_ingestion_keeps_the_store_and_a_rebuild_gives_the_same_store(settings, landing_zone, account, tmp_path):
+@pytest.mark.parametrize("rows_per_write", [ROWS_PER_WRITE, 1])  # 1: a batch's rows into the shards one by one
+def test_ingestion_keeps_the_store_and_a_rebuild_gives_the_same_store(
+    settings, landing_zone, account, tmp_path, monkeypatch, rows_per_write
+):
+    monkeypatch.setattr(store_module, "ROWS_PER_WRITE", rows_per_write)
     create_dataset(settings, "crm")
     create_dataset(settings, "web", schema_id="xdm-experienceevent")
     landing_zone.ingest_at("crm/a.ndjson", ndjson(profile("c-1", "ann@example.com", loyalty={"tier": "gold"})), now=NOW)
